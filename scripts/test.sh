@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up a virtualenv with everything the tests need, then run the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet ".[test]"
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@" tests

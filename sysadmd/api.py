@@ -1,0 +1,154 @@
+"""The request pipeline: envelope in, handler called for a session, reply out.
+
+Every transport calls :meth:`Api.handle_text` (or :meth:`Api.handle` with a parsed
+request, as REST does).  Handlers are plain callables ``handler(session, request)``
+returning the reply ``args`` (or a Deferred of them), raising :class:`ApiError` for a
+failure, or returning :data:`NO_REPLY`.  They are registered per ``(namespace, name)``
+by each subsystem's ``install(api, …)`` function; the table also yields ``rpc/query``.
+
+Ordering: ``auth*`` requests of a session are answered in arrival order, and requests
+that arrive while a login is being checked wait for it (a client may send ``auth`` and
+its first request back to back).  Other requests may complete out of order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from sysadmd import envelope
+from sysadmd.envelope import ApiError, EnvelopeError, Request
+from sysadmd.session import Identity, Session
+
+log = Logger()
+
+NO_REPLY = object()
+
+Handler = Callable[[Session, Request], Any]
+
+
+@dataclass
+class Route:
+    namespace: str
+    name: str
+    handler: Handler
+    public: bool  # callable without authentication
+    limited: str  # rpc/query label for limited users: "read", "read/write" (full users: read/write)
+    listed: bool  # shown in rpc/query
+
+
+class Api:
+    def __init__(self, tokens: Any) -> None:
+        self.tokens = tokens
+        self.routes: Dict[Tuple[str, str], Route] = {}
+        self.hooks_before: list = []  # callables(session, request) run before routing
+
+    # --- registration ---------------------------------------------------------------
+    def add(self, namespace: str, name: str, handler: Handler, *, public: bool = False,
+            limited: str = "read", listed: bool = True) -> None:
+        key = (namespace.lower(), name.lower())
+        if key in self.routes:
+            raise ValueError(f"route {namespace}/{name} registered twice")
+        self.routes[key] = Route(namespace, name, handler, public, limited, listed)
+
+    def availability(self, identity: Identity) -> Dict[str, str]:
+        """The ``rpc/query`` map: every listed API and this identity's access to it."""
+        return {
+            f"{r.namespace}/{r.name}": ("read/write" if identity.full_access else r.limited)
+            for r in self.routes.values()
+            if r.listed
+        }
+
+    # --- identity ---------------------------------------------------------------------
+    def identity(self, session: Session) -> Optional[Identity]:
+        """The session's identity if still valid (token lookups slide the TTL)."""
+        if session.identity is None:
+            return None
+        if session.token is None:
+            return session.identity
+        if self.tokens.check(session.token) is None:
+            session.logout()
+            return None
+        return session.identity
+
+    # --- handling ---------------------------------------------------------------------
+    def handle_text(self, session: Session, text: str) -> defer.Deferred:
+        """Parse *text*, run it for *session*, send the reply. Never raises."""
+        session.touch()
+        try:
+            request = envelope.parse(text)
+        except EnvelopeError as e:
+            session.send(envelope.error(e.code, e.detail, e.request_id))
+            return defer.succeed(None)
+        pending = session.auth_in_flight
+        if pending is not None:
+            d = defer.Deferred()
+            pending.addBoth(lambda _: self._run_and_send(session, request).chainDeferred(d))
+            return d
+        return self._run_and_send(session, request)
+
+    def _run_and_send(self, session: Session, request: Request) -> defer.Deferred:
+        d = self.handle(session, request)
+        if request.name.lower().startswith("auth"):
+            gate = defer.Deferred()
+            session.auth_in_flight = gate
+
+            def release(result):
+                if session.auth_in_flight is gate:
+                    session.auth_in_flight = None
+                gate.callback(None)
+                return result
+
+            d.addBoth(release)
+
+        def send(message):
+            if message is not None:
+                session.send(message)
+
+        d.addCallback(send)
+        d.addErrback(lambda f: log.failure("sending a reply to {session} failed", f, session=session.id))
+        return d
+
+    def handle(self, session: Session, request: Request) -> defer.Deferred:
+        """Run *request*; fires with the reply message (or ``None`` for no reply)."""
+        try:
+            route = self._route(session, request)
+        except ApiError as e:
+            return defer.succeed(envelope.error(e.code, e.detail, request.id))
+        d = defer.maybeDeferred(route.handler, session, request)
+
+        def ok(result):
+            if result is NO_REPLY:
+                return None
+            return envelope.reply(request, result)
+
+        def failed(failure):
+            if failure.check(ApiError):
+                return envelope.error(failure.value.code, failure.value.detail, request.id)
+            log.failure("{ns}/{name} failed for {session}", failure, ns=request.namespace, name=request.name, session=session.id)
+            return envelope.error("500", "internal error while handling the request; the server log has the details", request.id)
+
+        d.addCallbacks(ok, failed)
+        return d
+
+    def _route(self, session: Session, request: Request) -> Route:
+        for hook in self.hooks_before:
+            hook(session, request)
+        route = self.routes.get(request.route)
+        if route is not None and route.public:
+            return route
+        if self.identity(session) is None:
+            raise ApiError("401", "authenticate first (rpc/auth, rpc/auth_token or rpc/auth_ssl)")
+        if route is None:
+            raise ApiError("404", f"no API named {request.namespace}/{request.name} on this server (see rpc/query)")
+        return route
+
+
+def require_full_access(session: Session, what: str) -> Identity:
+    identity = session.identity
+    if identity is None or not identity.full_access:
+        raise ApiError("403", f"{what} needs full access; user {identity.user if identity else '?'} has limited access")
+    return identity

@@ -1,0 +1,83 @@
+"""Build the sysadmd service tree from a :class:`~sysadmd.config.Config`.
+
+Used by ``twistd`` (through :mod:`sysadmd.tap`) and by the tests, which build a real
+daemon in-process on loopback ports.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application import service
+from twisted.logger import Logger
+
+from sysadmd import tls
+from sysadmd.config import Config
+from sysadmd.db import database_path, open_database
+from sysadmd.listeners import Listener
+from sysadmd.server import Server
+from sysadmd.statedir import ensure_private_dir
+from sysadmd.transports.rest import RestResource
+from sysadmd.transports.site import make_site
+from sysadmd.transports.unixsocket import make_unix_listener
+from sysadmd.transports.websocket import SysadmServerFactory
+
+log = Logger()
+
+
+class Daemon(service.MultiService):
+    """The whole daemon: the server state, its subsystems and its listeners."""
+
+    def __init__(self, server: Server):
+        super().__init__()
+        self.server = server
+        self.listeners = {}
+
+    def add_listener(self, name: str, listener: Listener) -> None:
+        self.listeners[name] = listener
+        listener.setServiceParent(self)
+
+
+def tls_files(cfg: Config) -> tuple:
+    if cfg.tls_cert:
+        for path in (cfg.tls_cert, cfg.tls_key):
+            if not os.path.exists(path):
+                raise OSError(f"TLS file {path} does not exist (TLS_CERT / TLS_KEY)")
+        return cfg.tls_cert, cfg.tls_key
+    cert, key, created = tls.ensure_certificate(cfg.state_dir, "server")
+    if created:
+        log.info("generated a self-signed TLS certificate in {path}", path=cert)
+    return cert, key
+
+
+def build(cfg: Config, reactor: Any, **server_kwargs: Any) -> Daemon:
+    ensure_private_dir(cfg.state_dir)
+    db = open_database(database_path(cfg.state_dir))
+    server = Server(cfg, db, reactor, **server_kwargs)
+    daemon = Daemon(server)
+    server.setServiceParent(daemon)
+    install_subsystems(server, reactor)
+
+    if not cfg.bridge_connections_only:
+        cert, key = tls_files(cfg)
+        with open(cert, "rb") as f:
+            fingerprint = tls.fingerprint_sha256(f.read())
+        log.info("TLS certificate {path} SHA-256 fingerprint {fp}", path=cert, fp=fingerprint)
+        context = tls.server_context(cert, key)
+        ws_factory = SysadmServerFactory(server, "wss", reactor=reactor)
+        rest = RestResource(server)
+        daemon.add_listener("wss", Listener(reactor, cfg.port, make_site(ws_factory, rest), label="sysadmd wss+https",
+                                            interface=cfg.listen_interface, tls=context))
+        if cfg.port_rest:
+            daemon.add_listener("rest", Listener(reactor, cfg.port_rest, make_site(None, RestResource(server)), label="sysadmd rest",
+                                                 interface=cfg.listen_interface, tls=context))
+    else:
+        log.info("BRIDGE_CONNECTIONS_ONLY=true: no TCP listener")
+    if cfg.socket:
+        daemon.add_listener("unix", make_unix_listener(server, reactor, cfg.socket))
+    return daemon
+
+
+def install_subsystems(server: Server, reactor: Any) -> None:
+    """Attach the subsystems (settings, dispatcher, events, logs, bridge links)."""

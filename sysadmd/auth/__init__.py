@@ -1,0 +1,1 @@
+"""Authentication: tokens, rights, password checks, registered keys, blacklist."""

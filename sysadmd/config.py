@@ -1,0 +1,124 @@
+"""sysadmd's configuration keys and the resolved :class:`Config`.
+
+Upstream ``sysadm.conf`` keys keep their names and defaults; our own keys follow the
+same ``UPPER_CASE`` style.  ``conf/sysadmd.conf`` is generated from :data:`KEYS`
+(``python -m sysadmd.config > conf/sysadmd.conf``) and a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Mapping, Optional
+
+from sysadmd.configfile import ConfigError, Key, read_file, render_sample, resolve
+
+
+def default_state_dir() -> str:
+    if os.geteuid() == 0:
+        return "/var/db/sysadmd"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(base, "sysadmd")
+
+
+KEYS: List[Key] = [
+    # --- upstream keys -------------------------------------------------------------
+    Key("PORT", "endpoint", "12150", "WebSocket (and REST) listener: a port number or a Twisted endpoint\nstring such as tcp:12150:interface=127.0.0.1. TLS is always added."),
+    Key("PORT_REST", "endpoint", "", "Extra REST-only HTTPS listener (upstream used 12151). Empty: none;\nREST is always served on PORT as well."),
+    Key("BRIDGE_CONNECTIONS_ONLY", "bool", False, "true: listen on no TCP port at all; only outgoing bridge links\n(and the local socket) are used."),
+    Key("BLACKLIST_BLOCK_MINUTES", "int", 60, "Minutes an address stays blocked after too many failed logins.", minimum=1),
+    Key("BLACKLIST_AUTH_FAIL_LIMIT", "int", 5, "Failed logins from one address that trigger a block.", minimum=1),
+    Key("BLACKLIST_AUTH_FAIL_RESET_MINUTES", "int", 10, "Quiet minutes after which an address's failure count restarts.", minimum=1),
+    # --- ours: places --------------------------------------------------------------
+    Key("STATE_DIR", "path", "", "State directory (certificate, keys, database, job output, socket).\nEmpty: /var/db/sysadmd as root, else ~/.local/state/sysadmd."),
+    Key("SOCKET", "path", "", "Local Unix socket (WebSocket protocol, authenticated by peer uid).\nEmpty: <STATE_DIR>/sysadmd.sock. 'none' disables it."),
+    Key("LISTEN_INTERFACE", "str", "::", "Address to bind when PORT / PORT_REST is a bare number ('::' is\nevery IPv6 and IPv4 address)."),
+    Key("TLS_CERT", "path", "", "PEM certificate file. Empty: a self-signed certificate is generated\nonce in the state directory."),
+    Key("TLS_KEY", "path", "", "PEM private key for TLS_CERT."),
+    # --- ours: authentication ------------------------------------------------------
+    Key("PAM_SERVICE", "str", "login", "PAM service used to check passwords."),
+    Key("ALLOW_PASSWORD_AUTH", "bool", True, "false disables rpc/auth (user name and password)."),
+    Key("FULL_ACCESS_GROUPS", "list", ("wheel", "sudo"), "Groups whose members get full access (root always has it)."),
+    Key("LIMITED_ACCESS_GROUPS", "list", ("operator", "adm"), "Groups whose members get read-mostly access."),
+    Key("BLACKLIST_EXEMPT_LOOPBACK", "bool", True, "Never block loopback addresses."),
+    Key("TOKEN_TTL", "int", 900, "Seconds a session token stays valid after its last use.", minimum=10),
+    Key("CHALLENGE_TTL", "int", 30, "Seconds an auth_ssl challenge may be answered.", minimum=1),
+    Key("AUTH_TIMEOUT", "int", 30, "Seconds a connection may stay unauthenticated before it is closed.", minimum=1),
+    Key("IDLE_TIMEOUT", "int", 1800, "Seconds without a request after which a connection is closed.", minimum=10),
+    # --- ours: limits --------------------------------------------------------------
+    Key("MAX_MESSAGE_BYTES", "int", 16 * 1024 * 1024, "Largest accepted WebSocket message or REST body (bytes); larger\nWebSocket messages close the connection with code 1009.", minimum=1024),
+    Key("MAX_SESSION_BUFFER_BYTES", "int", 8 * 1024 * 1024, "Outgoing bytes a slow connection may have pending before it is\nclosed instead of growing the daemon's memory.", minimum=65536),
+    Key("MAX_CONNECTIONS", "int", 4096, "Simultaneous connections accepted (all listeners together).", minimum=1),
+    # --- ours: dispatcher ----------------------------------------------------------
+    Key("MAX_PARALLEL_JOBS", "int", 0, "Jobs of no_queue running at once; 0 sizes it for the host\n(2 x CPU cores, at least 4).", minimum=0),
+    Key("JOB_KILL_GRACE", "float", 5.0, "Seconds between SIGTERM and SIGKILL when a running job is killed.", minimum=0),
+    Key("JOB_OUTPUT_CAP", "int", 65536, "Bytes of each command's output kept in events and replies (the\nwhole output stays in the job's file).", minimum=1024),
+    Key("JOB_WORKDIR", "path", "/", "Working directory of dispatcher commands."),
+    Key("JOB_PATH", "str", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "PATH given to dispatcher commands (their whole environment is\nPATH, HOME, LANG and SHELL; nothing else leaks from the daemon)."),
+    Key("JOB_RETENTION_DAYS", "int", 30, "Days finished jobs and their output are kept.", minimum=1),
+    # --- ours: events and logs -----------------------------------------------------
+    Key("SYSTEM_STATE_INTERVAL", "int", 60, "Seconds between system-state events.", minimum=1),
+    Key("STATE_LOAD_WARN", "float", 2.0, "1-minute load per CPU core that raises system-state to Warning.", minimum=0),
+    Key("STATE_LOAD_CRIT", "float", 4.0, "1-minute load per CPU core that raises system-state to Critical.", minimum=0),
+    Key("STATE_MEMORY_WARN", "float", 90.0, "Memory use (percent) that raises system-state to Warning.", minimum=0, maximum=100),
+    Key("STATE_MEMORY_CRIT", "float", 97.0, "Memory use (percent) that raises system-state to Critical.", minimum=0, maximum=100),
+    Key("STATE_DISK_WARN", "float", 90.0, "Disk use of any mount (percent) that raises system-state to Warning.", minimum=0, maximum=100),
+    Key("STATE_DISK_CRIT", "float", 97.0, "Disk use of any mount (percent) that raises system-state to Critical.", minimum=0, maximum=100),
+    Key("LOG_RETENTION_DAYS", "int", 30, "Days entries of rpc/logs (hostinfo, dispatcher, events) are kept.", minimum=1),
+    # --- ours: bridge links --------------------------------------------------------
+    Key("BRIDGE_RETRY_MAX", "float", 60.0, "Longest wait (seconds) between reconnection attempts to a bridge.", minimum=1),
+    Key("BRIDGE_PING_INTERVAL", "float", 30.0, "Seconds between WebSocket pings on bridge links (0: none).", minimum=0),
+]
+
+KEY_NAMES = [k.name for k in KEYS]
+
+
+class Config:
+    """Resolved settings: attribute access by lower-case key name (``config.port``)."""
+
+    def __init__(self, values: Mapping[str, Any], source: str = ""):
+        self._values = dict(values)
+        self.source = source
+        if not self._values["STATE_DIR"]:
+            self._values["STATE_DIR"] = default_state_dir()
+        if not self._values["SOCKET"]:
+            self._values["SOCKET"] = os.path.join(self._values["STATE_DIR"], "sysadmd.sock")
+        elif self._values["SOCKET"].lower() == "none":
+            self._values["SOCKET"] = ""
+        if bool(self._values["TLS_CERT"]) != bool(self._values["TLS_KEY"]):
+            raise ConfigError("TLS_KEY: TLS_CERT and TLS_KEY must be given together")
+        if self._values["STATE_LOAD_CRIT"] < self._values["STATE_LOAD_WARN"]:
+            raise ConfigError("STATE_LOAD_CRIT: must not be below STATE_LOAD_WARN")
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name.upper()]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def as_dict(self) -> Dict[str, Any]:
+        return dict(self._values)
+
+    @property
+    def max_parallel_jobs(self) -> int:
+        configured = self._values["MAX_PARALLEL_JOBS"]
+        if configured:
+            return configured
+        return max(4, 2 * (os.cpu_count() or 1))
+
+
+def load(path: Optional[str] = None, overrides: Optional[Mapping[str, str]] = None) -> Config:
+    """Read *path* (if any), apply command-line *overrides* (raw text), validate."""
+    raw: Dict[str, str] = {}
+    if path:
+        raw.update(read_file(path))
+    if overrides:
+        raw.update({k.upper(): v for k, v in overrides.items() if v is not None})
+    return Config(resolve(KEYS, raw, source=path or ""), source=path or "")
+
+
+def sample() -> str:
+    return render_sample("sysadmd configuration (twistd -n sysadmd --config FILE)", KEYS)
+
+
+if __name__ == "__main__":
+    print(sample())

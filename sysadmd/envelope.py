@@ -1,0 +1,157 @@
+"""The JSON envelope, byte for byte as upstream's code writes it.
+
+Request::
+
+    {"namespace":"rpc","name":"query","id":"q1","args":{}}
+
+* text must begin with ``{`` (after trailing newlines are stripped) and parse as an
+  object; ``namespace``/``name``/``id`` are taken when they are strings, else ``""``;
+  a missing ``args`` makes the whole object the args.
+* ``rpc`` and ``events`` match case-insensitively; replies echo the namespace as sent.
+
+Success reply (compact JSON, sorted keys)::
+
+    {"args":<result>,"id":"q1","name":"response","namespace":"rpc"}
+
+With an empty or missing id, ``name`` echoes the request name instead of ``response``.
+
+Error reply (code is a string; ``detail`` is ours and says what was wrong)::
+
+    {"args":{"code":"400","detail":"…","message":"Bad Request"},"id":"q1","name":"error","namespace":"error"}
+
+Event::
+
+    {"args":{…},"id":"","name":"dispatcher","namespace":"events"}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+MESSAGES = {
+    "400": "Bad Request",
+    "401": "Unauthorized",
+    "403": "Forbidden",
+    "404": "Not Found",
+    "409": "Conflict",
+    "413": "Payload Too Large",
+    "429": "Too Many Requests",
+    "500": "Internal Server Error",
+    "503": "Service Unavailable",
+}
+
+
+class ApiError(Exception):
+    """A request failed; becomes an error reply with *code* and a *detail* sentence."""
+
+    def __init__(self, code: str, detail: str):
+        super().__init__(detail)
+        self.code = str(code)
+        self.detail = detail
+
+
+class EnvelopeError(ApiError):
+    """The message itself could not be read as a request."""
+
+    def __init__(self, detail: str, request_id: str = "", name: str = ""):
+        super().__init__("400", detail)
+        self.request_id = request_id
+        self.name = name
+
+
+@dataclass
+class Request:
+    namespace: str  # as sent (echoed in replies)
+    name: str
+    id: str
+    args: Any
+    raw: Dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def route(self) -> tuple:
+        return (self.namespace.lower(), self.name.lower())
+
+
+def _text_field(obj: Dict[str, Any], key: str) -> str:
+    value = obj.get(key, "")
+    return value if isinstance(value, str) else ""
+
+
+def parse(text: str) -> Request:
+    """Parse one message; raises :class:`EnvelopeError` with a readable detail."""
+    stripped = text.rstrip("\r\n")
+    if not stripped.startswith("{"):
+        raise EnvelopeError("a request is a JSON object and its text must begin with '{'")
+    try:
+        obj = json.loads(stripped)
+    except (ValueError, RecursionError) as e:
+        raise EnvelopeError(f"invalid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise EnvelopeError("a request must be a JSON object")
+    request_id = _text_field(obj, "id")
+    namespace = _text_field(obj, "namespace")
+    name = _text_field(obj, "name")
+    if not namespace:
+        raise EnvelopeError("missing 'namespace' (a non-empty string such as \"rpc\")", request_id, name)
+    if not name:
+        raise EnvelopeError("missing 'name' (a non-empty string such as \"query\")", request_id, name)
+    args = obj["args"] if "args" in obj else obj
+    return Request(namespace=namespace, name=name, id=request_id, args=args, raw=obj)
+
+
+def encode(obj: Any) -> str:
+    """Compact JSON with sorted keys, as Qt's ``QJsonDocument::toJson(Compact)``."""
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+
+def reply(request: Request, args: Any) -> Dict[str, Any]:
+    return {
+        "args": args,
+        "id": request.id,
+        "name": "response" if request.id else request.name,
+        "namespace": request.namespace,
+    }
+
+
+def error(code: str, detail: Optional[str] = None, request_id: str = "") -> Dict[str, Any]:
+    code = str(code)
+    args = {"code": code, "message": MESSAGES.get(code, "Error")}
+    if detail:
+        args["detail"] = detail
+    return {"args": args, "id": request_id, "name": "error", "namespace": "error"}
+
+
+def event(name: str, args: Any) -> Dict[str, Any]:
+    return {"args": args, "id": "", "name": name, "namespace": "events"}
+
+
+def require_object(args: Any, what: str = "args") -> Dict[str, Any]:
+    if not isinstance(args, dict):
+        raise ApiError("400", f"{what} must be a JSON object, got {type_name(args)}")
+    return args
+
+
+def require_action(args: Any) -> str:
+    obj = require_object(args)
+    action = obj.get("action")
+    if not isinstance(action, str) or not action:
+        raise ApiError("400", "missing 'action' (a string) in args")
+    return action.lower()
+
+
+def type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__

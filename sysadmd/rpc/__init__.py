@@ -1,0 +1,1 @@
+"""Handlers of the ``rpc`` namespace, one module per concern."""

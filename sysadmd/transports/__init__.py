@@ -1,0 +1,1 @@
+"""Thin adapters that turn frames into pipeline calls: WebSocket, REST, Unix socket."""

@@ -1,0 +1,190 @@
+"""WebSocket transport: one :class:`~sysadmd.session.Session` per connection.
+
+Wire protocol (upstream-compatible):
+
+* any URL path, any ``Origin``, no subprotocol; TLS on the TCP listeners, plain over
+  the local Unix socket;
+* every inbound message, text or binary, is read as UTF-8 text holding one request
+  envelope (:mod:`sysadmd.envelope`); invalid UTF-8 or JSON gets a 400 reply, the
+  connection stays open;
+* every reply and event is one text frame; replies may come in any order (match ``id``);
+* a message larger than ``MAX_MESSAGE_BYTES`` closes the connection with 1009;
+* a blocked address, or one over ``MAX_CONNECTIONS``, is closed right after the
+  handshake with 1008 (blocked) or 1013 (busy) and a reason;
+* a connection not authenticated within ``AUTH_TIMEOUT`` is closed with 1008, one silent
+  for ``IDLE_TIMEOUT`` with 1001;
+* a client that reads too slowly: while the socket's send buffer is full, messages wait
+  in a queue; past ``MAX_SESSION_BUFFER_BYTES`` the connection is closed (1008) rather
+  than growing the daemon's memory.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections import deque
+from typing import Any, Callable, Deque, Optional
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from sysadmd import envelope
+from sysadmd.session import CLOSE_POLICY, CLOSE_TRY_AGAIN, Identity, Session
+
+
+@implementer(IPushProducer)
+class WebSocketChannel:
+    """A session's way out: text frames, with a bounded queue for slow readers."""
+
+    def __init__(self, protocol: "SysadmServerProtocol", limit: int):
+        self.protocol = protocol
+        self.limit = limit
+        self.paused = False
+        self.queue: Deque[bytes] = deque()
+        self.queued_bytes = 0
+        self.closing = False
+
+    def send_text(self, text: str) -> None:
+        if self.closing:
+            return
+        payload = text.encode("utf-8")
+        if self.paused or self.queue:
+            self.queue.append(payload)
+            self.queued_bytes += len(payload)
+            if self.queued_bytes > self.limit:
+                session = self.protocol.session
+                reason = f"client reads too slowly: {self.queued_bytes} bytes pending (limit {self.limit})"
+                self.protocol._log.warn("closing {session}: {reason}", session=session.id if session else "?", reason=reason)
+                self.queue.clear()
+                self.queued_bytes = 0
+                self.close(CLOSE_POLICY, reason)
+            return
+        self.protocol.sendMessage(payload, isBinary=False)
+
+    def close(self, code: int, reason: str) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        self.protocol.close_with(code, reason)
+
+    # IPushProducer: the transport tells us when its buffer is full or drained.
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        while self.queue and not self.paused:
+            payload = self.queue.popleft()
+            self.queued_bytes -= len(payload)
+            self.protocol.sendMessage(payload, isBinary=False)
+
+    def stopProducing(self) -> None:
+        self.queue.clear()
+        self.queued_bytes = 0
+
+
+class SysadmServerProtocol(WebSocketServerProtocol):
+    _log = Logger()
+    session: Optional[Session] = None
+    channel: Optional[WebSocketChannel] = None
+
+    def onOpen(self) -> None:
+        try:
+            self._open()
+        except Exception:
+            # autobahn swallows exceptions from onOpen; log and close instead.
+            self._log.failure("failed to open a session")
+            self.close_with(1011, "internal error")
+
+    def close_with(self, code: int, reason: str) -> None:
+        """Close with any RFC 6455 code (autobahn's sendClose allows only 1000 and 3000+).
+
+        The reason is cut to the 123 bytes a close frame can carry; autobahn drops the
+        connection if the peer does not answer within closeHandshakeTimeout.
+        """
+        if self.state != self.STATE_OPEN:
+            return
+        data = reason.encode("utf-8")[:123]
+        while data:
+            try:
+                data.decode("utf-8")
+                break
+            except UnicodeDecodeError:
+                data = data[:-1]
+        self.sendCloseFrame(code=code, reasonUtf8=data, isReply=False)
+
+    def _open(self) -> None:
+        factory: SysadmServerFactory = self.factory
+        server = factory.server
+        peer, identity = factory.identify_peer(self)
+        refusal = server.connection_allowed(peer)
+        if refusal is not None:
+            code = CLOSE_POLICY if "blocked" in refusal else CLOSE_TRY_AGAIN
+            server.logs.hostinfo(f"Refused Connection: {peer} ({refusal})")
+            self.close_with(code, refusal)
+            return
+        self.channel = WebSocketChannel(self, server.config.max_session_buffer_bytes)
+        # twisted.web's HTTP channel (which handed us the connection) may still be
+        # registered as the transport's producer; ours replaces it.
+        if getattr(self.transport, "producer", None) is not None:
+            self.transport.unregisterProducer()
+        self.registerProducer(self.channel, True)
+        self.session = server.open_session(factory.kind, peer, self.channel, identity=identity)
+        server.logs.hostinfo(f"New Connection: {peer}" + (f" (user {identity.user})" if identity else ""))
+        if factory.on_session is not None:
+            factory.on_session(self.session)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        session = self.session
+        if session is None or session.closed or (self.channel is not None and self.channel.closing):
+            return
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError as e:
+            session.send(envelope.error("400", f"message is not valid UTF-8 (byte {e.start})"))
+            return
+        self.factory.server.api.handle_text(session, text)
+
+    def onClose(self, wasClean: bool, code: Any, reason: Any) -> None:
+        if self.channel is not None:
+            self.channel.closing = True
+        if self.session is not None:
+            self.session.lost()
+
+
+class SysadmServerFactory(WebSocketServerFactory):
+    protocol = SysadmServerProtocol
+
+    def __init__(self, server: Any, kind: str = "wss", *, reactor: Any = None,
+                 identify_peer: Optional[Callable[[SysadmServerProtocol], tuple]] = None,
+                 on_session: Optional[Callable[[Session], None]] = None):
+        super().__init__(url=None, server="sysadmd", reactor=reactor)
+        self.noisy = False
+        self.server = server
+        self.kind = kind
+        self.identify_peer = identify_peer or tcp_peer
+        self.on_session = on_session
+        limit = server.config.max_message_bytes
+        self.setProtocolOptions(
+            maxMessagePayloadSize=limit,
+            maxFramePayloadSize=limit,
+            utf8validateIncoming=False,  # we answer bad UTF-8 with a 400 instead of failing the connection
+            openHandshakeTimeout=30,
+            closeHandshakeTimeout=5,
+            autoFragmentSize=0,
+            perMessageCompressionAccept=lambda offers: None,
+        )
+
+
+def tcp_peer(protocol: SysadmServerProtocol) -> tuple:
+    """``(address, None)``: TCP peers are anonymous until they log in."""
+    return protocol.transport.getPeer().host, None
+
+
+def unix_peer_credentials(protocol: SysadmServerProtocol) -> tuple:
+    """``(pid, uid, gid)`` of the process at the other end of a Unix socket."""
+    handle = protocol.transport.getHandle()
+    raw = handle.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", raw)

@@ -1,0 +1,86 @@
+"""Helpers shared by the tests: real daemons in-process on loopback, clients, keys."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Any, Dict, Optional
+
+from twisted.internet import defer, reactor
+
+from sysadmd import config as configmod
+from sysadmd.assembly import build
+from sysadmd.client.wsclient import connect, connect_unix
+
+
+def short_tempdir(testcase, prefix: str = "sd") -> str:
+    """A temp dir short enough for Unix socket paths, removed after the test."""
+    path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    testcase.addCleanup(shutil.rmtree, path, True)
+    return path
+
+
+def make_config(state_dir: str, **overrides: Any) -> configmod.Config:
+    raw: Dict[str, str] = {"PORT": "tcp:0:interface=127.0.0.1", "STATE_DIR": state_dir}
+    raw.update({k.upper(): str(v) for k, v in overrides.items()})
+    return configmod.load(None, raw)
+
+
+class FakePasswords:
+    """Password checker for tests that are not about PAM: {user: password}."""
+
+    def __init__(self, accounts: Dict[str, str], delay: float = 0.0):
+        self.accounts = accounts
+        self.delay = delay
+        self.calls = 0
+
+    def check(self, user: str, password: str) -> defer.Deferred:
+        self.calls += 1
+        ok = self.accounts.get(user) == password
+        if self.delay:
+            from twisted.internet import task
+
+            return task.deferLater(reactor, self.delay, lambda: ok)
+        return defer.succeed(ok)
+
+
+class RunningDaemon:
+    def __init__(self, daemon: Any, cfg: configmod.Config):
+        self.daemon = daemon
+        self.server = daemon.server
+        self.config = cfg
+
+    @property
+    def port(self) -> int:
+        return self.daemon.listeners["wss"].port.getHost().port
+
+    @property
+    def url(self) -> str:
+        return f"wss://127.0.0.1:{self.port}/"
+
+    def connect(self) -> defer.Deferred:
+        return connect(reactor, self.url)
+
+    def connect_unix(self) -> defer.Deferred:
+        return connect_unix(reactor, self.config.socket)
+
+
+@defer.inlineCallbacks
+def start_daemon(testcase, cfg: Optional[configmod.Config] = None, **server_kwargs: Any):
+    """Build and start a real daemon on 127.0.0.1:0; stopped at test cleanup."""
+    if cfg is None:
+        cfg = make_config(short_tempdir(testcase))
+    daemon = build(cfg, reactor, **server_kwargs)
+    daemon.startService()
+    testcase.addCleanup(daemon.stopService)
+    for listener in daemon.listeners.values():
+        yield listener.ready
+    return RunningDaemon(daemon, cfg)
+
+
+@defer.inlineCallbacks
+def open_client(testcase, running: RunningDaemon, unix: bool = False):
+    client = yield (running.connect_unix() if unix else running.connect())
+    testcase.addCleanup(client.close)
+    return client
