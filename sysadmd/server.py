@@ -20,6 +20,7 @@ from sysadmd.auth.passwords import PamPasswordChecker
 from sysadmd.auth.rights import Rights
 from sysadmd.auth.tokens import TokenStore
 from sysadmd.config import Config
+from sysadmd.events.hub import EventHub
 from sysadmd.logstore import LogStore
 from sysadmd.rpc import basic, login
 from sysadmd.session import Channel, Identity, Session, SessionRegistry
@@ -51,6 +52,10 @@ class Server(service.MultiService):
             on_block=lambda addr: self.logs.hostinfo(f"Blacklisting IP Temporarily: {addr}"),
         )
         self.api = Api(self.tokens)
+        self.events = EventHub(self.sessions, self.logs)
+        # rpc/settings actions: name -> handler(session, args) -> reply args. Filled by the
+        # modules that own each action (keys, bridge links); see sysadmd.rpc.settings.
+        self.settings_actions: Dict[str, Any] = {}
         self.subsystems: Dict[str, Any] = {}  # name -> object, for handlers that need each other
         basic.install(self.api)
         login.install(self)

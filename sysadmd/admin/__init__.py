@@ -1,0 +1,1 @@
+"""The ``sysadmd`` console script: administration verbs on a server's state directory."""

@@ -1,0 +1,1 @@
+"""Events: the hub that fans them out, and their producers (system-state, …)."""
