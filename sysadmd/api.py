@@ -45,6 +45,7 @@ class Api:
         self.tokens = tokens
         self.routes: Dict[Tuple[str, str], Route] = {}
         self.hooks_before: list = []  # callables(session, request) run before routing
+        self._availability: Dict[bool, Dict[str, str]] = {}
 
     # --- registration ---------------------------------------------------------------
     def add(self, namespace: str, name: str, handler: Handler, *, public: bool = False,
@@ -53,14 +54,19 @@ class Api:
         if key in self.routes:
             raise ValueError(f"route {namespace}/{name} registered twice")
         self.routes[key] = Route(namespace, name, handler, public, limited, listed)
+        self._availability.clear()
 
     def availability(self, identity: Identity) -> Dict[str, str]:
         """The ``rpc/query`` map: every listed API and this identity's access to it."""
-        return {
-            f"{r.namespace}/{r.name}": ("read/write" if identity.full_access else r.limited)
-            for r in self.routes.values()
-            if r.listed
-        }
+        full = identity.full_access
+        cached = self._availability.get(full)
+        if cached is None:
+            cached = self._availability[full] = {
+                f"{r.namespace}/{r.name}": ("read/write" if full else r.limited)
+                for r in self.routes.values()
+                if r.listed
+            }
+        return dict(cached)
 
     # --- identity ---------------------------------------------------------------------
     def identity(self, session: Session) -> Optional[Identity]:
@@ -75,64 +81,90 @@ class Api:
         return session.identity
 
     # --- handling ---------------------------------------------------------------------
-    def handle_text(self, session: Session, text: str) -> defer.Deferred:
-        """Parse *text*, run it for *session*, send the reply. Never raises."""
+    def handle_text(self, session: Session, text: str) -> Optional[defer.Deferred]:
+        """Parse *text*, run it for *session*, send the reply. Never raises.
+
+        Returns a Deferred only when the reply is not ready yet (tests may wait on it).
+        """
         session.touch()
         try:
             request = envelope.parse(text)
         except EnvelopeError as e:
             session.send(envelope.error(e.code, e.detail, e.request_id))
-            return defer.succeed(None)
+            return None
         pending = session.auth_in_flight
         if pending is not None:
             d = defer.Deferred()
-            pending.addBoth(lambda _: self._run_and_send(session, request).chainDeferred(d))
+
+            def resume(_):
+                later = self._run_and_send(session, request)
+                if isinstance(later, defer.Deferred):
+                    later.chainDeferred(d)
+                else:
+                    d.callback(None)
+
+            pending.addBoth(resume)
             return d
         return self._run_and_send(session, request)
 
-    def _run_and_send(self, session: Session, request: Request) -> defer.Deferred:
-        d = self.handle(session, request)
+    def _run_and_send(self, session: Session, request: Request) -> Optional[defer.Deferred]:
+        out = self._execute(session, request)
+        if not isinstance(out, defer.Deferred):
+            if out is not None:
+                session.send(out)
+            return None
+        gate: Optional[defer.Deferred] = None
         if request.name.lower().startswith("auth"):
+            # Hold this session's later requests until the login is decided.
             gate = defer.Deferred()
             session.auth_in_flight = gate
-
-            def release(result):
-                if session.auth_in_flight is gate:
-                    session.auth_in_flight = None
-                gate.callback(None)
-                return result
-
-            d.addBoth(release)
 
         def send(message):
             if message is not None:
                 session.send(message)
 
-        d.addCallback(send)
-        d.addErrback(lambda f: log.failure("sending a reply to {session} failed", f, session=session.id))
-        return d
+        out.addCallback(send)
+        out.addErrback(lambda f: log.failure("sending a reply to {session} failed", f, session=session.id))
+        if gate is not None:
+            # Released only after the login's reply is sent, so replies keep arrival order.
+            def release(result, gate=gate):
+                if session.auth_in_flight is gate:
+                    session.auth_in_flight = None
+                gate.callback(None)
+                return result
+
+            out.addBoth(release)
+        return out
 
     def handle(self, session: Session, request: Request) -> defer.Deferred:
         """Run *request*; fires with the reply message (or ``None`` for no reply)."""
+        out = self._execute(session, request)
+        return out if isinstance(out, defer.Deferred) else defer.succeed(out)
+
+    def _execute(self, session: Session, request: Request) -> Any:
+        """The reply message, ``None`` (no reply), or a Deferred of either."""
         try:
             route = self._route(session, request)
+            result = route.handler(session, request)
         except ApiError as e:
-            return defer.succeed(envelope.error(e.code, e.detail, request.id))
-        d = defer.maybeDeferred(route.handler, session, request)
-
-        def ok(result):
-            if result is NO_REPLY:
-                return None
-            return envelope.reply(request, result)
-
-        def failed(failure):
-            if failure.check(ApiError):
-                return envelope.error(failure.value.code, failure.value.detail, request.id)
-            log.failure("{ns}/{name} failed for {session}", failure, ns=request.namespace, name=request.name, session=session.id)
+            return envelope.error(e.code, e.detail, request.id)
+        except Exception:
+            log.failure("{ns}/{name} failed for {session}", ns=request.namespace, name=request.name, session=session.id)
             return envelope.error("500", "internal error while handling the request; the server log has the details", request.id)
+        if isinstance(result, defer.Deferred):
+            return result.addCallbacks(lambda r: self._reply(request, r), lambda f: self._failed(session, request, f))
+        return self._reply(request, result)
 
-        d.addCallbacks(ok, failed)
-        return d
+    @staticmethod
+    def _reply(request: Request, result: Any) -> Optional[Dict[str, Any]]:
+        return None if result is NO_REPLY else envelope.reply(request, result)
+
+    @staticmethod
+    def _failed(session: Session, request: Request, failure: Any) -> Dict[str, Any]:
+        if failure.check(ApiError):
+            return envelope.error(failure.value.code, failure.value.detail, request.id)
+        log.failure("{ns}/{name} failed for {session}", failure, ns=request.namespace, name=request.name, session=session.id)
+        return envelope.error("500", "internal error while handling the request; the server log has the details", request.id)
 
     def _route(self, session: Session, request: Request) -> Route:
         for hook in self.hooks_before:

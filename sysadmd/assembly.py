@@ -13,9 +13,14 @@ from twisted.application import service
 from twisted.logger import Logger
 
 from sysadmd import tls
+from sysadmd import bridgelink
 from sysadmd.config import Config
 from sysadmd.db import database_path, open_database
+from sysadmd import dispatcher
+from sysadmd.events import subscriptions as event_subscriptions
 from sysadmd.listeners import Listener
+from sysadmd.rpc import logs as rpc_logs
+from sysadmd.rpc import keyauth
 from sysadmd.server import Server
 from sysadmd.statedir import ensure_private_dir
 from sysadmd.transports.rest import RestResource
@@ -81,3 +86,8 @@ def build(cfg: Config, reactor: Any, **server_kwargs: Any) -> Daemon:
 
 def install_subsystems(server: Server, reactor: Any) -> None:
     """Attach the subsystems (settings, dispatcher, events, logs, bridge links)."""
+    dispatcher.install(server, reactor)
+    event_subscriptions.install(server)
+    rpc_logs.install(server)
+    keyauth.install(server)
+    bridgelink.install(server, reactor)

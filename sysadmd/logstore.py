@@ -3,7 +3,8 @@
 Entries live in SQLite (table ``logs``) with their time, so ``read_logs`` can select by
 time range, and every entry is also written to the Twisted log for the operator.
 Log names are upstream's: ``hostinfo``, ``dispatcher``, ``events-dispatcher``,
-``events-lifepreserver``, ``events-state``.
+``events-lifepreserver``, ``events-state``.  :class:`LogRetention` deletes entries older
+than ``LOG_RETENTION_DAYS`` at start and once a day.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import json
 import sqlite3
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+from twisted.application import service
+from twisted.internet import task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -66,6 +69,52 @@ class LogStore:
         ).fetchall()
         return [(r["log"], r["ts"], json.loads(r["entry"]) if r["is_json"] else r["entry"]) for r in rows]
 
+    def read_newest(self, name: str, start: float, end: float, limit: int) -> Tuple[List[Tuple[float, Any, int]], int]:
+        """The newest *limit* entries of one log in ``[start, end]`` as ``(ts, entry, size in
+        bytes)``, oldest first, and how many entries the range holds in all."""
+        total = self.db.execute("SELECT COUNT(*) FROM logs WHERE log = ? AND ts >= ? AND ts <= ?",
+                                (name, start, end)).fetchone()[0]
+        rows = self.db.execute(
+            "SELECT ts, entry, is_json FROM logs WHERE log = ? AND ts >= ? AND ts <= ? ORDER BY ts DESC, id DESC LIMIT ?",
+            (name, start, end, limit),
+        ).fetchall()
+        rows.reverse()
+        return [(r["ts"], json.loads(r["entry"]) if r["is_json"] else r["entry"], len(r["entry"])) for r in rows], total
+
     def prune(self, older_than: float) -> int:
         cur = self.db.execute("DELETE FROM logs WHERE ts < ?", (older_than,))
         return cur.rowcount
+
+
+class LogRetention(service.Service):
+    """Deletes log entries older than *days* when started and then once a day."""
+
+    name = "log-retention"
+
+    def __init__(self, logs: LogStore, clock: IReactorTime, days: int):
+        self.logs = logs
+        self.clock = clock
+        self.days = days
+        self._loop: Optional[task.LoopingCall] = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = task.LoopingCall(self.prune)
+        self._loop.clock = self.clock
+        self._loop.start(86400, now=True)
+
+    def stopService(self):
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+
+    def prune(self) -> int:
+        try:
+            removed = self.logs.prune(self.clock.seconds() - self.days * 86400)
+        except sqlite3.Error:
+            log.failure("pruning old log entries failed")
+            return 0
+        if removed:
+            log.info("removed {n} log entries older than {days} days", n=removed, days=self.days)
+        return removed

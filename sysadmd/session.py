@@ -81,6 +81,7 @@ class Session:
         self._auth_deadline: Optional[IDelayedCall] = None
         self._idle: Optional[IDelayedCall] = None
         self._idle_timeout = 0.0
+        self._last_activity = 0.0
         self.auth_in_flight = None  # Deferred while an auth request is being checked
         self.attributes: Dict[str, Any] = {}  # per-transport extras (e.g. bridge base64 mode)
 
@@ -128,12 +129,12 @@ class Session:
             self._auth_deadline = self.clock.callLater(auth_timeout, self._auth_expired, auth_timeout)
         if idle_timeout > 0:
             self._idle_timeout = idle_timeout
+            self._last_activity = self.clock.seconds()
             self._idle = self.clock.callLater(idle_timeout, self._idle_expired)
 
     def touch(self) -> None:
-        """A message arrived: restart the idle timer."""
-        if self._idle is not None and self._idle.active():
-            self._idle.reset(self._idle_timeout)
+        """A message arrived: the idle timer counts from now (checked when it fires)."""
+        self._last_activity = self.clock.seconds()
 
     def _auth_expired(self, seconds: float) -> None:
         self._auth_deadline = None
@@ -141,6 +142,10 @@ class Session:
             self.close(f"not authenticated within {seconds:g} s", CLOSE_POLICY)
 
     def _idle_expired(self) -> None:
+        left = self._last_activity + self._idle_timeout - self.clock.seconds()
+        if left > 0:
+            self._idle = self.clock.callLater(left, self._idle_expired)
+            return
         self._idle = None
         self.close(f"idle for {self._idle_timeout:g} s", CLOSE_GOING_AWAY)
 

@@ -8,6 +8,8 @@ from typing import Any
 from autobahn.twisted.resource import WebSocketResource
 from twisted.web import resource, server as web_server
 
+from sysadmd.transports.rest import limit_request_bodies
+
 
 class SysadmRoot(resource.Resource):
     isLeaf = True
@@ -36,4 +38,7 @@ def make_site(ws_factory: Any, rest: resource.Resource, *, timeout: float = 60) 
     site = QuietSite(SysadmRoot(ws_factory, rest), timeout=timeout)
     site.noisy = False
     site.displayTracebacks = False
+    max_body = getattr(rest, "max_body_bytes", None)
+    if max_body is not None:
+        limit_request_bodies(site, max_body)
     return site

@@ -59,6 +59,8 @@ class WebSocketChannel:
                 self.protocol._log.warn("closing {session}: {reason}", session=session.id if session else "?", reason=reason)
                 self.queue.clear()
                 self.queued_bytes = 0
+                if session is not None:
+                    session.close_reason = reason  # for the "Connection Closing" hostinfo entry
                 self.close(CLOSE_POLICY, reason)
             return
         self.protocol.sendMessage(payload, isBinary=False)

@@ -1,0 +1,102 @@
+"""Shared plumbing for the benchmarks: child servers, CPU accounting, the Node client."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import List, Optional, Tuple
+
+import psutil
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NODE_DIR = os.path.join(REPO, "bench", ".node")
+LISTENING = re.compile(r"listening on \S+ port (\d+)|listening on port (\d+)")
+
+
+def child_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+class Child:
+    """A server process whose output is watched for its 'listening … port N' line."""
+
+    def __init__(self, argv: List[str], label: str, timeout: float = 30.0):
+        self.label = label
+        self.proc = subprocess.Popen(argv, cwd=REPO, env=child_env(), stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        self.lines: List[str] = []
+        self.port: Optional[int] = None
+        found = threading.Event()
+
+        def pump():
+            for line in self.proc.stdout:
+                self.lines.append(line)
+                m = LISTENING.search(line)
+                if m and self.port is None and "local socket" not in line:
+                    self.port = int(m.group(1) or m.group(2))
+                    found.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not found.wait(timeout):
+            self.stop()
+            raise RuntimeError(f"{label} did not start:\n" + "".join(self.lines[-30:]))
+        self.ps = psutil.Process(self.proc.pid)
+
+    def cpu_seconds(self) -> float:
+        t = self.ps.cpu_times()
+        return t.user + t.system
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def twistd_argv(plugin: str, *args: str) -> List[str]:
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", plugin, *args]
+
+
+def ensure_node_ws() -> str:
+    """Install the 'ws' package for the Node load generator (once, into bench/.node)."""
+    if shutil.which("node") is None:
+        raise SystemExit("the benchmark needs Node.js (node) for its load generator")
+    marker = os.path.join(NODE_DIR, "node_modules", "ws", "package.json")
+    if not os.path.exists(marker):
+        os.makedirs(NODE_DIR, exist_ok=True)
+        subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", NODE_DIR, "ws@8"], check=True)
+    return os.path.join(NODE_DIR, "node_modules")
+
+
+def run_loadgen(url: str, conns: int, inflight: int, seconds: float, key_file: Optional[str] = None) -> Tuple[dict, float]:
+    """Run the Node client; returns (its JSON summary, its CPU seconds)."""
+    node_path = ensure_node_ws()
+    argv = ["node", os.path.join(REPO, "bench", "loadgen.js"), url, str(conns), str(inflight), str(seconds)]
+    if key_file:
+        argv.append(key_file)
+    env = dict(os.environ, NODE_PATH=node_path)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 120)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise RuntimeError(f"load generator failed: {proc.stderr.strip()}")
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return summary, cpu
+
+
+def tempdir(prefix: str) -> str:
+    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")

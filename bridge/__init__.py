@@ -1,0 +1,1 @@
+"""sysadm-bridge: the relay between sysadm servers behind NAT and their remote clients."""

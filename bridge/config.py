@@ -1,0 +1,91 @@
+"""sysadm-bridge's configuration keys and the resolved :class:`BridgeConfig`.
+
+Same ``KEY=VALUE`` format and parser as sysadmd (:mod:`sysadmd.configfile`).
+``conf/sysadm-bridge.conf`` is generated from :data:`KEYS`
+(``python -m bridge.config > conf/sysadm-bridge.conf``) and a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Mapping, Optional
+
+from sysadmd.configfile import ConfigError, Key, read_file, render_sample, resolve
+
+DEFAULT_CONFIG = "/etc/sysadm-bridge.conf"
+
+
+def default_state_dir() -> str:
+    if os.geteuid() == 0:
+        return "/var/db/sysadm-bridge"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(base, "sysadm-bridge")
+
+
+KEYS: List[Key] = [
+    # --- listening -----------------------------------------------------------------
+    Key("PORT", "endpoint", "12149", "Relay listener: a port number or a Twisted endpoint string such as\ntcp:12149:interface=127.0.0.1. TLS is always added."),
+    Key("LISTEN_INTERFACE", "str", "::", "Address to bind when PORT is a bare number ('::' is every IPv6 and\nIPv4 address)."),
+    Key("STATE_DIR", "path", "", "State directory (TLS certificate, registered keys, blacklist).\nEmpty: /var/db/sysadm-bridge as root, else ~/.local/state/sysadm-bridge."),
+    Key("TLS_CERT", "path", "", "PEM certificate file. Empty: a self-signed certificate is generated\nonce in the state directory (upstream peers accept self-signed ones)."),
+    Key("TLS_KEY", "path", "", "PEM private key for TLS_CERT."),
+    # --- blacklist (upstream's blacklist_settings) ---------------------------------
+    Key("BLACKLIST_BLOCK_MINUTES", "int", 60, "Minutes an address stays blocked after too many failed auth_ssl tries.", minimum=1),
+    Key("BLACKLIST_AUTH_FAIL_LIMIT", "int", 2, "Failed auth_ssl tries from one address that trigger a block.", minimum=1),
+    Key("BLACKLIST_AUTH_FAIL_RESET_MINUTES", "int", 60, "Quiet minutes after which an address's failure count restarts.", minimum=1),
+    Key("BLACKLIST_EXEMPT_LOOPBACK", "bool", True, "Never block loopback addresses."),
+    # --- authentication ------------------------------------------------------------
+    Key("AUTH_TIMEOUT", "float", 30.0, "Seconds a peer may stay unauthenticated before it is closed (1008).", minimum=0.1),
+    Key("CHALLENGE_TTL", "float", 30.0, "Seconds an auth_ssl test_string may be answered.", minimum=0.1),
+    Key("KEYS_REFRESH_INTERVAL", "float", 300.0, "Seconds between list_ssl_checksums requests to each authenticated\npeer, so keys registered on a server take effect without a reconnect.\n0: ask once, right after authentication (upstream's behaviour).", minimum=0),
+    Key("REVOCATION_POLL_INTERVAL", "float", 1.0, "Seconds between checks of the key database for keys removed with\nthe sysadm-bridge command; their live connections are then closed.", minimum=0.1),
+    # --- liveness and limits -------------------------------------------------------
+    Key("PING_INTERVAL", "float", 30.0, "Seconds between WebSocket pings; a peer that does not answer within\nthe same time is dropped (and its partners told). 0: no pings.", minimum=0),
+    Key("MAX_MESSAGE_BYTES", "int", 16 * 1024 * 1024, "Largest accepted WebSocket message (bytes); larger ones close the\nconnection with code 1009.", minimum=1024),
+    Key("MAX_CONNECTIONS", "int", 4096, "Simultaneous peer connections; more are closed with code 1013.", minimum=1),
+    Key("MAX_PEER_BUFFER_BYTES", "int", 4 * 1024 * 1024, "Relayed bytes that may wait for a slow receiver. While a receiver's\nsocket is full its senders are paused; past this amount the receiver\nis closed (1008) instead of growing the bridge's memory.", minimum=65536),
+    Key("RECEIVER_STALL_TIMEOUT", "float", 20.0, "Seconds a receiver may keep its socket full without draining anything\nbefore it is closed (1008), so the senders it holds back resume.\nKeep it below PING_INTERVAL: paused senders cannot answer pings.", minimum=0.1),
+]
+
+KEY_NAMES = [k.name for k in KEYS]
+
+
+class BridgeConfig:
+    """Resolved settings: attribute access by lower-case key name (``config.port``)."""
+
+    def __init__(self, values: Mapping[str, Any], source: str = ""):
+        self._values = dict(values)
+        self.source = source
+        if not self._values["STATE_DIR"]:
+            self._values["STATE_DIR"] = default_state_dir()
+        if bool(self._values["TLS_CERT"]) != bool(self._values["TLS_KEY"]):
+            raise ConfigError("TLS_KEY: TLS_CERT and TLS_KEY must be given together")
+        if not self._values["PORT"]:
+            raise ConfigError("PORT: the bridge needs a listening port")
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name.upper()]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def as_dict(self) -> Dict[str, Any]:
+        return dict(self._values)
+
+
+def load(path: Optional[str] = None, overrides: Optional[Mapping[str, str]] = None) -> BridgeConfig:
+    """Read *path* (if any), apply command-line *overrides* (raw text), validate."""
+    raw: Dict[str, str] = {}
+    if path:
+        raw.update(read_file(path))
+    if overrides:
+        raw.update({k.upper(): v for k, v in overrides.items() if v is not None})
+    return BridgeConfig(resolve(KEYS, raw, source=path or ""), source=path or "")
+
+
+def sample() -> str:
+    return render_sample("sysadm-bridge configuration (twistd -n sysadm-bridge --config FILE)", KEYS)
+
+
+if __name__ == "__main__":
+    print(sample())

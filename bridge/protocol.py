@@ -1,0 +1,176 @@
+"""The bridge's WebSocket adapter: frames in, calls on the core; the core's sends out.
+
+Wire protocol (upstream sysadm-bridge, ``upstream-bridge-wire.md``; our fixes marked *):
+
+* TLS WebSocket, any URL path, any Origin, no subprotocol.  Every frame we send is a
+  text frame; binary frames in are read as UTF-8 text.
+* On open the bridge sends
+  ``{"args":"","id":"sysadm_bridge_request_ident","name":"identify","namespace":"rpc"}``;
+  the peer's ``response`` with that id sets its role: ``args.type == "server"`` makes a
+  server, anything else a client.  (*) Only the reply to that id counts, and the role
+  is locked once the peer has authenticated.
+* A message is for the bridge itself if it starts with ``{`` or the peer has not yet
+  authenticated; it must carry ``namespace``, ``name``, ``args`` and ``id``:
+
+  - ``rpc/identify`` → ``{"args":{"hostname":H,"type":"bridge"},"id":…,"name":"response","namespace":"rpc"}``
+  - ``rpc/auth_ssl`` without ``args.encrypted_string`` → ``{"args":{"test_string":T},…"name":"response"…}``,
+    ``T`` 40 random ``[A-Za-z0-9]``.  (*) ``T`` is bound to this connection, single use,
+    valid ``CHALLENGE_TTL`` seconds; a new stage 1 replaces it.
+  - ``rpc/auth_ssl`` with ``args.encrypted_string`` = base64 raw PKCS#1 v1.5 signature of
+    ``T`` by a registered key → ``{"args":[TOKEN,0],…"name":"response","namespace":"rpc"}``
+    (40-char token, TTL 0: it lives as long as the connection), then at once
+    ``{"args":{"action":"list_ssl_checksums"},"id":"bridge_request_list_keys","name":"settings","namespace":"rpc"}``,
+    repeated every ``KEYS_REFRESH_INTERVAL`` (*).  (*) A key registered with a role only
+    authenticates peers of that role.  Failure →
+    ``{"args":"unauthorized","id":…,"name":"error","namespace":"rpc"}`` and one blacklist
+    strike for the address.
+  - a ``response`` with id ``bridge_request_list_keys`` and ``args.md5_keys`` (a list of
+    strings) sets the peer's key checksums; (*) only from authenticated peers.
+  - anything else → ``{"args":null,"id":…,"name":"response","namespace":<ns>}`` when
+    authenticated, the same with ``"name":"error"`` before; ``error`` messages are
+    ignored.  (*) Malformed JSON or a missing key gets a 400 error envelope saying what
+    was wrong (upstream stayed silent).
+* ``{"args":{"available_connections":[IDs]},"id":"","name":"bridge","namespace":"events"}``
+  tells each authenticated peer its partners (servers get client IDs, clients server
+  IDs; IDs are ``::{uuid4}``), always the whole sorted list, whenever it changes (*) also
+  on disconnects and revocations, and once right after the first key list.
+* Relay frame (authenticated, not starting with ``{``): ``"<dest>\\n<payload>"`` is
+  delivered to dest as ``"<source>\\n<payload>"``, payload untouched.  (*) Only between
+  paired peers; a frame for anyone else is dropped and the sender gets its
+  ``available_connections`` again.
+* Closes: not authenticated within ``AUTH_TIMEOUT`` → 1008; blocked address → 1008
+  right after the handshake; over ``MAX_CONNECTIONS`` → 1013; message over
+  ``MAX_MESSAGE_BYTES`` → 1009; a receiver too slow or stuck → 1008 (see
+  :mod:`bridge.flow`); no pong within ``PING_INTERVAL`` → dropped; key revoked → 1008.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.logger import Logger
+
+from bridge.flow import PeerFlow
+from bridge.relay import Peer, new_peer_id
+from sysadmd.envelope import encode, error
+
+CLOSE_POLICY = 1008
+CLOSE_INTERNAL = 1011
+CLOSE_TRY_AGAIN = 1013
+
+
+class BridgeServerProtocol(WebSocketServerProtocol):
+    """One peer connection; also the peer's :class:`~bridge.relay.PeerLink`."""
+
+    _log = Logger()
+    peer: Optional[Peer] = None
+    flow: Optional[PeerFlow] = None
+    _auth_timer: Any = None
+
+    # --- PeerLink -------------------------------------------------------------------------
+    def send_text(self, text: str) -> None:
+        if self.flow is not None:
+            self.flow.send(text.encode("utf-8"))
+
+    def close(self, code: int, reason: str) -> None:
+        self.close_with(code, reason)
+
+    def close_with(self, code: int, reason: str) -> None:
+        """Close with any RFC 6455 code (autobahn's sendClose allows only 1000 and 3000+)."""
+        if self.state != self.STATE_OPEN:
+            return
+        data = reason.encode("utf-8")[:123]
+        while data:
+            try:
+                data.decode("utf-8")
+                break
+            except UnicodeDecodeError:
+                data = data[:-1]
+        self.sendCloseFrame(code=code, reasonUtf8=data, isReply=False)
+
+    # --- autobahn callbacks ---------------------------------------------------------------
+    def onOpen(self) -> None:
+        try:
+            self._open()
+        except Exception:
+            # autobahn swallows exceptions from onOpen; log and close instead.
+            self._log.failure("failed to open a bridge connection")
+            self.close_with(CLOSE_INTERNAL, "internal error")
+
+    def _open(self) -> None:
+        bridge = self.factory.bridge
+        address = self.transport.getPeer().host
+        refusal = bridge.refusal(address)
+        if refusal is not None:
+            code, reason = refusal
+            self._log.info("refused {address}: {reason}", address=address, reason=reason)
+            self.close_with(code, reason)
+            return
+        cfg = bridge.config
+        peer = Peer(id=new_peer_id(), link=self, address=address)
+        transport = self.transport
+        self.flow = PeerFlow(bridge.clock, label=peer.id, limit=cfg.max_peer_buffer_bytes,
+                             stall_timeout=cfg.receiver_stall_timeout,
+                             write=lambda data: self.sendMessage(data, isBinary=False),
+                             close=self.close_with,
+                             pause_reading=transport.pauseProducing, resume_reading=transport.resumeProducing)
+        transport.registerProducer(self.flow, True)
+        self.peer = peer
+        self._auth_timer = bridge.clock.callLater(cfg.auth_timeout, self._auth_expired)
+        bridge.connected(peer)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        peer = self.peer
+        if peer is None or self.flow is None or self.flow.closing:
+            return
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError as e:
+            self.send_text(encode(error("400", f"message is not valid UTF-8 (byte {e.start}); it was dropped")))
+            return
+        bridge = self.factory.bridge
+        if peer.authenticated and not text.startswith("{"):
+            routed = bridge.directory.route(peer, text)
+            if routed is not None:
+                dest, frame = routed
+                dest.link.flow.relay_from(self.flow, frame.encode("utf-8"))
+        else:
+            bridge.api.handle(peer, text)
+
+    def onClose(self, wasClean: bool, code: Any, reason: Any) -> None:
+        if self._auth_timer is not None and self._auth_timer.active():
+            self._auth_timer.cancel()
+        self._auth_timer = None
+        if self.flow is not None:
+            self.flow.lost()
+        if self.peer is not None:
+            peer, self.peer = self.peer, None
+            self.factory.bridge.disconnected(peer, code, reason)
+
+    def _auth_expired(self) -> None:
+        self._auth_timer = None
+        if self.peer is not None and not self.peer.authenticated:
+            timeout = self.factory.bridge.config.auth_timeout
+            self.close_with(CLOSE_POLICY, f"not authenticated within {timeout:g} s")
+
+
+class BridgeServerFactory(WebSocketServerFactory):
+    protocol = BridgeServerProtocol
+
+    def __init__(self, bridge: Any, *, reactor: Any = None):
+        super().__init__(url=None, server="sysadm-bridge", reactor=reactor)
+        self.noisy = False
+        self.bridge = bridge
+        cfg = bridge.config
+        self.setProtocolOptions(
+            maxMessagePayloadSize=cfg.max_message_bytes,
+            maxFramePayloadSize=cfg.max_message_bytes,
+            utf8validateIncoming=False,  # decoded once in onMessage, binary frames too
+            openHandshakeTimeout=30,
+            closeHandshakeTimeout=5,
+            autoFragmentSize=0,
+            perMessageCompressionAccept=lambda offers: None,
+            autoPingInterval=cfg.ping_interval,
+            autoPingTimeout=cfg.ping_interval,
+        )

@@ -1,0 +1,162 @@
+"""The running bridge: its state, its timers, and the service tree ``twistd`` starts.
+
+:class:`Bridge` owns the peer directory, the key store, the blacklist and the API, and
+the two periodic jobs: re-asking authenticated peers for their key lists, and noticing
+keys removed by the ``sysadm-bridge`` command (their live connections are closed).
+:func:`build` adds the TLS listener.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Optional, Tuple
+
+from twisted.application import service
+from twisted.internet import task
+from twisted.logger import Logger
+
+from bridge.api import BridgeApi
+from bridge.config import BridgeConfig
+from bridge.keys import KeyStore, database_path
+from bridge.protocol import CLOSE_POLICY, CLOSE_TRY_AGAIN, BridgeServerFactory
+from bridge.relay import Peer, PeerDirectory
+from sysadmd import tls
+from sysadmd.auth.blacklist import Blacklist
+from sysadmd.db import open_database
+from sysadmd.listeners import Listener
+from sysadmd.statedir import ensure_private_dir
+
+log = Logger()
+
+CLOSE_GOING_AWAY = 1001
+
+
+def open_blacklist(db: Any, clock: Any, cfg: BridgeConfig) -> Blacklist:
+    return Blacklist(db, clock, limit=cfg.blacklist_auth_fail_limit,
+                     reset_minutes=cfg.blacklist_auth_fail_reset_minutes,
+                     block_minutes=cfg.blacklist_block_minutes,
+                     exempt_loopback=cfg.blacklist_exempt_loopback)
+
+
+class Bridge(service.Service):
+    """Bridge state shared by every connection."""
+
+    def __init__(self, cfg: BridgeConfig, db: Any, clock: Any, *, hostname: Optional[str] = None):
+        self.config = cfg
+        self.db = db
+        self.clock = clock
+        self.keys = KeyStore(db)
+        self.blacklist = open_blacklist(db, clock, cfg)
+        self.directory = PeerDirectory()
+        self.api = BridgeApi(self.directory, self.keys, self.blacklist, clock,
+                             hostname=hostname or socket.gethostname() or "localhost",
+                             challenge_ttl=cfg.challenge_ttl)
+        self._loops = []
+
+    # --- service ---------------------------------------------------------------------------
+    def startService(self) -> None:
+        super().startService()
+        self._start_loop(self.check_revocations, self.config.revocation_poll_interval)
+        if self.config.keys_refresh_interval > 0:
+            self._start_loop(self.refresh_key_lists, self.config.keys_refresh_interval)
+
+    def stopService(self) -> None:
+        super().stopService()
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops = []
+        for peer in list(self.directory.peers.values()):
+            peer.link.close(CLOSE_GOING_AWAY, "bridge shutting down")
+
+    def _start_loop(self, fn, interval: float) -> None:
+        loop = task.LoopingCall(self._guarded, fn)
+        loop.clock = self.clock
+        loop.start(interval, now=False)
+        self._loops.append(loop)
+
+    @staticmethod
+    def _guarded(fn) -> None:
+        try:
+            fn()
+        except Exception:
+            log.failure("periodic bridge task {name} failed", name=fn.__name__)
+
+    # --- connections -----------------------------------------------------------------------
+    def refusal(self, address: str) -> Optional[Tuple[int, str]]:
+        """``None`` if a new connection from *address* may proceed, else ``(code, reason)``."""
+        left = self.blacklist.blocked_for(address)
+        if left > 0:
+            return CLOSE_POLICY, f"address blocked after repeated failed auth_ssl tries; try again in {int(left // 60) + 1} min"
+        if len(self.directory) >= self.config.max_connections:
+            return CLOSE_TRY_AGAIN, f"too many connections (MAX_CONNECTIONS={self.config.max_connections})"
+        return None
+
+    def connected(self, peer: Peer) -> None:
+        self.directory.add(peer)
+        log.info("{peer} connected from {address}", peer=peer.id, address=peer.address)
+        self.api.greet(peer)
+
+    def disconnected(self, peer: Peer, code: Any = None, reason: Any = None) -> None:
+        self.api.forget(peer)
+        self.directory.remove(peer)
+        log.info("{peer} ({role}) disconnected: {code} {reason}", peer=peer.id, role=peer.role or "no role",
+                 code=code, reason=reason or "")
+
+    # --- periodic jobs ---------------------------------------------------------------------
+    def refresh_key_lists(self) -> None:
+        """Ask every authenticated peer for its key checksums again (upstream asked once)."""
+        for peer in self.directory.authenticated():
+            self.api.request_keys(peer)
+
+    def check_revocations(self) -> int:
+        """Close connections whose key was removed or replaced; returns how many."""
+        if not self.keys.changed():
+            return 0
+        current = {key.nickname: key.md5 for key in self.keys.all()}
+        closed = 0
+        for peer in self.directory.authenticated():
+            if current.get(peer.key_nickname) != peer.key_md5:
+                log.info("{peer}: key {nick} was removed or replaced; closing", peer=peer.id, nick=peer.key_nickname)
+                peer.link.close(CLOSE_POLICY, f"key {peer.key_nickname!r} was revoked on the bridge")
+                closed += 1
+        return closed
+
+
+class BridgeDaemon(service.MultiService):
+    """The whole bridge: :class:`Bridge` plus its TLS listener."""
+
+    def __init__(self, bridge: Bridge, listener: Listener):
+        super().__init__()
+        self.bridge = bridge
+        self.listener = listener
+        bridge.setServiceParent(self)
+        listener.setServiceParent(self)
+
+
+def tls_files(cfg: BridgeConfig) -> Tuple[str, str]:
+    if cfg.tls_cert:
+        for path in (cfg.tls_cert, cfg.tls_key):
+            if not os.path.exists(path):
+                raise OSError(f"TLS file {path} does not exist (TLS_CERT / TLS_KEY)")
+        return cfg.tls_cert, cfg.tls_key
+    cert, key, created = tls.ensure_certificate(cfg.state_dir, "bridge")
+    if created:
+        log.info("generated a self-signed TLS certificate in {path}", path=cert)
+    return cert, key
+
+
+def build(cfg: BridgeConfig, reactor: Any) -> BridgeDaemon:
+    """The service tree for *cfg*: state dir, database, TLS, listener."""
+    ensure_private_dir(cfg.state_dir)
+    db = open_database(database_path(cfg.state_dir))
+    bridge = Bridge(cfg, db, reactor)
+    cert, key = tls_files(cfg)
+    with open(cert, "rb") as f:
+        fingerprint = tls.fingerprint_sha256(f.read())
+    log.info("TLS certificate {path} SHA-256 fingerprint {fp}", path=cert, fp=fingerprint)
+    factory = BridgeServerFactory(bridge, reactor=reactor)
+    listener = Listener(reactor, cfg.port, factory, label="sysadm-bridge wss",
+                        interface=cfg.listen_interface, tls=tls.server_context(cert, key))
+    return BridgeDaemon(bridge, listener)

@@ -1,0 +1,57 @@
+"""``twistd -n sysadm-bridge``: command-line options and the service tree."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Optional
+
+from twisted.application import service
+from twisted.python import usage
+
+from bridge import config as configmod
+from sysadmd.configfile import ConfigError
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Relay between sysadm servers (often behind NAT) and their remote clients over TLS "
+        "WebSockets, wire-compatible with the upstream sysadm-bridge. Every option overrides "
+        "the config file key named in brackets."
+    )
+    optParameters = [
+        ["config", "c", None, f"Config file (KEY=VALUE); default {configmod.DEFAULT_CONFIG} if it exists."],
+        ["port", "p", None, "[PORT] listener: port number or endpoint string."],
+        ["state-dir", "d", None, "[STATE_DIR] state directory."],
+        ["interface", None, None, "[LISTEN_INTERFACE] address for a bare port number."],
+    ]
+
+    def overrides(self) -> Dict[str, str]:
+        mapping = {"port": "PORT", "state-dir": "STATE_DIR", "interface": "LISTEN_INTERFACE"}
+        return {key: self[opt] for opt, key in mapping.items() if self[opt] is not None}
+
+    def config_path(self) -> Optional[str]:
+        if self["config"]:
+            return self["config"]
+        return configmod.DEFAULT_CONFIG if os.path.exists(configmod.DEFAULT_CONFIG) else None
+
+
+def load_config(options: Options) -> configmod.BridgeConfig:
+    try:
+        return configmod.load(options.config_path(), options.overrides())
+    except ConfigError as e:
+        raise SystemExit(f"sysadm-bridge: configuration error: {e}")
+
+
+def makeService(options: Options, reactor: Any = None) -> service.MultiService:
+    if reactor is None:
+        from twisted.internet import reactor  # noqa: F811
+    cfg = load_config(options)
+    from bridge.service import build
+
+    try:
+        return build(cfg, reactor)
+    except ConfigError as e:
+        raise SystemExit(f"sysadm-bridge: configuration error: {e}")
+    except OSError as e:
+        raise SystemExit(f"sysadm-bridge: cannot start: {e}")

@@ -1,0 +1,1 @@
+"""Bridge link verbs (bridge_add, …)."""

@@ -1,0 +1,217 @@
+"""``sysadm run``, ``sysadm jobs``, ``sysadm kill``: dispatcher jobs from the terminal.
+
+``run`` subscribes to ``dispatcher`` events *before* it submits the job, so not a byte
+of output is missed, prints the output as the ``running`` updates arrive and exits with
+the job's last return code.  Ctrl-C asks whether to kill the job (on a terminal) or
+kills it at once (otherwise); a second Ctrl-C leaves it running and exits.
+"""
+
+from __future__ import annotations
+
+import getpass
+import re
+import secrets
+import signal
+import time
+from typing import Any, List, Optional
+
+from twisted.internet import defer
+
+from sysadmd.client import tables
+from sysadmd.client.context import Context
+from sysadmd.client.errors import EXIT_CONNECT, EXIT_ERROR_REPLY, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ClientError
+from sysadmd.client.jobwatch import JobFollower
+
+
+def new_job_id(user: Optional[str] = None) -> str:
+    """``cli-<user>-<UTC time>-<random>``: readable in ``sysadm jobs``, unique enough."""
+    who = user or _local_user()
+    who = re.sub(r"[^A-Za-z0-9_.-]", "_", who)[:32] or "user"
+    return f"cli-{who}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}"
+
+
+def _local_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "user"
+
+
+class Interrupts:
+    """Ctrl-C while a job runs: ask (terminal) or kill at once, then follow to the end."""
+
+    def __init__(self, ctx: Context, follower: JobFollower, stop: defer.Deferred):
+        self.ctx = ctx
+        self.follower = follower
+        self.stop = stop  # fired with an exit code to leave early
+        self.prompting = False
+        self.previous: Any = None
+
+    def install(self) -> None:
+        self.previous = signal.signal(signal.SIGINT, self._signal)
+
+    def uninstall(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+    def _signal(self, signum: int, frame: Any) -> None:
+        if self.prompting:
+            raise KeyboardInterrupt  # leaves the blocking prompt below
+        self.ctx.reactor.callFromThread(self.interrupted)
+
+    def interrupted(self) -> None:
+        job = self.follower.job_id
+        if self.follower.done or self.stop.called:
+            return
+        if self.follower.kill_requested:
+            self.ctx.note(f"\nsysadm: not waiting any longer; job {job} was asked to stop (`sysadm jobs` shows it)")
+            self.stop.callback(EXIT_INTERRUPTED)
+            return
+        if _is_tty(self.ctx.stdin):
+            self.ctx.err.write(f"\nKill job {job}? [y/N] ")
+            self.ctx.err.flush()
+            self.prompting = True
+            try:
+                answer = self.ctx.stdin.readline()
+            except KeyboardInterrupt:
+                self.ctx.note(f"\nsysadm: leaving job {job} running (`sysadm kill {job}` stops it)")
+                self.stop.callback(EXIT_INTERRUPTED)
+                return
+            finally:
+                self.prompting = False
+            if answer.strip().lower() not in ("y", "yes"):
+                self.ctx.note("continuing; Ctrl-C again to be asked again")
+                return
+        self.kill()
+
+    def kill(self) -> None:
+        job = self.follower.job_id
+        self.follower.kill_requested = True
+        self.ctx.note(f"sysadm: killing job {job}")
+        d = defer.ensureDeferred(self.ctx.ask("rpc", "dispatcher", {"action": "kill", "job_id": [job]}, what="kill"))
+
+        def failed(failure):
+            message = getattr(failure.value, "message", str(failure.value))
+            self.ctx.note(f"sysadm: could not kill job {job}: {message}")
+
+        d.addErrback(failed)
+
+
+def _is_tty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+async def run(ctx: Context) -> int:
+    commands: List[str] = ctx.options.commands
+    empty = [i + 1 for i, c in enumerate(commands) if not c.strip()]
+    if empty:
+        raise ClientError(f"command {empty[0]} is empty; each CMD is one command line such as 'ls -l /tmp'", EXIT_USAGE)
+    job_id = ctx.options.id or new_job_id(ctx.options.user)
+    follower = JobFollower(job_id, commands)
+    finished: defer.Deferred = defer.Deferred()
+
+    def on_event(message: dict) -> None:
+        if message.get("name") != "dispatcher" or finished.called:
+            return
+        for stream, text in follower.feed(message.get("args")):
+            (ctx.out if stream == "out" else ctx.err).write(text)
+            (ctx.out if stream == "out" else ctx.err).flush()
+        if follower.done:
+            finished.callback(follower.exit_code)
+
+    ctx.conn.event_listeners.append(on_event)
+    await ctx.ask("events", "subscribe", ["dispatcher"], what="subscribing to dispatcher events")
+    spec: Any = commands[0] if len(commands) == 1 else commands
+    started = await ctx.ask("rpc", "dispatcher", {"action": "run", job_id: spec}, what="submitting the job")
+    names = started.get("started") if isinstance(started, dict) else None
+    if not isinstance(names, list) or job_id not in names:
+        raise ClientError(f"the server did not start job {job_id} (reply: {started!r})", EXIT_ERROR_REPLY)
+    if ctx.json_output:
+        ctx.note(f"job {job_id} submitted")
+
+    interrupts = Interrupts(ctx, follower, finished)
+    interrupts.install()
+    lost: defer.Deferred = defer.Deferred()
+
+    def connection_closed(reason: Any) -> Any:
+        if not lost.called:
+            lost.callback(("lost", reason))
+        return reason
+
+    ctx.conn.closed.addBoth(connection_closed)
+    try:
+        result = await defer.DeferredList([finished, lost], fireOnOneCallback=True, consumeErrors=True)
+    finally:
+        interrupts.uninstall()
+    value = result[0]
+    if isinstance(value, tuple) and value and value[0] == "lost":
+        reason = value[1][1] if isinstance(value[1], tuple) else value[1]
+        raise ClientError(
+            f"connection lost while job {job_id} was running ({reason or 'closed'}); it goes on on the server:\n"
+            f"  `sysadm jobs` shows it, `sysadm kill {job_id}` stops it", EXIT_CONNECT)
+    return int(value)
+
+
+async def jobs(ctx: Context) -> int:
+    listing = await ctx.ask("rpc", "dispatcher", {"action": "list"}, what="listing jobs")
+    history = None
+    if getattr(ctx.options, "all", False):
+        history = await ctx.ask("rpc", "dispatcher", {"action": "history"}, what="reading the job history")
+    if ctx.json_output:
+        ctx.emit_json(listing if history is None else {"list": listing, "history": history})
+        return EXIT_OK
+    rows = []
+    queues = listing.get("jobs", {}) if isinstance(listing, dict) else {}
+    for queue in sorted(queues):
+        for job_id, info in sorted((queues[queue] or {}).items()):
+            info = info if isinstance(info, dict) else {}
+            commands = info.get("commands") or []
+            rows.append([job_id, queue, info.get("state", "?"), info.get("queue_position", ""),
+                         " ; ".join(commands) if isinstance(commands, list) else commands])
+    if rows:
+        for line in tables.render(["id", "queue", "state", "pos", "commands"], rows):
+            ctx.say(line)
+    else:
+        ctx.say("no pending or running jobs")
+    if history is not None:
+        _show_history(ctx, history)
+    return EXIT_OK
+
+
+def _show_history(ctx: Context, history: Any) -> None:
+    entries = history.get("jobs", history) if isinstance(history, dict) else history
+    if isinstance(entries, dict):
+        entries = [dict(v, id=k) if isinstance(v, dict) else {"id": k} for k, v in entries.items()]
+    if not isinstance(entries, list) or not entries:
+        ctx.say("\nno finished jobs")
+        return
+    rows = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        codes = entry.get("return_codes")
+        rows.append([entry.get("id") or entry.get("process_id", "?"), entry.get("state", "finished"),
+                     entry.get("time_finished", ""), codes if not isinstance(codes, (dict, list)) else ",".join(map(str, codes.values() if isinstance(codes, dict) else codes)),
+                     " ; ".join(entry.get("commands") or entry.get("cmd_list") or [])])
+    ctx.say("")
+    for line in tables.render(["id", "state", "finished", "codes", "commands"], rows):
+        ctx.say(line)
+
+
+async def kill(ctx: Context) -> int:
+    wanted: List[str] = ctx.options.job_ids
+    reply = await ctx.ask("rpc", "dispatcher", {"action": "kill", "job_id": wanted}, what="kill")
+    killed = reply.get("killed", {}).get("jobs", []) if isinstance(reply, dict) else []
+    if ctx.json_output:
+        ctx.emit_json(reply)
+    else:
+        for job_id in killed:
+            ctx.say(f"killed {job_id}")
+    missing = [j for j in wanted if j not in killed]
+    for job_id in missing:
+        ctx.note(f"sysadm: no pending or running job {job_id}")
+    return EXIT_ERROR_REPLY if missing else EXIT_OK

@@ -1,0 +1,271 @@
+"""``sysadm``: the command line of a sysadmd server (console script).
+
+Parses the command line, opens the right connection (local socket, ``wss://`` URL or a
+bridge), logs in, runs one verb and exits with a documented code.  Verbs are
+coroutines ``verb(ctx) -> exit code`` in the neighbouring modules; expected failures are
+:class:`~sysadmd.client.errors.ClientError` and print one readable message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, List, Optional
+
+from twisted.internet import defer, task
+
+from sysadmd.client import calls, eventtail, jobs, keyverbs
+from sysadmd.client.connect import BRIDGE_PORT, SERVER_PORT, default_socket, login, open_tls, open_unix, parse_url, resolve_credentials
+from sysadmd.client.context import Context
+from sysadmd.client.errors import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ClientError
+from sysadmd.client.knownhosts import KnownHosts
+
+DESCRIPTION = """\
+Talk to a sysadmd server: call any API, run jobs and watch their output live, tail
+events, manage login keys and bridge links.
+
+Where: the local daemon's Unix socket by default (your uid is your login), a remote
+server with --url wss://host[:port] (certificate pinned on first use), or a server
+behind a bridge with --bridge wss://host[:12149] --key FILE --server ID.
+"""
+
+EXAMPLES = """\
+examples:
+  sysadm identify
+  sysadm --url wss://nas.lan --user alice query
+  sysadm call rpc dispatcher '{"action":"list"}'
+  echo '{"action":"list_ssl_certs"}' | sysadm call rpc settings -
+  sysadm run 'make -C /src' 'make -C /src install'
+  sysadm events system-state --pretty
+  sysadm keys add ~/.ssh/sysadm.pub --nickname laptop
+  sysadm --bridge wss://relay.example.org --key ~/.config/sysadm/id.pem peers
+"""
+
+
+def _add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """Options accepted before or after the verb (after it, they override)."""
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    g = parser.add_argument_group("connection and login")
+    g.add_argument("--socket", metavar="PATH", default=default(None),
+                   help="the daemon's local socket (default: $SYSADM_SOCKET, else the daemon's default path)")
+    g.add_argument("--url", metavar="URL", default=default(None),
+                   help=f"remote server wss://host[:port] (port {SERVER_PORT} by default)")
+    g.add_argument("--bridge", metavar="URL", default=default(None),
+                   help=f"reach servers through the bridge wss://host[:port] (port {BRIDGE_PORT} by default)")
+    g.add_argument("--server", metavar="ID", default=default(None),
+                   help="with --bridge: the server's connection ID (see `peers`), or its host name")
+    g.add_argument("--user", metavar="NAME", default=default(None),
+                   help="log in with a password ($SYSADM_PASSWORD, or asked on the terminal)")
+    g.add_argument("--key", metavar="FILE", default=default(None),
+                   help="log in with this PEM RSA private key (rpc/auth_ssl)")
+    g.add_argument("--bridge-key", metavar="FILE", default=default(None),
+                   help="with --bridge: the key the bridge knows you by (default: --key)")
+    g.add_argument("--token", metavar="TOKEN", default=default(None),
+                   help="resume a session token ($SYSADM_TOKEN)")
+    g.add_argument("--fingerprint", metavar="FP", default=default(None),
+                   help="expect and pin this SHA-256 certificate fingerprint")
+    g.add_argument("--known-hosts", metavar="FILE", dest="known_hosts", default=default(None),
+                   help="pinned certificates (default: $XDG_CONFIG_HOME/sysadm/known_hosts)")
+    g.add_argument("--timeout", metavar="SECONDS", type=float, default=default(30.0),
+                   help="give up connecting or waiting for a reply after this long (0: never; default 30)")
+    g.add_argument("--json", action="store_true", default=default(False), help="machine-readable JSON output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sysadm", description=DESCRIPTION, epilog=EXAMPLES + "\n" + EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_global_options(parser, suppress=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_global_options(common, suppress=True)
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    verbs.required = True
+
+    def verb(name: str, func: Any, help: str, *, local: bool = False, prepare: Any = None, **kw: Any) -> argparse.ArgumentParser:
+        p = verbs.add_parser(name, parents=[common], help=help, description=help, **kw)
+        p.set_defaults(func=func, local=local, prepare=prepare)
+        return p
+
+    p = verb("call", calls.call, "send one request and print the reply", prepare=calls.prepare_call)
+    p.add_argument("namespace", metavar="NAMESPACE")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("args_json", metavar="ARGS-JSON", nargs="?", help="request args as JSON; - reads stdin (default {})")
+
+    p = verb("run", jobs.run, "run commands as one dispatcher job, streaming its output; exits with its return code")
+    p.add_argument("commands", metavar="CMD", nargs="+", help="one command line per argument (split by the server, no shell)")
+    p.add_argument("--id", metavar="ID", help="job id (default cli-<user>-<time>-<random>)")
+
+    p = verb("jobs", jobs.jobs, "list pending and running jobs")
+    p.add_argument("--all", action="store_true", help="also list finished jobs, when the server keeps a history")
+
+    p = verb("kill", jobs.kill, "kill pending or running jobs")
+    p.add_argument("job_ids", metavar="ID", nargs="+")
+
+    p = verb("events", eventtail.events, "subscribe to events and print them as they come")
+    p.add_argument("names", metavar="NAME", nargs="+", help="dispatcher, life-preserver, system-state")
+    p.add_argument("--pretty", action="store_true", help="time, name and indented args instead of one JSON line")
+    p.add_argument("--count", metavar="N", type=int, default=0, help="exit after N events")
+
+    verb("query", calls.query, "list the APIs this server offers and your access to each")
+    verb("identify", calls.identify, "show the server's host name and type (no login needed)")
+    verb("peers", None, "with --bridge: list the servers the bridge offers you")
+
+    keys = verb("keys", None, "manage the keys that may log in with rpc/auth_ssl")
+    kv = keys.add_subparsers(dest="keys_verb", metavar="ACTION")
+    kv.required = True
+    kp = kv.add_parser("list", parents=[common], help="registered keys (all users' with full access)")
+    kp.set_defaults(func=keyverbs.keys_list)
+    kp = kv.add_parser("add", parents=[common], help="register a public key (or the public half of a private key)")
+    kp.add_argument("file", metavar="FILE")
+    kp.add_argument("--nickname", metavar="N")
+    kp.add_argument("--email", metavar="E")
+    kp.set_defaults(func=keyverbs.keys_add, prepare=keyverbs.prepare_keys_add)
+    kp = kv.add_parser("revoke", parents=[common], help="revoke a key: nickname, md5 checksum, pub_key string or key file")
+    kp.add_argument("key", metavar="PUBKEY")
+    kp.add_argument("--owner", metavar="USER", help="the key's user, when several match")
+    kp.set_defaults(func=keyverbs.keys_revoke)
+    kp = kv.add_parser("checksums", parents=[common], help="md5 checksums of all keys (what bridges pair by)")
+    kp.set_defaults(func=keyverbs.keys_checksums)
+
+    bridges = verb("bridges", None, "manage this server's outgoing bridge links")
+    bv = bridges.add_subparsers(dest="bridges_verb", metavar="ACTION")
+    bv.required = True
+    bp = bv.add_parser("list", parents=[common], help="configured bridge links")
+    bp.set_defaults(func=keyverbs.bridges_list)
+    bp = bv.add_parser("add", parents=[common], help="add a bridge link")
+    bp.add_argument("nickname", metavar="NICK")
+    bp.add_argument("url", metavar="URL")
+    bp.add_argument("--verify", choices=("pin", "ca", "none"), help="how the server checks the bridge certificate")
+    bp.set_defaults(func=keyverbs.bridges_add)
+    bp = bv.add_parser("remove", parents=[common], help="remove a bridge link")
+    bp.add_argument("nickname", metavar="NICK")
+    bp.set_defaults(func=keyverbs.bridges_remove)
+
+    hosts = verb("known-hosts", None, "list or forget pinned certificates", local=True)
+    hv = hosts.add_subparsers(dest="hosts_verb", metavar="ACTION")
+    hv.required = True
+    hp = hv.add_parser("list", parents=[common], help="pinned endpoints and fingerprints")
+    hp.set_defaults(func=known_hosts_list)
+    hp = hv.add_parser("forget", parents=[common], help="remove the pinned certificate of HOST:PORT")
+    hp.add_argument("endpoint", metavar="HOST:PORT")
+    hp.set_defaults(func=known_hosts_forget)
+    return parser
+
+
+# --- local verbs (no connection) -------------------------------------------------------------
+
+def known_hosts_list(options: Any, out: Any, err: Any) -> int:
+    store = KnownHosts(options.known_hosts)
+    entries = store.entries()
+    if options.json:
+        import json
+
+        out.write(json.dumps(dict(entries), indent=2, sort_keys=True) + "\n")
+    elif not entries:
+        out.write(f"no pinned certificates ({store.path})\n")
+    else:
+        for endpoint, fingerprint in entries:
+            out.write(f"{endpoint} {fingerprint}\n")
+    return EXIT_OK
+
+
+def known_hosts_forget(options: Any, out: Any, err: Any) -> int:
+    store = KnownHosts(options.known_hosts)
+    endpoint = options.endpoint
+    if endpoint.startswith("wss://"):
+        endpoint = parse_url(endpoint, SERVER_PORT).name
+    if store.forget(endpoint):
+        out.write(f"forgot the certificate of {endpoint}\n")
+        return EXIT_OK
+    err.write(f"sysadm: {endpoint} is not in {store.path} (`sysadm known-hosts list` shows the entries)\n")
+    return 1
+
+
+# --- connected verbs ------------------------------------------------------------------------
+
+async def open_connection(ctx: Context) -> None:
+    """Open the connection the options ask for, log in, and put it in ``ctx.conn``."""
+    opts = ctx.options
+    if opts.bridge:
+        from sysadmd.client import bridged
+
+        await bridged.open_bridged(ctx)
+        return
+    if opts.server:
+        raise ClientError("--server needs --bridge (it names a server behind a bridge)", EXIT_USAGE)
+    if opts.bridge_key:
+        raise ClientError("--bridge-key needs --bridge", EXIT_USAGE)
+    creds = resolve_credentials(opts.user, opts.key, opts.token, ctx.stdin)
+    if opts.url:
+        endpoint = parse_url(opts.url, SERVER_PORT)
+        ctx.target = endpoint.name
+        ctx.conn = await open_tls(ctx.reactor, endpoint, ctx.timeout, KnownHosts(opts.known_hosts), opts.fingerprint, ctx.err)
+    else:
+        path = opts.socket or default_socket()
+        ctx.target = path
+        ctx.conn = await open_unix(ctx.reactor, path, ctx.timeout)
+    await login(ctx.conn, ctx.reactor, creds, ctx.timeout, ctx.target)
+
+
+async def execute(reactor: Any, options: argparse.Namespace, out: Any, err: Any, stdin: Any) -> int:
+    """Run one parsed command line; the exit code. Never raises for expected failures."""
+    ctx = Context(reactor, options, out, err, stdin)
+    try:
+        if options.prepare is not None:
+            options.prepare(ctx)
+        await open_connection(ctx)
+        if options.verb == "peers":
+            from sysadmd.client import bridged
+
+            return await bridged.peers(ctx)
+        return await options.func(ctx)
+    except ClientError as e:
+        err.write(f"sysadm: {e.message}\n")
+        err.flush()
+        return e.exit_code
+    finally:
+        await _close(ctx)
+
+
+async def _close(ctx: Context) -> None:
+    conn = ctx.conn
+    if conn is None:
+        return
+    d = conn.close()
+    d.addTimeout(3, ctx.reactor)
+    try:
+        await d
+    except Exception:
+        transport = getattr(conn, "transport", None)
+        if transport is not None:
+            transport.abortConnection()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    options = parser.parse_args(argv)
+    if options.verb == "peers" and not options.bridge:
+        parser.error("peers needs --bridge URL")
+    if options.local:
+        try:
+            return options.func(options, sys.stdout, sys.stderr)
+        except ClientError as e:
+            sys.stderr.write(f"sysadm: {e.message}\n")
+            return e.exit_code
+
+    async def react_main(reactor: Any) -> None:
+        code = await execute(reactor, options, sys.stdout, sys.stderr, sys.stdin)
+        raise SystemExit(code)
+
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(react_main(reactor)))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""``rpc/dispatcher``: run, list and kill jobs (seed 000), plus our ``history``.
+
+Requests (``args`` is an object; ``action`` matches case-insensitively)::
+
+    {"action":"run","job1":"echo hi","job2":["mkdir /tmp/x","ls /tmp/x"]}
+      → {"started":["job1","job2"]}            (full access; sorted ids; all jobs in no_queue)
+      → {"started":[…],"skipped":{"job3":"…"}} when a value was neither a string nor a list
+    {"action":"list"}
+      → {"jobs":{"no_queue":{"job2":{"commands":[…],"state":"running"}},
+                 "pkg_queue":{"<id>":{"commands":[…],"queue_position":"0","state":"running"}}}}
+    {"action":"kill","job_id":"job1"}  or  {"action":"kill","job_id":["job1","job2"]}
+      → {"killed":{"jobs":["job1"]}}           (full access; the ids that were pending or running)
+    {"action":"history"[, "job_id": <string|array>][, "limit": 1..1000]}
+      → {"history":[<finished process log + "queue">, …]}   (newest first; ours)
+
+Upstream skips run values of other types silently; we still skip them (old clients may
+send such keys) but say so in ``skipped``.  An id that is already pending or running, an
+empty chain or an empty command is refused with 400 and nothing is started.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+from twisted.logger import Logger
+
+from sysadmd.api import require_full_access
+from sysadmd.dispatcher.job import NO_QUEUE
+from sysadmd.dispatcher.service import Dispatcher
+from sysadmd.dispatcher.store import JobStore
+from sysadmd.envelope import ApiError, encode, require_action, type_name
+
+log = Logger()
+
+HISTORY_LIMIT = 100
+HISTORY_MAX = 1000
+
+
+def _job_ids(args: Dict[str, Any], required: bool) -> Any:
+    value = args.get("job_id")
+    if value is None and not required:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise ApiError("400", f"'job_id' must be a job id string or an array of them, got {type_name(value)}")
+
+
+class DispatcherApi:
+    """The handlers of ``rpc/dispatcher`` over one :class:`Dispatcher`."""
+
+    def __init__(self, server: Any, dispatcher: Dispatcher):
+        self.server = server
+        self.dispatcher = dispatcher
+
+    def handle(self, session, request) -> Any:
+        action = require_action(request.args)
+        handler = getattr(self, f"action_{action}", None)
+        if handler is None:
+            raise ApiError("400", f"unknown dispatcher action {action!r}; expected run, list, kill or history")
+        return handler(session, request.args)
+
+    def action_run(self, session, args: Dict[str, Any]) -> Dict[str, Any]:
+        identity = require_full_access(session, "running dispatcher jobs")
+        jobs: Dict[str, List[Any]] = {}
+        skipped: Dict[str, str] = {}
+        for key, value in args.items():
+            if key == "action":
+                continue
+            if not key:
+                skipped[key] = "a job id must not be empty"
+            elif isinstance(value, str):
+                jobs[key] = [value]
+            elif isinstance(value, list):
+                jobs[key] = value
+            else:
+                skipped[key] = f"expected a command string or an array of them, got {type_name(value)}"
+        if not jobs and not skipped:
+            raise ApiError("400", "nothing to run: give each job as \"<job id>\": \"<command>\" or [\"<command>\", …]")
+        started = self.dispatcher.submit_many(jobs, queue=NO_QUEUE, origin=f"{identity.user}@{session.peer}")
+        ids = sorted(job.id for job in started)
+        if ids:
+            self.server.logs.hostinfo(f"Client Launched Processes[{session.peer}]: {','.join(ids)}")
+        reply: Dict[str, Any] = {"started": ids}
+        if skipped:
+            reply["skipped"] = skipped
+        return reply
+
+    def action_list(self, session, args: Dict[str, Any]) -> Dict[str, Any]:
+        return self.dispatcher.list()
+
+    def action_kill(self, session, args: Dict[str, Any]) -> Dict[str, Any]:
+        require_full_access(session, "killing dispatcher jobs")
+        ids = _job_ids(args, required=True)
+        return {"killed": {"jobs": self.dispatcher.kill(ids)}}
+
+    def action_history(self, session, args: Dict[str, Any]) -> Dict[str, Any]:
+        ids = _job_ids(args, required=False)
+        limit = args.get("limit", HISTORY_LIMIT)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= HISTORY_MAX:
+            raise ApiError("400", f"'limit' must be an integer from 1 to {HISTORY_MAX}")
+        return {"history": self.dispatcher.history(ids, limit)}
+
+
+def install(server: Any, reactor: Any) -> Dispatcher:
+    """Create the dispatcher as a child service of *server* and route ``rpc/dispatcher``."""
+    store = JobStore(server.db, server.state_dir)
+    dispatcher = Dispatcher(
+        server.config, store, reactor,
+        publish=lambda args, keep: server.events.publish("dispatcher", args, store=keep),
+        finished_log_sink=lambda event: server.logs.append("dispatcher", encode(event)),
+    )
+    dispatcher.setServiceParent(server)
+    server.subsystems["dispatcher"] = dispatcher
+    api = DispatcherApi(server, dispatcher)
+    server.api.add("rpc", "dispatcher", api.handle, limited="read")
+    return dispatcher

@@ -1,0 +1,103 @@
+"""``rpc/settings``: one route, many actions, plus the four upstream key actions.
+
+Wire shapes (args → reply args)::
+
+    {"action":"register_ssl_cert","pub_key":B64PEM,"nickname":N,"email":E}   → {}
+    {"action":"list_ssl_certs"}      → {"<user>":{"<pub_key>":"Nickname: N\\nEmail: E\\nDate Registered: <ISO>"}}
+    {"action":"list_ssl_checksums"}  → {"md5_keys":["<base64(MD5(PEM))>",…]}
+    {"action":"revoke_ssl_cert","pub_key":B64PEM[,"user":U]}                → {}
+
+Actions live in ``server.settings_actions`` (name → ``handler(session, args)``), so
+other subsystems (bridge links) add theirs without touching this module.  Keys are
+registered for the session's own user; listing or revoking another user's keys needs
+full access (403, and the connection keeps serving).  Revoking a key ends its logins.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict
+
+from sysadmd import crypto
+from sysadmd.api import require_full_access
+from sysadmd.auth.keys import KeyStore, KeyStoreError
+from sysadmd.auth.revocation import end_key_logins
+from sysadmd.envelope import ApiError
+from sysadmd.session import Session
+
+if TYPE_CHECKING:
+    from sysadmd.server import Server
+
+
+def _text(args: Dict[str, Any], name: str, *, required: bool = False) -> str:
+    value = args.get(name, "")
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise ApiError("400", f"'{name}' must be a string")
+    if required and not value:
+        raise ApiError("400", f"'{name}' is required (a non-empty string)")
+    return value
+
+
+def install(server: "Server", keys: KeyStore) -> None:
+    actions = server.settings_actions
+
+    def valid_actions() -> str:
+        return ", ".join(sorted(actions))
+
+    def settings(session: Session, request):
+        args = request.args
+        if not isinstance(args, dict):
+            raise ApiError("400", f"args must be an object with 'action' (one of: {valid_actions()})")
+        action = args.get("action")
+        if not isinstance(action, str) or not action:
+            raise ApiError("400", f"args need 'action' (one of: {valid_actions()})")
+        handler = actions.get(action)
+        if handler is None:
+            raise ApiError("400", f"unknown action {action[:64]!r}; expected one of: {valid_actions()}")
+        return handler(session, args)
+
+    def register_ssl_cert(session: Session, args: Dict[str, Any]) -> dict:
+        pub_key = _text(args, "pub_key", required=True).strip()
+        nickname, email = _text(args, "nickname"), _text(args, "email")
+        try:
+            pem = crypto.pem_from_stored(pub_key)
+        except crypto.KeyFormatError as e:
+            raise ApiError("400", f"pub_key: {e} (expected base64 of a PEM public key)") from None
+        try:
+            key = keys.register(session.identity.user, pem, nickname, email, pub_key=pub_key)
+        except KeyStoreError as e:
+            raise ApiError("400", str(e)) from None
+        server.logs.hostinfo(f"Registered SSL Key: User: {key.user}   Nickname: {key.nickname}   MD5: {key.md5}")
+        return {}
+
+    def list_ssl_certs(session: Session, args: Dict[str, Any]) -> dict:
+        identity = session.identity
+        listed = keys.list() if identity.full_access else keys.list(identity.user)
+        reply: Dict[str, Dict[str, str]] = {}
+        for key in listed:
+            reply.setdefault(key.user, {})[key.pub_key] = key.description()
+        return reply
+
+    def list_ssl_checksums(session: Session, args: Dict[str, Any]) -> dict:
+        return keys.checksums()
+
+    def revoke_ssl_cert(session: Session, args: Dict[str, Any]) -> dict:
+        pub_key = _text(args, "pub_key", required=True)
+        own = session.identity.user
+        user = _text(args, "user") or own
+        if user != own:
+            require_full_access(session, f"revoking a key of user {user}")
+        key = keys.revoke(user, pub_key)
+        if key is None:
+            raise ApiError("400", f"user {user} has no registered key with that pub_key (use the exact string list_ssl_certs shows)")
+        server.logs.hostinfo(f"Revoked SSL Key: User: {key.user}   Nickname: {key.nickname}   MD5: {key.md5}   By: {own}")
+        end_key_logins(server, lambda identity: identity.key_checksum == key.md5,
+                       f"key {key.nickname or key.md5} of user {key.user} was revoked")
+        return {}
+
+    server.api.add("rpc", "settings", settings, limited="read/write")
+    actions["register_ssl_cert"] = register_ssl_cert
+    actions["list_ssl_certs"] = list_ssl_certs
+    actions["list_ssl_checksums"] = list_ssl_checksums
+    actions["revoke_ssl_cert"] = revoke_ssl_cert
