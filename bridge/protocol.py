@@ -64,7 +64,7 @@ class BridgeServerProtocol(WebSocketServerProtocol):
     """One peer connection; also the peer's :class:`~bridge.relay.PeerLink`."""
 
     _log = Logger()
-    peer: Optional[Peer] = None
+    relay_peer: Optional[Peer] = None  # autobahn already uses "peer" (the address string)
     flow: Optional[PeerFlow] = None
     _auth_timer: Any = None
 
@@ -75,6 +75,11 @@ class BridgeServerProtocol(WebSocketServerProtocol):
 
     def close(self, code: int, reason: str) -> None:
         self.close_with(code, reason)
+
+    def _write_frame(self, data: bytes) -> None:
+        # A partner may be told about a disconnect while its own close is under way.
+        if self.state == self.STATE_OPEN:
+            self.sendMessage(data, isBinary=False)
 
     def close_with(self, code: int, reason: str) -> None:
         """Close with any RFC 6455 code (autobahn's sendClose allows only 1000 and 3000+)."""
@@ -112,16 +117,16 @@ class BridgeServerProtocol(WebSocketServerProtocol):
         transport = self.transport
         self.flow = PeerFlow(bridge.clock, label=peer.id, limit=cfg.max_peer_buffer_bytes,
                              stall_timeout=cfg.receiver_stall_timeout,
-                             write=lambda data: self.sendMessage(data, isBinary=False),
+                             write=self._write_frame,
                              close=self.close_with,
                              pause_reading=transport.pauseProducing, resume_reading=transport.resumeProducing)
         transport.registerProducer(self.flow, True)
-        self.peer = peer
+        self.relay_peer = peer
         self._auth_timer = bridge.clock.callLater(cfg.auth_timeout, self._auth_expired)
         bridge.connected(peer)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        peer = self.peer
+        peer = self.relay_peer
         if peer is None or self.flow is None or self.flow.closing:
             return
         try:
@@ -144,13 +149,13 @@ class BridgeServerProtocol(WebSocketServerProtocol):
         self._auth_timer = None
         if self.flow is not None:
             self.flow.lost()
-        if self.peer is not None:
-            peer, self.peer = self.peer, None
+        if self.relay_peer is not None:
+            peer, self.relay_peer = self.relay_peer, None
             self.factory.bridge.disconnected(peer, code, reason)
 
     def _auth_expired(self) -> None:
         self._auth_timer = None
-        if self.peer is not None and not self.peer.authenticated:
+        if self.relay_peer is not None and not self.relay_peer.authenticated:
             timeout = self.factory.bridge.config.auth_timeout
             self.close_with(CLOSE_POLICY, f"not authenticated within {timeout:g} s")
 
@@ -169,6 +174,7 @@ class BridgeServerFactory(WebSocketServerFactory):
             utf8validateIncoming=False,  # decoded once in onMessage, binary frames too
             openHandshakeTimeout=30,
             closeHandshakeTimeout=5,
+            failByDrop=False,  # send the close code (1009, 1002…) before dropping the connection
             autoFragmentSize=0,
             perMessageCompressionAccept=lambda offers: None,
             autoPingInterval=cfg.ping_interval,

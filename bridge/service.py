@@ -111,13 +111,14 @@ class Bridge(service.Service):
             self.api.request_keys(peer)
 
     def check_revocations(self) -> int:
-        """Close connections whose key was removed or replaced; returns how many."""
+        """Close connections whose key was removed, replaced or re-bound; returns how many."""
         if not self.keys.changed():
             return 0
-        current = {key.nickname: key.md5 for key in self.keys.all()}
+        current = {key.nickname: key for key in self.keys.all()}
         closed = 0
         for peer in self.directory.authenticated():
-            if current.get(peer.key_nickname) != peer.key_md5:
+            key = current.get(peer.key_nickname)
+            if key is None or key.md5 != peer.key_md5 or not key.allows(peer.role):
                 log.info("{peer}: key {nick} was removed or replaced; closing", peer=peer.id, nick=peer.key_nickname)
                 peer.link.close(CLOSE_POLICY, f"key {peer.key_nickname!r} was revoked on the bridge")
                 closed += 1

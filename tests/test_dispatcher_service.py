@@ -150,10 +150,12 @@ class DispatcherServiceTests(unittest.TestCase):
             self.assertEqual(u["current_cmd"], "echo x")
             self.assertEqual(u["cmd_list"], ["echo x"])
             self.assertIn("time_started", u)
+        proto.outReceived(b"last")  # output just before the end is flushed, not dropped
         exit_with(proto, 0)
+        self.assertEqual(self.events[-2]["echo x"], "last")
         finished = self.events[-1]
         self.assertEqual(finished["state"], "finished")
-        self.assertEqual(finished["echo x"], b"".join(fed).decode())
+        self.assertEqual(finished["echo x"], b"".join(fed).decode() + "last")
 
     def test_output_cap_in_events_full_output_on_disk(self):
         d = self.make(JOB_OUTPUT_CAP=1024)

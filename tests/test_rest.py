@@ -7,13 +7,13 @@ import json
 import os
 
 import treq
-from twisted.internet import defer, endpoints, protocol, reactor, ssl
+from twisted.internet import defer, endpoints, protocol, reactor, ssl, task
 from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IPolicyForHTTPS
 from zope.interface import implementer
 
-from tests.support import FakePasswords, make_config, short_tempdir, start_daemon
+from tests.support import FakePasswords, make_config, open_client, short_tempdir, start_daemon
 
 
 @implementer(IPolicyForHTTPS)
@@ -167,8 +167,6 @@ class RestCallTests(RestBase):
 
     @defer.inlineCallbacks
     def test_token_from_a_websocket_login_works_as_bearer(self):
-        from tests.support import open_client
-
         client = yield open_client(self, self.running)
         auth = yield client.call("rpc", "auth", {"username": "root", "password": "pw"})
         token = auth["args"][0]
@@ -201,6 +199,11 @@ class RestCallTests(RestBase):
         status, body = yield self.json_request("POST", "/events/subscribe", json.dumps(["dispatcher"]), headers=basic("root", "pw"))
         self.assertEqual(status, 400)
         self.assertEqual(body["args"]["detail"], "events need a WebSocket or the local socket")
+        # auth_ssl's challenge belongs to one connection, so it cannot span two requests.
+        status, body = yield self.json_request("POST", "/rpc/auth_ssl", b"")
+        self.assertEqual(status, 400)
+        self.assertIn("WebSocket", body["args"]["detail"])
+        self.assertEqual(len(self.running.server.sessions), 0)
 
     @defer.inlineCallbacks
     def test_paths_other_than_namespace_name_are_404(self):
@@ -341,3 +344,20 @@ class RestPortTests(RestBase):
             self.assertEqual(status, 404)
         self.assertEqual(answers[0], answers[1])
         self.assertEqual(len(self.running.server.sessions), 0)
+
+
+class RestBusyTests(RestBase):
+    config_overrides = {"MAX_CONNECTIONS": 1}
+
+    @defer.inlineCallbacks
+    def test_over_max_connections_is_503(self):
+        client = yield open_client(self, self.running)
+        status, body = yield self.json_request("GET", "/rpc/identify")
+        self.assertEqual(status, 503)
+        self.assertError(body, "503", "Service Unavailable")
+        self.assertIn("MAX_CONNECTIONS=1", body["args"]["detail"])
+        yield client.close()
+        while len(self.running.server.sessions):
+            yield task.deferLater(reactor, 0.02, lambda: None)
+        status, _ = yield self.json_request("GET", "/rpc/identify")
+        self.assertEqual(status, 200)

@@ -164,6 +164,10 @@ class BridgeLink(service.MultiService):
         )
         log.error("bridge {nick}: {error} (reply: {args!r})", nick=self.nickname, error=self._pending_error, args=args)
 
+    def refused_silently(self, seconds: float) -> None:
+        self._pending_error = f"the bridge did not answer our auth_ssl within {seconds:g} s; is {self.url} a sysadm bridge?"
+        log.warn("bridge {nick}: {error}", nick=self.nickname, error=self._pending_error)
+
     def detached(self, protocol: Any, why: str) -> None:
         """The connection ended (or never got past TLS): forget its clients."""
         why, self._pending_error = self._pending_error or why, None
@@ -189,4 +193,6 @@ class BridgeLink(service.MultiService):
 
     def stopService(self):
         self._stopping = True
+        if self.protocol is not None:
+            self.protocol.shutdown("link removed")
         return super().stopService()

@@ -15,7 +15,8 @@ frame ``<clientID>\\n<body>`` from a client, handled by :mod:`.clients`::
     us     → bridge  {"args":{"md5_keys":[…]},"id":"bridge_request_list_keys","name":"response","namespace":"rpc"}
     bridge → us      {"args":{"available_connections":[IDs]},"id":"","name":"bridge","namespace":"events"}
 
-``list_ssl_checksums`` is answered only once the bridge has accepted our key (a 401
+A bridge that neither accepts nor refuses our key within ``AUTH_TIMEOUT`` seconds is
+disconnected (and dialed again later).  ``list_ssl_checksums`` is answered only once the bridge has accepted our key (a 401
 error before that), as upstream does; relay frames and ``available_connections`` are
 ignored until then.  Other requests from the bridge get a 404 error; replies and
 errors from it are never answered (no reply loops).  WebSocket pings every
@@ -57,7 +58,8 @@ class BridgeLinkProtocol(WebSocketClientProtocol):
     outbox: Optional[LinkOutbox] = None
     authenticated = False
     _close_info: Optional[str] = None
-    _attached = False
+    _producing = False
+    _auth_deadline = None
 
     @property
     def link(self) -> Any:
@@ -68,9 +70,11 @@ class BridgeLinkProtocol(WebSocketClientProtocol):
         try:
             self.outbox = LinkOutbox(self._write, self.link.server.config.max_session_buffer_bytes, self._overflow)
             self.registerProducer(self.outbox, True)
+            self._producing = True
             self.link.attached(self)
-            self._attached = True
             self.send_json({"args": "", "id": AUTH_ID, "name": "auth_ssl", "namespace": "rpc"})
+            timeout = self.link.server.config.auth_timeout
+            self._auth_deadline = self.link.reactor.callLater(timeout, self._auth_expired, timeout)
         except Exception:
             # autobahn swallows exceptions from onOpen; log and drop instead.
             self._log.failure("bridge link {url}: setting up the connection failed", url=self.factory.url)
@@ -93,7 +97,19 @@ class BridgeLinkProtocol(WebSocketClientProtocol):
         if wasClean and code is not None:
             self._close_info = f"closed by the bridge ({code}{': ' + reason if reason else ''})"
 
+    def _auth_expired(self, seconds: float) -> None:
+        # Something that is not a working bridge (or a stuck one): try again later.
+        self._auth_deadline = None
+        self.link.refused_silently(seconds)
+        self.close_link("no answer to auth_ssl")
+
+    def _cancel_deadline(self) -> None:
+        if self._auth_deadline is not None and self._auth_deadline.active():
+            self._auth_deadline.cancel()
+        self._auth_deadline = None
+
     def connectionLost(self, reason: Failure) -> None:
+        self._cancel_deadline()
         if self.outbox is not None:
             self.outbox.stopProducing()
         try:
@@ -117,7 +133,20 @@ class BridgeLinkProtocol(WebSocketClientProtocol):
             self.link.clients.overflow(session_id, waiting)
 
     def close_link(self, reason: str) -> None:
+        """Close the WebSocket politely (the bridge then drops the TCP connection)."""
+        self._release_producer()
         self.sendClose(1000, reason[:120])
+
+    def shutdown(self, reason: str) -> None:
+        """Close now: the link is being stopped, the TLS connection must go."""
+        self.close_link(reason)
+        self.transport.loseConnection()
+
+    def _release_producer(self) -> None:
+        # The TLS transport will not shut down while a producer is registered.
+        if self._producing:
+            self._producing = False
+            self.transport.unregisterProducer()
 
     # --- messages from the bridge itself --------------------------------------------
     def _from_bridge(self, text: str) -> None:
@@ -148,8 +177,10 @@ class BridgeLinkProtocol(WebSocketClientProtocol):
             self.send_json({"args": {"encrypted_string": signed}, "id": AUTH_ID, "name": "auth_ssl", "namespace": "rpc"})
         elif request.route[1] == "response" and isinstance(args, list) and args and isinstance(args[0], str):
             self.authenticated = True
+            self._cancel_deadline()
             self.link.authenticated_ok()
         else:
+            self._cancel_deadline()
             self.link.refused(args)
             self.close_link("key refused")
 

@@ -183,9 +183,8 @@ async def jobs(ctx: Context) -> int:
 
 
 def _show_history(ctx: Context, history: Any) -> None:
-    entries = history.get("jobs", history) if isinstance(history, dict) else history
-    if isinstance(entries, dict):
-        entries = [dict(v, id=k) if isinstance(v, dict) else {"id": k} for k, v in entries.items()]
+    """Finished jobs from ``{"history":[<finished process log + "queue">, …]}``."""
+    entries = history.get("history") if isinstance(history, dict) else None
     if not isinstance(entries, list) or not entries:
         ctx.say("\nno finished jobs")
         return
@@ -193,12 +192,12 @@ def _show_history(ctx: Context, history: Any) -> None:
     for entry in entries:
         if not isinstance(entry, dict):
             continue
-        codes = entry.get("return_codes")
-        rows.append([entry.get("id") or entry.get("process_id", "?"), entry.get("state", "finished"),
-                     entry.get("time_finished", ""), codes if not isinstance(codes, (dict, list)) else ",".join(map(str, codes.values() if isinstance(codes, dict) else codes)),
-                     " ; ".join(entry.get("commands") or entry.get("cmd_list") or [])])
+        commands = entry.get("cmd_list") if isinstance(entry.get("cmd_list"), list) else []
+        codes = [str(entry.get(f"return_codes/{c}", "")) for c in commands]
+        rows.append([entry.get("process_id", "?"), entry.get("queue", ""), entry.get("time_finished", ""),
+                     ",".join(codes), " ; ".join(commands)])
     ctx.say("")
-    for line in tables.render(["id", "state", "finished", "codes", "commands"], rows):
+    for line in tables.render(["finished job", "queue", "time finished", "codes", "commands"], rows):
         ctx.say(line)
 
 

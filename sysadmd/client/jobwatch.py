@@ -106,6 +106,11 @@ class JobFollower:
         return [("out", body[shown - cut:].decode("utf-8", "replace"))]
 
     def _finish(self, args: Dict[str, Any]) -> List[Output]:
+        """The job's result: its first non-zero return code (a chain stops there), else 0.
+
+        Servers differ on the commands a failure skipped (upstream gives them no keys,
+        some give them ``-1``), so the first failure decides, not the last key.
+        """
         self.done = True
         ran = [c for c in self.commands if f"return_codes/{c}" in args]
         out: List[Output] = []
@@ -115,13 +120,17 @@ class JobFollower:
                 why = "it was killed before it started" if self.kill_requested else "no command ran"
                 out.append(("err", f"job {self.job_id}: {why}\n"))
             return out
-        last = ran[-1]
-        raw = args[f"return_codes/{last}"]
+        failed = next((c for c in ran if str(args[f"return_codes/{c}"]).strip() != "0"), None)
+        if failed is None:
+            self.exit_code = 0
+            return out
+        raw = str(args[f"return_codes/{failed}"]).strip()
         self.exit_code = exit_status(raw)
-        if str(raw).strip() == "-1":
+        skipped = len(self.commands) - self.commands.index(failed) - 1
+        if raw == "-1":
             why = "was killed" if self.kill_requested else "could not start or was killed"
-            out.append(("err", f"job {self.job_id}: `{last}` {why} (return code -1)\n"))
-        elif self.exit_code != 0 and len(ran) < len(self.commands):
-            out.append(("err", f"job {self.job_id}: stopped after `{last}` exited with {raw}; "
-                               f"{len(self.commands) - len(ran)} command(s) not run\n"))
+            out.append(("err", f"job {self.job_id}: `{failed}` {why} (return code -1)\n"))
+        elif skipped:
+            out.append(("err", f"job {self.job_id}: stopped after `{failed}` exited with {raw}; "
+                               f"{skipped} command(s) not run\n"))
         return out

@@ -100,7 +100,7 @@ def _find_key(listing: Any, handle: str, owner: Optional[str]) -> List[Tuple[str
 
 
 async def keys_revoke(ctx: Context) -> int:
-    handle, owner = ctx.options.key, ctx.options.owner
+    handle, owner = ctx.options.handle, ctx.options.owner
     if os.path.isfile(handle):
         handle = crypto.stored_form(public_key_text(handle))
     listing = await ctx.ask("rpc", "settings", {"action": "list_ssl_certs"}, what="listing keys")
@@ -154,11 +154,26 @@ async def bridges_list(ctx: Context) -> int:
     if not rows:
         ctx.say("no bridge links")
         return EXIT_OK
-    columns = ["nickname", "url"] + [c for c in ("state", "verify", "fingerprint") if any(c in r for r in rows)]
-    data = [[_plain(r.get(c, "")) for c in columns] for r in rows]
-    for line in tables.render(columns, data, max_width=100):
+    data = [[r.get("nickname", "?"), r.get("url", ""), _link_status(r), len(r.get("peers") or []),
+             r.get("verify", ""), r.get("fingerprint") or "-"] for r in rows]
+    for line in tables.render(["nickname", "url", "status", "clients", "verify", "fingerprint"], data, max_width=100):
         ctx.say(line)
     return EXIT_OK
+
+
+def _link_status(row: dict) -> str:
+    if row.get("authenticated"):
+        return "authenticated"
+    if row.get("connected"):
+        return "connected"
+    if "connected" not in row and "state" in row:
+        return _plain(row["state"])
+    text = "down"
+    if row.get("last_error"):
+        text += f": {row['last_error']}"
+    if row.get("next_retry_in") is not None:
+        text += f" (retry in {row['next_retry_in']} s)"
+    return text
 
 
 def _plain(value: Any) -> str:
@@ -170,14 +185,14 @@ def _plain(value: Any) -> str:
 
 
 async def bridges_add(ctx: Context) -> int:
-    args = {"action": "add_bridge", "nickname": ctx.options.nickname, "url": ctx.options.url}
+    args = {"action": "add_bridge", "nickname": ctx.options.nickname, "url": ctx.options.bridge_url}
     if ctx.options.verify:
         args["verify"] = ctx.options.verify
     reply = await ctx.ask("rpc", "settings", args, what="adding the bridge link")
     if ctx.json_output:
         ctx.emit_json(reply)
     else:
-        ctx.say(f"added bridge link {ctx.options.nickname} → {ctx.options.url}")
+        ctx.say(f"added bridge link {ctx.options.nickname} → {ctx.options.bridge_url}")
     return EXIT_OK
 
 

@@ -11,8 +11,9 @@ and the chain stops at the first non-zero exit.  Its *process log* is upstream's
 Ours differs where DECISIONS.md §4.4 says so: the finished log has every command's key
 and return code (``"-1"`` for a command that did not start, could not start, or was
 killed), and ``"killed":"true"`` / ``"interrupted":"true"`` when that happened.
-Progress updates while a command runs carry only the output since the previous update,
-under the current command's key.
+Progress updates while a command runs (at most 4 a second, plus one with the last piece
+when the command ends) carry only the output since the previous update, under the
+current command's key, so a command's updates add up to its output.
 """
 
 from __future__ import annotations

@@ -143,7 +143,7 @@ class Dispatcher(service.Service):
             record = self.store.add(job_id, queue, checked[job_id], origin, self.reactor.seconds())
             job = Job(record, self.cap)
             self._enqueue(job)
-            self.publish(job.pending_event(), True)
+            self._publish(job.pending_event(), True)
             created.append(job)
         self._schedule_pump()
         return created
@@ -221,7 +221,7 @@ class Dispatcher(service.Service):
         record.ranges.append([job.size, -1])
         job.output = CommandOutput(self.cap)
         self.store.save(record)
-        self.publish(job.running_event(), True)
+        self._publish(job.running_event(), True)
         command = job.commands[index]
         # Callbacks carry the token of their command, so output or an end reported after
         # the command was written off (see _abandon) is ignored.
@@ -257,7 +257,7 @@ class Dispatcher(service.Service):
         if text:
             job.last_update = self.reactor.seconds()
             # Progress updates are many and small: they go to subscribers, not the events log.
-            self.publish(job.update_event(text), False)
+            self._publish(job.update_event(text), False)
 
     def _ended(self, job: Job, token: object, code: int) -> None:
         if job.command_token is not token:
@@ -272,6 +272,8 @@ class Dispatcher(service.Service):
     def _command_ended(self, job: Job, code: int) -> None:
         if job.update_timer is not None and job.update_timer.active():
             job.update_timer.cancel()
+            # The last piece goes out now, so a command's updates add up to its output.
+            self._send_update(job)
         job.update_timer = None
         job.process = None
         job.command_token = None
@@ -316,6 +318,16 @@ class Dispatcher(service.Service):
         self._announce_finished(finished_log(record, self.store.command_logs(record, self.cap)))
 
     def _announce_finished(self, event: Dict[str, Any]) -> None:
-        self.publish(event, True)
+        self._publish(event, True)
         if self.finished_log_sink is not None:
-            self.finished_log_sink(event)
+            try:
+                self.finished_log_sink(event)
+            except Exception:
+                log.failure("writing the dispatcher log of job {id} failed", id=event.get("process_id"))
+
+    def _publish(self, event: Dict[str, Any], keep: bool) -> None:
+        # A failing subscriber or log write must not leave a job half way through a state change.
+        try:
+            self.publish(event, keep)
+        except Exception:
+            log.failure("publishing a dispatcher event of job {id} failed", id=event.get("process_id"))

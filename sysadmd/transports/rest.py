@@ -108,6 +108,7 @@ class RestRequest(web_server.Request):
         self._received += len(data)
         limit = self._limit()
         if limit is not None and self._received > limit:
+            self.content.close()
             self.content = io.BytesIO()  # stays empty: chunks are dropped
             self._refuse(None, limit)
             return

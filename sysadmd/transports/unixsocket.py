@@ -29,5 +29,6 @@ def make_unix_listener(server: Any, reactor: Any, path: str) -> Listener:
 
     factory = SysadmServerFactory(server, "unix", reactor=reactor, identify_peer=identify_peer)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    endpoint = endpoints.UNIXServerEndpoint(reactor, path, mode=0o600, wantPID=True)
+    # A larger backlog than the default 50: local tools and tests open bursts of connections.
+    endpoint = endpoints.UNIXServerEndpoint(reactor, path, backlog=1024, mode=0o600, wantPID=True)
     return Listener(reactor, f"unix:{path}", factory, label="local socket", endpoint=endpoint)

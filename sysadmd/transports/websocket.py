@@ -117,6 +117,15 @@ class SysadmServerProtocol(WebSocketServerProtocol):
                 data = data[:-1]
         self.sendCloseFrame(code=code, reasonUtf8=data, isReply=False)
 
+    def sendMessage(self, payload, isBinary=False, fragmentSize=None, sync=False, doNotCompress=False):
+        # autobahn applies maxMessagePayloadSize to outgoing messages too (raising
+        # PayloadExceededError); MAX_MESSAGE_BYTES limits what peers send, not our replies.
+        limit, self.maxMessagePayloadSize = self.maxMessagePayloadSize, 0
+        try:
+            super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
+        finally:
+            self.maxMessagePayloadSize = limit
+
     def _open(self) -> None:
         factory: SysadmServerFactory = self.factory
         server = factory.server
@@ -173,6 +182,7 @@ class SysadmServerFactory(WebSocketServerFactory):
             maxMessagePayloadSize=limit,
             maxFramePayloadSize=limit,
             utf8validateIncoming=False,  # we answer bad UTF-8 with a 400 instead of failing the connection
+            failByDrop=False,  # send the close frame (1009 for a too large message) instead of just dropping
             openHandshakeTimeout=30,
             closeHandshakeTimeout=5,
             autoFragmentSize=0,
