@@ -40,7 +40,7 @@ KEYS: List[Key] = [
     Key("KEYS_REFRESH_INTERVAL", "float", 300.0, "Seconds between list_ssl_checksums requests to each authenticated\npeer, so keys registered on a server take effect without a reconnect.\n0: ask once, right after authentication (upstream's behaviour).", minimum=0),
     Key("REVOCATION_POLL_INTERVAL", "float", 1.0, "Seconds between checks of the key database for keys removed with\nthe sysadm-bridge command; their live connections are then closed.", minimum=0.1),
     # --- liveness and limits -------------------------------------------------------
-    Key("PING_INTERVAL", "float", 30.0, "Seconds between WebSocket pings; a peer that does not answer within\nthe same time is dropped (and its partners told). 0: no pings.", minimum=0),
+    Key("PING_INTERVAL", "float", 30.0, "Seconds between WebSocket pings; a peer that does not answer within\nthe same time is dropped (and its partners told). 0: no pings; else at\nleast 2 (autobahn rounds its ping timers down to whole seconds).", minimum=0),
     Key("MAX_MESSAGE_BYTES", "int", 16 * 1024 * 1024, "Largest accepted WebSocket message (bytes); larger ones close the\nconnection with code 1009.", minimum=1024),
     Key("MAX_CONNECTIONS", "int", 4096, "Simultaneous peer connections; more are closed with code 1013.", minimum=1),
     Key("MAX_PEER_BUFFER_BYTES", "int", 4 * 1024 * 1024, "Relayed bytes that may wait for a slow receiver. While a receiver's\nsocket is full its senders are paused; past this amount the receiver\nis closed (1008) instead of growing the bridge's memory.", minimum=65536),
@@ -60,6 +60,8 @@ class BridgeConfig:
             self._values["STATE_DIR"] = default_state_dir()
         if bool(self._values["TLS_CERT"]) != bool(self._values["TLS_KEY"]):
             raise ConfigError("TLS_KEY: TLS_CERT and TLS_KEY must be given together")
+        if 0 < self._values["PING_INTERVAL"] < 2:
+            raise ConfigError(f"PING_INTERVAL: {self._values['PING_INTERVAL']:g} is below 2 (use 0 to turn pings off)")
         if not self._values["PORT"]:
             raise ConfigError("PORT: the bridge needs a listening port")
 

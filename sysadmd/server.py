@@ -73,7 +73,6 @@ class Server(service.MultiService):
         return session
 
     def _session_closed(self, session: Session) -> None:
-        self.tokens.revoke(session.token) if session.kind == "rest" else None
         if session.kind in ("wss", "unix"):
             reason = f" ({session.close_reason})" if session.close_reason else ""
             self.logs.hostinfo(f"Connection Closing: {session.peer}{reason}")

@@ -296,7 +296,7 @@ class LimitTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_dead_peer_dropped_by_ping_and_partner_told(self):
-        daemon = yield start_bridge(self, PING_INTERVAL=0.5)
+        daemon = yield start_bridge(self, PING_INTERVAL=2)
         server, client, server_id, client_id = yield paired_peers(self, daemon)
         start = len(server.frames)
         client.transport.pauseProducing()  # never reads the pings, never answers them

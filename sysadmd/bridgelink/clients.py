@@ -72,9 +72,11 @@ class BridgedClients:
         self.nickname = nickname
         self._send_frame = send_frame
         self._sessions: Dict[str, Session] = {}
+        self._announced: List[str] = []  # the bridge's latest available_connections
 
     def ids(self) -> List[str]:
-        return sorted(self._sessions)
+        """Client IDs the bridge announced or that have a session here."""
+        return sorted(set(self._announced) | set(self._sessions))
 
     def get(self, client_id: str) -> Optional[Session]:
         return self._sessions.get(client_id)
@@ -85,6 +87,7 @@ class BridgedClients:
     # --- the bridge's view of who is there ------------------------------------------
     def update(self, client_ids: List[str]) -> None:
         """``available_connections``: open sessions for new IDs, close the others."""
+        self._announced = list(client_ids)
         wanted = set(client_ids)
         for client_id in list(self._sessions):
             if client_id not in wanted:
@@ -116,6 +119,7 @@ class BridgedClients:
             del self._sessions[client_id]
 
     def close_all(self, reason: str) -> None:
+        self._announced = []
         for session in list(self._sessions.values()):
             session.close(reason, CLOSE_GOING_AWAY)
 

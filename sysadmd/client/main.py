@@ -9,6 +9,7 @@ coroutines ``verb(ctx) -> exit code`` in the neighbouring modules; expected fail
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import Any, List, Optional
 
@@ -257,7 +258,21 @@ def main(argv: Optional[List[str]] = None) -> int:
             return e.exit_code
 
     async def react_main(reactor: Any) -> None:
-        code = await execute(reactor, options, sys.stdout, sys.stderr, sys.stdin)
+        work = defer.ensureDeferred(execute(reactor, options, sys.stdout, sys.stderr, sys.stdin))
+
+        def interrupted() -> None:
+            if not work.called:
+                work.cancel()
+
+        # Twisted's own SIGINT handler would stop the reactor and exit 0; Ctrl-C while
+        # connecting or waiting for a reply ends the verb instead (run and events install
+        # their own handlers while they stream).
+        reactor.callWhenRunning(signal.signal, signal.SIGINT, lambda *_: reactor.callFromThread(interrupted))
+        try:
+            code = await work
+        except defer.CancelledError:
+            sys.stderr.write("\nsysadm: interrupted\n")
+            code = EXIT_INTERRUPTED
         raise SystemExit(code)
 
     try:
