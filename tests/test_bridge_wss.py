@@ -303,7 +303,9 @@ class LimitTests(unittest.TestCase):
         ids = yield server.wait_available(lambda ids: ids == [], start)
         self.assertEqual(ids, [])
         self.assertIsNone(daemon.bridge.directory.get(client_id))
-        client.transport.resumeProducing()
+        client.transport.resumeProducing()  # now it notices the dropped connection
+        code, _ = yield client.closed
+        self.assertEqual(code, 1006)
 
 
 class RelayTests(unittest.TestCase):

@@ -230,4 +230,19 @@ class BridgedPayloadTests(unittest.TestCase):
         doomed = self.clients.get("::1")
         self.clients.overflow(doomed.id, 123)
         self.assertTrue(doomed.closed)
-        self.assertEqual(self.clients.ids(), ["::2"])
+        self.assertIsNone(self.clients.get("::1"))
+        self.assertFalse(self.clients.get("::2").closed)
+
+    def test_announced_clients_stay_listed_after_their_auth_deadline(self):
+        self.clients.update(["::1"])
+        session = self.clients.get("::1")
+        self.clock.advance(self.server.config.auth_timeout + 1)
+        self.assertTrue(session.closed)
+        self.assertIsNone(self.clients.get("::1"))
+        self.assertEqual(self.clients.ids(), ["::1"])
+        # Its next frame gets a fresh session.
+        self.clients.deliver("::1\n" + encode({"namespace": "rpc", "name": "identify", "id": "i", "args": ""}))
+        self.assertEqual(json.loads(self.last())["id"], "i")
+        self.assertIsNot(self.clients.get("::1"), session)
+        self.clients.update([])
+        self.assertEqual((self.clients.ids(), len(self.clients)), ([], 0))

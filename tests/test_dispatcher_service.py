@@ -283,8 +283,9 @@ class DispatcherServiceTests(unittest.TestCase):
 
     def test_prune_old_finished_jobs(self):
         d = self.make(JOB_RETENTION_DAYS=1)
-        job = d.submit("old", ["true"])
+        job = d.submit("old", ["echo x"])
         self.reactor.advance(0)
+        self.reactor.spawned[0]["proto"].outReceived(b"x\n")
         exit_with(self.reactor.spawned[0]["proto"], 0)
         path = self.store.log_path(job.record)
         self.assertTrue(os.path.exists(path))

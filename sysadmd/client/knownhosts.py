@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from sysadmd.client.errors import EXIT_CERTIFICATE, EXIT_USAGE, ClientError
 from sysadmd.statedir import ensure_private_dir, write_private_file

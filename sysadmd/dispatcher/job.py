@@ -87,7 +87,8 @@ class Job:
         self.output: Optional[CommandOutput] = None  # the running command's output
         self.process: Optional[RunningCommand] = None
         self.command_token: Optional[object] = None  # identifies the running command's callbacks
-        self.file = None  # the job's output file while it runs
+        self.file = None  # the job's output file while it runs (opened with the first output)
+        self.file_failed = False
         self.size = 0  # bytes in the output file
         self.last_update = float("-inf")
         self.update_timer: Optional[IDelayedCall] = None

@@ -203,11 +203,7 @@ class Dispatcher(service.Service):
         record = job.record
         record.state = "running"
         record.started = self.reactor.seconds()
-        try:
-            job.file = self.store.open_output(record)
-        except OSError as e:
-            log.error("job {id}: cannot open its output file: {error}", id=job.id, error=e)
-        job.size = self.store.output_size(record)
+        job.size = 0  # a job only ever runs once: a restart finishes running jobs
         self._next_command(job)
 
     def _next_command(self, job: Job) -> None:
@@ -238,10 +234,14 @@ class Dispatcher(service.Service):
     def _output(self, job: Job, token: object, data: bytes) -> None:
         if job.command_token is not token:
             return
-        if job.file is not None:
+        if not job.file_failed:
             try:
+                if job.file is None:
+                    # Opened with the first output: most short jobs never print anything.
+                    job.file = self.store.open_output(job.record)
                 job.file.write(data)
             except OSError as e:
+                job.file_failed = True  # say it once; events and replies still get the output
                 log.error("job {id}: writing its output file failed: {error}", id=job.id, error=e)
         job.size += len(data)
         job.output.feed(data)
@@ -302,7 +302,8 @@ class Dispatcher(service.Service):
             del self.active[job.id]
         self._announce_finished(job.finished_event())
         job.done.callback(None)
-        self._schedule_pump()
+        if self.running and not self._stopping:
+            self._pump()  # a slot is free: fill it now, not a reactor turn later
 
     def _finish_interrupted(self, record: JobRecord) -> None:
         """A job stored as running when the daemon (re)starts: it was cut off."""

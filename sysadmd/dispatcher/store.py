@@ -6,9 +6,10 @@ Everything is written as it happens, so a crash loses nothing that was reported:
   state, the order of submission (``seq``), times, the index of the current command,
   return codes (JSON), the byte range of each command's output in the job file (JSON),
   and the ``killed``/``interrupted`` flags.  State changes are committed at once.
-* ``<state_dir>/jobs/<seq>-<readable id>-<hash>.log``: the merged stdout/stderr of every
-  command of the job, appended as it arrives.  Job ids are arbitrary strings (and may be
-  reused once a job has finished), hence the sequence number and the hash.
+* ``<state_dir>/jobs/<readable id>-<hash of id>-<random>.log``: the merged stdout/stderr
+  of every command of the job, appended as it arrives (created with the first output).
+  Job ids are arbitrary strings and may be reused once a job has finished, hence the
+  hash and the random part.
 
 Per-command logs are rebuilt from the recorded byte ranges (:meth:`JobStore.command_logs`).
 """
@@ -19,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import sqlite3
 from dataclasses import dataclass, field
 from typing import Iterable, List, Optional, Sequence
@@ -81,11 +83,11 @@ class JobRecord:
         )
 
 
-def safe_file_name(seq: int, job_id: str) -> str:
+def safe_file_name(job_id: str) -> str:
     """A file name for *job_id* that is unique, short, and still readable."""
     readable = re.sub(r"[^A-Za-z0-9._-]+", "_", job_id)[:40].strip("._") or "job"
     digest = hashlib.sha256(job_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
-    return f"{seq:08d}-{readable}-{digest}.log"
+    return f"{readable}-{digest}-{secrets.token_hex(4)}.log"
 
 
 class JobStore:
@@ -97,14 +99,13 @@ class JobStore:
 
     # --- rows ---------------------------------------------------------------------------
     def add(self, job_id: str, queue: str, commands: Sequence[str], origin: str, created: float) -> JobRecord:
+        log_file = safe_file_name(job_id)
         cur = self.db.execute(
-            "INSERT INTO dispatcher_jobs (id, queue, commands, origin, state, created) VALUES (?, ?, ?, ?, 'pending', ?)",
-            (job_id, queue, json.dumps(list(commands)), origin, created),
+            "INSERT INTO dispatcher_jobs (id, queue, commands, origin, state, created, log_file)"
+            " VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+            (job_id, queue, json.dumps(list(commands)), origin, created, log_file),
         )
-        seq = cur.lastrowid
-        log_file = safe_file_name(seq, job_id)
-        self.db.execute("UPDATE dispatcher_jobs SET log_file = ? WHERE seq = ?", (log_file, seq))
-        return JobRecord(seq, job_id, queue, list(commands), origin, "pending", created, log_file=log_file)
+        return JobRecord(cur.lastrowid, job_id, queue, list(commands), origin, "pending", created, log_file=log_file)
 
     def save(self, record: JobRecord) -> None:
         """Write the record's changing fields (state, times, codes, ranges, flags)."""

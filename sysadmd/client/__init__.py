@@ -1,0 +1,1 @@
+"""The ``sysadm`` command-line client and the Twisted API client it is built on."""
