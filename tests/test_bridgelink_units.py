@@ -148,6 +148,12 @@ class OutboxTests(unittest.TestCase):
         self.outbox.resumeProducing()
         self.assertEqual(self.written, [b"bbbb"])
 
+    def test_the_links_own_messages_are_bounded_too(self):
+        self.outbox.pauseProducing()
+        self.outbox.send(b"x" * 6, None)
+        self.assertFalse(self.outbox.send(b"y" * 6, None))
+        self.assertEqual(self.overflows, [(None, 12)])
+
     def test_nothing_is_sent_after_the_connection_stops(self):
         self.outbox.pauseProducing()
         self.outbox.send(b"x", "a")

@@ -233,6 +233,13 @@ class DispatcherServiceTests(unittest.TestCase):
         self.assertIn("cannot start 'no-such-program-xyz'", finished["no-such-program-xyz --flag"])
         self.assertEqual(finished["return_codes/echo never"], "-1")
 
+    def test_many_jobs_that_cannot_start_do_not_recurse(self):
+        d = self.make(MAX_PARALLEL_JOBS=2)
+        d.submit_many({f"n{i:03d}": ["no-such-program-xyz"] for i in range(300)})
+        self.reactor.advance(0)
+        self.assertEqual(d.list(), {"jobs": {"no_queue": {}}})
+        self.assertEqual(sum(1 for e in self.events if e["state"] == "finished"), 300)
+
     def test_kill_pending_job(self):
         d = self.make()
         d.submit("first", ["true"], queue="pkg_queue")

@@ -4,6 +4,8 @@ While the socket's send buffer is full (the transport paused us), frames wait he
 arrival order.  Each bridged session may have at most ``limit`` bytes waiting; past it
 that session alone is cut off (its queued frames dropped, *on_overflow* told), so one
 slow or flooding client can neither grow the daemon's memory nor starve the others.
+The link's own messages (answers to the bridge) have the same bound; past it
+*on_overflow* is told with ``None`` and the link is dropped.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from zope.interface import implementer
 @implementer(IPushProducer)
 class LinkOutbox:
     def __init__(self, write: Callable[[bytes], None], limit: int,
-                 on_overflow: Callable[[str, int], None]):
+                 on_overflow: Callable[[Optional[str], int], None]):
         self._write = write
         self.limit = limit
         self._on_overflow = on_overflow
@@ -31,14 +33,14 @@ class LinkOutbox:
     def queued_bytes(self) -> int:
         return sum(len(p) for _, p in self._queue)
 
-    def pending_for(self, key: str) -> int:
+    def pending_for(self, key: Optional[str]) -> int:
         return self._pending.get(key, 0)
 
     def send(self, payload: bytes, key: Optional[str] = None) -> bool:
         """Write *payload* now or queue it; ``False`` if it was dropped.
 
         *key* names the bridged session the frame belongs to (``None``: the link's own
-        messages, which are small and never cut off).
+        messages to the bridge).
         """
         if self.closed:
             return False
@@ -46,12 +48,11 @@ class LinkOutbox:
             self._write(payload)
             return True
         self._queue.append((key, payload))
-        if key is None:
-            return True
         waiting = self._pending.get(key, 0) + len(payload)
         self._pending[key] = waiting
         if waiting > self.limit:
-            self.drop(key)
+            if key is not None:
+                self.drop(key)
             self._on_overflow(key, waiting)
             return False
         return True
@@ -69,12 +70,11 @@ class LinkOutbox:
         self.paused = False
         while self._queue and not self.paused and not self.closed:
             key, payload = self._queue.popleft()
-            if key is not None:
-                left = self._pending.get(key, 0) - len(payload)
-                if left > 0:
-                    self._pending[key] = left
-                else:
-                    self._pending.pop(key, None)
+            left = self._pending.get(key, 0) - len(payload)
+            if left > 0:
+                self._pending[key] = left
+            else:
+                self._pending.pop(key, None)
             self._write(payload)
 
     def stopProducing(self) -> None:

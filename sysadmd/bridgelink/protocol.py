@@ -128,9 +128,16 @@ class BridgeLinkProtocol(WebSocketClientProtocol):
     def _write(self, payload: bytes) -> None:
         self.sendMessage(payload, isBinary=False)
 
-    def _overflow(self, session_id: str, waiting: int) -> None:
-        if self.link.clients is not None:
-            self.link.clients.overflow(session_id, waiting)
+    def _overflow(self, session_id: Optional[str], waiting: int) -> None:
+        if session_id is not None:
+            if self.link.clients is not None:
+                self.link.clients.overflow(session_id, waiting)
+            return
+        self._log.warn("bridge link {url}: the bridge reads too slowly ({waiting} bytes pending); dropping the link",
+                       url=self.factory.url, waiting=waiting)
+        self._close_info = f"the bridge read too slowly ({waiting} bytes pending)"
+        self._release_producer()
+        self.dropConnection(abort=True)
 
     def close_link(self, reason: str) -> None:
         """Close the WebSocket politely (the bridge then drops the TCP connection)."""

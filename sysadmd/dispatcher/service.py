@@ -71,6 +71,7 @@ class Dispatcher(service.Service):
         self.queues: Dict[str, JobQueue] = {}
         self.active: Dict[str, Job] = {}  # pending and running jobs by id
         self._pump_call: Optional[IDelayedCall] = None
+        self._pumping = False
         self._stopping = False
 
     # --- service ------------------------------------------------------------------------
@@ -188,15 +189,27 @@ class Dispatcher(service.Service):
     def _schedule_pump(self) -> None:
         # One pump per reactor turn: the run reply goes out before the jobs start.
         if self.running and not self._stopping and (self._pump_call is None or not self._pump_call.active()):
-            self._pump_call = self.reactor.callLater(0, self._pump)
+            self._pump_call = self.reactor.callLater(0, self._pump_timer)
+
+    def _pump_timer(self) -> None:
+        self._pump_call = None
+        self._pump()
 
     def _pump(self) -> None:
-        self._pump_call = None
-        if self._stopping:
+        """Start every job that has room to run."""
+        if self._pumping:
+            # Called again from inside a start (a command that cannot start finishes its
+            # job at once): the running loop picks the freed slot up, no recursion.
             return
-        for queue in list(self.queues.values()):
-            for job in queue.next_to_start():
-                self._start(job)
+        self._pumping = True
+        try:
+            for queue in list(self.queues.values()):
+                if self._stopping:
+                    break
+                for job in queue.next_to_start():
+                    self._start(job)
+        finally:
+            self._pumping = False
 
     # --- running ------------------------------------------------------------------------
     def _start(self, job: Job) -> None:
