@@ -107,6 +107,7 @@ class Server(service.MultiService):
         d = super().stopService()
         for session in self.sessions:
             session.close("server shutting down", 1001)
+        self.logs.flush()
         return d
 
 

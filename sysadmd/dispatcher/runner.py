@@ -5,14 +5,14 @@ once, stdout and stderr both read and handed on in arrival order.  The child get
 small fixed environment (``PATH`` from ``JOB_PATH``, ``HOME``, ``LANG``, ``SHELL``) and
 ``JOB_WORKDIR`` as its working directory.
 
-Process groups: ``spawnProcess`` has no pre-exec hook, so the child is started through
-util-linux ``setsid``, which calls ``setsid()`` and execs the command in place: the pid
-Twisted reports is then the leader of a new session and process group, and a kill can
-reach every process the command forked.  Measured on the 2-core test machine (100
-sequential ``true`` commands): bare ``spawnProcess`` 274/s, through ``setsid`` 244/s
-(0.89x), through a ``python -c "os.setsid(); os.execv(...)"`` wrapper 31/s (0.11x, an
-interpreter start per command) — so ``setsid`` is used, and the Python wrapper only
-when ``setsid`` is missing.
+Process groups: every command leads a new session (and so a new process group), so a
+kill reaches every process it forked.  On a real POSIX reactor the session is started
+inside Twisted's own spawn (:mod:`sysadmd.dispatcher.newsession`, no extra exec).
+Elsewhere (or if Twisted's internals change) the command is started through util-linux
+``setsid``, which calls ``setsid()`` and execs the command in place; measured on the
+2-core test machine (100 sequential ``true`` commands): bare ``spawnProcess`` 274/s,
+through ``setsid`` 244/s (0.89x) on the fork path, but about half on the posix_spawn path;
+a ``python -c "os.setsid(); os.execv(...)"`` wrapper, the last resort, 31/s.
 
 Completion is reported from ``processEnded`` (the child exited *and* its pipes are
 closed, so no output is lost).  A normal exit gives its code; death by a signal, or a
@@ -32,6 +32,8 @@ from twisted.internet import protocol
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from sysadmd.dispatcher import newsession
 
 log = Logger()
 
@@ -145,11 +147,16 @@ def spawn(reactor: Any, argv: List[str], *, job_path: str, workdir: str,
     program = resolve_program(argv[0], job_path, workdir)
     if not os.path.isdir(workdir):
         raise CannotStart(f"cannot start {argv[0]!r}: working directory {workdir} (JOB_WORKDIR) does not exist")
-    full = group_prefix() + [program] + list(argv[1:])
     proto = CommandProcess(on_output, on_ended)
+    fds = {0: "w", 1: "r", 2: "r"}
     try:
-        transport = reactor.spawnProcess(proto, full[0], full, env=job_environment(job_path), path=workdir,
-                                         usePTY=False, childFDs={0: "w", 1: "r", 2: "r"})
+        if newsession.available(reactor):
+            transport = newsession.spawn(reactor, proto, program, [program] + list(argv[1:]),
+                                         job_environment(job_path), workdir, fds)
+        else:
+            full = group_prefix() + [program] + list(argv[1:])
+            transport = reactor.spawnProcess(proto, full[0], full, env=job_environment(job_path), path=workdir,
+                                             usePTY=False, childFDs=fds)
     except Exception as e:  # bad bytes in argv, fork failure, …
         raise CannotStart(f"cannot start {argv[0]!r}: {e}") from None
     return RunningCommand(reactor, transport.pid)
