@@ -61,10 +61,11 @@ def process_log(record: JobRecord, logs: List[str], *, state: str, current: Opti
 def finished_log(record: JobRecord, logs: List[str]) -> Dict[str, Any]:
     """The one ``finished`` event of a job (also what ``history`` returns)."""
     out: Dict[str, Any] = {}
-    for index, command in enumerate(record.commands):
-        ran = index < len(record.return_codes)
-        out[command] = logs[index] if ran and index < len(logs) else ""
-        out[f"return_codes/{command}"] = str(record.return_codes[index]) if ran else "-1"
+    # As upstream: only commands that ran (or failed to start, or were killed) get keys;
+    # those a chain never reached get none, so "-1" always means "this one failed".
+    for index, command in enumerate(record.commands[: len(record.return_codes)]):
+        out[command] = logs[index] if index < len(logs) else ""
+        out[f"return_codes/{command}"] = str(record.return_codes[index])
     out.update({"cmd_list": list(record.commands), "process_id": record.id, "state": "finished"})
     if record.started is not None:
         out["time_started"] = iso_time(record.started)
