@@ -34,7 +34,7 @@ MD5 = "bench-shared-checksum"
 # --- the peer processes -----------------------------------------------------------------
 def run_peer(args) -> None:
     from autobahn.twisted.websocket import (WebSocketClientFactory, WebSocketClientProtocol, WebSocketServerFactory,
-                                            WebSocketServerProtocol, connectWS, listenWS)
+                                            WebSocketServerProtocol, connectWS)
     from twisted.internet import reactor
 
     from sysadmd import crypto, tls
@@ -128,7 +128,9 @@ def run_peer(args) -> None:
         factory = WebSocketServerFactory(url=None)
         factory.protocol = SinkPeer
         factory.setProtocolOptions(**options)
-        port = listenWS(factory, tls.server_context(os.path.join(d, "c"), os.path.join(d, "k")), interface="127.0.0.1")
+        context = tls.server_context(os.path.join(d, "c"), os.path.join(d, "k"))
+        shutil.rmtree(d, True)
+        port = reactor.listenSSL(0, factory, context, interface="127.0.0.1")
         print(f"LISTENING {port.getHost().port}", flush=True)
     else:
         factory = WebSocketClientFactory(args.url)

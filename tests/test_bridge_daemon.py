@@ -72,7 +72,7 @@ class ConfigTests(unittest.TestCase):
 
     def test_bad_value_is_one_line_naming_the_key(self):
         options = Options()
-        options.parseOptions(["--port", "http:80", "--state-dir", self.mktemp()])
+        options.parseOptions(["--port", "http:80", "--state-dir", "/nonexistent/never-created"])
         with self.assertRaises(SystemExit) as caught:
             makeService(options)
         message = str(caught.exception)

@@ -1,6 +1,9 @@
 """The bridge core without sockets: pairing, announcements, routing, the API, backpressure."""
 
 import json
+import os
+import shutil
+import tempfile
 
 from twisted.internet import task
 from twisted.trial import unittest
@@ -20,6 +23,15 @@ def private_key(name):
     if name not in PRIVATE:
         PRIVATE[name] = crypto.generate_private_key(2048)
     return PRIVATE[name]
+
+
+def temp_database(testcase):
+    """A fresh SQLite file in /tmp, removed at cleanup."""
+    path = tempfile.mkdtemp(prefix="brdb", dir="/tmp")
+    testcase.addCleanup(shutil.rmtree, path, True)
+    db = open_database(os.path.join(path, "bridge.sqlite"))
+    testcase.addCleanup(db.close)
+    return db
 
 
 class FakeLink:
@@ -166,8 +178,7 @@ class ApiTests(unittest.TestCase):
     def setUp(self):
         self.clock = task.Clock()
         self.clock.advance(1000)
-        db = open_database(self.mktemp() + ".sqlite")
-        self.addCleanup(db.close)
+        db = temp_database(self)
         self.keys = KeyStore(db)
         self.blacklist = Blacklist(db, self.clock, limit=2, reset_minutes=60, block_minutes=60, exempt_loopback=True)
         self.d = PeerDirectory()
@@ -386,3 +397,38 @@ class FlowTests(unittest.TestCase):
         self.assertFalse(s["reading"])  # a closed sender is not resumed
         recv.lost()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class UntrustedInputTests(unittest.TestCase):
+    """Whatever a peer sends, the API and the router answer or drop; they never raise."""
+
+    def test_api_and_route_never_raise(self):
+        from hypothesis import given, settings, strategies as st
+
+        db = temp_database(self)
+        d = PeerDirectory()
+        api = BridgeApi(d, KeyStore(db), None, task.Clock(), hostname="h", challenge_ttl=30)
+        s = make_peer(d, SERVER, True, ["k"])
+        c = make_peer(d, CLIENT, True, ["k"])
+        u = make_peer(d)
+        envelopes = st.fixed_dictionaries({
+            "namespace": st.sampled_from(["rpc", "RPC", "events", 1, None]),
+            "name": st.sampled_from(["auth_ssl", "identify", "response", "error", "settings", 3]),
+            "id": st.one_of(st.sampled_from([IDENT_ID, LIST_KEYS_ID, "x"]), st.integers(), st.none()),
+            "args": st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                                 lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+                                     st.sampled_from(["type", "md5_keys", "encrypted_string", "x"]), inner, max_size=3),
+                                 max_leaves=8),
+        })
+
+        @settings(max_examples=200, deadline=None)
+        @given(st.one_of(st.text(max_size=40), envelopes.map(json.dumps)), st.sampled_from([s, c, u]))
+        def check(text, peer):
+            api.handle(peer, text)
+            if peer.authenticated and not text.startswith("{"):
+                d.route(peer, text)
+            for p in (s, c, u):
+                for sent in p.link.sent:
+                    self.assertIsInstance(json.loads(sent), dict)
+
+        check()
