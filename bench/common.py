@@ -11,7 +11,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from typing import List, Optional, Tuple
 
 import psutil

@@ -8,9 +8,9 @@ Same ``KEY=VALUE`` format and parser as sysadmd (:mod:`sysadmd.configfile`).
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Mapping, Optional
+from typing import List
 
-from sysadmd.configfile import ConfigError, Key, read_file, render_sample, resolve
+from sysadmd.configfile import ConfigError, Key, Settings, render_sample
 
 DEFAULT_CONFIG = "/etc/sysadm-bridge.conf"
 
@@ -50,39 +50,22 @@ KEYS: List[Key] = [
 KEY_NAMES = [k.name for k in KEYS]
 
 
-class BridgeConfig:
-    """Resolved settings: attribute access by lower-case key name (``config.port``)."""
+class BridgeConfig(Settings):
+    KEYS = KEYS
 
-    def __init__(self, values: Mapping[str, Any], source: str = ""):
-        self._values = dict(values)
-        self.source = source
-        if not self._values["STATE_DIR"]:
-            self._values["STATE_DIR"] = default_state_dir()
-        if bool(self._values["TLS_CERT"]) != bool(self._values["TLS_KEY"]):
+    def validate(self) -> None:
+        values = self._values
+        if not values["STATE_DIR"]:
+            values["STATE_DIR"] = default_state_dir()
+        if bool(values["TLS_CERT"]) != bool(values["TLS_KEY"]):
             raise ConfigError("TLS_KEY: TLS_CERT and TLS_KEY must be given together")
-        if 0 < self._values["PING_INTERVAL"] < 2:
-            raise ConfigError(f"PING_INTERVAL: {self._values['PING_INTERVAL']:g} is below 2 (use 0 to turn pings off)")
-        if not self._values["PORT"]:
+        if 0 < values["PING_INTERVAL"] < 2:
+            raise ConfigError(f"PING_INTERVAL: {values['PING_INTERVAL']:g} is below 2 (use 0 to turn pings off)")
+        if not values["PORT"]:
             raise ConfigError("PORT: the bridge needs a listening port")
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self._values[name.upper()]
-        except KeyError:
-            raise AttributeError(name) from None
 
-    def as_dict(self) -> Dict[str, Any]:
-        return dict(self._values)
-
-
-def load(path: Optional[str] = None, overrides: Optional[Mapping[str, str]] = None) -> BridgeConfig:
-    """Read *path* (if any), apply command-line *overrides* (raw text), validate."""
-    raw: Dict[str, str] = {}
-    if path:
-        raw.update(read_file(path))
-    if overrides:
-        raw.update({k.upper(): v for k, v in overrides.items() if v is not None})
-    return BridgeConfig(resolve(KEYS, raw, source=path or ""), source=path or "")
+load = BridgeConfig.load
 
 
 def sample() -> str:

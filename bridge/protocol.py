@@ -54,6 +54,7 @@ from twisted.logger import Logger
 from bridge.flow import PeerFlow
 from bridge.relay import Peer, new_peer_id
 from sysadmd.envelope import encode, error
+from sysadmd.wsclose import close_with_code
 
 CLOSE_POLICY = 1008
 CLOSE_INTERNAL = 1011
@@ -82,17 +83,7 @@ class BridgeServerProtocol(WebSocketServerProtocol):
             self.sendMessage(data, isBinary=False)
 
     def close_with(self, code: int, reason: str) -> None:
-        """Close with any RFC 6455 code (autobahn's sendClose allows only 1000 and 3000+)."""
-        if self.state != self.STATE_OPEN:
-            return
-        data = reason.encode("utf-8")[:123]
-        while data:
-            try:
-                data.decode("utf-8")
-                break
-            except UnicodeDecodeError:
-                data = data[:-1]
-        self.sendCloseFrame(code=code, reasonUtf8=data, isReply=False)
+        close_with_code(self, code, reason)
 
     # --- autobahn callbacks ---------------------------------------------------------------
     def onOpen(self) -> None:

@@ -8,7 +8,6 @@ keys removed by the ``sysadm-bridge`` command (their live connections are closed
 
 from __future__ import annotations
 
-import os
 import socket
 from typing import Any, Optional, Tuple
 
@@ -26,6 +25,7 @@ from sysadmd.auth.blacklist import Blacklist
 from sysadmd.db import open_database
 from sysadmd.listeners import Listener
 from sysadmd.statedir import ensure_private_dir
+from sysadmd.startup import tls_files
 
 log = Logger()
 
@@ -136,27 +136,12 @@ class BridgeDaemon(service.MultiService):
         listener.setServiceParent(self)
 
 
-def tls_files(cfg: BridgeConfig) -> Tuple[str, str]:
-    if cfg.tls_cert:
-        for path in (cfg.tls_cert, cfg.tls_key):
-            if not os.path.exists(path):
-                raise OSError(f"TLS file {path} does not exist (TLS_CERT / TLS_KEY)")
-        return cfg.tls_cert, cfg.tls_key
-    cert, key, created = tls.ensure_certificate(cfg.state_dir, "bridge")
-    if created:
-        log.info("generated a self-signed TLS certificate in {path}", path=cert)
-    return cert, key
-
-
 def build(cfg: BridgeConfig, reactor: Any) -> BridgeDaemon:
     """The service tree for *cfg*: state dir, database, TLS, listener."""
     ensure_private_dir(cfg.state_dir)
     db = open_database(database_path(cfg.state_dir))
     bridge = Bridge(cfg, db, reactor)
-    cert, key = tls_files(cfg)
-    with open(cert, "rb") as f:
-        fingerprint = tls.fingerprint_sha256(f.read())
-    log.info("TLS certificate {path} SHA-256 fingerprint {fp}", path=cert, fp=fingerprint)
+    cert, key = tls_files(cfg, "bridge")
     factory = BridgeServerFactory(bridge, reactor=reactor)
     listener = Listener(reactor, cfg.port, factory, label="sysadm-bridge wss",
                         interface=cfg.listen_interface, tls=tls.server_context(cert, key))

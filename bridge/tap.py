@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, Optional
 
 from twisted.application import service
 from twisted.python import usage
 
 from bridge import config as configmod
-from sysadmd.configfile import ConfigError
+from sysadmd import startup
 
 
 class Options(usage.Options):
@@ -31,27 +30,13 @@ class Options(usage.Options):
         return {key: self[opt] for opt, key in mapping.items() if self[opt] is not None}
 
     def config_path(self) -> Optional[str]:
-        if self["config"]:
-            return self["config"]
-        return configmod.DEFAULT_CONFIG if os.path.exists(configmod.DEFAULT_CONFIG) else None
-
-
-def load_config(options: Options) -> configmod.BridgeConfig:
-    try:
-        return configmod.load(options.config_path(), options.overrides())
-    except ConfigError as e:
-        raise SystemExit(f"sysadm-bridge: configuration error: {e}")
+        return startup.config_path(self["config"], configmod.DEFAULT_CONFIG)
 
 
 def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor  # noqa: F811
-    cfg = load_config(options)
     from bridge.service import build
 
-    try:
-        return build(cfg, reactor)
-    except ConfigError as e:
-        raise SystemExit(f"sysadm-bridge: configuration error: {e}")
-    except OSError as e:
-        raise SystemExit(f"sysadm-bridge: cannot start: {e}")
+    cfg = startup.load_or_exit("sysadm-bridge", configmod.BridgeConfig, options.config_path(), options.overrides())
+    return startup.build_or_exit("sysadm-bridge", build, cfg, reactor)

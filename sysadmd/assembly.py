@@ -6,22 +6,20 @@ daemon in-process on loopback ports.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from twisted.application import service
 from twisted.logger import Logger
 
-from sysadmd import tls
-from sysadmd import bridgelink
+from sysadmd import bridgelink, dispatcher, tls
 from sysadmd.config import Config
 from sysadmd.db import database_path, open_database
-from sysadmd import dispatcher
 from sysadmd.events import subscriptions as event_subscriptions
 from sysadmd.listeners import Listener
 from sysadmd.rpc import logs as rpc_logs
 from sysadmd.rpc import keyauth
 from sysadmd.server import Server
+from sysadmd.startup import tls_files
 from sysadmd.statedir import ensure_private_dir
 from sysadmd.transports.rest import RestResource
 from sysadmd.transports.site import make_site
@@ -44,18 +42,6 @@ class Daemon(service.MultiService):
         listener.setServiceParent(self)
 
 
-def tls_files(cfg: Config) -> tuple:
-    if cfg.tls_cert:
-        for path in (cfg.tls_cert, cfg.tls_key):
-            if not os.path.exists(path):
-                raise OSError(f"TLS file {path} does not exist (TLS_CERT / TLS_KEY)")
-        return cfg.tls_cert, cfg.tls_key
-    cert, key, created = tls.ensure_certificate(cfg.state_dir, "server")
-    if created:
-        log.info("generated a self-signed TLS certificate in {path}", path=cert)
-    return cert, key
-
-
 def build(cfg: Config, reactor: Any, **server_kwargs: Any) -> Daemon:
     ensure_private_dir(cfg.state_dir)
     db = open_database(database_path(cfg.state_dir))
@@ -65,10 +51,7 @@ def build(cfg: Config, reactor: Any, **server_kwargs: Any) -> Daemon:
     install_subsystems(server, reactor)
 
     if not cfg.bridge_connections_only:
-        cert, key = tls_files(cfg)
-        with open(cert, "rb") as f:
-            fingerprint = tls.fingerprint_sha256(f.read())
-        log.info("TLS certificate {path} SHA-256 fingerprint {fp}", path=cert, fp=fingerprint)
+        cert, key = tls_files(cfg, "server")
         context = tls.server_context(cert, key)
         ws_factory = SysadmServerFactory(server, "wss", reactor=reactor)
         rest = RestResource(server)

@@ -8,9 +8,9 @@ same ``UPPER_CASE`` style.  ``conf/sysadmd.conf`` is generated from :data:`KEYS`
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Mapping, Optional
+from typing import List
 
-from sysadmd.configfile import ConfigError, Key, read_file, render_sample, resolve
+from sysadmd.configfile import ConfigError, Key, Settings, render_sample
 
 
 def default_state_dir() -> str:
@@ -72,31 +72,21 @@ KEYS: List[Key] = [
 KEY_NAMES = [k.name for k in KEYS]
 
 
-class Config:
-    """Resolved settings: attribute access by lower-case key name (``config.port``)."""
+class Config(Settings):
+    KEYS = KEYS
 
-    def __init__(self, values: Mapping[str, Any], source: str = ""):
-        self._values = dict(values)
-        self.source = source
-        if not self._values["STATE_DIR"]:
-            self._values["STATE_DIR"] = default_state_dir()
-        if not self._values["SOCKET"]:
-            self._values["SOCKET"] = os.path.join(self._values["STATE_DIR"], "sysadmd.sock")
-        elif self._values["SOCKET"].lower() == "none":
-            self._values["SOCKET"] = ""
-        if bool(self._values["TLS_CERT"]) != bool(self._values["TLS_KEY"]):
+    def validate(self) -> None:
+        values = self._values
+        if not values["STATE_DIR"]:
+            values["STATE_DIR"] = default_state_dir()
+        if not values["SOCKET"]:
+            values["SOCKET"] = os.path.join(values["STATE_DIR"], "sysadmd.sock")
+        elif values["SOCKET"].lower() == "none":
+            values["SOCKET"] = ""
+        if bool(values["TLS_CERT"]) != bool(values["TLS_KEY"]):
             raise ConfigError("TLS_KEY: TLS_CERT and TLS_KEY must be given together")
-        if self._values["STATE_LOAD_CRIT"] < self._values["STATE_LOAD_WARN"]:
+        if values["STATE_LOAD_CRIT"] < values["STATE_LOAD_WARN"]:
             raise ConfigError("STATE_LOAD_CRIT: must not be below STATE_LOAD_WARN")
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self._values[name.upper()]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def as_dict(self) -> Dict[str, Any]:
-        return dict(self._values)
 
     @property
     def max_parallel_jobs(self) -> int:
@@ -106,14 +96,7 @@ class Config:
         return max(4, 2 * (os.cpu_count() or 1))
 
 
-def load(path: Optional[str] = None, overrides: Optional[Mapping[str, str]] = None) -> Config:
-    """Read *path* (if any), apply command-line *overrides* (raw text), validate."""
-    raw: Dict[str, str] = {}
-    if path:
-        raw.update(read_file(path))
-    if overrides:
-        raw.update({k.upper(): v for k, v in overrides.items() if v is not None})
-    return Config(resolve(KEYS, raw, source=path or ""), source=path or "")
+load = Config.load
 
 
 def sample() -> str:

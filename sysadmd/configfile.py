@@ -149,3 +149,40 @@ def render_sample(title: str, keys: List[Key]) -> str:
         out.append(f"#{key.name}={text}")
         out.append("")
     return "\n".join(out)
+
+
+class Settings:
+    """Resolved settings with attribute access by lower-case key name (``cfg.port``).
+
+    Subclasses name their :data:`KEYS` and fill in derived defaults or cross-key checks
+    in :meth:`validate` (raising :class:`ConfigError` naming the key).
+    """
+
+    KEYS: List[Key] = []
+
+    def __init__(self, values: Mapping[str, Any], source: str = ""):
+        self._values = dict(values)
+        self.source = source
+        self.validate()
+
+    def validate(self) -> None:
+        """Derived defaults and checks that involve several keys."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name.upper()]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def as_dict(self) -> Dict[str, Any]:
+        return dict(self._values)
+
+    @classmethod
+    def load(cls, path: Optional[str] = None, overrides: Optional[Mapping[str, str]] = None):
+        """Read *path* (if any), apply command-line *overrides* (raw text), validate."""
+        raw: Dict[str, str] = {}
+        if path:
+            raw.update(read_file(path))
+        if overrides:
+            raw.update({k.upper(): v for k, v in overrides.items() if v is not None})
+        return cls(resolve(cls.KEYS, raw, source=path or ""), source=path or "")

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Any, Dict
 
 from twisted.application import service
 from twisted.python import usage
-from twisted.logger import Logger
 
 from sysadmd import config as configmod
-from sysadmd.configfile import ConfigError
-
-log = Logger()
+from sysadmd import startup
 
 DEFAULT_CONFIG = "/etc/sysadmd.conf"
 
@@ -38,27 +33,13 @@ class Options(usage.Options):
         return {key: self[opt] for opt, key in mapping.items() if self[opt] is not None}
 
     def config_path(self):
-        if self["config"]:
-            return self["config"]
-        return DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None
-
-
-def load_config(options: Options) -> configmod.Config:
-    try:
-        return configmod.load(options.config_path(), options.overrides())
-    except ConfigError as e:
-        raise SystemExit(f"sysadmd: configuration error: {e}")
+        return startup.config_path(self["config"], DEFAULT_CONFIG)
 
 
 def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor  # noqa: F811
-    cfg = load_config(options)
     from sysadmd.assembly import build
 
-    try:
-        return build(cfg, reactor)
-    except ConfigError as e:
-        raise SystemExit(f"sysadmd: configuration error: {e}")
-    except OSError as e:
-        raise SystemExit(f"sysadmd: cannot start: {e}")
+    cfg = startup.load_or_exit("sysadmd", configmod.Config, options.config_path(), options.overrides())
+    return startup.build_or_exit("sysadmd", build, cfg, reactor)

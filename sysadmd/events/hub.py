@@ -9,7 +9,7 @@ event is also appended to its ``events-*`` log for ``rpc/logs``.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Optional
 
 from twisted.logger import Logger
 

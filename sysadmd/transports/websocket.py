@@ -31,7 +31,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from sysadmd import envelope
-from sysadmd.session import CLOSE_POLICY, CLOSE_TRY_AGAIN, Identity, Session
+from sysadmd.wsclose import close_with_code
+from sysadmd.session import CLOSE_POLICY, CLOSE_TRY_AGAIN, Session
 
 
 @implementer(IPushProducer)
@@ -101,21 +102,7 @@ class SysadmServerProtocol(WebSocketServerProtocol):
             self.close_with(1011, "internal error")
 
     def close_with(self, code: int, reason: str) -> None:
-        """Close with any RFC 6455 code (autobahn's sendClose allows only 1000 and 3000+).
-
-        The reason is cut to the 123 bytes a close frame can carry; autobahn drops the
-        connection if the peer does not answer within closeHandshakeTimeout.
-        """
-        if self.state != self.STATE_OPEN:
-            return
-        data = reason.encode("utf-8")[:123]
-        while data:
-            try:
-                data.decode("utf-8")
-                break
-            except UnicodeDecodeError:
-                data = data[:-1]
-        self.sendCloseFrame(code=code, reasonUtf8=data, isReply=False)
+        close_with_code(self, code, reason)
 
     def sendMessage(self, payload, isBinary=False, fragmentSize=None, sync=False, doNotCompress=False):
         # autobahn applies maxMessagePayloadSize to outgoing messages too (raising
