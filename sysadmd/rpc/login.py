@@ -14,7 +14,7 @@ from twisted.internet import defer
 
 from sysadmd.api import NO_REPLY
 from sysadmd.envelope import ApiError
-from sysadmd.session import Identity, Session
+from sysadmd.session import Session
 
 if TYPE_CHECKING:
     from sysadmd.server import Server
@@ -32,22 +32,14 @@ def install(server: "Server") -> None:
         start(session)
         if session.key_auth_only:
             raise ApiError("401", "only rpc/auth_ssl is accepted through a bridge")
-        if not server.config.allow_password_auth:
-            raise ApiError("401", "password logins are disabled on this server (ALLOW_PASSWORD_AUTH=false)")
         args = request.args
         if not isinstance(args, dict):
             raise ApiError("401", "args must be an object with 'username' and 'password'")
         user, password = args.get("username"), args.get("password")
         if not isinstance(user, str) or not user or not isinstance(password, str):
             raise ApiError("401", "args need 'username' (string) and 'password' (string)")
-        full = server.rights.for_user(user)
-        ok = yield server.passwords.check(user, password)
-        if not ok or full is None:
-            # Users without rights are counted too (upstream did not), and told the same
-            # thing as a wrong password so user names cannot be probed.
-            server.login_failed(session, user, "password")
-            raise ApiError("401", "user name or password not accepted")
-        return server.login_succeeded(session, Identity(user, full, "password"))
+        identity = yield server.password_identity(session, user, password)
+        return server.login_succeeded(session, identity)
 
     def auth_token(session: Session, request):
         start(session)

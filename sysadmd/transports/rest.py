@@ -34,7 +34,7 @@ from twisted.web import resource, server as web_server
 
 from sysadmd import envelope
 from sysadmd.envelope import ApiError, Request
-from sysadmd.session import Identity, Session
+from sysadmd.session import Session
 
 log = Logger()
 
@@ -258,14 +258,8 @@ class RestResource(resource.Resource):
         server = self.server
         if scheme == "basic":
             user, password = _basic_credentials(credentials)
-            if not server.config.allow_password_auth:
-                raise ApiError("401", "password logins are disabled on this server (ALLOW_PASSWORD_AUTH=false); use a Bearer token")
-            full = server.rights.for_user(user)
-            ok = yield server.passwords.check(user, password)
-            if not ok or full is None:
-                server.login_failed(session, user, "password")
-                raise ApiError("401", "user name or password not accepted")
-            session.login(Identity(user, full, "password"), None)
+            identity = yield server.password_identity(session, user, password)
+            session.login(identity, None)
             server.blacklist.success(session.peer)
         elif scheme == "bearer":
             identity = server.tokens.check(credentials) if credentials else None
