@@ -54,14 +54,14 @@ from twisted.logger import Logger
 from bridge.flow import PeerFlow
 from bridge.relay import Peer, new_peer_id
 from sysadmd.envelope import encode, error
-from sysadmd.wsclose import close_with_code
+from sysadmd.wsbase import WireMixin
 
 CLOSE_POLICY = 1008
 CLOSE_INTERNAL = 1011
 CLOSE_TRY_AGAIN = 1013
 
 
-class BridgeServerProtocol(WebSocketServerProtocol):
+class BridgeServerProtocol(WireMixin, WebSocketServerProtocol):
     """One peer connection; also the peer's :class:`~bridge.relay.PeerLink`."""
 
     _log = Logger()
@@ -81,9 +81,6 @@ class BridgeServerProtocol(WebSocketServerProtocol):
         # A partner may be told about a disconnect while its own close is under way.
         if self.state == self.STATE_OPEN:
             self.sendMessage(data, isBinary=False)
-
-    def close_with(self, code: int, reason: str) -> None:
-        close_with_code(self, code, reason)
 
     # --- autobahn callbacks ---------------------------------------------------------------
     def onOpen(self) -> None:

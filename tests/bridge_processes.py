@@ -225,18 +225,22 @@ class Cluster:
         return self.server
 
     @defer.inlineCallbacks
-    def start(self, *clients: str):
-        """Bridge, then the admin wiring (link, server key, *clients* on both sides), then sysadmd.
+    def start(self, *clients: str, bridge_only: Tuple[str, ...] = (), server_only: Tuple[str, ...] = ()):
+        """Bridge, then the admin wiring (link, server key, the keys of *clients* on both
+        sides, *bridge_only* and *server_only* on one), then sysadmd.
 
-        Fires once the server's bridge link has authenticated.
+        Keys for the server go in before it starts: the bridge asks for its key list right
+        after it authenticates (and then only every KEYS_REFRESH_INTERVAL).  Fires once the
+        server's bridge link has authenticated.
         """
         yield self.start_bridge()
         server_key = os.path.join(self.base, "server.key")
         yield self.sysadmd_admin("bridge_export_key", server_key)
         server_side = [lambda: self.sysadmd_admin("bridge_add", "office", f"wss://127.0.0.1:{self.port}", "--verify", "pin")]
         bridge_side = [lambda: self.bridge_admin("import_ssl_file", "office", server_key, "--role", "server")]
-        for name in clients:
+        for name in clients + server_only:
             server_side.append(lambda name=name: self.register_on_server(name))
+        for name in clients + bridge_only:
             bridge_side.append(lambda name=name: self.register_on_bridge(name))
         # The two state directories are separate databases: their commands run side by side.
         yield defer.gatherResults([_in_turn(server_side), _in_turn(bridge_side)], consumeErrors=True)

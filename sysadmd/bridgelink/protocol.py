@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 from sysadmd import crypto, envelope
 from sysadmd.bridgelink.outbox import LinkOutbox
 from sysadmd.envelope import EnvelopeError
+from sysadmd.wsbase import WireMixin
 
 AUTH_ID = "server_to_bridge_auth"
 
@@ -53,7 +54,7 @@ def describe_failure(reason: Failure) -> str:
     return reason.getErrorMessage() or reason.type.__name__
 
 
-class BridgeLinkProtocol(WebSocketClientProtocol):
+class BridgeLinkProtocol(WireMixin, WebSocketClientProtocol):
     _log = Logger()
     outbox: Optional[LinkOutbox] = None
     authenticated = False

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from sysadmd.envelope import encode
 from sysadmd.tls import fingerprint_der
+from sysadmd.wsbase import WireMixin
 
 log = Logger()
 
@@ -25,7 +26,7 @@ class ConnectionLost(Exception):
     """The connection closed before the reply arrived."""
 
 
-class ApiConnection(WebSocketClientProtocol):
+class ApiConnection(WireMixin, WebSocketClientProtocol):
     def __init__(self) -> None:
         super().__init__()
         self.pending: Dict[str, defer.Deferred] = {}

@@ -31,8 +31,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from sysadmd import envelope
-from sysadmd.wsclose import close_with_code
 from sysadmd.session import CLOSE_POLICY, CLOSE_TRY_AGAIN, Session
+from sysadmd.wsbase import WireMixin
 
 
 @implementer(IPushProducer)
@@ -88,7 +88,7 @@ class WebSocketChannel:
         self.queued_bytes = 0
 
 
-class SysadmServerProtocol(WebSocketServerProtocol):
+class SysadmServerProtocol(WireMixin, WebSocketServerProtocol):
     _log = Logger()
     session: Optional[Session] = None
     channel: Optional[WebSocketChannel] = None
@@ -100,9 +100,6 @@ class SysadmServerProtocol(WebSocketServerProtocol):
             # autobahn swallows exceptions from onOpen; log and close instead.
             self._log.failure("failed to open a session")
             self.close_with(1011, "internal error")
-
-    def close_with(self, code: int, reason: str) -> None:
-        close_with_code(self, code, reason)
 
     def sendMessage(self, payload, isBinary=False, fragmentSize=None, sync=False, doNotCompress=False):
         # autobahn applies maxMessagePayloadSize to outgoing messages too (raising
