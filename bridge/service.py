@@ -26,7 +26,10 @@ from sysadmd.db import open_database
 from sysadmd.listeners import Listener
 from sysadmd.statedir import ensure_private_dir
 from sysadmd.startup import tls_files
+from sysadmd.shutdown import wait_until
 
+
+SHUTDOWN_GRACE = 2.0  # seconds peers get to answer our close frames at shutdown
 log = Logger()
 
 CLOSE_GOING_AWAY = 1001
@@ -61,14 +64,18 @@ class Bridge(service.Service):
         if self.config.keys_refresh_interval > 0:
             self._start_loop(self.refresh_key_lists, self.config.keys_refresh_interval)
 
-    def stopService(self) -> None:
+    def stopService(self):
         super().stopService()
         for loop in self._loops:
             if loop.running:
                 loop.stop()
         self._loops = []
-        for peer in list(self.directory.peers.values()):
+        peers = list(self.directory.peers.values())
+        for peer in peers:
             peer.link.close(CLOSE_GOING_AWAY, "bridge shutting down")
+        if peers:
+            return wait_until(self.clock, lambda: not self.directory.peers, SHUTDOWN_GRACE)
+        return None
 
     def _start_loop(self, fn, interval: float) -> None:
         loop = task.LoopingCall(self._guarded, fn)

@@ -26,8 +26,11 @@ from sysadmd.events.hub import EventHub
 from sysadmd.logstore import LogStore
 from sysadmd.rpc import basic, login
 from sysadmd.session import Channel, Identity, Session, SessionRegistry
+from sysadmd.shutdown import wait_until
 
 log = Logger()
+
+SHUTDOWN_GRACE = 2.0  # seconds clients get to answer our close frames at shutdown
 
 
 class Server(service.MultiService):
@@ -125,7 +128,9 @@ class Server(service.MultiService):
         for session in self.sessions:
             session.close("server shutting down", 1001)
         self.logs.flush()
-        return d
+        # Give clients a moment to answer the close frames (else they see 1006).
+        waited = wait_until(self.clock, lambda: not any(s.kind in ("wss", "unix") for s in self.sessions), SHUTDOWN_GRACE)
+        return defer.gatherResults([defer.maybeDeferred(lambda: d), waited])
 
 
 def socket_path_ok(path: str) -> bool:

@@ -106,7 +106,13 @@ def clock_server(testcase: Any, **overrides: Any):
     server = Server(cfg, db, clock, passwords=FakePasswords({}))
     keyauth.install(server)
     server.startService()
-    testcase.addCleanup(server.stopService)
+
+    def stop():
+        d = server.stopService()
+        clock.advance(10)  # the shutdown grace for open sessions runs on this Clock too
+        return d
+
+    testcase.addCleanup(stop)
     return server, clock
 
 
