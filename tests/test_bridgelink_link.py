@@ -230,6 +230,21 @@ class HandshakeTests(LinkedDaemonCase):
         self.assertEqual(self.links.store.get("fb").fingerprint, self.bridge.fingerprint)
 
     @defer.inlineCallbacks
+    def test_key_changes_reach_the_bridge_without_it_asking(self):
+        yield self.linked()
+        conn = self.bridge.server
+        yield wait_until(lambda: conn.md5_keys == [ks.md5_of("c1")], 5, "the first key list")
+        # The fake bridge asks for the list once, after auth; later lists are pushed.
+        ks.register(self.running, "root", "c2")
+        yield wait_until(lambda: conn.md5_keys is not None and ks.md5_of("c2") in conn.md5_keys, 6,
+                         "the new key's checksum pushed to the bridge")
+        self.assertEqual(sorted(conn.md5_keys), sorted([ks.md5_of("c1"), ks.md5_of("c2")]))
+        self.server.subsystems["keys"].revoke("root", ks.stored_of("c1"))
+        yield wait_until(lambda: conn.md5_keys == [ks.md5_of("c2")], 6, "the revoked key's checksum withdrawn")
+        pushed = [json.loads(t) for t in conn.texts if '"bridge_request_list_keys"' in t]
+        self.assertEqual(len(pushed), 3)  # the answer, then one push per change
+
+    @defer.inlineCallbacks
     def test_md5_key_login_base64_mode_and_dispatcher_events(self):
         yield self.linked()
         self.bridge.announce([CLIENT_A])

@@ -66,9 +66,21 @@ class BridgeLinks(service.MultiService):
             if version != self._version:
                 self._version = version
                 self.sync()
+            self._push_key_lists()
         except Exception:
             # A busy database must not stop the watcher for good.
             log.failure("checking the bridge links failed; trying again in {interval} s", interval=self.poll_interval)
+
+    def _push_key_lists(self) -> None:
+        """Send each connected bridge our registered keys' checksums if they changed
+        (keys registered or revoked through the API or the admin command)."""
+        checksums = None
+        for link in self.links.values():
+            protocol = link.protocol
+            if protocol is not None and protocol.authenticated:
+                if checksums is None:
+                    checksums = link.checksums()
+                protocol.offer_checksums(checksums)
 
     def sync(self) -> None:
         """Start links that are new, stop those removed, restart those changed."""

@@ -26,7 +26,7 @@ errors from it are never answered (no reply loops).  WebSocket pings every
 from __future__ import annotations
 
 import socket
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from OpenSSL import SSL
@@ -40,6 +40,7 @@ from sysadmd.envelope import EnvelopeError
 from sysadmd.wsbase import WireMixin
 
 AUTH_ID = "server_to_bridge_auth"
+KEYS_ID = "bridge_request_list_keys"
 
 
 def describe_failure(reason: Failure) -> str:
@@ -58,6 +59,7 @@ class BridgeLinkProtocol(WireMixin, WebSocketClientProtocol):
     _log = Logger()
     outbox: Optional[LinkOutbox] = None
     authenticated = False
+    sent_checksums: Optional[Dict[str, Any]] = None  # the key list the bridge last got from us
     _close_info: Optional[str] = None
     _producing = False
     _auth_deadline = None
@@ -196,7 +198,18 @@ class BridgeLinkProtocol(WireMixin, WebSocketClientProtocol):
         if not self.authenticated:
             self.send_json(envelope.error("401", "authenticate first: the bridge has not accepted our key yet", request.id))
             return
-        self.send_json(envelope.reply(request, self.link.checksums()))
+        self.sent_checksums = self.link.checksums()
+        self.send_json(envelope.reply(request, self.sent_checksums))
+
+    def offer_checksums(self, checksums: Dict[str, Any]) -> None:
+        """Tell the bridge our key list if it changed since it last heard it.
+
+        Upstream bridges ask only once (ours every KEYS_REFRESH_INTERVAL); both accept an
+        unsolicited list reply, so a key registered here pairs its client within seconds.
+        """
+        if self.authenticated and self.sent_checksums is not None and checksums != self.sent_checksums:
+            self.sent_checksums = checksums
+            self.send_json({"args": checksums, "id": KEYS_ID, "name": "response", "namespace": "rpc"})
 
     def _available(self, args: Any) -> None:
         if not self.authenticated or self.link.clients is None:
