@@ -35,6 +35,7 @@ MESSAGES = {
     "401": "Unauthorized",
     "403": "Forbidden",
     "404": "Not Found",
+    "405": "Method Not Allowed",
     "409": "Conflict",
     "413": "Payload Too Large",
     "429": "Too Many Requests",

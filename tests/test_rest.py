@@ -224,7 +224,7 @@ class RestCallTests(RestBase):
             self.assertEqual(response.code, 405, method)
             self.assertEqual(response.headers.getRawHeaders("allow"), ["GET, POST, PUT, OPTIONS"])
         status, body = yield self.json_request("DELETE", "/rpc/identify")
-        self.assertError(body, "405", "Error")
+        self.assertError(body, "405", "Method Not Allowed")
         response, text = yield self.request("OPTIONS", "/rpc/identify")
         self.assertEqual(response.code, 200)
         self.assertEqual(response.headers.getRawHeaders("allow"), ["GET, POST, PUT, OPTIONS"])

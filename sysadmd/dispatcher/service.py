@@ -332,6 +332,10 @@ class Dispatcher(service.Service):
         self._announce_finished(finished_log(record, self.store.command_logs(record, self.cap)))
 
     def _announce_finished(self, event: Dict[str, Any]) -> None:
+        codes = [event[f"return_codes/{c}"] for c in event["cmd_list"] if f"return_codes/{c}" in event]
+        flags = "".join(f" ({flag})" for flag in ("killed", "interrupted") if event.get(flag) == "true")
+        log.info("job {id} finished{flags}: return codes {codes}", id=event["process_id"], flags=flags,
+                 codes=",".join(codes) or "none (nothing ran)")
         self._publish(event, True)
         if self.finished_log_sink is not None:
             try:
