@@ -1,6 +1,8 @@
 """The benchmark floor: a bare Twisted + autobahn TLS WebSocket server that parses each
 request's JSON and answers with a reply shaped like rpc/query's. No sessions, no
-auth, no routing: what any Python server on this stack must at least spend.
+auth, no routing: what any Python server on this stack must at least spend.  It gets
+the same transport fixes as ours (sysadmd.wsbase.WireMixin: TCP_NODELAY, no debug-log
+work per chunk), so the ratio measures our request pipeline, not those fixes.
 
 usage: python -m bench.floor_server CERT KEY   (prints "listening on port N")
 """
@@ -13,11 +15,12 @@ from twisted.internet import reactor
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from sysadmd.tls import server_context
+from sysadmd.wsbase import WireMixin
 
 ANSWER = {"rpc/dispatcher": "read/write", "rpc/logs": "read/write", "rpc/settings": "read/write"}
 
 
-class Floor(WebSocketServerProtocol):
+class Floor(WireMixin, WebSocketServerProtocol):
     def onMessage(self, payload, isBinary):
         request = json.loads(payload.decode("utf-8"))
         reply = {"args": ANSWER, "id": request.get("id", ""), "name": "response", "namespace": request.get("namespace", "")}

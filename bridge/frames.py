@@ -1,0 +1,248 @@
+"""A lean RFC 6455 frame codec for the bridge's open connections (pure, no I/O).
+
+autobahn does the opening handshake; after it the bridge reads frames with
+:class:`FrameReader` and writes them with :func:`encode_frame`, because autobahn's
+per-frame machinery (frame objects, callbacks, futures, maskers) cost more CPU than
+relaying the frame itself.
+
+Wire format (RFC 6455 §5.2), as read from a client:
+
+* byte 0: FIN (0x80), RSV1-3 (0x70, must be 0: we negotiate no extension), opcode
+  (low 4 bits): 0 continuation, 1 text, 2 binary, 8 close, 9 ping, 10 pong; any
+  other opcode is an error.
+* byte 1: MASK (0x80, must be set: clients mask every frame) and a 7-bit length;
+  126 means a 16-bit big-endian length follows, 127 a 64-bit one (top bit 0).
+* then the 4-byte masking key, then the payload XORed with that key repeated.
+* A message is one text/binary frame, or one without FIN followed by continuation
+  frames up to the one with FIN; control frames (close, ping, pong) may come between
+  the fragments, are never fragmented and carry at most 125 bytes.
+* A close payload is empty, or a 16-bit code followed by a UTF-8 reason.
+
+Errors raise :class:`FrameError` with the close code to answer: 1002 for a protocol
+error (after which the reader ignores everything), 1009 for a message over
+``max_message`` bytes (after which it drops data frames unbuffered but still returns
+control frames, so the peer's close reply is seen).
+
+Frames we send are unmasked (servers never mask), unfragmented, with the shortest
+length encoding; :func:`encode_frame` also masks, for tests that play the client.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+CONTINUATION = 0x0
+TEXT = 0x1
+BINARY = 0x2
+CLOSE = 0x8
+PING = 0x9
+PONG = 0xA
+
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_TOO_BIG = 1009
+
+_KNOWN = frozenset((CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG))
+# Above this size XOR by byte-translation of the four strided slices beats one big-int XOR.
+_TRANSLATE_FROM = 2048
+_XOR_TABLES = [bytes(b ^ k for b in range(256)) for k in range(256)]
+
+
+class FrameError(Exception):
+    """The peer broke the protocol; ``code`` is the close code to send."""
+
+    def __init__(self, code: int, reason: str):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def unmask(payload: bytes, key: bytes) -> bytes:
+    """XOR *payload* with the 4-byte *key* repeated (masking and unmasking alike)."""
+    n = len(payload)
+    if n < _TRANSLATE_FROM:
+        if not n:
+            return b""
+        stream = (key * ((n >> 2) + 1))[:n]
+        return (int.from_bytes(payload, "little") ^ int.from_bytes(stream, "little")).to_bytes(n, "little")
+    out = bytearray(payload)
+    for i in range(4):
+        out[i::4] = payload[i::4].translate(_XOR_TABLES[key[i]])
+    return bytes(out)
+
+
+def frame_header(opcode: int, length: int, fin: bool = True, mask: Optional[bytes] = None) -> bytes:
+    """The header of one frame (with the masking key at its end when *mask* is given)."""
+    b0 = (0x80 if fin else 0) | opcode
+    m = 0x80 if mask is not None else 0
+    if length < 126:
+        head = bytes((b0, m | length))
+    elif length < 0x10000:
+        head = bytes((b0, m | 126)) + length.to_bytes(2, "big")
+    else:
+        head = bytes((b0, m | 127)) + length.to_bytes(8, "big")
+    return head + mask if mask is not None else head
+
+
+def encode_frame(opcode: int, payload: bytes, fin: bool = True, mask: Optional[bytes] = None) -> bytes:
+    """One whole frame; unmasked unless a 4-byte *mask* is given."""
+    head = frame_header(opcode, len(payload), fin, mask)
+    return head + (unmask(payload, mask) if mask is not None else payload)
+
+
+def close_payload(code: int, reason: bytes = b"") -> bytes:
+    return code.to_bytes(2, "big") + reason
+
+
+def parse_close(payload: bytes) -> Tuple[Optional[int], Optional[bytes]]:
+    """``(code, reason bytes)`` of a close frame; both ``None`` when it is empty."""
+    if not payload:
+        return None, None
+    if len(payload) == 1:
+        raise FrameError(CLOSE_PROTOCOL_ERROR, "close frame with a 1-byte payload")
+    return int.from_bytes(payload[:2], "big"), (payload[2:] or None)
+
+
+class FrameReader:
+    """Incremental parser of client frames: :meth:`feed` bytes, :meth:`pop` frames.
+
+    :meth:`pop` returns ``(opcode, payload)`` — a whole message (``TEXT``/``BINARY``,
+    fragments joined) or a control frame (``CLOSE``/``PING``/``PONG``) — or ``None``
+    until more bytes arrive.  Bytes are buffered as received and joined only once a
+    whole frame is there, so a large frame arriving in many chunks is copied once.
+    """
+
+    def __init__(self, max_message: int):
+        self.max_message = max_message
+        self.failed = False  # after a protocol error: ignore everything
+        self.dropping = False  # after an oversized message: skip data frames
+        self._chunks: List[bytes] = []
+        self._pos = 0  # offset of unread bytes in _chunks[0]
+        self._avail = 0  # unread bytes in _chunks
+        self._need = 2  # bytes needed before parsing can go on
+        self._discard = 0  # bytes of a dropped frame still to skip as they arrive
+        self._parts: Optional[List[bytes]] = None  # fragments of the message in progress
+        self._opcode = 0
+        self._size = 0
+
+    def feed(self, data: bytes) -> None:
+        if self.failed or not data:
+            return
+        if self._discard:
+            cut = min(self._discard, len(data))
+            self._discard -= cut
+            data = data[cut:]
+            if not data:
+                return
+        self._chunks.append(data)
+        self._avail += len(data)
+
+    def pop(self) -> Optional[Tuple[int, bytes]]:
+        while not self.failed and self._avail >= self._need:
+            chunks = self._chunks
+            if len(chunks) > 1:
+                chunks[:] = [b"".join([chunks[0][self._pos:], *chunks[1:]])]
+                self._pos = 0
+            frame = self._parse(chunks[0], self._pos, self._avail)
+            if frame is not None:
+                return frame
+        return None
+
+    # --- internals -------------------------------------------------------------------
+    def _fail(self, reason: str) -> FrameError:
+        self.failed = True
+        self._chunks = []
+        self._avail = 0
+        return FrameError(CLOSE_PROTOCOL_ERROR, reason)
+
+    def _consume(self, n: int) -> None:
+        self._avail -= n
+        self._need = 2
+        if self._avail:
+            self._pos += n
+        else:
+            self._chunks = []
+            self._pos = 0
+
+    def _parse(self, buf: bytes, pos: int, avail: int) -> Optional[Tuple[int, bytes]]:
+        """Parse at most one frame; return a finished message/control frame or None."""
+        b0 = buf[pos]
+        b1 = buf[pos + 1]
+        opcode = b0 & 0x0F
+        fin = b0 & 0x80
+        if b0 & 0x70:
+            raise self._fail("reserved bits set (no extension was negotiated)")
+        if opcode not in _KNOWN:
+            raise self._fail(f"unknown opcode {opcode}")
+        if not b1 & 0x80:
+            raise self._fail("unmasked client frame")
+        length = b1 & 0x7F
+        head = 6
+        if length == 126:
+            head = 8
+            if avail < head:
+                self._need = head
+                return None
+            length = int.from_bytes(buf[pos + 2:pos + 4], "big")
+        elif length == 127:
+            head = 14
+            if avail < head:
+                self._need = head
+                return None
+            length = int.from_bytes(buf[pos + 2:pos + 10], "big")
+            if length >> 63:
+                raise self._fail("frame length has its top bit set")
+        control = opcode & 0x8
+        if control:
+            if not fin:
+                raise self._fail("fragmented control frame")
+            if length > 125:
+                raise self._fail(f"control frame of {length} bytes (at most 125)")
+        elif opcode == CONTINUATION:
+            if self._parts is None and not self.dropping:
+                raise self._fail("continuation frame outside a message")
+        elif self._parts is not None:
+            raise self._fail("new message before the previous one ended")
+        end = head + length
+        if not control and (self.dropping or self._size + length > self.max_message):
+            self._drop_frame(bool(fin), end, avail)
+            if not self.dropping:
+                self.dropping = True
+                size = self._size + length
+                self._size = 0
+                self._parts = None
+                raise FrameError(CLOSE_TOO_BIG, f"message of {size}+ bytes (at most {self.max_message})")
+            return None
+        if avail < end:
+            self._need = end
+            return None
+        payload = unmask(buf[pos + head:pos + end], buf[pos + head - 4:pos + head])
+        self._consume(end)
+        if control:
+            if opcode == CLOSE and length == 1:
+                raise self._fail("close frame with a 1-byte payload")
+            return opcode, payload
+        if fin and self._parts is None:
+            return opcode, payload
+        if self._parts is None:
+            self._parts = [payload]
+            self._opcode = opcode
+            self._size = length
+            return None
+        self._parts.append(payload)
+        self._size += length
+        if not fin:
+            return None
+        parts, self._parts = self._parts, None
+        self._size = 0
+        return self._opcode, b"".join(parts)
+
+    def _drop_frame(self, fin: bool, end: int, avail: int) -> None:
+        """Skip a data frame of an oversized message without buffering it."""
+        if avail >= end:
+            self._consume(end)
+        else:
+            self._discard = end - avail
+            self._consume(avail)
+        if fin:
+            # The oversized message ended; a new one would still be dropped (we are closing).
+            self._parts = None
