@@ -31,6 +31,9 @@ from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
+from autobahn.websocket import USES_NVX
+from autobahn.websocket.xormasker import create_xor_masker
+
 CONTINUATION = 0x0
 TEXT = 0x1
 BINARY = 0x2
@@ -42,9 +45,12 @@ CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_TOO_BIG = 1009
 
 _KNOWN = frozenset((CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG))
-# Above this size XOR by byte-translation of the four strided slices beats one big-int XOR.
-_TRANSLATE_FROM = 2048
+# Above this size a vectorised XOR (autobahn's NVX, in C) or, without it, byte-translation
+# of the four strided slices beats one big-int XOR; below it their set-up costs more.
+_BIG_FROM = 2048
 _XOR_TABLES = [bytes(b ^ k for b in range(256)) for k in range(256)]
+# Data frames this big are unmasked chunk by chunk as they arrive, not buffered whole.
+_STREAM_FROM = 64 * 1024
 
 
 class FrameError(Exception):
@@ -56,17 +62,20 @@ class FrameError(Exception):
         self.reason = reason
 
 
-def unmask(payload: bytes, key: bytes) -> bytes:
+def unmask(payload: "bytes | memoryview", key: bytes) -> bytes:
     """XOR *payload* with the 4-byte *key* repeated (masking and unmasking alike)."""
     n = len(payload)
-    if n < _TRANSLATE_FROM:
+    if n < _BIG_FROM:
         if not n:
             return b""
         stream = (key * ((n >> 2) + 1))[:n]
         return (int.from_bytes(payload, "little") ^ int.from_bytes(stream, "little")).to_bytes(n, "little")
-    out = bytearray(payload)
+    if USES_NVX:
+        return bytes(create_xor_masker(key, n).process(payload))
+    src = bytes(payload)
+    out = bytearray(src)
     for i in range(4):
-        out[i::4] = payload[i::4].translate(_XOR_TABLES[key[i]])
+        out[i::4] = src[i::4].translate(_XOR_TABLES[key[i]])
     return bytes(out)
 
 
@@ -108,7 +117,8 @@ class FrameReader:
     :meth:`pop` returns ``(opcode, payload)`` — a whole message (``TEXT``/``BINARY``,
     fragments joined) or a control frame (``CLOSE``/``PING``/``PONG``) — or ``None``
     until more bytes arrive.  Bytes are buffered as received and joined only once a
-    whole frame is there, so a large frame arriving in many chunks is copied once.
+    whole frame is there; a data frame of ``_STREAM_FROM`` bytes or more is unmasked
+    piece by piece as it arrives instead, so it is never held masked and joined twice.
     """
 
     def __init__(self, max_message: int):
@@ -123,6 +133,12 @@ class FrameReader:
         self._parts: Optional[List[bytes]] = None  # fragments of the message in progress
         self._opcode = 0
         self._size = 0
+        # a large data frame being streamed: payload bytes still to come, the masking
+        # key rotated to where they start, the unmasked pieces so far, its opcode and FIN
+        self._left = 0
+        self._key = b""
+        self._pieces: List[bytes] = []
+        self._streamed: Optional[Tuple[int, int]] = None
 
     def feed(self, data: bytes) -> None:
         if self.failed or not data:
@@ -133,11 +149,23 @@ class FrameReader:
             data = data[cut:]
             if not data:
                 return
+        if self._left:
+            take = min(self._left, len(data))
+            self._stream_piece(memoryview(data)[:take] if take < len(data) else data)
+            data = data[take:]
+            if not data:
+                return
         self._chunks.append(data)
         self._avail += len(data)
 
     def pop(self) -> Optional[Tuple[int, bytes]]:
-        while not self.failed and self._avail >= self._need:
+        if self._streamed is not None and not self._left and not self.failed:
+            (opcode, fin), self._streamed = self._streamed, None
+            pieces, self._pieces = self._pieces, []
+            frame = self._data_frame(opcode, fin, b"".join(pieces))
+            if frame is not None:
+                return frame
+        while not self.failed and not self._left and self._avail >= self._need:
             chunks = self._chunks
             if len(chunks) > 1:
                 chunks[:] = [b"".join([chunks[0][self._pos:], *chunks[1:]])]
@@ -213,14 +241,39 @@ class FrameReader:
                 raise FrameError(CLOSE_TOO_BIG, f"message of {size}+ bytes (at most {self.max_message})")
             return None
         if avail < end:
+            if length >= _STREAM_FROM and not control and avail >= head:
+                self._left = length
+                self._key = buf[pos + head - 4:pos + head]
+                self._streamed = (opcode, fin)
+                rest = avail - head
+                self._consume(avail)
+                if rest:
+                    self._stream_piece(memoryview(buf)[pos + head:pos + avail])
+                return None
             self._need = end
             return None
-        payload = unmask(buf[pos + head:pos + end], buf[pos + head - 4:pos + head])
+        key = buf[pos + head - 4:pos + head]
+        if length < _BIG_FROM:
+            payload = unmask(buf[pos + head:pos + end], key)
+        else:
+            payload = unmask(memoryview(buf)[pos + head:pos + end], key)  # no copy of the masked bytes
         self._consume(end)
         if control:
             if opcode == CLOSE and length == 1:
                 raise self._fail("close frame with a 1-byte payload")
             return opcode, payload
+        return self._data_frame(opcode, fin, payload)
+
+    def _stream_piece(self, piece: "bytes | memoryview") -> None:
+        n = len(piece)
+        key = self._key
+        self._pieces.append(unmask(piece, key))
+        self._key = key[n % 4:] + key[:n % 4]
+        self._left -= n
+
+    def _data_frame(self, opcode: int, fin: int, payload: bytes) -> Optional[Tuple[int, bytes]]:
+        """A data frame's unmasked payload: a whole message, or a fragment to keep."""
+        length = len(payload)
         if fin and self._parts is None:
             return opcode, payload
         if self._parts is None:

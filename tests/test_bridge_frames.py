@@ -54,10 +54,12 @@ class CodecTests(unittest.TestCase):
     timeout = 60
 
     def test_unmask_matches_the_bytewise_definition(self):
-        for n in (0, 1, 3, 4, 5, 125, 2047, 2048, 2049, 70000):
-            payload = os.urandom(n)
-            expected = bytes(b ^ KEY[i % 4] for i, b in enumerate(payload))
-            self.assertEqual(frames.unmask(payload, KEY), expected, n)
+        for nvx in (frames.USES_NVX, False):  # with autobahn's C masker and without it
+            self.patch(frames, "USES_NVX", nvx)
+            for n in (0, 1, 3, 4, 5, 125, 2047, 2048, 2049, 70000):
+                payload = os.urandom(n)
+                expected = bytes(b ^ KEY[i % 4] for i, b in enumerate(payload))
+                self.assertEqual(frames.unmask(payload, KEY), expected, (nvx, n))
 
     def test_server_frames_use_the_shortest_length_form(self):
         self.assertEqual(encode_frame(TEXT, b"hi"), b"\x81\x02hi")
@@ -156,9 +158,22 @@ class CodecProperties(unittest.TestCase):
                 expected.append((PING, pings[i]))
         self.assertEqual(read_all(FrameReader(600), wire, chunks), expected)
 
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.tuples(st.binary(max_size=400), st.lists(st.integers(min_value=0, max_value=400), max_size=3)),
+                    max_size=4),
+           st.lists(st.integers(min_value=1, max_value=300), max_size=40))
+    def test_streamed_frames_round_trip(self, messages, chunks):
+        # Large frames are unmasked piece by piece; a low threshold puts most frames there.
+        self.patch(frames, "_STREAM_FROM", 20)
+        wire = b"".join(fragments(BINARY, payload, cuts) + client_frame(PONG, b"x") for payload, cuts in messages)
+        got = read_all(FrameReader(400), wire, chunks)
+        # a pong sent after a message's last fragment comes after the message
+        self.assertEqual(got, [f for payload, _ in messages for f in ((BINARY, payload), (PONG, b"x"))])
+
     @settings(max_examples=300, deadline=None)
     @given(st.binary(max_size=400), st.lists(st.integers(min_value=1, max_value=50), max_size=20))
     def test_garbage_raises_only_frame_errors(self, garbage, chunks):
+        self.patch(frames, "_STREAM_FROM", 20)  # streamed and buffered frames alike
         reader = FrameReader(200)
         pos = 0
         errors = 0
