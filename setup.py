@@ -4,7 +4,7 @@ setup(
     name="sysadmd",
     version="0.1.0",
     description="Remote system administration daemon and bridge, wire-compatible with TrueOS SysAdm",
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     packages=find_packages(include=["sysadmd", "sysadmd.*", "bridge", "bridge.*"]) + ["twisted.plugins"],
     package_data={"twisted": ["plugins/sysadmd_plugin.py", "plugins/sysadm_bridge_plugin.py"]},
     install_requires=[

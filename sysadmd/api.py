@@ -44,7 +44,6 @@ class Api:
     def __init__(self, tokens: Any) -> None:
         self.tokens = tokens
         self.routes: Dict[Tuple[str, str], Route] = {}
-        self.hooks_before: list = []  # callables(session, request) run before routing
         self._availability: Dict[bool, Dict[str, str]] = {}
 
     # --- registration ---------------------------------------------------------------
@@ -167,8 +166,6 @@ class Api:
         return envelope.error("500", "internal error while handling the request; the server log has the details", request.id)
 
     def _route(self, session: Session, request: Request) -> Route:
-        for hook in self.hooks_before:
-            hook(session, request)
         route = self.routes.get(request.route)
         if route is not None and route.public:
             return route

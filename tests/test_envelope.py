@@ -309,11 +309,3 @@ class PipelineTests(unittest.TestCase):
         self.assertEqual([m["id"] for m in self.channel.sent], ["a", "q"])
         self.assertEqual(self.channel.sent[1]["name"], "response")  # ran after the login
 
-    def test_hooks_run_before_routing(self):
-        def hook(session, request):
-            if request.name == "blocked":
-                raise ApiError("429", "slow down")
-
-        self.api.hooks_before.append(hook)
-        self.assertEqual(self.handle("rpc", "blocked")["args"]["code"], "429")
-        self.assertEqual(self.handle("rpc", "identify")["name"], "response")
