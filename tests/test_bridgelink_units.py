@@ -39,7 +39,7 @@ class UrlTests(unittest.TestCase):
 
     def test_refusals_name_the_problem(self):
         cases = {
-            "": "expected a bridge address",
+            "": "expected an address such as",
             "ws://h": "scheme 'ws' is not supported",
             "https://h": "scheme 'https'",
             "wss://": "names no host",

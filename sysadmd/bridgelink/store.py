@@ -14,9 +14,9 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from typing import List, Optional
-from urllib.parse import urlsplit
 
 from sysadmd.db import ensure_schema
+from sysadmd.wssurl import parse_wss
 
 DEFAULT_PORT = 12149
 VERIFY_MODES = ("none", "pin", "ca")
@@ -58,27 +58,12 @@ def normalize_url(url: str) -> str:
     Upstream does the same; unlike upstream, any other scheme is refused because the
     bridge protocol is only spoken over TLS.
     """
-    if not isinstance(url, str) or not url.strip():
-        raise BridgeLinkError("url: expected a bridge address such as bridge.example.org or wss://host:12149")
-    text = url.strip()
-    if "://" not in text:
-        text = "wss://" + text
     try:
-        parts = urlsplit(text)
-        port = parts.port
+        address = parse_wss(url, DEFAULT_PORT)
     except ValueError as e:
-        raise BridgeLinkError(f"url: {url!r} is not a valid address ({e})") from None
-    if parts.scheme.lower() != "wss":
-        raise BridgeLinkError(f"url: scheme {parts.scheme!r} is not supported; bridges speak wss:// (TLS) only")
-    host = parts.hostname
-    if not host:
-        raise BridgeLinkError(f"url: {url!r} names no host")
-    if parts.username is not None or parts.query or parts.fragment:
-        raise BridgeLinkError(f"url: {url!r} must be just wss://host[:port][/path]")
-    if ":" in host:
-        host = f"[{host}]"  # an IPv6 literal
-    path = parts.path if parts.path not in ("", "/") else ""
-    return f"wss://{host}:{port if port is not None else DEFAULT_PORT}{path}"
+        raise BridgeLinkError(f"url: {e}") from None
+    path = address.path if address.path not in ("", "/") else ""
+    return f"wss://{address.netloc}{path}"
 
 
 def check_nickname(nickname: str) -> str:

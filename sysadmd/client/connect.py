@@ -16,7 +16,6 @@ import getpass
 import os
 from dataclasses import dataclass
 from typing import Any, Optional
-from urllib.parse import urlsplit
 
 from twisted.internet import defer
 
@@ -26,6 +25,7 @@ from sysadmd.client.errors import (
     EXIT_AUTH, EXIT_CONNECT, EXIT_USAGE, ClientError, connection_lost, describe_connect_failure, error_fields, is_error,
 )
 from sysadmd.client.knownhosts import KnownHosts, endpoint_name
+from sysadmd.wssurl import parse_wss
 
 SERVER_PORT = 12150
 BRIDGE_PORT = 12149
@@ -49,19 +49,11 @@ class Endpoint:
 
 def parse_url(text: str, default_port: int) -> Endpoint:
     """``wss://host[:port][/path]`` (the scheme may be left out) as an :class:`Endpoint`."""
-    raw = text.strip()
-    if "://" not in raw:
-        raw = "wss://" + raw
     try:
-        parts = urlsplit(raw)
-        port = parts.port
+        address = parse_wss(text, default_port)
     except ValueError as e:
-        raise ClientError(f"not a usable URL: {text!r} ({e})", EXIT_USAGE) from None
-    if parts.scheme != "wss":
-        raise ClientError(f"not a usable URL: {text!r} (only wss:// is spoken; TLS is not optional)", EXIT_USAGE)
-    if not parts.hostname:
-        raise ClientError(f"not a usable URL: {text!r} (no host name)", EXIT_USAGE)
-    return Endpoint(parts.hostname, port or default_port, parts.path or "/")
+        raise ClientError(f"not a usable URL: {e}", EXIT_USAGE) from None
+    return Endpoint(address.host, address.port, address.path or "/")
 
 
 def default_socket() -> str:
@@ -86,16 +78,22 @@ class Credentials:
         return bool(self.user or self.key is not None or self.token)
 
 
-def load_key(path: str) -> Any:
+def read_key_file(path: str, loader: Any) -> Any:
+    """*loader* applied to the bytes of *path*; unreadable or unusable files are usage errors."""
     try:
         with open(os.path.expanduser(path), "rb") as f:
             data = f.read()
     except OSError as e:
         raise ClientError(f"cannot read key file {path}: {e.strerror or e}", EXIT_USAGE) from None
     try:
-        return crypto.load_private_key(data)
+        return loader(data)
     except crypto.KeyFormatError as e:
         raise ClientError(f"cannot use key file {path}: {e}", EXIT_USAGE) from None
+
+
+def load_key(path: str) -> Any:
+    """The RSA private key in *path* (for auth_ssl)."""
+    return read_key_file(path, crypto.load_private_key)
 
 
 def resolve_credentials(user: Optional[str], key_path: Optional[str], token: Optional[str], stdin: Any,

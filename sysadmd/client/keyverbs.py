@@ -15,6 +15,7 @@ from sysadmd import crypto
 from sysadmd.client import tables
 from sysadmd.client.context import Context
 from sysadmd.client.errors import EXIT_ERROR_REPLY, EXIT_OK, EXIT_USAGE, ClientError
+from sysadmd.client.connect import read_key_file
 
 
 def _description_fields(text: str) -> Dict[str, str]:
@@ -61,15 +62,7 @@ async def keys_list(ctx: Context) -> int:
 
 def public_key_text(path: str) -> str:
     """SPKI PEM of the key in *path* (public key, certificate, or private key)."""
-    try:
-        with open(os.path.expanduser(path), "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ClientError(f"cannot read {path}: {e.strerror or e}", EXIT_USAGE) from None
-    try:
-        return crypto.normalized_pem(data)
-    except crypto.KeyFormatError as e:
-        raise ClientError(f"cannot use {path}: {e}", EXIT_USAGE) from None
+    return read_key_file(path, crypto.normalized_pem)
 
 
 def prepare_keys_add(ctx: Context) -> None:
