@@ -46,9 +46,9 @@ Wire protocol (upstream sysadm-bridge, ``upstream-bridge-wire.md``; our fixes ma
 Frames: autobahn does the opening handshake, the pings (every ``PING_INTERVAL``), the
 close handshake (a peer that does not answer our close within 5 s is dropped) and
 the ping/close bookkeeping; once open, the bytes are parsed by
-:class:`bridge.frames.FrameReader` and our text frames are written by
-:func:`bridge.frames.frame_header` — autobahn's per-frame path cost more CPU than the
-relay itself.  Protocol errors close with 1002, an oversized message with 1009.
+:class:`sysadmd.frames.FrameReader` and our text frames are written with its
+header (:class:`sysadmd.wsbase.LeanServerMixin`) — autobahn's per-frame path cost more
+CPU than the relay itself.  Protocol errors close with 1002, an oversized message with 1009.
 """
 
 from __future__ import annotations
@@ -56,30 +56,25 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.protocol import FrameHeader
 from twisted.logger import Logger
 
-from bridge import frames
 from bridge.flow import PeerFlow
 from bridge.relay import Peer, new_peer_id
 from sysadmd.envelope import encode, error
-from sysadmd.wsbase import WireMixin
+from sysadmd.wsbase import LeanServerMixin
 
 CLOSE_POLICY = 1008
 CLOSE_INTERNAL = 1011
 CLOSE_TRY_AGAIN = 1013
-# Frames larger than this go out as two writes (header, payload) instead of one copy.
-_JOIN_BELOW = 16 * 1024
 
 
-class BridgeServerProtocol(WireMixin, WebSocketServerProtocol):
+class BridgeServerProtocol(LeanServerMixin, WebSocketServerProtocol):
     """One peer connection; also the peer's :class:`~bridge.relay.PeerLink`."""
 
     _log = Logger()
     relay_peer: Optional[Peer] = None  # autobahn already uses "peer" (the address string)
     flow: Optional[PeerFlow] = None
     _auth_timer: Any = None
-    _reader: Optional[frames.FrameReader] = None
 
     # --- PeerLink -------------------------------------------------------------------------
     def send_text(self, text: str) -> None:
@@ -90,63 +85,9 @@ class BridgeServerProtocol(WireMixin, WebSocketServerProtocol):
         self.close_with(code, reason)
 
     def _write_frame(self, data: bytes) -> None:
-        # A partner may be told about a disconnect while its own close is under way.
-        if self.state == self.STATE_OPEN:
-            if len(data) < _JOIN_BELOW:
-                self.sendData(frames.frame_header(frames.TEXT, len(data)) + data)
-            else:
-                self.sendData(frames.frame_header(frames.TEXT, len(data)))
-                self.sendData(data)
-
-    # --- frames in (see bridge.frames; autobahn keeps the handshake, pings and closes) --
-    def dataReceived(self, data: bytes) -> None:
-        reader = self._reader
-        if reader is None:
-            super().dataReceived(data)  # the handshake; then autobahn calls processData
-            return
-        if self.state == self.STATE_CLOSED:
-            return
-        reader.feed(data)
-        self._drain(reader)
-
-    def processData(self) -> bool:
-        """autobahn's hook once open: hand its buffer (bytes after the handshake) to the reader."""
-        if self._reader is None:
-            self._reader = frames.FrameReader(self.maxMessagePayloadSize or 2 ** 63)
-        data, self.data = self.data, b""
-        self._reader.feed(data)
-        self._drain(self._reader)
-        return False
-
-    def _drain(self, reader: frames.FrameReader) -> None:
-        while True:
-            try:
-                frame = reader.pop()
-            except frames.FrameError as e:
-                self._fail_connection(e.code, e.reason)
-                if self.state == self.STATE_CLOSED:
-                    return
-                continue
-            if frame is None:
-                return
-            opcode, payload = frame
-            if opcode < frames.CLOSE:
-                if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
-                    self._cancelAutoPingTimeoutCall()
-                if not self.failedByMe:
-                    self.onMessage(payload, opcode == frames.BINARY)
-            elif opcode == frames.CLOSE:
-                code, reason = frames.parse_close(payload)
-                if self.onCloseFrame(code, reason):
-                    return
-            else:
-                # autobahn's own ping answer and auto-ping bookkeeping
-                self.current_frame = FrameHeader(opcode, True, 0, len(payload), None)
-                self.control_frame_data = [payload]
-                self.processControlFrame()
-                self.current_frame = None
-            if self.state == self.STATE_CLOSED:
-                return
+        # A partner may be told about a disconnect while its own close is under way:
+        # send_text_frame writes nothing once the connection is closing.
+        self.send_text_frame(data)
 
     # --- autobahn callbacks ---------------------------------------------------------------
     def onOpen(self) -> None:

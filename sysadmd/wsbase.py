@@ -18,7 +18,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
+
+from autobahn.websocket.protocol import FrameHeader
+
+from sysadmd import frames
 
 
 class WireMixin:
@@ -57,3 +61,80 @@ class WireMixin:
             self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)
         if self.logOctets:
             self.logTxOctets(data, False)
+
+
+# Frames larger than this go out as two writes (header, payload) instead of one copy.
+_JOIN_BELOW = 16 * 1024
+
+
+class LeanServerMixin(WireMixin):
+    """Server side: once autobahn has done the opening handshake, frames are read by
+    :class:`sysadmd.frames.FrameReader` and text frames written with our own header.
+
+    autobahn keeps the handshake, pings (its auto-ping and its answers to ours), the close
+    handshake with its timeout and the close bookkeeping: close frames go to its
+    ``onCloseFrame``, pings and pongs to its ``processControlFrame``, protocol errors
+    (1002) and oversized messages (1009) to its ``_fail_connection``.  autobahn's
+    ``processData`` is its hook for the bytes after the handshake, so none are lost.
+    """
+
+    _reader: Optional[frames.FrameReader] = None
+
+    def send_text_frame(self, data: bytes) -> None:
+        """One text frame (UTF-8 *data*); nothing once the connection is closing."""
+        if self.state != self.STATE_OPEN:
+            return
+        if len(data) < _JOIN_BELOW:
+            self.sendData(frames.frame_header(frames.TEXT, len(data)) + data)
+        else:
+            self.sendData(frames.frame_header(frames.TEXT, len(data)))
+            self.sendData(data)
+
+    def dataReceived(self, data: bytes) -> None:
+        reader = self._reader
+        if reader is None:
+            super().dataReceived(data)  # the handshake; then autobahn calls processData
+            return
+        if self.state == self.STATE_CLOSED:
+            return
+        reader.feed(data)
+        self._drain(reader)
+
+    def processData(self) -> bool:
+        """autobahn's hook once open: hand its buffer (bytes after the handshake) to the reader."""
+        if self._reader is None:
+            self._reader = frames.FrameReader(self.maxMessagePayloadSize or 2 ** 63)
+        data, self.data = self.data, b""
+        self._reader.feed(data)
+        self._drain(self._reader)
+        return False
+
+    def _drain(self, reader: frames.FrameReader) -> None:
+        while True:
+            try:
+                frame = reader.pop()
+            except frames.FrameError as e:
+                self._fail_connection(e.code, e.reason)
+                if self.state == self.STATE_CLOSED:
+                    return
+                continue
+            if frame is None:
+                return
+            opcode, payload = frame
+            if opcode < frames.CLOSE:
+                if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
+                    self._cancelAutoPingTimeoutCall()
+                if not self.failedByMe:
+                    self.onMessage(payload, opcode == frames.BINARY)
+            elif opcode == frames.CLOSE:
+                code, reason = frames.parse_close(payload)
+                if self.onCloseFrame(code, reason):
+                    return
+            else:
+                # autobahn's own ping answer and auto-ping bookkeeping
+                self.current_frame = FrameHeader(opcode, True, 0, len(payload), None)
+                self.control_frame_data = [payload]
+                self.processControlFrame()
+                self.current_frame = None
+            if self.state == self.STATE_CLOSED:
+                return

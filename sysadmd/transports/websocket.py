@@ -32,7 +32,7 @@ from zope.interface import implementer
 
 from sysadmd import envelope
 from sysadmd.session import CLOSE_POLICY, CLOSE_TRY_AGAIN, Session
-from sysadmd.wsbase import WireMixin
+from sysadmd.wsbase import LeanServerMixin
 
 
 @implementer(IPushProducer)
@@ -64,7 +64,7 @@ class WebSocketChannel:
                     session.close_reason = reason  # for the "Connection Closing" hostinfo entry
                 self.close(CLOSE_POLICY, reason)
             return
-        self.protocol.sendMessage(payload, isBinary=False)
+        self.protocol.send_text_frame(payload)
 
     def close(self, code: int, reason: str) -> None:
         if self.closing:
@@ -81,14 +81,14 @@ class WebSocketChannel:
         while self.queue and not self.paused:
             payload = self.queue.popleft()
             self.queued_bytes -= len(payload)
-            self.protocol.sendMessage(payload, isBinary=False)
+            self.protocol.send_text_frame(payload)
 
     def stopProducing(self) -> None:
         self.queue.clear()
         self.queued_bytes = 0
 
 
-class SysadmServerProtocol(WireMixin, WebSocketServerProtocol):
+class SysadmServerProtocol(LeanServerMixin, WebSocketServerProtocol):
     _log = Logger()
     session: Optional[Session] = None
     channel: Optional[WebSocketChannel] = None
@@ -100,15 +100,6 @@ class SysadmServerProtocol(WireMixin, WebSocketServerProtocol):
             # autobahn swallows exceptions from onOpen; log and close instead.
             self._log.failure("failed to open a session")
             self.close_with(1011, "internal error")
-
-    def sendMessage(self, payload, isBinary=False, fragmentSize=None, sync=False, doNotCompress=False):
-        # autobahn applies maxMessagePayloadSize to outgoing messages too (raising
-        # PayloadExceededError); MAX_MESSAGE_BYTES limits what peers send, not our replies.
-        limit, self.maxMessagePayloadSize = self.maxMessagePayloadSize, 0
-        try:
-            super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
-        finally:
-            self.maxMessagePayloadSize = limit
 
     def _open(self) -> None:
         factory: SysadmServerFactory = self.factory

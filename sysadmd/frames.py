@@ -1,9 +1,9 @@
-"""A lean RFC 6455 frame codec for the bridge's open connections (pure, no I/O).
+"""A lean RFC 6455 frame codec for our servers' open connections (pure, no I/O).
 
-autobahn does the opening handshake; after it the bridge reads frames with
-:class:`FrameReader` and writes them with :func:`encode_frame`, because autobahn's
+autobahn does the opening handshake; after it sysadmd and the bridge read frames with
+:class:`FrameReader` and write them with :func:`frame_header`, because autobahn's
 per-frame machinery (frame objects, callbacks, futures, maskers) cost more CPU than
-relaying the frame itself.
+handling the message itself (see :class:`sysadmd.wsbase.LeanServerMixin`).
 
 Wire format (RFC 6455 §5.2), as read from a client:
 

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from bridge import frames
-from bridge.frames import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, FrameError, FrameReader, encode_frame
+from sysadmd import frames
+from sysadmd.frames import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, FrameError, FrameReader, encode_frame
 
 KEY = b"\x01\x80\xfe\x37"
 
