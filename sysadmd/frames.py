@@ -112,7 +112,10 @@ def parse_close(payload: bytes) -> Tuple[Optional[int], Optional[bytes]]:
 
 
 class FrameReader:
-    """Incremental parser of client frames: :meth:`feed` bytes, :meth:`pop` frames.
+    """Incremental parser of frames: :meth:`feed` bytes, :meth:`pop` frames.
+
+    ``masked=True`` (a server reading a client) requires every frame to be masked;
+    ``masked=False`` (a client reading a server) requires none to be, as RFC 6455 says.
 
     :meth:`pop` returns ``(opcode, payload)`` — a whole message (``TEXT``/``BINARY``,
     fragments joined) or a control frame (``CLOSE``/``PING``/``PONG``) — or ``None``
@@ -121,8 +124,10 @@ class FrameReader:
     piece by piece as it arrives instead, so it is never held masked and joined twice.
     """
 
-    def __init__(self, max_message: int):
+    def __init__(self, max_message: int, masked: bool = True):
         self.max_message = max_message
+        self.masked = masked
+        self._key_len = 4 if masked else 0
         self.failed = False  # after a protocol error: ignore everything
         self.dropping = False  # after an oversized message: skip data frames
         self._chunks: List[bytes] = []
@@ -201,18 +206,18 @@ class FrameReader:
             raise self._fail("reserved bits set (no extension was negotiated)")
         if opcode not in _KNOWN:
             raise self._fail(f"unknown opcode {opcode}")
-        if not b1 & 0x80:
-            raise self._fail("unmasked client frame")
+        if bool(b1 & 0x80) != self.masked:
+            raise self._fail("unmasked client frame" if self.masked else "masked server frame")
         length = b1 & 0x7F
-        head = 6
+        head = 2 + self._key_len
         if length == 126:
-            head = 8
+            head = 4 + self._key_len
             if avail < head:
                 self._need = head
                 return None
             length = int.from_bytes(buf[pos + 2:pos + 4], "big")
         elif length == 127:
-            head = 14
+            head = 10 + self._key_len
             if avail < head:
                 self._need = head
                 return None
@@ -243,7 +248,7 @@ class FrameReader:
         if avail < end:
             if length >= _STREAM_FROM and not control and avail >= head:
                 self._left = length
-                self._key = buf[pos + head - 4:pos + head]
+                self._key = buf[pos + head - self._key_len:pos + head]
                 self._streamed = (opcode, fin)
                 rest = avail - head
                 self._consume(avail)
@@ -252,11 +257,13 @@ class FrameReader:
                 return None
             self._need = end
             return None
-        key = buf[pos + head - 4:pos + head]
-        if length < _BIG_FROM:
-            payload = unmask(buf[pos + head:pos + end], key)
+        if not self.masked:
+            payload = buf[pos + head:pos + end]
+        elif length < _BIG_FROM:
+            payload = unmask(buf[pos + head:pos + end], buf[pos + head - 4:pos + head])
         else:
-            payload = unmask(memoryview(buf)[pos + head:pos + end], key)  # no copy of the masked bytes
+            # no copy of the masked bytes
+            payload = unmask(memoryview(buf)[pos + head:pos + end], buf[pos + head - 4:pos + head])
         self._consume(end)
         if control:
             if opcode == CLOSE and length == 1:
@@ -267,8 +274,11 @@ class FrameReader:
     def _stream_piece(self, piece: "bytes | memoryview") -> None:
         n = len(piece)
         key = self._key
-        self._pieces.append(unmask(piece, key))
-        self._key = key[n % 4:] + key[:n % 4]
+        if key:
+            self._pieces.append(unmask(piece, key))
+            self._key = key[n % 4:] + key[:n % 4]
+        else:
+            self._pieces.append(bytes(piece))
         self._left -= n
 
     def _data_frame(self, opcode: int, fin: int, payload: bytes) -> Optional[Tuple[int, bytes]]:

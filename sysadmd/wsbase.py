@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Optional
 
 from autobahn.websocket.protocol import FrameHeader
@@ -67,28 +68,19 @@ class WireMixin:
 _JOIN_BELOW = 16 * 1024
 
 
-class LeanServerMixin(WireMixin):
-    """Server side: once autobahn has done the opening handshake, frames are read by
+class _LeanFrames(WireMixin):
+    """Once autobahn has done the opening handshake, frames are read by
     :class:`sysadmd.frames.FrameReader` and text frames written with our own header.
 
-    autobahn keeps the handshake, pings (its auto-ping and its answers to ours), the close
-    handshake with its timeout and the close bookkeeping: close frames go to its
+    autobahn keeps the handshake, pings (its auto-ping and its answers to the peer's),
+    the close handshake with its timeout and the close bookkeeping: close frames go to its
     ``onCloseFrame``, pings and pongs to its ``processControlFrame``, protocol errors
     (1002) and oversized messages (1009) to its ``_fail_connection``.  autobahn's
     ``processData`` is its hook for the bytes after the handshake, so none are lost.
     """
 
+    masked_input = True  # what RFC 6455 says the peer sends: clients mask, servers do not
     _reader: Optional[frames.FrameReader] = None
-
-    def send_text_frame(self, data: bytes) -> None:
-        """One text frame (UTF-8 *data*); nothing once the connection is closing."""
-        if self.state != self.STATE_OPEN:
-            return
-        if len(data) < _JOIN_BELOW:
-            self.sendData(frames.frame_header(frames.TEXT, len(data)) + data)
-        else:
-            self.sendData(frames.frame_header(frames.TEXT, len(data)))
-            self.sendData(data)
 
     def dataReceived(self, data: bytes) -> None:
         reader = self._reader
@@ -103,7 +95,7 @@ class LeanServerMixin(WireMixin):
     def processData(self) -> bool:
         """autobahn's hook once open: hand its buffer (bytes after the handshake) to the reader."""
         if self._reader is None:
-            self._reader = frames.FrameReader(self.maxMessagePayloadSize or 2 ** 63)
+            self._reader = frames.FrameReader(self.maxMessagePayloadSize or 2 ** 63, masked=self.masked_input)
         data, self.data = self.data, b""
         self._reader.feed(data)
         self._drain(self._reader)
@@ -138,3 +130,32 @@ class LeanServerMixin(WireMixin):
                 self.current_frame = None
             if self.state == self.STATE_CLOSED:
                 return
+
+
+class LeanServerMixin(_LeanFrames):
+    """Server side: reads masked client frames, writes unmasked ones."""
+
+    masked_input = True
+
+    def send_text_frame(self, data: bytes) -> None:
+        """One text frame (UTF-8 *data*); nothing once the connection is closing."""
+        if self.state != self.STATE_OPEN:
+            return
+        if len(data) < _JOIN_BELOW:
+            self.sendData(frames.frame_header(frames.TEXT, len(data)) + data)
+        else:
+            self.sendData(frames.frame_header(frames.TEXT, len(data)))
+            self.sendData(data)
+
+
+class LeanClientMixin(_LeanFrames):
+    """Client side: reads unmasked server frames, writes masked ones (a fresh key each)."""
+
+    masked_input = False
+
+    def send_text_frame(self, data: bytes) -> None:
+        """One masked text frame (UTF-8 *data*); nothing once the connection is closing."""
+        if self.state != self.STATE_OPEN:
+            return
+        key = os.urandom(4)
+        self.sendData(frames.frame_header(frames.TEXT, len(data), mask=key) + frames.unmask(data, key))

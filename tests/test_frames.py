@@ -50,6 +50,14 @@ def fragments(opcode: int, payload: bytes, cuts: List[int], key: bytes = KEY) ->
     return wire
 
 
+def fragments_unmasked(opcode: int, payload: bytes, cuts: List[int]) -> bytes:
+    points = sorted({c % (len(payload) + 1) for c in cuts})
+    bounds = [0, *points, len(payload)]
+    pieces = [payload[a:b] for a, b in zip(bounds, bounds[1:])]
+    return b"".join(encode_frame(opcode if i == 0 else CONTINUATION, piece, fin=i == len(pieces) - 1)
+                    for i, piece in enumerate(pieces))
+
+
 class CodecTests(unittest.TestCase):
     timeout = 60
 
@@ -157,6 +165,25 @@ class CodecProperties(unittest.TestCase):
             if i < len(pings):
                 expected.append((PING, pings[i]))
         self.assertEqual(read_all(FrameReader(600), wire, chunks), expected)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.tuples(st.sampled_from([TEXT, BINARY]), st.binary(max_size=600),
+                              st.lists(st.integers(min_value=0, max_value=600), max_size=4)), max_size=6),
+           st.lists(st.integers(min_value=1, max_value=700), max_size=30),
+           st.integers(min_value=10, max_value=10 ** 6))
+    def test_unmasked_server_frames_round_trip(self, messages, chunks, stream_from):
+        # What a client (our bridge link) reads: the same framing without masking keys,
+        # whole or streamed piece by piece.
+        self.patch(frames, "_STREAM_FROM", stream_from)
+        wire = b"".join(fragments_unmasked(opcode, payload, cuts) for opcode, payload, cuts in messages)
+        expected = [(opcode, payload) for opcode, payload, _ in messages]
+        self.assertEqual(read_all(FrameReader(600, masked=False), wire, chunks), expected)
+
+    def test_each_side_refuses_the_other_sides_framing(self):
+        with self.assertRaises(FrameError):
+            read_all(FrameReader(100, masked=False), client_frame(TEXT, b"masked"))
+        with self.assertRaises(FrameError):
+            read_all(FrameReader(100), encode_frame(TEXT, b"unmasked"))
 
     @settings(max_examples=200, deadline=None)
     @given(st.lists(st.tuples(st.binary(max_size=400), st.lists(st.integers(min_value=0, max_value=400), max_size=3)),

@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 from sysadmd import crypto, envelope
 from sysadmd.bridgelink.outbox import LinkOutbox
 from sysadmd.envelope import EnvelopeError
-from sysadmd.wsbase import WireMixin
+from sysadmd.wsbase import LeanClientMixin
 
 AUTH_ID = "server_to_bridge_auth"
 KEYS_ID = "bridge_request_list_keys"
@@ -55,7 +55,7 @@ def describe_failure(reason: Failure) -> str:
     return reason.getErrorMessage() or reason.type.__name__
 
 
-class BridgeLinkProtocol(WireMixin, WebSocketClientProtocol):
+class BridgeLinkProtocol(LeanClientMixin, WebSocketClientProtocol):
     _log = Logger()
     outbox: Optional[LinkOutbox] = None
     authenticated = False
@@ -129,7 +129,7 @@ class BridgeLinkProtocol(WireMixin, WebSocketClientProtocol):
         return self.outbox is not None and self.outbox.send(frame, session_id)
 
     def _write(self, payload: bytes) -> None:
-        self.sendMessage(payload, isBinary=False)
+        self.send_text_frame(payload)
 
     def _overflow(self, session_id: Optional[str], waiting: int) -> None:
         if session_id is not None:
