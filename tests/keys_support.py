@@ -73,20 +73,6 @@ def error_code(reply: Dict[str, Any]) -> str:
     return reply["args"]["code"]
 
 
-class RecordingChannel:
-    """A session's channel that keeps what was sent and how it was closed."""
-
-    def __init__(self) -> None:
-        self.sent: List[str] = []
-        self.closed_with: Any = None
-
-    def send_text(self, text: str) -> None:
-        self.sent.append(text)
-
-    def close(self, code: int, reason: str) -> None:
-        self.closed_with = (code, reason)
-
-
 def clock_server(testcase: Any, **overrides: Any):
     """A Server with keys installed, on a Clock and a real SQLite file (no listeners).
 

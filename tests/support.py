@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from typing import Any, Dict, Optional
+import os
+from typing import Any, Dict, List, Optional
 
-from twisted.internet import defer, reactor
+import treq
+from twisted.internet import defer, reactor, ssl
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
 
 from sysadmd import config as configmod
 from sysadmd.assembly import build
@@ -83,3 +88,40 @@ def open_client(testcase, running: RunningDaemon, unix: bool = False):
     client = yield (running.connect_unix() if unix else running.connect())
     testcase.addCleanup(client.close)
     return client
+
+
+class RecordingChannel:
+    """A session's channel that keeps what was sent and how it was closed."""
+
+    def __init__(self) -> None:
+        self.sent: List[str] = []
+        self.closed_with: Any = None
+
+    def send_text(self, text: str) -> None:
+        self.sent.append(text)
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed_with = (code, reason)
+
+
+@implementer(IPolicyForHTTPS)
+class PinnedPolicy:
+    """Trust exactly the daemon's own certificate, for the name "localhost"."""
+
+    def __init__(self, cert_pem: bytes):
+        self.root = ssl.Certificate.loadPEM(cert_pem)
+
+    def creatorForNetloc(self, hostname, port):
+        return ssl.optionsForClientTLS("localhost", trustRoot=self.root)
+
+
+def server_cert(running: RunningDaemon) -> bytes:
+    with open(os.path.join(running.config.state_dir, "server.crt"), "rb") as f:
+        return f.read()
+
+
+def http_client(testcase, running: RunningDaemon, persistent: bool = True) -> treq.client.HTTPClient:
+    """A treq client for the daemon's HTTPS port that trusts only its certificate."""
+    pool = HTTPConnectionPool(reactor, persistent=persistent)
+    testcase.addCleanup(pool.closeCachedConnections)
+    return treq.client.HTTPClient(Agent(reactor, contextFactory=PinnedPolicy(server_cert(running)), pool=pool))

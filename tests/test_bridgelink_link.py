@@ -18,7 +18,7 @@ from sysadmd.bridgelink import key as bridgekey
 from sysadmd.envelope import encode
 from sysadmd.session import Identity
 from tests import keys_support as ks
-from tests.support import FakePasswords, make_config, open_client, short_tempdir, start_daemon
+from tests.support import FakePasswords, RecordingChannel, make_config, open_client, short_tempdir, start_daemon
 
 IDENT = {"args": "", "id": "sysadm_bridge_request_ident", "name": "identify", "namespace": "rpc"}
 LIST_KEYS = {"args": {"action": "list_ssl_checksums"}, "id": "bridge_request_list_keys", "name": "settings", "namespace": "rpc"}
@@ -498,7 +498,7 @@ class SettingsActionTests(unittest.TestCase):
         self.assertEqual(listed["args"], {"bridges": {}})
 
     def test_limited_users_may_list_but_not_change(self):
-        session = self.server.open_session("wss", "127.0.0.1", ks.RecordingChannel(), timers=False,
+        session = self.server.open_session("wss", "127.0.0.1", RecordingChannel(), timers=False,
                                            identity=Identity("operator1", False, "password"))
         self.addCleanup(session.lost)
         reply = ks.call(self.server, session, "settings", {"action": "list_bridges"})

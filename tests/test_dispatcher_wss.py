@@ -9,16 +9,13 @@ import signal
 import sys
 import time
 
-import treq
-from twisted.internet import defer, reactor, ssl, task
+from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
-from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.iweb import IPolicyForHTTPS
-from zope.interface import implementer
 
 from sysadmd import envelope
 from sysadmd.session import Identity
-from tests.support import FakePasswords, make_config, open_client, short_tempdir, start_daemon
+from tests.support import (FakePasswords, RecordingChannel, http_client, make_config, open_client, short_tempdir,
+                           start_daemon)
 
 PY = sys.executable
 
@@ -85,17 +82,6 @@ def kill_group_quietly(pgid: int) -> None:
     try:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
-        pass
-
-
-class FakeChannel:
-    def __init__(self):
-        self.sent = []
-
-    def send_text(self, text):
-        self.sent.append(text)
-
-    def close(self, code, reason):
         pass
 
 
@@ -236,7 +222,7 @@ class DispatcherOverWssTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_limited_user_gets_403_and_the_server_keeps_serving(self):
         server = self.running.server
-        channel = FakeChannel()
+        channel = RecordingChannel()
         session = server.open_session("test", "limited-peer", channel, identity=Identity("op", False, "password"),
                                       timers=False)
         self.addCleanup(session.lost)
@@ -261,26 +247,13 @@ class DispatcherOverWssTests(unittest.TestCase):
         self.assertEqual([json.loads(e[2]) for e in entries], [finished])
 
 
-@implementer(IPolicyForHTTPS)
-class PinnedPolicy:
-    def __init__(self, cert_pem: bytes):
-        self.root = ssl.Certificate.loadPEM(cert_pem)
-
-    def creatorForNetloc(self, hostname, port):
-        return ssl.optionsForClientTLS("localhost", trustRoot=self.root)
-
-
 class DispatcherOverRestTests(unittest.TestCase):
     timeout = 30
 
     @defer.inlineCallbacks
     def test_put_rpc_dispatcher(self):
         running = yield start_daemon(self, passwords=FakePasswords({"root": "pw"}))
-        with open(os.path.join(running.config.state_dir, "server.crt"), "rb") as f:
-            policy = PinnedPolicy(f.read())
-        pool = HTTPConnectionPool(reactor, persistent=False)
-        self.addCleanup(pool.closeCachedConnections)
-        http = treq.client.HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+        http = http_client(self, running, persistent=False)
         headers = {"Authorization": "Basic " + base64.b64encode(b"root:pw").decode(),
                    "Content-Type": "application/json"}
         url = f"https://127.0.0.1:{running.port}/rpc/dispatcher"

@@ -11,9 +11,9 @@ from twisted.trial import unittest
 
 from sysadmd import crypto
 from tests.keys_support import (
-    RecordingChannel, b64decode_text, call, clock_server, error_code, key_login, md5_of, private_key, register,
+    b64decode_text, call, clock_server, error_code, key_login, md5_of, private_key, register,
 )
-from tests.support import FakePasswords, make_config, open_client, short_tempdir, start_daemon
+from tests.support import FakePasswords, RecordingChannel, make_config, open_client, short_tempdir, start_daemon
 
 # "daemon" (uid 1, primary group daemon) exists on every Debian-like system: it is made a
 # limited user; "nobody" is in no access group at all.

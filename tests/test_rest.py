@@ -4,38 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 
-import treq
-from twisted.internet import defer, endpoints, protocol, reactor, ssl, task
+from twisted.internet import defer, endpoints, protocol, reactor, task
 from twisted.trial import unittest
-from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IPolicyForHTTPS
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
-from tests.support import FakePasswords, make_config, open_client, short_tempdir, start_daemon
-
-
-@implementer(IPolicyForHTTPS)
-class PinnedPolicy:
-    """Trust exactly the daemon's own certificate, for the name "localhost"."""
-
-    def __init__(self, cert_pem: bytes):
-        self.root = ssl.Certificate.loadPEM(cert_pem)
-
-    def creatorForNetloc(self, hostname, port):
-        return ssl.optionsForClientTLS("localhost", trustRoot=self.root)
-
-
-def server_cert(running) -> bytes:
-    with open(os.path.join(running.config.state_dir, "server.crt"), "rb") as f:
-        return f.read()
-
-
-def http_client(testcase, running) -> treq.client.HTTPClient:
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    testcase.addCleanup(pool.closeCachedConnections)
-    return treq.client.HTTPClient(Agent(reactor, contextFactory=PinnedPolicy(server_cert(running)), pool=pool))
+from tests.support import (FakePasswords, PinnedPolicy, http_client, make_config, open_client, server_cert,
+                           short_tempdir, start_daemon)
 
 
 def basic(user: str, password: str) -> dict:

@@ -13,9 +13,9 @@ from sysadmd.auth.keys import KeyStore
 from sysadmd.db import database_path, open_database
 from sysadmd.session import Identity
 from tests.keys_support import (
-    RecordingChannel, call, clock_server, error_code, key_login, md5_of, pem_of, private_key, register, stored_of,
+    call, clock_server, error_code, key_login, md5_of, pem_of, private_key, register, stored_of,
 )
-from tests.support import FakePasswords, make_config, open_client, short_tempdir, start_daemon
+from tests.support import FakePasswords, RecordingChannel, make_config, open_client, short_tempdir, start_daemon
 
 LIMITED_USER = "daemon"  # made a limited user by LIMITED_ACCESS_GROUPS=daemon below
 DESCRIPTION = re.compile(r"^Nickname: (.*)\nEmail: (.*)\nDate Registered: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d$")

@@ -16,7 +16,7 @@ from twisted.trial import unittest
 
 from sysadmd.client.wsclient import ApiConnectionFactory, insecure_client_tls
 from sysadmd.session import CLOSE_GOING_AWAY, CLOSE_POLICY, Identity, Session
-from tests.support import FakePasswords, make_config, open_client, short_tempdir, start_daemon
+from tests.support import FakePasswords, RecordingChannel, make_config, open_client, short_tempdir, start_daemon
 
 
 def wait_until(predicate, timeout: float = 10.0, step: float = 0.02) -> defer.Deferred:
@@ -249,36 +249,24 @@ class UnixSocketTests(unittest.TestCase):
         self.assertEqual(identify["args"]["type"], "server")
 
 
-class FakeChannel:
-    def __init__(self):
-        self.sent = []
-        self.closed = None
-
-    def send_text(self, text):
-        self.sent.append(text)
-
-    def close(self, code, reason):
-        self.closed = (code, reason)
-
-
 class SessionTimerTests(unittest.TestCase):
     def setUp(self):
         self.clock = Clock()
-        self.channel = FakeChannel()
+        self.channel = RecordingChannel()
         self.session = Session("wss", "192.0.2.9", self.channel, self.clock)
 
     def test_auth_deadline_closes_with_1008(self):
         self.session.start_timers(30, 1800)
         self.clock.advance(29.9)
-        self.assertIsNone(self.channel.closed)
+        self.assertIsNone(self.channel.closed_with)
         self.clock.advance(0.2)
-        self.assertEqual(self.channel.closed, (CLOSE_POLICY, "not authenticated within 30 s"))
+        self.assertEqual(self.channel.closed_with, (CLOSE_POLICY, "not authenticated within 30 s"))
 
     def test_login_cancels_the_auth_deadline(self):
         self.session.start_timers(30, 1800)
         self.session.login(Identity("alice", True, "password"), "t" * 40)
         self.clock.advance(100)
-        self.assertIsNone(self.channel.closed)
+        self.assertIsNone(self.channel.closed_with)
 
     def test_idle_timer_restarts_with_each_message(self):
         self.session.login(Identity("alice", True, "password"), None)
@@ -286,11 +274,11 @@ class SessionTimerTests(unittest.TestCase):
         for _ in range(5):
             self.clock.advance(1000)
             self.session.touch()
-        self.assertIsNone(self.channel.closed)
+        self.assertIsNone(self.channel.closed_with)
         self.clock.advance(1799)
-        self.assertIsNone(self.channel.closed)
+        self.assertIsNone(self.channel.closed_with)
         self.clock.advance(2)
-        self.assertEqual(self.channel.closed, (CLOSE_GOING_AWAY, "idle for 1800 s"))
+        self.assertEqual(self.channel.closed_with, (CLOSE_GOING_AWAY, "idle for 1800 s"))
 
     def test_lost_session_cancels_its_timers(self):
         seen = []
