@@ -7,7 +7,6 @@ It never imports autobahn or twisted.web.  Transports ask it for sessions
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from typing import Any, Dict, Optional
 
@@ -131,7 +130,3 @@ class Server(service.MultiService):
         # Give clients a moment to answer the close frames (else they see 1006).
         waited = wait_until(self.clock, lambda: not any(s.kind in ("wss", "unix") for s in self.sessions), SHUTDOWN_GRACE)
         return defer.gatherResults([defer.maybeDeferred(lambda: d), waited])
-
-
-def socket_path_ok(path: str) -> bool:
-    return bool(path) and len(os.fsencode(path)) < 107

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Set
+from typing import Any, Callable, Dict, List, Optional, Protocol, Set
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -185,9 +185,6 @@ class SessionRegistry:
 
     def __iter__(self):
         return iter(list(self._sessions.values()))
-
-    def subscribed(self, event_name: str) -> Iterable[Session]:
-        return [s for s in self._sessions.values() if event_name in s.subscriptions]
 
     def close_where(self, predicate: Callable[[Session], bool], reason: str, code: int = CLOSE_POLICY) -> int:
         victims = [s for s in self._sessions.values() if predicate(s)]

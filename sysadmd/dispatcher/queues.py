@@ -48,9 +48,6 @@ class JobQueue:
             return False
         return True
 
-    def is_pending(self, job: Job) -> bool:
-        return job in self.pending
-
     def in_order(self) -> List[Job]:
         """Running jobs first, then waiting ones: the order ``queue_position`` counts."""
         return list(self.running) + list(self.pending)
