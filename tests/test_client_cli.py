@@ -317,17 +317,53 @@ class RunTests(CliTestCase):
         self.assertIn("could not start or was killed", result.err)
 
     @defer.inlineCallbacks
-    def test_interrupt_kills_the_job_without_a_terminal(self):
+    def test_interrupt_without_a_terminal_detaches_and_leaves_the_job_running(self):
         def started(proto, text):
             if "started" in text and not getattr(proto, "interrupted", False):
                 proto.interrupted = True
                 proto.interrupt()
 
         result = yield self.local("run", "--id", "sleeper", 'sh -c "echo started; sleep 30"', on_out=started)
-        self.assertEqual(result.code, 255, result.err)
-        self.assertIn("killing job sleeper", result.err)
-        self.assertIn("was killed", result.err)
-        self.assertLess(result.ended - result.chunks[0][0], 15)
+        self.assertEqual(result.code, 130, result.err)
+        self.assertIn("detached from job sleeper", result.err)
+        self.assertIn("sysadm kill sleeper", result.err)
+        self.assertNotIn("Traceback", result.err)
+        listing = yield self.local("--json", "jobs")
+        running = json.loads(listing.out)["jobs"]["no_queue"]
+        self.assertEqual(running["sleeper"]["state"], "running")
+        yield self.local("kill", "sleeper")
+
+    @defer.inlineCallbacks
+    def test_sigterm_while_streaming_exits_143_quietly(self):
+        def started(proto, text):
+            if "started" in text and not getattr(proto, "terminated", False):
+                proto.terminated = True
+                proto.transport.signalProcess(signal.SIGTERM)
+
+        result = yield self.local("run", "--id", "termed", 'sh -c "echo started; sleep 30"', on_out=started)
+        self.assertEqual(result.code, 143, result.err)
+        self.assertNotIn("Traceback", result.err)
+        self.assertNotIn("connection", result.err)
+        events = yield self.local("events", "system-state", on_out=lambda p, t: (
+            t and not getattr(p, "t", False) and (setattr(p, "t", True) or p.transport.signalProcess(signal.SIGTERM))))
+        self.assertEqual(events.code, 143, events.err)
+        self.assertEqual(events.err, "")
+        yield self.local("kill", "termed")
+
+    @defer.inlineCallbacks
+    def test_closed_stdout_ends_quietly_like_other_unix_tools(self):
+        # `sysadm run 'seq 1 100000' | head -1`: the reader goes away early.
+        out = os.path.join(self.home, "head.txt")
+        cmd = (f"{sys.executable} -c {json.dumps(LAUNCH)} --socket {self.running.config.socket} "
+               f"run 'seq 1 100000' | head -1 > {out}; echo ${{PIPESTATUS[0]}}")
+        proto = CliProcess(None)
+        reactor.spawnProcess(proto, "/bin/bash", ["/bin/bash", "-c", cmd], env=cli_env(self.home), path=self.home)
+        result = yield proto.done
+        with open(out) as f:
+            self.assertEqual(f.read(), "1\n")
+        self.assertNotIn("Traceback", result.err)
+        self.assertNotIn("BrokenPipe", result.err)
+        self.assertEqual(result.out.strip(), str(128 + signal.SIGPIPE))
 
     @defer.inlineCallbacks
     def test_jobs_and_kill(self):

@@ -20,6 +20,7 @@ EXIT_CERTIFICATE = 3  # the server's certificate does not match the pinned one
 EXIT_CONNECT = 4  # cannot connect, timed out, or the connection was lost
 EXIT_AUTH = 5  # login refused
 EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_TERMINATED = 143  # SIGTERM
 
 EXIT_CODES_HELP = """\
 exit codes:
@@ -29,7 +30,9 @@ exit codes:
   3    the server's certificate differs from the pinned one (see known-hosts)
   4    cannot connect, timed out, or the connection was lost
   5    login refused (wrong password, unknown key or token)
-  130  interrupted (Ctrl-C)
+  130  interrupted (Ctrl-C; `run` without a terminal detaches and leaves the job running)
+  141  the reader of the output went away (`sysadm … | head`), as other Unix tools do
+  143  terminated (SIGTERM)
   run: the job's last return code (255 when a command could not start or was killed)
 """
 

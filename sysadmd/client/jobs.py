@@ -2,8 +2,9 @@
 
 ``run`` subscribes to ``dispatcher`` events *before* it submits the job, so not a byte
 of output is missed, prints the output as the ``running`` updates arrive and exits with
-the job's last return code.  Ctrl-C asks whether to kill the job (on a terminal) or
-kills it at once (otherwise); a second Ctrl-C leaves it running and exits.
+the job's last return code.  Ctrl-C on a terminal asks whether to kill the job (a second
+Ctrl-C leaves it running and exits); without a terminal to ask on, Ctrl-C detaches: the
+job goes on on the server and ``sysadm`` exits 130.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def _local_user() -> str:
 
 
 class Interrupts:
-    """Ctrl-C while a job runs: ask (terminal) or kill at once, then follow to the end."""
+    """Ctrl-C while a job runs: ask on a terminal (and kill on yes), detach otherwise."""
 
     def __init__(self, ctx: Context, follower: JobFollower, stop: defer.Deferred):
         self.ctx = ctx
@@ -68,21 +69,28 @@ class Interrupts:
             self.ctx.note(f"\nsysadm: not waiting any longer; job {job} was asked to stop (`sysadm jobs` shows it)")
             self.stop.callback(EXIT_INTERRUPTED)
             return
-        if _is_tty(self.ctx.stdin):
-            self.ctx.err.write(f"\nKill job {job}? [y/N] ")
-            self.ctx.err.flush()
-            self.prompting = True
-            try:
-                answer = self.ctx.stdin.readline()
-            except KeyboardInterrupt:
-                self.ctx.note(f"\nsysadm: leaving job {job} running (`sysadm kill {job}` stops it)")
-                self.stop.callback(EXIT_INTERRUPTED)
-                return
-            finally:
-                self.prompting = False
-            if answer.strip().lower() not in ("y", "yes"):
-                self.ctx.note("continuing; Ctrl-C again to be asked again")
-                return
+        if not _is_tty(self.ctx.stdin):
+            # Nobody to ask: a script's Ctrl-C (SIGINT) must not destroy work it may
+            # not own. Leave the job running and say how to find it again.
+            self.ctx.note(f"\nsysadm: detached from job {job}; it goes on on the server:\n"
+                          f"  `sysadm events dispatcher` follows its output, `sysadm jobs` lists it, "
+                          f"`sysadm kill {job}` stops it")
+            self.stop.callback(EXIT_INTERRUPTED)
+            return
+        self.ctx.err.write(f"\nKill job {job}? [y/N] ")
+        self.ctx.err.flush()
+        self.prompting = True
+        try:
+            answer = self.ctx.stdin.readline()
+        except KeyboardInterrupt:
+            self.ctx.note(f"\nsysadm: leaving job {job} running (`sysadm kill {job}` stops it)")
+            self.stop.callback(EXIT_INTERRUPTED)
+            return
+        finally:
+            self.prompting = False
+        if answer.strip().lower() not in ("y", "yes"):
+            self.ctx.note("continuing; Ctrl-C again to be asked again")
+            return
         self.kill()
 
     def kill(self) -> None:
@@ -147,6 +155,8 @@ async def run(ctx: Context) -> int:
         result = await defer.DeferredList([finished, lost], fireOnOneCallback=True, consumeErrors=True)
     finally:
         interrupts.uninstall()
+    if isinstance(result, list):  # cancelled (SIGTERM): every member failed, none fired
+        raise defer.CancelledError()
     value = result[0]
     if isinstance(value, tuple) and value and value[0] == "lost":
         reason = value[1][1] if isinstance(value[1], tuple) else value[1]

@@ -9,6 +9,7 @@ coroutines ``verb(ctx) -> exit code`` in the neighbouring modules; expected fail
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from typing import Any, List, Optional
@@ -18,7 +19,7 @@ from twisted.internet import defer, task
 from sysadmd.client import calls, eventtail, jobs, keyverbs
 from sysadmd.client.connect import BRIDGE_PORT, SERVER_PORT, default_socket, login, open_tls, open_unix, parse_url, resolve_credentials
 from sysadmd.client.context import Context
-from sysadmd.client.errors import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ClientError
+from sysadmd.client.errors import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, ClientError
 from sysadmd.client.knownhosts import KnownHosts
 
 DESCRIPTION = """\
@@ -245,34 +246,78 @@ async def _close(ctx: Context) -> None:
             transport.abortConnection()
 
 
+class PipeGuard:
+    """stdout/stderr that end the program the Unix way when their reader goes away.
+
+    ``sysadm … | head`` closes the pipe early; like ``cat`` or ``seq`` we then die of
+    SIGPIPE (status 141 to the shell) instead of printing a traceback. Python ignores
+    SIGPIPE so that sockets see EPIPE; it is restored only at that last moment.
+    """
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._die()
+        return 0
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._die()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    @staticmethod
+    def _die() -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # nothing left to flush at exit
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGPIPE)
+        os._exit(128 + signal.SIGPIPE)  # pragma: no cover - not reached
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     options = parser.parse_args(argv)
     if options.verb == "peers" and not options.bridge:
         parser.error("peers needs --bridge URL")
+    out, err = PipeGuard(sys.stdout), PipeGuard(sys.stderr)
     if options.local:
         try:
-            return options.func(options, sys.stdout, sys.stderr)
+            return options.func(options, out, err)
         except ClientError as e:
-            sys.stderr.write(f"sysadm: {e.message}\n")
+            err.write(f"sysadm: {e.message}\n")
             return e.exit_code
 
     async def react_main(reactor: Any) -> None:
-        work = defer.ensureDeferred(execute(reactor, options, sys.stdout, sys.stderr, sys.stdin))
+        work = defer.ensureDeferred(execute(reactor, options, out, err, sys.stdin))
+        stopped_by: List[int] = []
 
-        def interrupted() -> None:
+        def interrupted(signum: int) -> None:
             if not work.called:
+                stopped_by.append(signum)
                 work.cancel()
 
-        # Twisted's own SIGINT handler would stop the reactor and exit 0; Ctrl-C while
-        # connecting or waiting for a reply ends the verb instead (run and events install
-        # their own handlers while they stream).
-        reactor.callWhenRunning(signal.signal, signal.SIGINT, lambda *_: reactor.callFromThread(interrupted))
+        # Twisted's own handlers would stop the reactor mid-verb (and report the closed
+        # connection as an error); Ctrl-C while connecting or waiting for a reply ends the
+        # verb instead (run and events install their own SIGINT handlers while they stream),
+        # and SIGTERM ends any verb quietly with the conventional status 143.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            reactor.callWhenRunning(signal.signal, signum, lambda n, _: reactor.callFromThread(interrupted, n))
         try:
             code = await work
         except defer.CancelledError:
-            sys.stderr.write("\nsysadm: interrupted\n")
-            code = EXIT_INTERRUPTED
+            if stopped_by and stopped_by[0] == signal.SIGTERM:
+                code = EXIT_TERMINATED
+            else:
+                err.write("\nsysadm: interrupted\n")
+                code = EXIT_INTERRUPTED
         raise SystemExit(code)
 
     try:
