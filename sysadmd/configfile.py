@@ -183,6 +183,14 @@ class Settings:
     def as_dict(self) -> Dict[str, Any]:
         return dict(self._values)
 
+    def update_values(self, values: Mapping[str, Any]) -> None:
+        """Replace some already validated values in place (a configuration reload):
+        whoever holds this object sees them at its next read."""
+        unknown = set(values) - set(self._values)
+        if unknown:
+            raise KeyError(f"not settings of this object: {', '.join(sorted(unknown))}")
+        self._values.update(values)
+
     @classmethod
     def load(cls, path: Optional[str] = None, overrides: Optional[Mapping[str, str]] = None):
         """Read *path* (if any), apply command-line *overrides* (raw text), validate."""
