@@ -4,8 +4,8 @@ Both daemons (sysadmd and sysadm-bridge) hold one settings object that everythin
 (``server.config`` / ``bridge.config``).  A reload loads the file again with the same
 command-line overrides, validates it as a start would, and then updates that same object
 in place -- so every reader sees the new value at its next use -- except for the keys that
-only a restart can change (listeners, paths, TLS, loop intervals fixed at start), which
-keep their running value.  Values some objects copied at start (token lifetime,
+only a restart can change (listeners, paths, TLS, loop intervals fixed at start; any key
+not known to be live), which keep their running value.  Values some objects copied at start (token lifetime,
 blacklist limits, access groups...) are pushed to them by *appliers*.  Every changed key
 is logged, with "applied" or "needs a restart"; a file that does not load is logged and
 the running configuration stays as it was.  SIGTERM is untouched (twistd stops cleanly).
@@ -25,14 +25,15 @@ log = Logger()
 
 Applier = Callable[[Any], None]  # applier(new_settings): push a changed value where it was copied
 
-# sysadmd keys that a running daemon cannot change: they decide what is bound, where the
-# state lives, or were fixed when a listener, loop or queue was made.
-SYSADMD_RESTART_KEYS = frozenset({
-    "PORT", "PORT_REST", "BRIDGE_CONNECTIONS_ONLY", "LISTEN_INTERFACE", "STATE_DIR", "SOCKET",
-    "TLS_CERT", "TLS_KEY", "MAX_MESSAGE_BYTES", "MAX_PARALLEL_JOBS", "SYSTEM_STATE_INTERVAL",
-    "BRIDGE_PING_INTERVAL",
+# sysadmd keys read from ``server.config`` when they are used (every login, connection,
+# request or job reads the current value); keys with an applier are live as well.  Any
+# other key -- including keys added later that are not listed here -- is reported as
+# needing a restart and keeps its running value, so the log never claims an effect that
+# did not happen.
+SYSADMD_LIVE_KEYS = frozenset({
+    "ALLOW_PASSWORD_AUTH", "CHALLENGE_TTL", "AUTH_TIMEOUT", "IDLE_TIMEOUT", "MAX_SESSION_BUFFER_BYTES",
+    "MAX_CONNECTIONS", "JOB_KILL_GRACE", "JOB_WORKDIR", "JOB_PATH", "BRIDGE_RETRY_MAX", "REST_ALLOWED_ORIGINS",
 })
-
 
 class NotApplied(Exception):
     """An applier found nothing to update; the key is reported as needing a restart."""
@@ -56,17 +57,18 @@ def _show(value: Any) -> str:
 
 
 def reload_settings(current: Any, settings_cls: Any, path: Optional[str], overrides: Mapping[str, str],
-                    restart_keys: Iterable[str], appliers: Mapping[str, Applier]) -> Tuple[List[str], List[str]]:
+                    live_keys: Iterable[str], appliers: Mapping[str, Applier]) -> Tuple[List[str], List[str]]:
     """Load *path* and apply it to *current* in place; ``(applied, needs_restart)`` key names.
 
-    Raises :class:`ConfigError` (and changes nothing) when the new file does not load.
+    Keys in *live_keys* or *appliers* change at once; other changed keys keep their running
+    value.  Raises :class:`ConfigError` (and changes nothing) when the new file does not load.
     """
     new = settings_cls.load(path, overrides)
     old_values, new_values = current.as_dict(), new.as_dict()
-    restart_keys = set(restart_keys)
+    live_set = set(live_keys) | set(appliers)
     changed = [k for k in new_values if new_values[k] != old_values.get(k)]
-    live = [k for k in changed if k not in restart_keys]
-    restart = [k for k in changed if k in restart_keys]
+    live = [k for k in changed if k in live_set]
+    restart = [k for k in changed if k not in live_set]
     current.update_values({k: new_values[k] for k in live})
     applied: List[str] = []
     for key in live:
@@ -97,13 +99,13 @@ class ConfigReloader(service.Service):
     name = "config-reloader"
 
     def __init__(self, reactor: Any, current: Any, settings_cls: Any, path_of: Callable[[], Optional[str]],
-                 overrides: Mapping[str, str], restart_keys: Iterable[str], appliers: Mapping[str, Applier]):
+                 overrides: Mapping[str, str], live_keys: Iterable[str], appliers: Mapping[str, Applier]):
         self.reactor = reactor
         self.current = current
         self.settings_cls = settings_cls
         self.path_of = path_of
         self.overrides = dict(overrides)
-        self.restart_keys = frozenset(restart_keys)
+        self.live_keys = frozenset(live_keys)
         self.appliers = dict(appliers)
         self._previous: Any = None
         self._installed = False
@@ -129,7 +131,7 @@ class ConfigReloader(service.Service):
         log.info("configuration reload (SIGHUP): reading {where}", where=where)
         try:
             applied, restart = reload_settings(self.current, self.settings_cls, path, self.overrides,
-                                               self.restart_keys, self.appliers)
+                                               self.live_keys, self.appliers)
         except ConfigError as e:
             log.error("configuration reload failed, the running configuration stays in effect: {error}", error=str(e))
             return None
@@ -203,12 +205,8 @@ def apply_blacklist(blacklist: Any, cfg: Any) -> None:
     set_attribute(blacklist, "exempt_loopback", cfg.blacklist_exempt_loopback)
 
 
-# sysadm-bridge keys fixed at start: the listener, paths, TLS, the WebSocket options of the
-# listening factory and the intervals of the bridge's loops.
-BRIDGE_RESTART_KEYS = frozenset({
-    "PORT", "LISTEN_INTERFACE", "STATE_DIR", "TLS_CERT", "TLS_KEY", "MAX_MESSAGE_BYTES", "PING_INTERVAL",
-    "KEYS_REFRESH_INTERVAL", "REVOCATION_POLL_INTERVAL",
-})
+# sysadm-bridge keys read from ``bridge.config`` at use time (each new connection).
+BRIDGE_LIVE_KEYS = frozenset({"MAX_CONNECTIONS", "AUTH_TIMEOUT", "MAX_PEER_BUFFER_BYTES", "RECEIVER_STALL_TIMEOUT"})
 
 
 def bridge_appliers(bridge: Any) -> Dict[str, Applier]:

@@ -16,7 +16,7 @@ from twisted.trial import unittest
 from sysadmd import config as configmod
 from sysadmd.admin.main import main as admin_main
 from sysadmd.client.wsclient import connect
-from sysadmd.reload import SYSADMD_RESTART_KEYS, ConfigReloader, reload_settings, sysadmd_appliers
+from sysadmd.reload import SYSADMD_LIVE_KEYS, ConfigReloader, reload_settings, sysadmd_appliers
 from tests.keys_support import key_login, pem_of, register
 from tests.support import FakePasswords, open_client, short_tempdir, start_daemon
 from tests.test_twistd import LISTENING, ROOT, TWISTD, DaemonProcess, child_env
@@ -35,7 +35,7 @@ class InProcessReloadTests(unittest.TestCase):
         self.running = yield start_daemon(self, cfg, passwords=FakePasswords({"root": "pw"}))
         server = self.running.server
         self.reloader = ConfigReloader(reactor, server.config, configmod.Config, lambda: self.path, self.overrides,
-                                       SYSADMD_RESTART_KEYS, sysadmd_appliers(server))
+                                       SYSADMD_LIVE_KEYS, sysadmd_appliers(server))
         self.logged = []
         globalLogPublisher.addObserver(self.logged.append)
         self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
@@ -62,9 +62,10 @@ class InProcessReloadTests(unittest.TestCase):
         self.assertEqual((yield self.ttl_of_a_new_login()), 900)
         self.write("TOKEN_TTL=60\nJOB_KILL_GRACE=0.5\nBLACKLIST_AUTH_FAIL_LIMIT=2\nFULL_ACCESS_GROUPS=wheel\n"
                    "STATE_DISK_WARN=50\nREST_ALLOWED_ORIGINS=https://ui.example.org\nLOG_RETENTION_DAYS=3\n"
-                   "SOCKET=/tmp/elsewhere.sock\nMAX_MESSAGE_BYTES=4096\n")
+                   "SOCKET=/tmp/elsewhere.sock\nMAX_MESSAGE_BYTES=4096\nJOB_RETENTION_DAYS=5\n")
         applied, restart = self.reloader.reload()
-        self.assertEqual(sorted(restart), ["MAX_MESSAGE_BYTES", "SOCKET"])
+        # JOB_RETENTION_DAYS is only read at start: a key not known to be live waits too.
+        self.assertEqual(sorted(restart), ["JOB_RETENTION_DAYS", "MAX_MESSAGE_BYTES", "SOCKET"])
         self.assertEqual(sorted(applied), sorted(["TOKEN_TTL", "JOB_KILL_GRACE", "BLACKLIST_AUTH_FAIL_LIMIT",
                                                   "FULL_ACCESS_GROUPS", "STATE_DISK_WARN", "REST_ALLOWED_ORIGINS",
                                                   "LOG_RETENTION_DAYS"]))
@@ -79,6 +80,7 @@ class InProcessReloadTests(unittest.TestCase):
         # Keys only a restart can change keep their running value.
         self.assertEqual(server.config.socket, os.path.join(self.dir, "state", "sysadmd.sock"))
         self.assertEqual(server.config.max_message_bytes, 16 * 1024 * 1024)
+        self.assertEqual(server.config.job_retention_days, 30)
         text = self.log_text()
         self.assertIn("TOKEN_TTL changed from 900 to 60 (applied)", text)
         self.assertIn("SOCKET changed from", text)
@@ -86,7 +88,7 @@ class InProcessReloadTests(unittest.TestCase):
 
         # The same file again: nothing more to apply; the restart keys are still pending.
         applied, restart = self.reloader.reload()
-        self.assertEqual((applied, sorted(restart)), ([], ["MAX_MESSAGE_BYTES", "SOCKET"]))
+        self.assertEqual((applied, sorted(restart)), ([], ["JOB_RETENTION_DAYS", "MAX_MESSAGE_BYTES", "SOCKET"]))
         self.write("TOKEN_TTL=60\nJOB_KILL_GRACE=0.5\n")
         self.reloader.reload()  # back to no change for the restart keys
         self.logged.clear()
@@ -111,7 +113,7 @@ class InProcessReloadTests(unittest.TestCase):
         with open(self.path, "w") as f:
             f.write("TOKEN_TTL=30\nIDLE_TIMEOUT=5\n")  # the second line is below the minimum
         with self.assertRaises(configmod.ConfigError):
-            reload_settings(cfg, configmod.Config, self.path, {"STATE_DIR": "/tmp/x"}, SYSADMD_RESTART_KEYS, {})
+            reload_settings(cfg, configmod.Config, self.path, {"STATE_DIR": "/tmp/x"}, SYSADMD_LIVE_KEYS, {})
         self.assertEqual(cfg.token_ttl, 900)
 
 
