@@ -161,8 +161,8 @@ class AdminCommand(unittest.TestCase):
 
         out, err, code = decode((yield sysadmd("--version")))
         self.assertEqual((code, out), (0, f"sysadmd {package.__version__}\n"), err)
-        for v in primary_verbs():
-            for flag in ("--help", "-h"):
+        for i, v in enumerate(primary_verbs()):
+            for flag in ("--help", "-h") if i == 0 else ("--help",):
                 out, err, code = decode((yield sysadmd(v.name, flag)))
                 self.assertEqual(code, 0, err)
                 self.assertTrue(out.startswith(f"usage: sysadmd {v.name}"), out)
