@@ -21,7 +21,7 @@ from typing import List, Optional, TextIO
 from bridge import config as configmod
 from bridge.keys import ROLES, KeyStore, KeyStoreError, database_path
 from bridge.service import open_blacklist
-from sysadmd import crypto
+from sysadmd import __version__, crypto
 from sysadmd.configfile import ConfigError
 from sysadmd.db import open_database
 from sysadmd.statedir import ensure_private_dir
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Start the relay itself with: twistd -n sysadm-bridge"))
     parser.add_argument("--config", "-c", help=f"config file (default {configmod.DEFAULT_CONFIG} if it exists)")
     parser.add_argument("--state-dir", "-d", help="state directory (overrides STATE_DIR)")
+    parser.add_argument("--version", action="version", version=f"sysadm-bridge {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
     verbs.required = True
 

@@ -38,5 +38,11 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         from twisted.internet import reactor  # noqa: F811
     from bridge.service import build
 
+    from sysadmd.reload import BRIDGE_LIVE_KEYS, ConfigReloader, bridge_appliers
+
     cfg = startup.load_or_exit("sysadm-bridge", configmod.BridgeConfig, options.config_path(), options.overrides())
-    return startup.build_or_exit("sysadm-bridge", build, cfg, reactor)
+    daemon = startup.build_or_exit("sysadm-bridge", build, cfg, reactor)
+    # SIGHUP re-reads the configuration and applies what can change live (sysadmd.reload).
+    ConfigReloader(reactor, daemon.bridge.config, configmod.BridgeConfig, options.config_path, options.overrides(),
+                   BRIDGE_LIVE_KEYS, bridge_appliers(daemon.bridge)).setServiceParent(daemon)
+    return daemon

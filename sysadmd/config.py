@@ -8,9 +8,37 @@ same ``UPPER_CASE`` style.  ``conf/sysadmd.conf`` is generated from :data:`KEYS`
 from __future__ import annotations
 
 import os
+import re
 from typing import List
 
 from sysadmd.configfile import ConfigError, Key, Settings, render_sample
+
+
+def normalize_origin(text: str):
+    """``scheme://host[:port]`` in canonical form (lower case, default port dropped) for an
+    http(s) origin, ``"null"`` for the opaque origin, else ``None``."""
+    from urllib.parse import urlsplit
+
+    text = text.strip()
+    if text.lower() == "null":
+        return "null"
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") or parts.query \
+            or parts.fragment or parts.username is not None or parts.password is not None:
+        return None
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    elif not re.fullmatch(r"[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?", host):
+        return None
+    if port is None or port == {"http": 80, "https": 443}[scheme]:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
 
 
 def default_state_dir() -> str:
@@ -67,6 +95,8 @@ KEYS: List[Key] = [
     # --- ours: bridge links --------------------------------------------------------
     Key("BRIDGE_RETRY_MAX", "float", 60.0, "Longest wait (seconds) between reconnection attempts to a bridge.", minimum=1),
     Key("BRIDGE_PING_INTERVAL", "float", 30.0, "Seconds between WebSocket pings on bridge links (0: none).", minimum=0),
+    # --- helper F: REST from browsers ----------------------------------------------
+    Key("REST_ALLOWED_ORIGINS", "list", (), "Web origins (https://host[:port], comma separated) whose pages may\ncall the REST API from a browser. Requests carrying any other web\nOrigin than the server's own are refused (403). Empty: none."),
 ]
 
 KEY_NAMES = [k.name for k in KEYS]
@@ -87,6 +117,13 @@ class Config(Settings):
             raise ConfigError("TLS_KEY: TLS_CERT and TLS_KEY must be given together")
         if values["STATE_LOAD_CRIT"] < values["STATE_LOAD_WARN"]:
             raise ConfigError("STATE_LOAD_CRIT: must not be below STATE_LOAD_WARN")
+        origins = []
+        for text in values["REST_ALLOWED_ORIGINS"]:
+            origin = normalize_origin(text)
+            if origin is None or origin == "null":
+                raise ConfigError(f"REST_ALLOWED_ORIGINS: {text!r} is not a web origin such as https://admin.example.org:8443")
+            origins.append(origin)
+        values["REST_ALLOWED_ORIGINS"] = tuple(origins)
 
     @property
     def max_parallel_jobs(self) -> int:

@@ -9,6 +9,7 @@ one-line error and exit code 1.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
@@ -53,9 +54,14 @@ def _parse_int(text: str) -> int:
 
 def _parse_float(text: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise ValueError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        # float() reads "nan", "inf" and "infinity"; none of them is a usable setting
+        # (a NaN grace period made every kill fail), so they are refused here.
+        raise ValueError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def _parse_bool(text: str) -> bool:
@@ -176,6 +182,14 @@ class Settings:
 
     def as_dict(self) -> Dict[str, Any]:
         return dict(self._values)
+
+    def update_values(self, values: Mapping[str, Any]) -> None:
+        """Replace some already validated values in place (a configuration reload):
+        whoever holds this object sees them at its next read."""
+        unknown = set(values) - set(self._values)
+        if unknown:
+            raise KeyError(f"not settings of this object: {', '.join(sorted(unknown))}")
+        self._values.update(values)
 
     @classmethod
     def load(cls, path: Optional[str] = None, overrides: Optional[Mapping[str, str]] = None):

@@ -41,5 +41,12 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         from twisted.internet import reactor  # noqa: F811
     from sysadmd.assembly import build
 
+    from sysadmd.reload import SYSADMD_LIVE_KEYS, ConfigReloader, sysadmd_appliers
+
     cfg = startup.load_or_exit("sysadmd", configmod.Config, options.config_path(), options.overrides())
-    return startup.build_or_exit("sysadmd", build, cfg, reactor)
+    daemon = startup.build_or_exit("sysadmd", build, cfg, reactor)
+    # SIGHUP re-reads the same file (or /etc/sysadmd.conf if it appeared) with the same
+    # command-line overrides and applies what can change live.
+    ConfigReloader(reactor, daemon.server.config, configmod.Config, options.config_path, options.overrides(),
+                   SYSADMD_LIVE_KEYS, sysadmd_appliers(daemon.server)).setServiceParent(daemon)
+    return daemon

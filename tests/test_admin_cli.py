@@ -128,6 +128,99 @@ class AdminCommand(unittest.TestCase):
         self.assertEqual(code, 1)
         self.assertIn("NO_SUCH_KEY: unknown configuration key", err)
 
+    @defer.inlineCallbacks
+    def test_options_after_the_verb_are_used(self):
+        # "import_ssl_file U F N --state-dir D" used to register a key nicknamed
+        # "--state-dir" with e-mail "D" in the default (here: the config file's) directory.
+        elsewhere = os.path.join(self.base, "from-config")
+        conf = self.write("c.conf", f"STATE_DIR={elsewhere}\n")
+        key_file = self.write("k.pem", pem_of("alice"))
+        out, err, code = decode((yield sysadmd("--config", conf, "import_ssl_file", "root", key_file, "laptop",
+                                               "--state-dir", self.state)))
+        self.assertEqual(code, 0, err)
+        self.assertFalse(os.path.exists(elsewhere))
+        out, err, code = decode((yield sysadmd("list_keys", f"--state-dir={self.state}")))
+        self.assertEqual(code, 0, err)
+        self.assertEqual([line.split()[:2] for line in out.splitlines()[1:]], [["root", "laptop"]])
+        # --config after the verb names the state directory too.
+        out, err, code = decode((yield sysadmd("list_keys", "--config", conf)))
+        self.assertEqual((code, out), (0, "no registered keys\n"), err)
+        # Conflicting values are refused, naming both.
+        out, err, code = decode((yield sysadmd("--state-dir", elsewhere, "list_keys", "--state-dir", self.state)))
+        self.assertEqual(code, 2)
+        self.assertIn(f"--state-dir given twice ({elsewhere} and {self.state})", err)
+        # After "--" everything belongs to the verb.
+        out, err, code = yield self.run_cli("import_ssl_file", "root", key_file, "--", "--config")
+        self.assertEqual(code, 1)  # reached the verb with nickname "--config": same key, refused
+        self.assertIn("already registered", err)
+
+    @defer.inlineCallbacks
+    def test_version_and_every_verbs_help(self):
+        import sysadmd as package
+        from sysadmd.admin.verbs import primary_verbs
+
+        out, err, code = decode((yield sysadmd("--version")))
+        self.assertEqual((code, out), (0, f"sysadmd {package.__version__}\n"), err)
+        for i, v in enumerate(primary_verbs()):
+            for flag in ("--help", "-h") if i == 0 else ("--help",):
+                out, err, code = decode((yield sysadmd(v.name, flag)))
+                self.assertEqual(code, 0, err)
+                self.assertTrue(out.startswith(f"usage: sysadmd {v.name}"), out)
+                self.assertIn(v.help.splitlines()[0], out)
+        self.assertFalse(os.path.exists(self.state))  # help touches no state directory
+
+    @defer.inlineCallbacks
+    def test_check_config(self):
+        good = self.write("good.conf", f"STATE_DIR={self.state}\nTOKEN_TTL=60\nPORT=tcp:12150:interface=127.0.0.1\n")
+        out, err, code = decode((yield sysadmd("check-config", good)))
+        self.assertEqual((code, out), (0, f"configuration OK: {good}\n"), err)
+        out, err, code = decode((yield sysadmd("--config", good, "check-config")))
+        self.assertEqual(code, 0, err)
+        self.assertFalse(os.path.exists(self.state))  # validated, nothing created
+        for text, fragment in (("JOB_KILL_GRACE=nan\n", "JOB_KILL_GRACE: expected a finite number"),
+                               ("TOKEN_TTL=x\n", "TOKEN_TTL: expected a whole number"),
+                               ("NO_SUCH=1\n", "NO_SUCH: unknown configuration key"),
+                               ("PORT=tcp:notaport\n", "PORT: endpoint"),
+                               (f"TLS_CERT={self.base}/none.crt\nTLS_KEY={self.base}/none.key\n", "TLS_CERT: "),
+                               (f"TLS_CERT={good}\nTLS_KEY={good}\n", "not a usable PEM certificate")):
+            bad = self.write("bad.conf", text)
+            out, err, code = decode((yield sysadmd("check-config", bad)))
+            self.assertEqual(code, 1, (text, out, err))
+            self.assertIn(fragment, err)
+            self.assertIn(bad, err)
+            self.assertEqual(out, "")
+        out, err, code = decode((yield sysadmd("check-config", os.path.join(self.base, "missing.conf"))))
+        self.assertEqual(code, 1)
+        self.assertIn("missing.conf", err)
+        out, err, code = decode((yield sysadmd("check-config", good, "other.conf")))
+        self.assertEqual(code, 2)
+
+
+class OtherConsoleScripts(unittest.TestCase):
+    timeout = 30
+
+    def run_module(self, module, *args):
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": PROJECT, "HOME": os.environ.get("HOME", "/root")}
+        launch = f"import sys; from {module} import main; sys.exit(main())"
+        return utils.getProcessOutputAndValue(sys.executable, ["-c", launch, *args], env=env, path=PROJECT,
+                                              reactor=reactor).addCallback(decode)
+
+    @defer.inlineCallbacks
+    def test_version(self):
+        import sysadmd as package
+
+        for module, name in (("sysadmd.client.main", "sysadm"), ("bridge.admin", "sysadm-bridge")):
+            out, err, code = yield self.run_module(module, "--version")
+            self.assertEqual((code, out.strip()), (0, f"{name} {package.__version__}"), err)
+
+    @defer.inlineCallbacks
+    def test_bridge_admin_refuses_options_after_the_verb(self):
+        # The bridge's command must not silently use its default state directory either.
+        state = short_tempdir(self)
+        out, err, code = yield self.run_module("bridge.admin", "list_ssl", "--state-dir", state)
+        self.assertEqual(code, 2)
+        self.assertIn("unrecognized arguments: --state-dir", err)
+
 
 class AdminCommandBesideTheDaemon(unittest.TestCase):
     timeout = 60

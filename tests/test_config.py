@@ -121,6 +121,19 @@ class ParsingTests(unittest.TestCase):
         self.assertEqual(self.load("JOB_KILL_GRACE=0.5\n").job_kill_grace, 0.5)
         self.assertConfigError("JOB_KILL_GRACE=soon\n", "JOB_KILL_GRACE", "a number")
 
+    def test_nan_and_infinity_are_refused_naming_the_key(self):
+        # float() reads these; a NaN JOB_KILL_GRACE used to make every kill a 500.
+        for text in ("nan", "NaN", "-nan", "inf", "-inf", "Infinity", "+infinity"):
+            self.assertConfigError(f"JOB_KILL_GRACE={text}\n", "JOB_KILL_GRACE", "finite number", repr(text))
+            self.assertConfigError(f"STATE_MEMORY_WARN={text}\n", "STATE_MEMORY_WARN", "finite number")
+        # The bridge reads its file with the same parser.
+        from bridge import config as bridge_config
+
+        with self.assertRaises(ConfigError) as caught:
+            bridge_config.load(None, {"PING_INTERVAL": "inf"})
+        self.assertTrue(str(caught.exception).startswith("PING_INTERVAL:"), str(caught.exception))
+        self.assertIn("finite number", str(caught.exception))
+
     def test_endpoint_values(self):
         for text, value in (("12150", "12150"), ("tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1"),
                             ("tcp6:12150", "tcp6:12150"), ("", ""), ("none", "")):

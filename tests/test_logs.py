@@ -74,6 +74,45 @@ class TimeRangeTests(unittest.TestCase):
             return
         self.assertIsInstance(pattern, str)
 
+    @given(st.text(alphabet=st.sampled_from("yMdhHmszaApPt'%-: .T0129xyz"), max_size=rpclogs.MAX_FIELD_CHARS),
+           st.text(alphabet=st.sampled_from("0123456789-:. TAPMamxyz'%"), min_size=1, max_size=rpclogs.MAX_FIELD_CHARS))
+    def test_any_bounded_format_is_a_range_or_a_400(self, fmt, start):
+        # "yyyy yyyy" used to escape as re.error (a 500) from strptime.
+        try:
+            self.range_of(time_format=fmt, start_time=start)
+        except ApiError as e:
+            self.assertEqual(e.code, "400")
+
+    def test_repeated_fields_are_refused(self):
+        self.assertBad("'yyyy' and 'yyyy' read the same field twice", time_format="yyyy yyyy", start_time="2026 2026")
+        self.assertBad("'hh' and 'HH' read the same field twice", time_format="hh HH", start_time="10 10")
+
+    def test_bounds_name_the_field_and_cost_little(self):
+        # A 2 MiB time_format froze the daemon for 27 s; now every string field is bounded
+        # before any parsing, and the error does not echo the input.
+        huge = "yyyy-" * (2 * 1024 * 1024 // 5)
+        started = time.perf_counter()
+        for args, field in (({"time_format": huge, "start_time": "2026"}, "time_format"),
+                            ({"time_format": "time_t_seconds", "start_time": "1" * 65}, "start_time"),
+                            ({"time_format": "epoch_mseconds", "end_time": "9" * 2_000_000}, "end_time")):
+            with self.assertRaises(ApiError) as cm:
+                self.range_of(**args)
+            self.assertEqual(cm.exception.code, "400")
+            self.assertTrue(cm.exception.detail.startswith(f"{field} is "), cm.exception.detail)
+            self.assertIn(f"at most {rpclogs.MAX_FIELD_CHARS}", cm.exception.detail)
+            self.assertLess(len(cm.exception.detail), 200)
+        self.assertLess(time.perf_counter() - started, 0.5)
+        # The longest accepted format is cheap to use.
+        literal = "x" * (rpclogs.MAX_FIELD_CHARS - len("yyyy-MM-dd '' hh:mm"))
+        longest = f"yyyy-MM-dd '{literal}' hh:mm"
+        self.assertEqual(len(longest), rpclogs.MAX_FIELD_CHARS)
+        start, _ = self.range_of(time_format=longest, start_time=f"2026-01-02 {literal} 10:00")
+        self.assertEqual(local(start), datetime(2026, 1, 2, 10, 0))
+        self.assertBad("time_format is 65 characters long", time_format=longest + "s", start_time="1")
+        for text in ("nan", "inf", "-Infinity", "1e999"):
+            self.assertBad("is not a finite number", time_format="time_t_seconds", start_time=text)
+        self.assertBad("out of range", time_format="relative_month", start_time="99999999")
+
     def test_wanted_logs(self):
         self.assertEqual(rpclogs.wanted_logs(None), list(rpclogs.LOG_NAMES))
         self.assertEqual(rpclogs.wanted_logs([]), list(rpclogs.LOG_NAMES))
@@ -83,6 +122,13 @@ class TimeRangeTests(unittest.TestCase):
         self.assertIn("logs are hostinfo, dispatcher", cm.exception.detail)
         with self.assertRaises(ApiError):
             rpclogs.wanted_logs(5)
+        with self.assertRaises(ApiError) as cm:
+            rpclogs.wanted_logs(["hostinfo"] * (rpclogs.MAX_LOG_NAMES + 1))
+        self.assertIn(f"logs holds {rpclogs.MAX_LOG_NAMES + 1} names; at most {rpclogs.MAX_LOG_NAMES}", cm.exception.detail)
+        with self.assertRaises(ApiError) as cm:
+            rpclogs.wanted_logs(["hostinfo", "x" * 1_000_000])
+        self.assertTrue(cm.exception.detail.startswith("logs is 1000000 characters long"), cm.exception.detail[:100])
+        self.assertEqual(rpclogs.wanted_logs(list(rpclogs.LOG_NAMES) * 3), list(rpclogs.LOG_NAMES))
 
     def test_timestamp_keys_never_collide(self):
         keys = rpclogs.timestamp_keys([NOW, NOW, NOW, NOW + 1.5])
@@ -185,7 +231,9 @@ class ReadLogsOverWssTests(unittest.TestCase):
         yield client.call("rpc", "auth", {"username": "root", "password": "pw"})
         for args, words in (({"action": "tail"}, "read_logs"), ("read_logs", "must be a JSON object"),
                             ({"action": "read_logs", "logs": ["x"]}, "logs are hostinfo"),
-                            ({"action": "read_logs", "time_format": "whenever", "start_time": "x"}, "is not supported")):
+                            ({"action": "read_logs", "time_format": "whenever", "start_time": "x"}, "is not supported"),
+                            ({"action": "read_logs", "time_format": "yyyy-" * 400_000, "start_time": "1"},
+                             "time_format is 2000000 characters long; at most 64")):
             reply = yield client.call("rpc", "logs", args)
             self.assertEqual(reply["args"]["code"], "400", args)
             self.assertIn(words, reply["args"]["detail"])

@@ -59,6 +59,8 @@ class RestBase(unittest.TestCase):
         """``(response, body text)``."""
         if isinstance(body, str):
             body = body.encode("utf-8")
+        if body is not None and not any(k.lower() == "content-type" for k in (headers or {})):
+            headers = {**(headers or {}), "Content-Type": "application/json"}
         response = yield self.http.request(method, (base or self.base) + path, data=body, headers=headers)
         text = yield response.text("utf-8")
         return response, text

@@ -1,9 +1,11 @@
 """``sysadmd VERB …``: the admin command for the daemon's state directory.
 
-    sysadmd [--state-dir DIR | --config FILE] VERB [ARGS…]
+    sysadmd [--state-dir DIR | --config FILE] VERB [ARGS…] [--state-dir DIR | --config FILE]
 
 Verbs (from :mod:`sysadmd.admin.verbs`) work on the database directly, whether the
-daemon runs or not.  Exit codes: 0 done, 1 the verb failed, 2 the command line was wrong.
+daemon runs or not.  The global options may come before or after the verb (after
+``--`` everything is an argument of the verb); ``VERB --help`` explains one verb.
+Exit codes: 0 done, 1 the verb failed, 2 the command line was wrong.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from __future__ import annotations
 import os
 import sqlite3
 import sys
-from typing import List, Optional, TextIO, Tuple
+from dataclasses import dataclass, field
+from typing import List, Optional, TextIO
 
+import sysadmd
 from sysadmd import config as configmod
-from sysadmd.admin import bridges, keys  # noqa: F401  (they register their verbs)
+from sysadmd.admin import bridges, checkconfig, keys  # noqa: F401  (they register their verbs)
 from sysadmd.admin.state import VerbFailed
 from sysadmd.admin.verbs import VERBS, UsageError, primary_verbs
 from sysadmd.configfile import ConfigError
@@ -27,15 +31,18 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 def usage_text() -> str:
     lines = [
         "usage: sysadmd [--state-dir DIR | --config FILE] VERB [ARGS...]",
+        "       sysadmd VERB --help | sysadmd --version",
         "",
         "Manage the sysadmd state directory (registered keys, blocked addresses, bridge",
         "links). Works while the daemon runs; it notices the changes without a restart.",
+        "Start the daemon itself with: twistd -n sysadmd",
         "",
-        "options:",
+        "options (before or after the verb; after -- everything is an argument):",
         "  --state-dir DIR  state directory (default: STATE_DIR of the config file, else",
         f"                   {configmod.default_state_dir()})",
         f"  --config FILE    config file to read STATE_DIR from (default: {DEFAULT_CONFIG} if present)",
-        "  -h, --help       show this help",
+        "  -h, --help       show this help, or one verb's help after the verb",
+        "  --version        show the version",
         "",
         "verbs:",
     ]
@@ -47,33 +54,63 @@ def usage_text() -> str:
     return "\n".join(lines) + "\n"
 
 
-def parse_options(argv: List[str]) -> Tuple[Optional[str], Optional[str], bool, List[str]]:
-    """``(state_dir, config_file, wants_help, rest)``; raises :class:`UsageError`."""
-    state_dir = config_file = None
+@dataclass
+class GlobalOptions:
+    state_dir: Optional[str] = None
+    config_file: Optional[str] = None
+    wants_help: bool = False
+    wants_version: bool = False
+    verb: Optional[str] = None
+    args: List[str] = field(default_factory=list)
+    default_config: str = DEFAULT_CONFIG
+
+
+_VALUE_OPTIONS = {"--state-dir": ("state_dir", "DIR"), "--config": ("config_file", "FILE")}
+
+
+def parse_command_line(argv: List[str]) -> GlobalOptions:
+    """Split *argv* into the global options (anywhere before ``--``), the verb and its
+    arguments; raises :class:`UsageError`.  An option given twice must agree."""
+    opts = GlobalOptions()
     i = 0
+    passthrough = False
     while i < len(argv):
         arg = argv[i]
+        i += 1
+        if passthrough:
+            opts.args.append(arg)
+            continue
+        if arg == "--" and opts.verb is not None:
+            passthrough = True
+            continue
         if arg in ("-h", "--help"):
-            return state_dir, config_file, True, argv[i + 1:]
+            opts.wants_help = True
+            continue
+        if arg == "--version":
+            opts.wants_version = True
+            continue
         name, eq, value = arg.partition("=")
-        if name in ("--state-dir", "--config"):
+        if name in _VALUE_OPTIONS:
+            attr, meta = _VALUE_OPTIONS[name]
             if not eq:
-                if i + 1 >= len(argv):
-                    raise UsageError(f"{name} needs a value ({'DIR' if name == '--state-dir' else 'FILE'})")
-                i += 1
+                if i >= len(argv):
+                    raise UsageError(f"{name} needs a value ({meta})")
                 value = argv[i]
+                i += 1
             if not value:
                 raise UsageError(f"{name} needs a non-empty value")
-            if name == "--state-dir":
-                state_dir = value
-            else:
-                config_file = value
-        elif arg.startswith("-"):
-            raise UsageError(f"unknown option {arg} (expected --state-dir DIR, --config FILE or -h)")
-        else:
-            return state_dir, config_file, False, argv[i:]
-        i += 1
-    return state_dir, config_file, False, []
+            previous = getattr(opts, attr)
+            if previous is not None and previous != value:
+                raise UsageError(f"{name} given twice ({previous} and {value}); give it once")
+            setattr(opts, attr, value)
+            continue
+        if opts.verb is None:
+            if arg.startswith("-"):
+                raise UsageError(f"unknown option {arg} (expected --state-dir DIR, --config FILE, --version or -h)")
+            opts.verb = arg
+            continue
+        opts.args.append(arg)  # the verb checks its own arguments and options
+    return opts
 
 
 def resolve_state_dir(state_dir: Optional[str], config_file: Optional[str]) -> str:
@@ -89,29 +126,37 @@ def main(argv: Optional[List[str]] = None, out: TextIO = None, err: TextIO = Non
     out = out or sys.stdout
     err = err or sys.stderr
     try:
-        state_dir, config_file, wants_help, rest = parse_options(argv)
+        opts = parse_command_line(argv)
     except UsageError as e:
         err.write(f"sysadmd: {e}\n\n{usage_text()}")
         return EXIT_USAGE
-    if wants_help:
-        out.write(usage_text())
+    if opts.wants_version:
+        out.write(f"sysadmd {sysadmd.__version__}\n")
         return EXIT_OK
-    if not rest:
+    if opts.verb is None:
+        if opts.wants_help:
+            out.write(usage_text())
+            return EXIT_OK
         err.write(f"sysadmd: expected a verb\n\n{usage_text()}")
         return EXIT_USAGE
-    name, args = rest[0], rest[1:]
-    chosen = VERBS.get(name)
+    chosen = VERBS.get(opts.verb)
     if chosen is None:
         known = ", ".join(sorted(VERBS))
-        err.write(f"sysadmd: unknown verb {name!r}; expected one of: {known} (see sysadmd --help)\n")
+        err.write(f"sysadmd: unknown verb {opts.verb!r}; expected one of: {known} (see sysadmd --help)\n")
         return EXIT_USAGE
+    if opts.wants_help:
+        out.write(chosen.help_text())
+        return EXIT_OK
+    if not chosen.uses_state:
+        target, directory = opts, None
+    else:
+        try:
+            directory = target = resolve_state_dir(opts.state_dir, opts.config_file)
+        except ConfigError as e:
+            err.write(f"sysadmd: configuration error: {e}\n")
+            return EXIT_FAILED
     try:
-        directory = resolve_state_dir(state_dir, config_file)
-    except ConfigError as e:
-        err.write(f"sysadmd: configuration error: {e}\n")
-        return EXIT_FAILED
-    try:
-        return chosen.run(directory, args, out, err)
+        return chosen.run(target, opts.args, out, err)
     except UsageError as e:
         err.write(f"sysadmd {chosen.name}: {e}\nusage: sysadmd {chosen.name} {chosen.usage}\n")
         return EXIT_USAGE
@@ -119,7 +164,8 @@ def main(argv: Optional[List[str]] = None, out: TextIO = None, err: TextIO = Non
         err.write(f"sysadmd {chosen.name}: {e}\n")
         return EXIT_FAILED
     except (OSError, sqlite3.Error) as e:
-        err.write(f"sysadmd {chosen.name}: {e} (state directory {directory})\n")
+        where = f" (state directory {directory})" if directory else ""
+        err.write(f"sysadmd {chosen.name}: {e}{where}\n")
         return EXIT_FAILED
 
 

@@ -18,14 +18,29 @@ class Verb:
     help: str
     run: Callable[..., int]  # run(state_dir: str, args: List[str], out, err) -> exit code
     aliases: tuple = ()
+    # False: the verb does not touch the state directory; run(options, args, out, err)
+    # gets the parsed global options (:class:`GlobalOptions` of main) instead.
+    uses_state: bool = True
+
+    def help_text(self) -> str:
+        names = " | ".join((self.name, *self.aliases))
+        lines = [f"usage: sysadmd {self.name} {self.usage}".rstrip(), ""]
+        if self.aliases:
+            lines.append(f"names: {names}")
+        lines.extend(self.help.splitlines())
+        if self.uses_state:
+            lines += ["", "options (before or after the verb):",
+                      "  --state-dir DIR  state directory to work on",
+                      "  --config FILE    config file to read STATE_DIR from"]
+        return "\n".join(lines) + "\n"
 
 
 VERBS: Dict[str, Verb] = {}
 
 
-def verb(name: str, usage: str, help: str, aliases: tuple = ()):
+def verb(name: str, usage: str, help: str, aliases: tuple = (), uses_state: bool = True):
     def register(fn: Callable[..., int]) -> Callable[..., int]:
-        v = Verb(name, usage, help, fn, aliases)
+        v = Verb(name, usage, help, fn, aliases, uses_state)
         for n in (name, *aliases):
             if n in VERBS:
                 raise ValueError(f"verb {n} registered twice")

@@ -16,6 +16,7 @@ from typing import Any, List, Optional
 
 from twisted.internet import defer, task
 
+from sysadmd import __version__
 from sysadmd.client import calls, eventtail, jobs, keyverbs
 from sysadmd.client.connect import BRIDGE_PORT, SERVER_PORT, default_socket, login, open_tls, open_unix, parse_url, resolve_credentials
 from sysadmd.client.context import Context
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_global_options(parser, suppress=False)
+    parser.add_argument("--version", action="version", version=f"sysadm {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     _add_global_options(common, suppress=True)
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")

@@ -14,8 +14,12 @@ Request args::
   ``epoch_mseconds``; ``relative_second|relative_day|relative_month`` (``end_time`` is now
   minus |value|, ``start_time`` is the end minus |value|); ``ISODate``; or a Qt date
   format such as ``yyyy-MM-ddThh:mm:ss`` (tokens yyyy yy MMMM MMM MM dddd ddd dd hh HH mm ss
-  zzz, quoted 'literal' text), read in local time.  Times are JSON strings.  A missing
-  end is now; a missing start is 12 hours before the end.
+  zzz, quoted 'literal' text; each field at most once), read in local time.  Times are
+  JSON strings.  A missing end is now; a missing start is 12 hours before the end.
+* Bounds (400 naming the field): ``time_format``, ``start_time`` and ``end_time`` at most
+  ``MAX_FIELD_CHARS`` characters; ``logs`` at most ``MAX_LOG_NAMES`` names of at most
+  ``MAX_FIELD_CHARS`` characters; numbers must be finite.  Parsing a time then costs a
+  bounded, small amount whatever the request holds.
 
 Reply::
 
@@ -34,6 +38,7 @@ to read them.
 from __future__ import annotations
 
 import calendar
+import math
 import re
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
@@ -48,6 +53,10 @@ DEFAULT_SPAN = 12 * 3600.0
 MAX_ENTRIES = 5000
 MAX_BYTES = 4 * 1024 * 1024
 RELATIVE = {"relative_second": "second", "relative_day": "day", "relative_month": "month"}
+# Longest time_format / start_time / end_time / log name accepted (a Qt format such as
+# "dddd, dd MMMM yyyy 'at' hh:mm:ss.zzz" is 37), and most log names in one request.
+MAX_FIELD_CHARS = 64
+MAX_LOG_NAMES = 16
 
 # Qt date-format tokens we can read, longest first within each letter.
 QT_TOKENS = {
@@ -60,6 +69,7 @@ QT_LETTERS = set("yMdhHmszaApPt")
 def qt_format_to_strptime(fmt: str) -> str:
     """Translate a Qt date format to :func:`datetime.strptime`; ValueError names a bad token."""
     out: List[str] = []
+    used: Dict[str, str] = {}  # strptime directive -> the token that asked for it
     i = 0
     while i < len(fmt):
         ch = fmt[i]
@@ -70,15 +80,28 @@ def qt_format_to_strptime(fmt: str) -> str:
             out.append(fmt[i + 1:end].replace("%", "%%") if end > i + 1 else "'")
             i = end + 1
         elif ch in QT_LETTERS:
-            run = re.match(re.escape(ch) + "+", fmt[i:]).group(0)
+            run = _RUNS[ch].match(fmt, i).group(0)  # match at i: no copy of the rest
             if run not in QT_TOKENS:
-                raise ValueError(f"format token {run!r} is not supported")
-            out.append(QT_TOKENS[run])
+                raise ValueError(f"format token {_short(run)} is not supported")
+            directive = QT_TOKENS[run]
+            if directive in used:
+                # strptime cannot read one field twice (and used to fail with a crash).
+                raise ValueError(f"format tokens {used[directive]!r} and {run!r} read the same field twice")
+            used[directive] = run
+            out.append(directive)
             i += len(run)
         else:
             out.append("%%" if ch == "%" else ch)
             i += 1
     return "".join(out)
+
+
+_RUNS = {ch: re.compile(re.escape(ch) + "+") for ch in QT_LETTERS}
+
+
+def _short(text: str, limit: int = 24) -> str:
+    """*text* for an error message: repr, cut to *limit* characters."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"… ({len(text)} characters)"
 
 
 def months_before(moment: datetime, months: int) -> datetime:
@@ -90,9 +113,18 @@ def months_before(moment: datetime, months: int) -> datetime:
 
 def _number(field: str, text: str, fmt: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise ApiError("400", f"{field} {text!r} is not a number (time_format {fmt})") from None
+    if not math.isfinite(value):
+        raise ApiError("400", f"{field} {text!r} is not a finite number (time_format {fmt})")
+    return value
+
+
+def _bounded(field: str, value: str) -> str:
+    if len(value) > MAX_FIELD_CHARS:
+        raise ApiError("400", f"{field} is {len(value)} characters long; at most {MAX_FIELD_CHARS} are accepted")
+    return value
 
 
 def _text(args: Dict[str, Any], field: str) -> Optional[str]:
@@ -101,7 +133,7 @@ def _text(args: Dict[str, Any], field: str) -> Optional[str]:
         return None
     if not isinstance(value, str):
         raise ApiError("400", f"{field} must be a JSON string (e.g. \"1700000000\"), got {type_name(value)}")
-    return value
+    return _bounded(field, value)
 
 
 def time_range(args: Dict[str, Any], now: float) -> Tuple[float, float]:
@@ -115,6 +147,7 @@ def time_range(args: Dict[str, Any], now: float) -> Tuple[float, float]:
         return now - DEFAULT_SPAN, now
     if not isinstance(fmt, str):
         raise ApiError("400", f"time_format must be a string, got {type_name(fmt)}")
+    _bounded("time_format", fmt)
 
     if fmt in RELATIVE:
         unit = RELATIVE[fmt]
@@ -127,7 +160,10 @@ def time_range(args: Dict[str, Any], now: float) -> Tuple[float, float]:
                 return moment - amount * 86400
             if amount != int(amount):
                 raise ApiError("400", f"{field} {text!r}: relative_month takes whole months")
-            return months_before(datetime.fromtimestamp(moment), int(amount)).timestamp()
+            try:
+                return months_before(datetime.fromtimestamp(moment), int(amount)).timestamp()
+            except (ValueError, OverflowError, OSError):
+                raise ApiError("400", f"{field} {text!r}: that many months back is out of range") from None
 
         end = back(now, "end_time", end_text) if end_text is not None else now
         start = back(end, "start_time", start_text) if start_text is not None else end - DEFAULT_SPAN
@@ -151,7 +187,7 @@ def time_range(args: Dict[str, Any], now: float) -> Tuple[float, float]:
         def convert(field: str, text: str) -> float:
             try:
                 return parse(text).timestamp()
-            except ValueError:
+            except (ValueError, OverflowError, OSError, re.error):
                 raise ApiError("400", f"{field} {text!r} does not match time_format {fmt!r}") from None
 
     end = convert("end_time", end_text) if end_text is not None else now
@@ -168,6 +204,11 @@ def wanted_logs(value: Any) -> List[str]:
         names = value
     else:
         raise ApiError("400", f"logs must be a log name or an array of names ({', '.join(LOG_NAMES)})")
+    if len(names) > MAX_LOG_NAMES:
+        raise ApiError("400", f"logs holds {len(names)} names; at most {MAX_LOG_NAMES} are accepted "
+                              f"(there are {len(LOG_NAMES)} logs: {', '.join(LOG_NAMES)})")
+    for name in names:
+        _bounded("logs", name)
     known = [n for n in names if n in LOG_NAMES]
     if not known:
         raise ApiError("400", f"no known log among {', '.join(map(repr, names))}; logs are {', '.join(LOG_NAMES)}")

@@ -8,11 +8,28 @@
 #
 #   200 {"args": <result>}                      success
 #   <code> {"args": {"code","message","detail"}} error; the HTTP status is the API code
-#                                                (401 adds WWW-Authenticate: Basic)
+#                                                (401 adds WWW-Authenticate, see below)
 #   204 (no body)                               the API sends no reply (rpc/auth_clear)
-#   403 blocked address, 404 other paths, 405 other verbs (Allow lists the verbs),
+#   403 blocked address or foreign Origin, 415 body not application/json, 404 other paths, 405 other verbs (Allow lists the verbs),
 #   413 body over MAX_MESSAGE_BYTES, 400 bad JSON / UTF-8 and events/* (events need a
 #   connection that stays open), 503 over MAX_CONNECTIONS.  OPTIONS answers 200 + Allow.
+#
+# Browsers (cross-site request forgery):
+#   * a request body needs Content-Type: application/json (charset, if any, utf-8), else
+#     415 -- the types a page may send cross-origin without asking first (text/plain, forms)
+#     are refused before anything runs; an empty body needs no type;
+#   * a request whose Origin is a web origin (http(s)://...) other than the server's own
+#     (https://<Host header>) and not listed in REST_ALLOWED_ORIGINS is refused with 403,
+#     as is "Origin: null" and a Sec-Fetch-Site: cross-site|same-site request without an
+#     Origin; requests without these headers (curl, scripts) are not affected. Listed
+#     origins get CORS headers (no Access-Control-Allow-Credentials: pages must send the
+#     Authorization header themselves; a browser's cached Basic login is never used);
+#   * a 401 offers WWW-Authenticate: Basic only to clients that do not look like a browser
+#     (no Origin, no Sec-Fetch-* header, Accept without text/html, User-Agent not
+#     "Mozilla/..."); browsers get WWW-Authenticate: Bearer, so they show no login prompt
+#     and never cache Basic credentials for the server.
+#   The WebSocket upgrade (transports/site.py) is routed before any of this and accepts
+#   every Origin: it carries no ambient credentials.
 #
 # Every body is compact JSON with sorted keys, Content-Type application/json; charset=utf-8.
 # Each request is a one-shot session through the same pipeline as the other transports;
@@ -33,6 +50,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server as web_server
 
 from sysadmd import envelope
+from sysadmd.config import normalize_origin
 from sysadmd.envelope import ApiError, Request
 from sysadmd.session import Session
 
@@ -42,6 +60,10 @@ ALLOWED_METHODS = (b"GET", b"POST", b"PUT")
 ALLOW_HEADER = b"GET, POST, PUT, OPTIONS"
 JSON_TYPE = b"application/json; charset=utf-8"
 WWW_AUTHENTICATE = b'Basic realm="sysadmd"'
+WWW_AUTHENTICATE_BROWSER = b'Bearer realm="sysadmd"'
+REST_MESSAGES = {"415": "Unsupported Media Type"}  # codes only REST answers
+CORS_ALLOW_METHODS = b"GET, POST, PUT"
+CORS_ALLOW_HEADERS = b"Authorization, Content-Type"
 PATH_HELP = "REST requests go to /<namespace>/<name>, for example /rpc/query"
 
 # Bytes of an oversized body we read and drop after answering 413, so the client gets to
@@ -164,8 +186,18 @@ class RestResource(resource.Resource):
         peer = request.getClientAddress().host
         if self.server.blacklist.blocked_for(peer) > 0:
             return _finish_error(request, "403", self.server.connection_allowed(peer) or "address blocked")
+        refusal, cors_origin = self._check_origin(request)
+        if refusal is not None:
+            return _finish_error(request, "403", refusal)
+        if cors_origin is not None:
+            request.setHeader(b"access-control-allow-origin", cors_origin.encode("ascii"))
+            request.setHeader(b"vary", b"Origin")
         if method == b"OPTIONS":
             request.setHeader(b"allow", ALLOW_HEADER)
+            if cors_origin is not None and request.getHeader(b"access-control-request-method"):
+                request.setHeader(b"access-control-allow-methods", CORS_ALLOW_METHODS)
+                request.setHeader(b"access-control-allow-headers", CORS_ALLOW_HEADERS)
+                request.setHeader(b"access-control-max-age", b"600")
             request.setHeader(b"content-length", b"0")
             return b""
         route = _route(request.path)
@@ -193,6 +225,38 @@ class RestResource(resource.Resource):
         d.addErrback(lambda f: log.failure("answering a REST request from {peer} failed", f, peer=peer))
         return web_server.NOT_DONE_YET
 
+    # --- browsers -----------------------------------------------------------------------
+    def _check_origin(self, request: web_server.Request) -> Tuple[Optional[str], Optional[str]]:
+        """``(refusal, cors_origin)``: why a browser request from another site is refused,
+        or the configured origin to answer with CORS headers (``None`` for neither)."""
+        origins = request.requestHeaders.getRawHeaders(b"origin") or []
+        allowed = self.server.config.rest_allowed_origins
+        own = _own_origin(request)
+        cors: Optional[str] = None
+        for raw in origins:
+            text = raw.decode("latin-1").strip()
+            origin = normalize_origin(text)
+            if origin is None:
+                if text.lower().startswith(("http:", "https:")):
+                    return f"malformed Origin header {_shorten(text)}", None
+                continue  # not a web origin: no browser page sent this (upstream's clients send "sysadm-client")
+            if origin == own:
+                continue
+            if origin in allowed:
+                cors = origin
+                continue
+            if origin == "null":
+                return ("requests from pages without an origin (Origin: null: sandboxed or local pages) are refused; "
+                        "call the API from the server's own origin or without a browser"), None
+            return (f"requests from the web origin {_shorten(origin)} are refused; only {own or 'the server itself'} "
+                    "and the origins listed in REST_ALLOWED_ORIGINS may call the API from a browser"), None
+        if not origins:
+            site = (request.getHeader(b"sec-fetch-site") or b"").strip().lower()
+            if site in (b"cross-site", b"same-site"):
+                return (f"a browser request from another site (Sec-Fetch-Site: {site.decode('latin-1')}) without an "
+                        "Origin header is refused"), None
+        return None, cors
+
     # --- body ---------------------------------------------------------------------------
     def _read_body(self, request: web_server.Request, namespace: str, name: str) -> Request:
         limit = self.max_body_bytes
@@ -200,6 +264,11 @@ class RestResource(resource.Resource):
         raw = request.content.read(limit + 1)
         if len(raw) > limit:
             raise ApiError("413", f"request body over the limit of {limit} bytes (MAX_MESSAGE_BYTES)")
+        if raw:
+            problem = _json_type_problem(request.getHeader(b"content-type"))
+            if problem is not None:
+                raise ApiError("415", f"{problem}; send the body as JSON with Content-Type: application/json "
+                                      "(a request without a body needs no type)")
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -272,6 +341,53 @@ class RestResource(resource.Resource):
             raise ApiError("401", "unsupported Authorization scheme; use Basic (user:password) or Bearer (token)")
 
 
+def _shorten(text: str, limit: int = 100) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
+
+
+def _own_origin(request: web_server.Request) -> Optional[str]:
+    """``https://<Host header>`` in canonical form, or ``None`` without a usable Host."""
+    host = request.getHeader(b"host")
+    if not host:
+        return None
+    origin = normalize_origin("https://" + host.decode("latin-1").strip())
+    return origin if origin not in (None, "null") else None
+
+
+def _json_type_problem(raw: Optional[bytes]) -> Optional[str]:
+    """``None`` when *raw* (a Content-Type value) is JSON in UTF-8, else what is wrong."""
+    if raw is None:
+        return "the request body has no Content-Type"
+    text = raw.decode("latin-1")
+    media, *params = text.split(";")
+    if media.strip().lower() != "application/json":
+        return f"Content-Type {_shorten(text.strip(), 60)} is not application/json"
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            return f"charset {_shorten(value.strip(), 30)} is not supported (only utf-8)"
+    return None
+
+
+def _looks_like_browser(request: web_server.Request) -> bool:
+    headers = request.requestHeaders
+    if headers.hasHeader(b"origin"):
+        return True
+    if any(name.lower().startswith(b"sec-fetch-") for name, _ in headers.getAllRawHeaders()):
+        return True
+    accept = b",".join(headers.getRawHeaders(b"accept") or []).lower()
+    if b"text/html" in accept:
+        return True
+    agent = request.getHeader(b"user-agent") or b""
+    return agent.startswith(b"Mozilla/")
+
+
+def _challenge(request: web_server.Request) -> None:
+    """The WWW-Authenticate header of a 401: Basic only for clients that are no browser."""
+    header = WWW_AUTHENTICATE_BROWSER if _looks_like_browser(request) else WWW_AUTHENTICATE
+    request.setHeader(b"www-authenticate", header)
+
+
 def _route(path: bytes) -> Optional[Tuple[str, str]]:
     """``(namespace, name)`` from ``/<namespace>/<name>`` (a trailing slash is tolerated)."""
     if not path.startswith(b"/"):
@@ -302,7 +418,10 @@ def _basic_credentials(credentials: str) -> Tuple[str, str]:
 
 
 def _error_body(code: str, detail: str) -> dict:
-    return {"args": envelope.error(code, detail)["args"]}
+    args = envelope.error(code, detail)["args"]
+    if code in REST_MESSAGES:
+        args["message"] = REST_MESSAGES[code]
+    return {"args": args}
 
 
 def _status(code: str) -> int:
@@ -328,7 +447,7 @@ def _write_json(request: web_server.Request, status: int, body: Any) -> None:
 def _write_error(request: web_server.Request, args: dict) -> None:
     status = _status(args.get("code", "500"))
     if status == 401:
-        request.setHeader(b"www-authenticate", WWW_AUTHENTICATE)
+        _challenge(request)
     _write_json(request, status, {"args": args})
 
 
@@ -336,7 +455,7 @@ def _finish_error(request: web_server.Request, code: str, detail: str) -> bytes:
     """Synchronous error answer, returned from ``render``."""
     status = _status(code)
     if status == 401:
-        request.setHeader(b"www-authenticate", WWW_AUTHENTICATE)
+        _challenge(request)
     request.setResponseCode(status)
     payload = envelope.encode(_error_body(code, detail)).encode("utf-8")
     request.setHeader(b"content-type", JSON_TYPE)
