@@ -334,11 +334,14 @@ class SignatureChecker(service.Service):
 
     # --- back on the reactor thread -----------------------------------------------------
     def _warn(self, skipped: Sequence[Tuple[RegisteredKey, str]]) -> None:
-        for key, why in skipped:
-            if key.md5 in self._warned:
-                continue
-            if len(self._warned) < 100000:
-                self._warned.add(key.md5)
-            log.warn("registered key {md5} ({nickname}) of user {user} cannot log in and is skipped: {why}; "
-                     "revoke it (sysadmd revoke_key {user} {md5}) and register a new one",
-                     md5=key.md5, nickname=key.nickname, user=key.user, why=why)
+        """One warning naming the out-of-rule keys not reported before (each key once)."""
+        new = [(key, why) for key, why in skipped if key.md5 not in self._warned]
+        if not new:
+            return
+        if len(self._warned) < 100000:
+            self._warned.update(key.md5 for key, _ in new)
+        shown = "; ".join(f"{key.md5} of user {key.user} ({why})" for key, why in new[:5])
+        more = f"; and {len(new) - 5} more" if len(new) > 5 else ""
+        log.warn("{count} registered key(s) cannot log in and are skipped: {shown}{more}. Remove them "
+                 "(sysadmd revoke_key USER MD5) and register keys within the rules",
+                 count=len(new), shown=shown, more=more)
