@@ -435,3 +435,33 @@ class CheckerBounds(unittest.TestCase):
         for garbage in ("", "QUJD", "!" * 5000, crypto.stored_form("a") * 40):
             result = self.successResultOf(checker.find_signer([key], garbage, slow))
             self.assertEqual((result.key, result.tried), (None, 0))
+        # A plausible answer with no candidate (an unknown checksum) takes the same path
+        # through the pool as one with candidates, so its timing says nothing.
+        nobody = checker.find_signer([], signature, slow)
+        self.assertNoResult(nobody)
+        result = yield nobody
+        self.assertEqual((result.key, result.tried), (None, 0))
+
+    @defer.inlineCallbacks
+    def test_one_address_cannot_fill_the_queue(self):
+        checker = SignatureChecker(reactor, threads=1, max_pending=10, max_pending_per_peer=2)
+        checker.startService()
+        self.addCleanup(checker.stopService)
+        release = threading.Event()
+        self.addCleanup(release.set)
+        signature = crypto.sign_challenge(private_key("alice"), "x" * 40)
+
+        def slow(public, sig):
+            release.wait(20)
+            return False
+
+        pem = pem_of("alice")
+        key = RegisteredKey("root", crypto.stored_form(pem), pem, md5_of("alice"), "", "", 0.0)
+        mine = [checker.find_signer([key], signature, slow, peer="192.0.2.1") for _ in range(2)]
+        refused = checker.find_signer([key], signature, slow, peer="192.0.2.1")
+        self.assertIn("2 key logins from 192.0.2.1", str(self.failureResultOf(refused, CheckerBusy).value))
+        other = checker.find_signer([key], signature, slow, peer="192.0.2.2")
+        self.assertNoResult(other)
+        release.set()
+        yield defer.gatherResults(mine + [other])
+        self.assertEqual((checker.pending, checker._by_peer), (0, {}))

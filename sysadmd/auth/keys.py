@@ -245,19 +245,23 @@ class CheckerBusy(Exception):
 class SignatureChecker(service.Service):
     """Signature checks in a small thread pool of its own.
 
-    At most *threads* checks run at once, each over a bounded list of keys, and at most
-    *max_pending* wait; beyond that :meth:`find_signer` fails at once with
-    :class:`CheckerBusy`.  Parsed keys are cached by PEM text (parsing costs more than
-    checking one signature).  Results come back on the reactor thread.
+    At most *threads* checks run at once, each over a bounded list of keys; at most
+    *max_pending* may be queued or running, and at most *max_pending_per_peer* from one
+    address, so one address cannot fill the queue.  Beyond that :meth:`find_signer` fails
+    at once with :class:`CheckerBusy`.  Parsed keys are cached by PEM text.  Results come
+    back on the reactor thread.
     """
 
-    def __init__(self, reactor: Any, threads: int = 2, max_pending: int = 64, cache_size: int = 4096):
+    def __init__(self, reactor: Any, threads: int = 2, max_pending: int = 64, max_pending_per_peer: int = 4,
+                 cache_size: int = 4096):
         self.reactor = reactor
         self.max_pending = max_pending
+        self.max_pending_per_peer = max_pending_per_peer
         self.cache_size = cache_size
         self.threads = threads
         self.pool = self._new_pool()
         self.pending = 0
+        self._by_peer: Dict[str, int] = {}
         self._cache: Dict[str, Tuple[Any, Optional[str]]] = {}  # pem -> (public key | None, problem)
         self._lock = threading.Lock()
         self._warned: Set[str] = set()  # checksums of out-of-rule keys already logged
@@ -277,19 +281,32 @@ class SignatureChecker(service.Service):
         if self.pool.started and not self.pool.joined:
             self.pool.stop()
 
-    def find_signer(self, candidates: Sequence[RegisteredKey], signature_b64: str, matches: Matcher) -> defer.Deferred:
+    def find_signer(self, candidates: Sequence[RegisteredKey], signature_b64: str, matches: Matcher,
+                    peer: str = "") -> defer.Deferred:
         """Fires with a :class:`CheckResult`: the first of *candidates* (that keeps to the
-        key rules and whose size fits the signature) for which ``matches`` holds."""
+        key rules and whose size fits the signature) for which ``matches`` holds.
+
+        Only an answer no permitted key could have given is settled here; anything else,
+        even with no candidate at all, goes through the pool, so the reply's timing does
+        not tell whether a checksum is registered.
+        """
+        signature = crypto.decode_signature(signature_b64)
+        if signature is None:
+            return defer.succeed(CheckResult(None, 0, ()))
         if self.pending >= self.max_pending:
             return defer.fail(CheckerBusy(f"{self.pending} key logins are being checked already"))
-        signature = crypto.decode_signature(signature_b64)
-        if signature is None or not candidates:
-            return defer.succeed(CheckResult(None, 0, ()))
+        mine = self._by_peer.get(peer, 0)
+        if mine >= self.max_pending_per_peer:
+            return defer.fail(CheckerBusy(f"{mine} key logins from {peer or 'this address'} are being checked already"))
         self.pending += 1
+        self._by_peer[peer] = mine + 1
         d = threads.deferToThreadPool(self.reactor, self.pool, self._check, list(candidates), signature, matches)
 
         def done(result: Any) -> Any:
             self.pending -= 1
+            left = self._by_peer.pop(peer, 1) - 1
+            if left > 0:
+                self._by_peer[peer] = left
             if isinstance(result, CheckResult):
                 self._warn(result.skipped)
             return result

@@ -164,7 +164,8 @@ class KeyLogin:
             self._over_limit_logged = total
             log.warn("{total} keys are registered; key logins that do not name their key by checksum are "
                      "checked against the oldest {limit} only (KEY_LOGIN_MAX_TRIED)", total=total, limit=limit)
-        d = self.checker.find_signer(candidates, signature_b64, self.signature_matcher(session, challenge))
+        d = self.checker.find_signer(candidates, signature_b64, self.signature_matcher(session, challenge),
+                                     peer=session.peer)
 
         def unpack(result: CheckResult) -> Optional[RegisteredKey]:
             return result.key
@@ -203,7 +204,8 @@ def install(server: "Server") -> KeyStore:
 
     config = server.config
     keys = KeyStore(server.db, clock=server.clock, max_keys_per_user=config.max_keys_per_user)
-    checker = SignatureChecker(_thread_reactor(server.reactor), threads=config.key_check_threads)
+    checker = SignatureChecker(_thread_reactor(server.reactor), threads=config.key_check_threads,
+                               cache_size=max(4096, 2 * config.key_login_max_tried))
     checker.setServiceParent(server)
     server.subsystems["keys"] = keys
     login = KeyLogin(server, keys, checker, ExchangeKey(server.state_dir))
