@@ -323,6 +323,21 @@ class VerificationOffTheReactor(KeyDaemonCase):
         self.assertTrue(all("sysadmd-key-checks" in t.name for t in threads), threads)
 
     @defer.inlineCallbacks
+    def test_key_revoked_while_its_signature_is_checked_does_not_log_in(self):
+        register(self.running, "root", "alice")
+        entered, release, _ = self.block_checks()
+        client = yield open_client(self, self.running)
+        stage1 = yield client.call("rpc", "auth_ssl", "")
+        answer = crypto.sign_challenge(private_key("alice"), stage1["args"]["test_string"])
+        pending = client.call("rpc", "auth_ssl", {"encrypted_string": answer})
+        yield wait_for(entered.is_set, what="the check to start")
+        self.assertIsNotNone(self.keys.revoke("root", stored_of("alice")))
+        release.set()
+        reply = yield pending
+        self.assertEqual(error_code(reply), "401")
+        self.assertEqual(len(self.server.tokens), 0)
+
+    @defer.inlineCallbacks
     def test_old_poison_rows_are_skipped_with_one_warning_and_tries_are_bounded(self):
         lines = capture_log(self)
         db = self.server.db

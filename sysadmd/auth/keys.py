@@ -9,8 +9,9 @@ again for the same user replaces its nickname and email (upstream's Qt GUI re-se
 key on every connection set-up), registering it for another user is refused.
 
 Only keys within :data:`crypto.LOGIN_KEY_RULE` (RSA 2048-4096 bits, e = 65537) are
-registered, at most ``max_keys_per_user`` per user; keys stored before these rules are
-skipped at login (:class:`SignatureChecker`), with one warning each.
+registered, and through the API at most ``MAX_KEYS_PER_USER`` per user; keys stored
+before these rules existed are skipped at login (:class:`SignatureChecker`), and
+reported once each.
 
 Verifying a signature is CPU work: :class:`SignatureChecker` does it in a small thread
 pool of its own, so no login attempt ever runs RSA on the reactor thread, and it tries
@@ -93,11 +94,9 @@ def _row(r: sqlite3.Row) -> RegisteredKey:
 
 
 class KeyStore:
-    def __init__(self, db: sqlite3.Connection, clock: Optional[Any] = None,
-                 max_keys_per_user: Optional[int] = None):
+    def __init__(self, db: sqlite3.Connection, clock: Optional[Any] = None):
         self.db = db
         self._now = clock.seconds if clock is not None else time.time
-        self.max_keys_per_user = max_keys_per_user  # None: no cap (the admin command)
         ensure_schema(db, SCHEMA)
 
     # --- changes ----------------------------------------------------------------------
@@ -107,7 +106,7 @@ class KeyStore:
         return self.save(user, pem, nickname, email, pub_key)[0]
 
     def save(self, user: str, pem: str, nickname: str = "", email: str = "",
-             pub_key: Optional[str] = None) -> Tuple[RegisteredKey, bool]:
+             pub_key: Optional[str] = None, cap: Optional[int] = None) -> Tuple[RegisteredKey, bool]:
         """Register *pem* for *user*, or replace the nickname and email of *user*'s
         registration of the same key; returns ``(key, replaced)``.
 
@@ -115,8 +114,8 @@ class KeyStore:
         default ``base64`` of the canonical PEM.  A replaced key keeps its stored form,
         so the handle ``list_ssl_certs`` showed stays valid.  Raises
         :class:`crypto.KeyPolicyError` / :class:`crypto.KeyFormatError` for an unusable
-        key, :class:`DuplicateKey` if another user has it, :class:`KeyLimitReached` at
-        the per-user cap.
+        key, :class:`DuplicateKey` if another user has it, :class:`KeyLimitReached` if
+        *user* already has *cap* keys (``None``: no cap, for the admin command).
         """
         if not user:
             raise KeyStoreError("a user name is required")
@@ -140,7 +139,6 @@ class KeyStore:
                 key = RegisteredKey(user, existing.pub_key, existing.pem, md5, nickname, email, now)
                 replaced = True
             else:
-                cap = self.max_keys_per_user
                 if cap is not None:
                     count = self.db.execute("SELECT COUNT(*) FROM registered_keys WHERE user = ?", (user,)).fetchone()[0]
                     if count >= cap:

@@ -188,6 +188,10 @@ class KeyLogin:
         if key is None:
             which = "the key named by its checksum" if challenge.md5_key else "any registered key"
             self.refuse(session, "", f"the signature does not match {which}")
+        current = self.keys.find_by_md5(key.md5)
+        if current is None or current.user != key.user:
+            # Revoked (or moved) while its signature was being checked.
+            self.refuse(session, "", "the signature does not match any registered key")
         full = self.server.rights.for_user(key.user)
         if full is None:
             self.refuse(session, key.user, f"user {key.user} has no access rights on this host")
@@ -203,7 +207,7 @@ def install(server: "Server") -> KeyStore:
     from sysadmd.rpc import settings
 
     config = server.config
-    keys = KeyStore(server.db, clock=server.clock, max_keys_per_user=config.max_keys_per_user)
+    keys = KeyStore(server.db, clock=server.clock)
     checker = SignatureChecker(_thread_reactor(server.reactor), threads=config.key_check_threads,
                                cache_size=max(4096, 2 * config.key_login_max_tried))
     checker.setServiceParent(server)

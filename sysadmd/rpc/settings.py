@@ -83,7 +83,8 @@ def install(server: "Server", keys: KeyStore) -> None:
         except crypto.KeyFormatError as e:
             raise ApiError("400", f"pub_key: {e} (expected base64 of a PEM public key)") from None
         try:
-            key, replaced = keys.save(session.identity.user, pem, nickname, email, pub_key=pub_key)
+            key, replaced = keys.save(session.identity.user, pem, nickname, email, pub_key=pub_key,
+                                      cap=server.config.max_keys_per_user)
         except crypto.KeyPolicyError as e:
             raise ApiError("400", f"pub_key: {e}") from None
         except DuplicateKey as e:
