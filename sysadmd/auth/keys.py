@@ -165,6 +165,8 @@ class KeyStore:
         """
         row = self.db.execute("SELECT * FROM registered_keys WHERE user = ? AND pub_key = ?", (user, pub_key)).fetchone()
         if row is None:
+            if len(pub_key) > 65536:
+                return None  # far longer than any key or certificate: not worth parsing
             try:
                 md5 = crypto.md5_checksum(crypto.pem_from_stored(pub_key))
             except crypto.KeyFormatError:
