@@ -23,7 +23,8 @@ NO_RIGHTS_USER = "nobody"
 _SCALARS = st.none() | st.booleans() | st.integers() | st.text(max_size=40)
 JSON_VALUES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=6)
 # Objects shaped like real requests, with hostile values.
-JSON_VALUES = JSON_VALUES | st.fixed_dictionaries({"encrypted_string": JSON_VALUES}) | st.fixed_dictionaries({"md5_key": JSON_VALUES})
+JSON_VALUES = (JSON_VALUES | st.fixed_dictionaries({"encrypted_string": JSON_VALUES}) | st.fixed_dictionaries({"md5_key": JSON_VALUES})
+               | st.fixed_dictionaries({"checksum": JSON_VALUES}))
 
 
 class KeyLoginOverWss(unittest.TestCase):
