@@ -97,6 +97,10 @@ KEYS: List[Key] = [
     Key("BRIDGE_PING_INTERVAL", "float", 30.0, "Seconds between WebSocket pings on bridge links (0: none).", minimum=0),
     # --- helper F: REST from browsers ----------------------------------------------
     Key("REST_ALLOWED_ORIGINS", "list", (), "Web origins (https://host[:port], comma separated) whose pages may\ncall the REST API from a browser. Requests carrying any other web\nOrigin than the server's own are refused (403). Empty: none."),
+    # --- ours: key logins (helper C) -------------------------------------------------
+    Key("MAX_KEYS_PER_USER", "int", 32, "RSA keys one user may register through rpc/settings (the sysadmd\nadmin command is not limited).", minimum=1, maximum=100000),
+    Key("KEY_LOGIN_MAX_TRIED", "int", 1024, "Registered keys an rpc/auth_ssl answer is checked against when the\nclient does not name its key by checksum (the oldest keys first).", minimum=1, maximum=1000000),
+    Key("KEY_CHECK_THREADS", "int", 2, "Threads that verify key-login signatures (never the main thread).", minimum=1, maximum=64),
 ]
 
 KEY_NAMES = [k.name for k in KEYS]

@@ -27,6 +27,19 @@ class KeyFormatError(ValueError):
     """The bytes are not a PEM public key, certificate or private key we can use."""
 
 
+class KeyPolicyError(KeyFormatError):
+    """A readable RSA key that may not log in (size or public exponent out of policy)."""
+
+
+# Keys that may be registered for logins (rpc/auth_ssl).  Smaller moduli are weak; larger
+# ones, and exponents other than 65537, make every verification expensive: a key with a
+# 3,000-bit exponent costs thousands of times a normal one, and logins try keys.
+MIN_LOGIN_KEY_BITS = 2048
+MAX_LOGIN_KEY_BITS = 4096
+LOGIN_KEY_EXPONENT = 65537
+LOGIN_KEY_RULE = f"RSA keys of {MIN_LOGIN_KEY_BITS} to {MAX_LOGIN_KEY_BITS} bits with public exponent {LOGIN_KEY_EXPONENT}"
+
+
 def random_token(length: int = 40) -> str:
     """A random ``[A-Za-z0-9]`` string from :mod:`secrets` (upstream's token alphabet)."""
     return "".join(secrets.choice(ALPHANUMERIC) for _ in range(length))
@@ -65,6 +78,27 @@ def normalized_pem(data: Union[bytes, str]) -> str:
     return public_pem(load_public_key(data))
 
 
+def login_key_problem(key: rsa.RSAPublicKey) -> Optional[str]:
+    """Why *key* may not log in, or ``None`` if it is within :data:`LOGIN_KEY_RULE`."""
+    bits = key.key_size
+    exponent = key.public_numbers().e
+    if not MIN_LOGIN_KEY_BITS <= bits <= MAX_LOGIN_KEY_BITS:
+        return f"an RSA key of {bits} bits is refused: only {LOGIN_KEY_RULE} are accepted"
+    if exponent != LOGIN_KEY_EXPONENT:
+        shown = str(exponent) if exponent.bit_length() <= 64 else f"a {exponent.bit_length()}-bit number"
+        return f"an RSA key with public exponent {shown} is refused: only {LOGIN_KEY_RULE} are accepted"
+    return None
+
+
+def login_key_pem(data: Union[bytes, str]) -> str:
+    """Canonical SPKI PEM of a key that may log in; :class:`KeyPolicyError` if it may not."""
+    key = load_public_key(data)
+    problem = login_key_problem(key)
+    if problem is not None:
+        raise KeyPolicyError(problem)
+    return public_pem(key)
+
+
 def stored_form(pem: str) -> str:
     """Upstream's storage form of a key: ``base64(PEM text)``."""
     return base64.b64encode(pem.encode("ascii")).decode("ascii")
@@ -79,6 +113,16 @@ def pem_from_stored(stored: str) -> str:
     return normalized_pem(pem)
 
 
+def is_md5_checksum(text: str) -> bool:
+    """Whether *text* has the shape of :func:`md5_checksum` output (24 base64 characters)."""
+    if len(text) != 24 or not text.endswith("=="):
+        return False
+    try:
+        return len(base64.b64decode(text, validate=True)) == 16
+    except (binascii.Error, ValueError):
+        return False
+
+
 def md5_checksum(pem: str) -> str:
     """``base64(MD5(PEM text))``: the 24-character key checksum used for pairing."""
     return base64.b64encode(hashlib.md5(pem.encode("ascii")).digest()).decode("ascii")
@@ -90,18 +134,37 @@ def sign_challenge(private_key: rsa.RSAPrivateKey, challenge: str) -> str:
     return base64.b64encode(sig).decode("ascii")
 
 
-def recover_signed(public_key: rsa.RSAPublicKey, encrypted_b64: str) -> Optional[bytes]:
-    """The bytes a raw PKCS#1 v1.5 signature carries, or ``None`` if it does not verify."""
+def decode_signature(encrypted_b64: str) -> Optional[bytes]:
+    """The signature bytes of a base64 answer, or ``None`` if it cannot be one of a key
+    within the login rules (bad base64, or a length no such key's signature has)."""
+    if not isinstance(encrypted_b64, str) or len(encrypted_b64) > 2 * (MAX_LOGIN_KEY_BITS // 8) + 64:
+        return None
     try:
         sig = base64.b64decode(encrypted_b64, validate=False)
     except (binascii.Error, ValueError):
         return None
+    if not (MIN_LOGIN_KEY_BITS + 7) // 8 <= len(sig) <= (MAX_LOGIN_KEY_BITS + 7) // 8:
+        return None  # a signature is as long as its key's modulus
+    return sig
+
+
+def recover_raw(public_key: rsa.RSAPublicKey, sig: bytes) -> Optional[bytes]:
+    """The bytes the raw PKCS#1 v1.5 signature *sig* carries, or ``None`` if it does not verify."""
     if len(sig) != (public_key.key_size + 7) // 8:
         return None
     try:
         return public_key.recover_data_from_signature(sig, padding.PKCS1v15(), None)
     except (InvalidSignature, ValueError):
         return None
+
+
+def recover_signed(public_key: rsa.RSAPublicKey, encrypted_b64: str) -> Optional[bytes]:
+    """The bytes a base64 raw PKCS#1 v1.5 signature carries, or ``None`` if it does not verify."""
+    try:
+        sig = base64.b64decode(encrypted_b64, validate=False)
+    except (binascii.Error, ValueError):
+        return None
+    return recover_raw(public_key, sig)
 
 
 def generate_private_key(bits: int = 2048) -> rsa.RSAPrivateKey:

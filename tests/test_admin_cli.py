@@ -93,7 +93,14 @@ class AdminCommand(unittest.TestCase):
         self.assertEqual(rows["ci"][:3], ["daemon", "ci", "ci@example.org"])
         self.assertEqual(rows["ci"][-1], md5_of("carol"))
 
-        out, err, code = yield self.run_cli("import_ssl_file", "root", pem_file, "again")
+        # The same key again for its user updates it; for another user it is refused.
+        out, err, code = yield self.run_cli("import_ssl_file", "root", pem_file, "laptop", "new@example.org")
+        self.assertEqual(code, 0, err)
+        self.assertIn("nickname and email updated", out)
+        out, err, code = yield self.run_cli("list_keys")
+        self.assertEqual(len(out.splitlines()), 4)
+        self.assertIn("new@example.org", out)
+        out, err, code = yield self.run_cli("import_ssl_file", "daemon", pem_file, "again")
         self.assertEqual(code, 1)
         self.assertIn("already registered for user root (laptop)", err)
 

@@ -11,7 +11,7 @@ from twisted.trial import unittest
 
 from sysadmd import crypto
 from tests.keys_support import (
-    b64decode_text, call, clock_server, error_code, key_login, md5_of, private_key, register,
+    b64decode_text, call, call_async, clock_server, error_code, key_login, md5_of, private_key, register,
 )
 from tests.support import FakePasswords, RecordingChannel, make_config, open_client, short_tempdir, start_daemon
 
@@ -23,7 +23,8 @@ NO_RIGHTS_USER = "nobody"
 _SCALARS = st.none() | st.booleans() | st.integers() | st.text(max_size=40)
 JSON_VALUES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=6)
 # Objects shaped like real requests, with hostile values.
-JSON_VALUES = JSON_VALUES | st.fixed_dictionaries({"encrypted_string": JSON_VALUES}) | st.fixed_dictionaries({"md5_key": JSON_VALUES})
+JSON_VALUES = (JSON_VALUES | st.fixed_dictionaries({"encrypted_string": JSON_VALUES}) | st.fixed_dictionaries({"md5_key": JSON_VALUES})
+               | st.fixed_dictionaries({"checksum": JSON_VALUES}))
 
 
 class KeyLoginOverWss(unittest.TestCase):
@@ -162,17 +163,31 @@ class KeyLoginOverWss(unittest.TestCase):
         # bob is registered too, but the challenge was issued for alice's key.
         reply = yield client.call("rpc", "auth_ssl", {"encrypted_string": crypto.sign_challenge(private_key("bob"), challenge)})
         self.assertEqual(error_code(reply), "401")
-        self.assertIn("the key named by md5_key", reply["args"]["detail"])
+        self.assertIn("the key named by its checksum", reply["args"]["detail"])
 
     @defer.inlineCallbacks
-    def test_unknown_md5_key_is_refused(self):
+    def test_unknown_md5_key_gets_a_challenge_and_fails_only_at_stage_two(self):
+        # Stage 1 must not tell whether a checksum is registered (issue 7, item 17).
+        register(self.running, "root", "alice")
         client = yield open_client(self, self.running)
-        reply = yield client.call("rpc", "auth_ssl", {"md5_key": md5_of("mallory")})
+        known = yield client.call("rpc", "auth_ssl", {"md5_key": md5_of("alice")})
+        unknown = yield client.call("rpc", "auth_ssl", {"md5_key": md5_of("mallory")})
+        self.assertEqual((known["name"], unknown["name"]), ("response", "response"))
+        self.assertEqual(sorted(unknown["args"]), sorted(known["args"]))
+        self.assertEqual(unknown["args"]["new_ssl_key"], known["args"]["new_ssl_key"])
+        self.assertEqual(len(b64decode_text(unknown["args"]["test_string"])), 40)
+        challenge = b64decode_text(unknown["args"]["test_string"])
+        reply = yield client.call("rpc", "auth_ssl", {"encrypted_string": crypto.sign_challenge(private_key("mallory"), challenge)})
         self.assertEqual(error_code(reply), "401")
-        self.assertIn("no registered key has the checksum", reply["args"]["detail"])
-        reply = yield client.call("rpc", "auth_ssl", {"md5_key": 42})
-        self.assertEqual(error_code(reply), "401")
-        self.assertIn("md5_key must be a non-empty string", reply["args"]["detail"])
+        # The same words as a known key with a wrong signature.
+        yield client.call("rpc", "auth_ssl", {"md5_key": md5_of("alice")})
+        wrong = yield client.call("rpc", "auth_ssl", {"encrypted_string": crypto.sign_challenge(private_key("mallory"), challenge)})
+        self.assertEqual(wrong["args"], reply["args"])
+        # Malformed checksums are refused (this says nothing about registered keys).
+        for bad in (42, "", "bm9wZQ==", "x" * 5000):
+            reply = yield client.call("rpc", "auth_ssl", {"md5_key": bad})
+            self.assertEqual(error_code(reply), "401")
+            self.assertIn("md5_key must be a key checksum", reply["args"]["detail"])
 
     @defer.inlineCallbacks
     def test_limited_user_gets_limited_rights(self):
@@ -217,11 +232,12 @@ class ChallengeExpiry(unittest.TestCase):
         challenge = call(self.server, session, "auth_ssl", "")["args"]["test_string"]
         return crypto.sign_challenge(private_key("alice"), challenge)
 
+    @defer.inlineCallbacks
     def test_answer_within_ttl_succeeds(self):
         session = self.session()
         answer = self.answer(session)
         self.clock.advance(29.5)
-        reply = call(self.server, session, "auth_ssl", {"encrypted_string": answer})
+        reply = yield call_async(self.server, session, "auth_ssl", {"encrypted_string": answer})
         self.assertEqual(reply["name"], "response")
         self.assertEqual(session.identity.user, "root")
 
@@ -236,24 +252,28 @@ class ChallengeExpiry(unittest.TestCase):
         row = self.server.db.execute("SELECT count FROM auth_failures WHERE address = ?", ("192.0.2.7",)).fetchone()
         self.assertEqual(row["count"], 1)
 
+    @defer.inlineCallbacks
     def test_new_stage_one_replaces_the_old_challenge(self):
         session = self.session()
         old = self.answer(session)
         self.answer(session)
-        reply = call(self.server, session, "auth_ssl", {"encrypted_string": old})
+        reply = yield call_async(self.server, session, "auth_ssl", {"encrypted_string": old})
         self.assertEqual(error_code(reply), "401")
 
+    @defer.inlineCallbacks
     def test_success_clears_the_failure_count(self):
         session = self.session()
         call(self.server, session, "auth_ssl", {"encrypted_string": "QUJD"})
         answer = self.answer(session)
-        self.assertEqual(call(self.server, session, "auth_ssl", {"encrypted_string": answer})["name"], "response")
+        reply = yield call_async(self.server, session, "auth_ssl", {"encrypted_string": answer})
+        self.assertEqual(reply["name"], "response")
         self.assertIsNone(self.server.db.execute("SELECT count FROM auth_failures").fetchone())
 
+    @defer.inlineCallbacks
     def test_login_log_names_the_method(self):
         session = self.session()
         answer = self.answer(session)
-        call(self.server, session, "auth_ssl", {"encrypted_string": answer})
+        yield call_async(self.server, session, "auth_ssl", {"encrypted_string": answer})
         entries = [e for _, _, e in self.server.logs.read(["hostinfo"], 0, 1e12)]
         self.assertTrue(any(re.search(r"User Login Attempt: root\s+Success: true.*Method: key", e) for e in entries), entries)
 

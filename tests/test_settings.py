@@ -13,7 +13,7 @@ from sysadmd.auth.keys import KeyStore
 from sysadmd.db import database_path, open_database
 from sysadmd.session import Identity
 from tests.keys_support import (
-    call, clock_server, error_code, key_login, md5_of, pem_of, private_key, register, stored_of,
+    call, call_async, clock_server, error_code, key_login, md5_of, pem_of, private_key, register, stored_of,
 )
 from tests.support import FakePasswords, RecordingChannel, make_config, open_client, short_tempdir, start_daemon
 
@@ -110,9 +110,12 @@ class SettingsOverWss(unittest.TestCase):
             self.assertEqual(error_code(reply), "400", args)
             self.assertIn(detail, reply["args"]["detail"], args)
         yield self.settings(client, action="register_ssl_cert", pub_key=stored_of("alice"), nickname="one")
-        dup = yield self.settings(client, action="register_ssl_cert", pub_key=stored_of("alice"), nickname="two")
-        self.assertEqual(error_code(dup), "400")
+        # The same key for another user: 409, naming the owner.
+        limited = yield self.login(LIMITED_USER)
+        dup = yield self.settings(limited, action="register_ssl_cert", pub_key=stored_of("alice"), nickname="two")
+        self.assertEqual(error_code(dup), "409")
         self.assertIn("already registered for user root (one)", dup["args"]["detail"])
+        self.assertIn("one user only", dup["args"]["detail"])
 
     @defer.inlineCallbacks
     def test_limited_user_sees_own_keys_and_gets_403_for_others(self):
@@ -126,7 +129,10 @@ class SettingsOverWss(unittest.TestCase):
         self.assertEqual(list(mine["args"]), [LIMITED_USER])
         everyone = yield self.settings(root, action="list_ssl_certs")
         self.assertEqual(sorted(everyone["args"]), [LIMITED_USER, "root"])
+        # A limited user sees only its own checksums (issue 7, item 17); full access sees all.
         sums = yield self.settings(limited, action="list_ssl_checksums")
+        self.assertEqual(sums["args"], {"md5_keys": [md5_of("carol")]})
+        sums = yield self.settings(root, action="list_ssl_checksums")
         self.assertEqual(sorted(sums["args"]["md5_keys"]), sorted([md5_of("alice"), md5_of("carol")]))
 
         forbidden = yield self.settings(limited, action="revoke_ssl_cert", pub_key=stored_of("alice"), user="root")
@@ -206,17 +212,20 @@ class RevokedElsewhere(unittest.TestCase):
         self.other = open_database(database_path(self.server.config.state_dir))
         self.addCleanup(self.other.close)
 
+    @defer.inlineCallbacks
     def key_session(self, name):
         channel = RecordingChannel()
         session = self.server.open_session("wss", "192.0.2.9", channel, timers=False)
         challenge = call(self.server, session, "auth_ssl", "")["args"]["test_string"]
-        reply = call(self.server, session, "auth_ssl", {"encrypted_string": crypto.sign_challenge(private_key(name), challenge)})
+        answer = crypto.sign_challenge(private_key(name), challenge)
+        reply = yield call_async(self.server, session, "auth_ssl", {"encrypted_string": answer})
         self.assertEqual(reply["name"], "response")
         return session, channel, reply["args"][0]
 
+    @defer.inlineCallbacks
     def test_watcher_ends_sessions_of_a_key_removed_by_another_connection(self):
-        alice, alice_channel, alice_token = self.key_session("alice")
-        bob, bob_channel, _ = self.key_session("bob")
+        alice, alice_channel, alice_token = yield self.key_session("alice")
+        bob, bob_channel, _ = yield self.key_session("bob")
         KeyStore(self.other).revoke("root", stored_of("alice"))
         self.clock.advance(1)  # the watcher's tick
         self.assertIsNone(self.server.tokens.check(alice_token))
@@ -226,8 +235,9 @@ class RevokedElsewhere(unittest.TestCase):
         self.assertIsNone(bob_channel.closed_with)
         self.assertEqual(bob.identity.user, "root")
 
+    @defer.inlineCallbacks
     def test_watcher_is_idle_while_nothing_changes(self):
-        _, channel, _ = self.key_session("alice")
+        _, channel, _ = yield self.key_session("alice")
         self.clock.advance(5)
         self.assertIsNone(channel.closed_with)
         # A key moved to another user (revoked, re-registered) does not keep root's login.

@@ -16,10 +16,13 @@ from sysadmd.admin.verbs import UsageError, verb
 from sysadmd.auth.blacklist import Blacklist, normalize_address
 from sysadmd.auth.keys import KeyStore, KeyStoreError
 
+MAX_KEY_FILE_BYTES = 1024 * 1024  # far more than any key or certificate file
+
 
 @verb("import_ssl_file", "USER FILE NICKNAME [EMAIL]",
       "Register the RSA public key in FILE (PEM public key, or X.509 certificate as PEM or DER)\n"
-      "for USER, so USER can log in with rpc/auth_ssl.")
+      f"for USER, so USER can log in with rpc/auth_ssl. Only {crypto.LOGIN_KEY_RULE}\n"
+      "are accepted. Importing a key USER already has updates its nickname and email.")
 def import_ssl_file(state_dir: str, args: List[str], out: TextIO, err: TextIO) -> int:
     if len(args) not in (3, 4):
         raise UsageError(f"expected USER FILE NICKNAME [EMAIL], got {len(args)} argument(s)")
@@ -27,23 +30,29 @@ def import_ssl_file(state_dir: str, args: List[str], out: TextIO, err: TextIO) -
     email = args[3] if len(args) == 4 else ""
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            data = f.read(MAX_KEY_FILE_BYTES + 1)
     except OSError as e:
         raise VerbFailed(f"cannot read {path}: {e.strerror}") from None
+    if len(data) > MAX_KEY_FILE_BYTES:
+        raise VerbFailed(f"{path}: larger than {MAX_KEY_FILE_BYTES} bytes; expected one PEM public key or certificate")
     try:
-        pem = crypto.normalized_pem(data)
+        pem = crypto.login_key_pem(data)
     except crypto.KeyFormatError as e:
         raise VerbFailed(f"{path}: {e}") from None
+    # The admin command is not bound by MAX_KEYS_PER_USER (that protects the API).
     keys = KeyStore(open_state_db(state_dir))
     try:
-        key = keys.register(user, pem, nickname, email)
-    except KeyStoreError as e:
+        key, replaced = keys.save(user, pem, nickname, email)
+    except (KeyStoreError, crypto.KeyFormatError) as e:
         raise VerbFailed(str(e)) from None
     try:
         pwd.getpwnam(user)
     except KeyError:
         err.write(f"warning: there is no local user {user}; the key cannot log in until there is one\n")
-    out.write(f"registered key {key.md5} ({key.nickname}) for user {key.user}\n")
+    if replaced:
+        out.write(f"key {key.md5} of user {key.user} was registered already; nickname and email updated ({key.nickname})\n")
+    else:
+        out.write(f"registered key {key.md5} ({key.nickname}) for user {key.user}\n")
     return 0
 
 

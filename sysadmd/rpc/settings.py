@@ -9,8 +9,14 @@ Wire shapes (args → reply args)::
 
 Actions live in ``server.settings_actions`` (name → ``handler(session, args)``), so
 other subsystems (bridge links) add theirs without touching this module.  Keys are
-registered for the session's own user; listing or revoking another user's keys needs
-full access (403, and the connection keeps serving).  Revoking a key ends its logins.
+registered for the session's own user; listing or revoking another user's keys (or
+their checksums) needs full access (403, and the connection keeps serving); limited
+users see only their own.  Revoking a key ends its logins.
+
+``register_ssl_cert`` with a key the user registered before replaces its nickname and
+email and answers ``{}`` (upstream's Qt GUI re-sends its key on every connection
+set-up); a key registered for another user is refused with 409.  Keys must be within
+:data:`sysadmd.crypto.LOGIN_KEY_RULE`, and a user may have ``MAX_KEYS_PER_USER``.
 """
 
 from __future__ import annotations
@@ -19,13 +25,19 @@ from typing import TYPE_CHECKING, Any, Dict
 
 from sysadmd import crypto
 from sysadmd.api import require_full_access
-from sysadmd.auth.keys import KeyStore, KeyStoreError
+from sysadmd.auth.keys import DuplicateKey, KeyStore, KeyStoreError
 from sysadmd.auth.revocation import end_key_logins
 from sysadmd.envelope import ApiError
 from sysadmd.session import Session
 
 if TYPE_CHECKING:
     from sysadmd.server import Server
+
+
+# Bounds on what a client may store: a 4096-bit SPKI PEM in base64 is about 1,100
+# characters; the labels are for people.
+MAX_PUB_KEY_CHARS = 16384
+MAX_LABEL_CHARS = 256
 
 
 def _text(args: Dict[str, Any], name: str, *, required: bool = False) -> str:
@@ -60,15 +72,27 @@ def install(server: "Server", keys: KeyStore) -> None:
     def register_ssl_cert(session: Session, args: Dict[str, Any]) -> dict:
         pub_key = _text(args, "pub_key", required=True).strip()
         nickname, email = _text(args, "nickname"), _text(args, "email")
+        if len(pub_key) > MAX_PUB_KEY_CHARS:
+            raise ApiError("400", f"pub_key: {len(pub_key)} characters is too long for an RSA public key "
+                                  f"(at most {MAX_PUB_KEY_CHARS}; expected base64 of a PEM public key)")
+        for name, value in (("nickname", nickname), ("email", email)):
+            if len(value) > MAX_LABEL_CHARS:
+                raise ApiError("400", f"'{name}' is {len(value)} characters; at most {MAX_LABEL_CHARS} are kept")
         try:
             pem = crypto.pem_from_stored(pub_key)
         except crypto.KeyFormatError as e:
             raise ApiError("400", f"pub_key: {e} (expected base64 of a PEM public key)") from None
         try:
-            key = keys.register(session.identity.user, pem, nickname, email, pub_key=pub_key)
+            key, replaced = keys.save(session.identity.user, pem, nickname, email, pub_key=pub_key,
+                                      cap=server.config.max_keys_per_user)
+        except crypto.KeyPolicyError as e:
+            raise ApiError("400", f"pub_key: {e}") from None
+        except DuplicateKey as e:
+            raise ApiError("409", str(e)) from None
         except KeyStoreError as e:
             raise ApiError("400", str(e)) from None
-        server.logs.hostinfo(f"Registered SSL Key: User: {key.user}   Nickname: {key.nickname}   MD5: {key.md5}")
+        what = "Updated" if replaced else "Registered"
+        server.logs.hostinfo(f"{what} SSL Key: User: {key.user}   Nickname: {key.nickname}   MD5: {key.md5}")
         return {}
 
     def list_ssl_certs(session: Session, args: Dict[str, Any]) -> dict:
@@ -80,7 +104,10 @@ def install(server: "Server", keys: KeyStore) -> None:
         return reply
 
     def list_ssl_checksums(session: Session, args: Dict[str, Any]) -> dict:
-        return keys.checksums()
+        # Bridge links report every checksum to their bridge through the key store itself
+        # (sysadmd.bridgelink.link), not through this action.
+        identity = session.identity
+        return keys.checksums() if identity.full_access else keys.checksums(identity.user)
 
     def revoke_ssl_cert(session: Session, args: Dict[str, Any]) -> dict:
         pub_key = _text(args, "pub_key", required=True)
