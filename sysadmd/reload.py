@@ -33,6 +33,7 @@ Applier = Callable[[Any], None]  # applier(new_settings): push a changed value w
 SYSADMD_LIVE_KEYS = frozenset({
     "ALLOW_PASSWORD_AUTH", "CHALLENGE_TTL", "AUTH_TIMEOUT", "IDLE_TIMEOUT", "MAX_SESSION_BUFFER_BYTES",
     "MAX_CONNECTIONS", "JOB_KILL_GRACE", "JOB_WORKDIR", "JOB_PATH", "BRIDGE_RETRY_MAX", "REST_ALLOWED_ORIGINS",
+    "MAX_KEYS_PER_USER", "KEY_LOGIN_MAX_TRIED",
 })
 
 class NotApplied(Exception):
@@ -114,6 +115,7 @@ class ConfigReloader(service.Service):
         super().startService()
         self._previous = signal.signal(signal.SIGHUP, self._on_signal)
         self._installed = True
+        log.info("SIGHUP re-reads the configuration")
 
     def stopService(self):
         super().stopService()

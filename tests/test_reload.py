@@ -160,6 +160,7 @@ class TwistdSighupTests(unittest.TestCase):
     def test_sighup_reloads_and_sigterm_still_stops(self):
         daemon = self.start()
         port = int((yield daemon.wait_for(LISTENING)).group(1))
+        yield daemon.wait_for(re.compile(r"SIGHUP re-reads the configuration"))  # the handler is in place
         key_file = os.path.join(self.dir, "alice.pub")
         with open(key_file, "w") as f:
             f.write(pem_of("alice"))
@@ -206,6 +207,7 @@ class BridgeSighupTests(unittest.TestCase):
         proto.transport = reactor.spawnProcess(proto, sys.executable, args, env=child_env(), path=ROOT)
         self.addCleanup(lambda: None if proto.ended.called else (proto.transport.signalProcess("KILL"), proto.ended)[1])
         port = int((yield proto.wait_for(re.compile(r"sysadm-bridge wss listening on 127\.0\.0\.1 port (\d+)"))).group(1))
+        yield proto.wait_for(re.compile(r"SIGHUP re-reads the configuration"))  # the handler is in place
 
         with open(path, "w") as f:
             f.write("BLACKLIST_AUTH_FAIL_LIMIT=7\nCHALLENGE_TTL=10\nPING_INTERVAL=0\n")
