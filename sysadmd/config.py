@@ -67,6 +67,13 @@ KEYS: List[Key] = [
     # --- ours: bridge links --------------------------------------------------------
     Key("BRIDGE_RETRY_MAX", "float", 60.0, "Longest wait (seconds) between reconnection attempts to a bridge.", minimum=1),
     Key("BRIDGE_PING_INTERVAL", "float", 30.0, "Seconds between WebSocket pings on bridge links (0: none).", minimum=0),
+    # --- helper A (issue 7): login path limits ---------------------------------------
+    Key("PASSWORD_CHECK_WORKERS", "int", 4, "Password (PAM) checks run at once; more wait in a queue that serves\naddresses in turn, and one address never holds every worker.", minimum=1, maximum=64),
+    Key("PASSWORD_CHECKS_PER_ADDRESS", "int", 4, "Password checks one address (or one client behind a bridge) may have\nrunning or queued; more are refused at once with 429.", minimum=1, maximum=1000),
+    Key("AUTH_PENDING_MAX_REQUESTS", "int", 32, "Requests a connection may send while its login is being checked;\none more closes it (1008).", minimum=1),
+    Key("AUTH_PENDING_MAX_BYTES", "int", 1048576, "Bytes of requests a connection may send while its login is being\nchecked; more closes it (1008).", minimum=1024),
+    Key("RIGHTS_CACHE_SECONDS", "float", 5.0, "Seconds a user's group membership is cached; privileged calls look it\nup again after that, so a user removed from the access groups (or\ndeleted) loses the rights of an old login within this time.", minimum=0, maximum=300),
+    Key("TOKEN_MAX_LIFETIME", "int", 43200, "Seconds a token lives at most after its login, however often it is\nused (TOKEN_TTL slides with use; this does not). 0: no limit.", minimum=0),
 ]
 
 KEY_NAMES = [k.name for k in KEYS]
