@@ -172,9 +172,9 @@ class FairCheckQueue:
             self.running[key] -= 1
             if self.running[key] <= 0:
                 del self.running[key]
+            # The caller hears the answer (and counts a failure) before the next check
+            # starts, so the next one sees the address's new budget.
+            d.callback(result)
             self._pump()
-            return result
 
-        inner = defer.maybeDeferred(check, *args)
-        inner.addBoth(done)
-        inner.chainDeferred(d)
+        defer.maybeDeferred(check, *args).addBoth(done)
