@@ -114,6 +114,7 @@ class FairCheckQueue:
         self.running: Dict[str, int] = collections.Counter()
         self._queues: "collections.OrderedDict[str, Deque[Tuple[defer.Deferred, Callable[..., Any], tuple]]]" = collections.OrderedDict()
         self.started = 0  # checks started in all (for tests and stats)
+        self._served: Dict[str, int] = {}  # key -> value of `started` when it last got a worker
 
     @property
     def busy(self) -> int:
@@ -136,6 +137,8 @@ class FairCheckQueue:
     def drop(self, key: str, reason: str) -> int:
         """Fail every queued (not yet running) check of *key* with a 401 *reason*."""
         queue = self._queues.pop(key, None)
+        if key not in self.running:
+            self._served.pop(key, None)
         if not queue:
             return 0
         for d, _, _ in queue:
@@ -151,27 +154,32 @@ class FairCheckQueue:
 
     def _pump(self) -> None:
         while self.busy < self.workers and self._queues:
+            # The least recently served address with room goes next; one never served
+            # (a newcomer) first of all.
             chosen = None
-            for key in self._queues:  # oldest-served address first
+            for key in self._queues:
                 if self.running.get(key, 0) < self._limit(key):
-                    chosen = key
-                    break
+                    if chosen is None or self._served.get(key, -1) < self._served.get(chosen, -1):
+                        chosen = key
             if chosen is None:
                 return
-            queue = self._queues.pop(chosen)
+            queue = self._queues[chosen]
             d, check, args = queue.popleft()
-            if queue:
-                self._queues[chosen] = queue  # re-appended: the next turn goes to another address
+            if not queue:
+                del self._queues[chosen]
             self._start(chosen, d, check, args)
 
     def _start(self, key: str, d: defer.Deferred, check: Callable[..., Any], args: tuple) -> None:
         self.running[key] += 1
+        self._served[key] = self.started
         self.started += 1
 
         def done(result):
             self.running[key] -= 1
             if self.running[key] <= 0:
                 del self.running[key]
+                if key not in self._queues:
+                    self._served.pop(key, None)
             # The caller hears the answer (and counts a failure) before the next check
             # starts, so the next one sees the address's new budget.
             d.callback(result)
