@@ -162,9 +162,13 @@ class Server(service.MultiService):
 
     def recheck_rights(self, session: Session, identity: Identity) -> Identity:
         """*identity* with its user's current rights (cached RIGHTS_CACHE_SECONDS); a user
-        who lost every right is logged out everywhere (401)."""
-        if identity.method == "peer-uid":
-            return identity  # the local socket's peer uid was checked for this connection
+        who lost every right is logged out everywhere (401).
+
+        Only token logins are looked at: tokens are what outlive a change of groups.
+        Token-less identities were decided for this very request (REST Basic) or by the
+        local socket's peer uid for that connection."""
+        if session.token is None or identity.method == "peer-uid":
+            return identity
         full = self.rights.current(identity.user)
         if full is None:
             revoked = self.tokens.revoke_where(lambda i: i.user == identity.user)
@@ -203,7 +207,8 @@ class Server(service.MultiService):
                 session.logout()
                 self.end_subscriptions(session)
                 ended += 1
-            elif identity.method != "peer-uid" and self.rights.current(identity.user) is None:
+            elif session.token is not None and identity.method != "peer-uid" \
+                    and self.rights.current(identity.user) is None:
                 self.logout(session)
                 ended += 1
         return ended
