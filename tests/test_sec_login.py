@@ -5,10 +5,10 @@ Real daemons on loopback (TLS WebSockets, HTTPS, SQLite); Clock-driven Server un
 the order of events is the point.
 """
 
+import base64
 import json
-import sqlite3
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
@@ -176,6 +176,13 @@ class HugeNamesOverTheWire(unittest.TestCase):
         self.assertEqual(response.code, 401)
         parsed = json.loads((yield response.text("utf-8")))
         self.assertIn("username is 5242880 characters long", parsed["args"]["detail"])
+        # Basic credentials take the same check.
+        basic = base64.b64encode("ro\x00ot\nforged:pw".encode()).decode()
+        response = yield http.get(f"https://127.0.0.1:{self.running.port}/rpc/query",
+                                  headers={"Authorization": f"Basic {basic}"})
+        self.assertEqual(response.code, 401)
+        parsed = json.loads((yield response.text("utf-8")))
+        self.assertIn("login refused: username contains a control", parsed["args"]["detail"])
 
         other = yield open_client(self, self.running)
         alive = yield other.call("rpc", "identify", "")
