@@ -68,6 +68,24 @@ class RightsFollowGroups(ServerUnit):
         self.assertEqual(self.server.events.subscriber_count("dispatcher"), 0)
         self.assertEqual(self.alice.subscriptions, set())
 
+    def test_auth_token_with_an_old_token_gets_the_current_rights(self):
+        other, other_channel = self.session(self.server, peer="198.51.100.9")
+        self.groups["alice"] = False
+        self.clock.advance(6)
+        self.server.api.handle_text(other, call_text("rpc", "auth_token", "t1", {"token": self.token}))
+        self.assertEqual(replies(other_channel)[-1]["name"], "response")
+        self.assertFalse(other.identity.full_access)
+        del self.groups["alice"]
+        self.clock.advance(6)
+        third, third_channel = self.session(self.server, peer="198.51.100.10")
+        self.server.api.handle_text(third, call_text("rpc", "auth_token", "t2", {"token": self.alice.token}))
+        reply = replies(third_channel)[-1]
+        self.assertEqual(reply["args"]["code"], "401")
+        self.assertIn("no longer has access rights", reply["args"]["detail"])
+        self.assertIsNone(third.identity)
+        self.assertIsNone(other.identity)
+        self.assertIsNone(self.server.tokens.check(self.token))
+
     def test_the_periodic_sweep_ends_subscriptions_of_a_removed_user_without_a_request(self):
         del self.groups["alice"]
         self.clock.advance(6)

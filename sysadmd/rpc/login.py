@@ -57,6 +57,8 @@ def install(server: "Server") -> None:
             server.login_failed(session, "", "token")
             raise ApiError("401", "token unknown or expired")
         session.login(identity, token)
+        # The token's rights as of now (a user may have left the access groups since).
+        server.recheck_rights(session, identity)
         server.blacklist.success(server.failure_key(session))
         return [token, int(server.tokens.ttl)]
 
