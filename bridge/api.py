@@ -16,8 +16,10 @@ from twisted.logger import Logger
 
 from bridge.keys import KeyStore
 from bridge.relay import CLIENT, Peer, PeerDirectory, role_from_identify
+from sysadmd.auth.blacklist import normalize_address
 from sysadmd.crypto import random_token
 from sysadmd.envelope import encode, error
+from sysadmd.session import CLOSE_POLICY
 
 log = Logger()
 
@@ -116,6 +118,8 @@ class BridgeApi:
 
     # --- auth_ssl ------------------------------------------------------------------------
     def _auth_ssl(self, peer: Peer, request_id: Any, namespace: Any, args: Any) -> None:
+        if self._refused_when_blocked(peer, request_id):
+            return
         if isinstance(args, dict) and "encrypted_string" in args:
             self._auth_stage2(peer, request_id, args["encrypted_string"])
             return
@@ -154,6 +158,22 @@ class BridgeApi:
         peer.link.send_text(encode({"args": "unauthorized", "id": request_id, "name": "error", "namespace": "rpc"}))
         if self.blacklist is not None and self.blacklist.failure(peer.address):
             log.warn("blocked {address} after repeated failed auth_ssl tries", address=peer.address)
+            # Every open connection from the address goes, not only new ones.
+            key = normalize_address(peer.address)
+            for other in list(self.directory.peers.values()):
+                if normalize_address(other.address) == key:
+                    self._challenges.pop(other.id, None)
+                    other.link.close(CLOSE_POLICY, "address blocked after repeated failed auth_ssl tries")
+
+    def _refused_when_blocked(self, peer: Peer, request_id: Any) -> bool:
+        """The blacklist is asked at every auth_ssl, not only at connect: a connection
+        opened before its address was blocked gets no further try."""
+        if self.blacklist is None or self.blacklist.blocked_for(peer.address) <= 0:
+            return False
+        self._challenges.pop(peer.id, None)
+        peer.link.send_text(encode({"args": "unauthorized", "id": request_id, "name": "error", "namespace": "rpc"}))
+        peer.link.close(CLOSE_POLICY, "address blocked after repeated failed auth_ssl tries")
+        return True
 
     def _reply(self, peer: Peer, args: Any, request_id: Any, name: str, namespace: Any) -> None:
         peer.link.send_text(encode({"args": args, "id": request_id, "name": name, "namespace": namespace}))

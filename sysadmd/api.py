@@ -8,7 +8,19 @@ by each subsystem's ``install(api, …)`` function; the table also yields ``rpc/
 
 Ordering: ``auth*`` requests of a session are answered in arrival order, and requests
 that arrive while a login is being checked wait for it (a client may send ``auth`` and
-its first request back to back).  Other requests may complete out of order.
+its first request back to back).  Other requests may complete out of order.  What
+may wait behind a login is bounded (``pending_limits``: requests and bytes); past it
+the connection closes with 1008.
+
+Hooks set by the server (all optional):
+
+* ``login_gate(session) -> reason or None``: asked before every ``auth*`` request but
+  ``auth_clear``; a reason refuses it with 401 and closes the connection (1008): an
+  address blocked while its connection was open gets no further try.
+* ``recheck(session, identity) -> identity``: asked before every authenticated call;
+  returns the identity with the user's current rights or raises :class:`ApiError`
+  (401 after logging the session out when the user lost every right).
+* ``on_logout(session)``: a session's login ended because its token expired.
 """
 
 from __future__ import annotations
@@ -21,7 +33,7 @@ from twisted.logger import Logger
 
 from sysadmd import envelope
 from sysadmd.envelope import ApiError, EnvelopeError, Request
-from sysadmd.session import Identity, Session
+from sysadmd.session import CLOSE_POLICY, Identity, Session
 
 log = Logger()
 
@@ -41,10 +53,14 @@ class Route:
 
 
 class Api:
-    def __init__(self, tokens: Any) -> None:
+    def __init__(self, tokens: Any, *, pending_limits: Tuple[int, int] = (32, 1 << 20)) -> None:
         self.tokens = tokens
         self.routes: Dict[Tuple[str, str], Route] = {}
         self._availability: Dict[bool, Dict[str, str]] = {}
+        self.pending_limits = pending_limits  # (requests, bytes) that may wait behind a login
+        self.login_gate: Optional[Callable[[Session], Optional[str]]] = None
+        self.recheck: Optional[Callable[[Session, Identity], Identity]] = None
+        self.on_logout: Optional[Callable[[Session], None]] = None
 
     # --- registration ---------------------------------------------------------------
     def add(self, namespace: str, name: str, handler: Handler, *, public: bool = False,
@@ -76,6 +92,8 @@ class Api:
             return session.identity
         if self.tokens.check(session.token) is None:
             session.logout()
+            if self.on_logout is not None:
+                self.on_logout(session)
             return None
         return session.identity
 
@@ -93,9 +111,23 @@ class Api:
             return None
         pending = session.auth_in_flight
         if pending is not None:
+            max_requests, max_bytes = self.pending_limits
+            if session.parked_requests + 1 > max_requests or session.parked_bytes + len(text) > max_bytes:
+                session.close(f"more than {max_requests} requests or {max_bytes} bytes sent while the login was "
+                              "being checked (AUTH_PENDING_MAX_REQUESTS/AUTH_PENDING_MAX_BYTES); wait for its reply",
+                              CLOSE_POLICY)
+                return None
+            size = len(text)
+            session.parked_requests += 1
+            session.parked_bytes += size
             d = defer.Deferred()
 
             def resume(_):
+                session.parked_requests -= 1
+                session.parked_bytes -= size
+                if session.closed:
+                    d.callback(None)
+                    return
                 later = self._run_and_send(session, request)
                 if isinstance(later, defer.Deferred):
                     later.chainDeferred(d)
@@ -144,6 +176,16 @@ class Api:
         """The reply message, ``None`` (no reply), or a Deferred of either."""
         try:
             route = self._route(session, request)
+            if route.public and self.login_gate is not None and route.name.lower().startswith("auth") \
+                    and route.name.lower() != "auth_clear":
+                refusal = self.login_gate(session)
+                if refusal is not None:
+                    session.logout()
+                    if session.kind != "rest":  # a REST request has no connection to close
+                        reactor_later = getattr(session.clock, "callLater", None)
+                        if reactor_later is not None:
+                            reactor_later(0, session.close, refusal, CLOSE_POLICY)  # after the reply
+                    raise ApiError("401", refusal)
             result = route.handler(session, request)
         except ApiError as e:
             return envelope.error(e.code, e.detail, request.id)
@@ -169,8 +211,11 @@ class Api:
         route = self.routes.get(request.route)
         if route is not None and route.public:
             return route
-        if self.identity(session) is None:
+        identity = self.identity(session)
+        if identity is None:
             raise ApiError("401", "authenticate first (rpc/auth, rpc/auth_token or rpc/auth_ssl)")
+        if self.recheck is not None:
+            self.recheck(session, identity)
         if route is None:
             raise ApiError("404", f"no API named {request.namespace}/{request.name} on this server (see rpc/query)")
         return route

@@ -101,6 +101,13 @@ KEYS: List[Key] = [
     Key("MAX_KEYS_PER_USER", "int", 32, "RSA keys one user may register through rpc/settings (the sysadmd\nadmin command is not limited).", minimum=1, maximum=100000),
     Key("KEY_LOGIN_MAX_TRIED", "int", 1024, "Registered keys an rpc/auth_ssl answer is checked against when the\nclient does not name its key by checksum (the oldest keys first).", minimum=1, maximum=1000000),
     Key("KEY_CHECK_THREADS", "int", 2, "Threads that verify key-login signatures (never the main thread).", minimum=1, maximum=64),
+    # --- helper A (issue 7): login path limits ---------------------------------------
+    Key("PASSWORD_CHECK_WORKERS", "int", 4, "Password (PAM) checks run at once; more wait in a queue that serves\naddresses in turn, and one address never holds every worker.", minimum=1, maximum=64),
+    Key("PASSWORD_CHECKS_PER_ADDRESS", "int", 4, "Password checks one address (or one client behind a bridge) may have\nrunning or queued; more are refused at once with 429.", minimum=1, maximum=1000),
+    Key("AUTH_PENDING_MAX_REQUESTS", "int", 32, "Requests a connection may send while its login is being checked;\none more closes it (1008).", minimum=1),
+    Key("AUTH_PENDING_MAX_BYTES", "int", 1048576, "Bytes of requests a connection may send while its login is being\nchecked; more closes it (1008).", minimum=1024),
+    Key("RIGHTS_CACHE_SECONDS", "float", 5.0, "Seconds a user's group membership is cached; privileged calls look it\nup again after that, so a user removed from the access groups (or\ndeleted) loses the rights of an old login within this time.", minimum=0, maximum=300),
+    Key("TOKEN_MAX_LIFETIME", "int", 43200, "Seconds a token lives at most after its login, however often it is\nused (TOKEN_TTL slides with use; this does not). 0: no limit.", minimum=0),
 ]
 
 KEY_NAMES = [k.name for k in KEYS]

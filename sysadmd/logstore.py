@@ -25,8 +25,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from sysadmd.db import ensure_schema
+from sysadmd.untrusted import shown
 
 log = Logger()
+
+HOSTINFO_LIMIT = 2048  # characters of one hostinfo entry
 
 LOG_NAMES = ("hostinfo", "dispatcher", "events-dispatcher", "events-lifepreserver", "events-state")
 
@@ -77,7 +80,11 @@ class LogStore:
             log.failure("writing {n} log entries failed", n=len(pending))
 
     def hostinfo(self, message: str) -> None:
-        self.append("hostinfo", message)
+        """One line for the operator: the values a peer chose inside *message* should
+        already be :func:`~sysadmd.untrusted.shown`; as a last guard the whole line is
+        bounded to HOSTINFO_LIMIT characters and line breaks or control characters left in
+        it are escaped, so no entry can forge another or grow without bound."""
+        self.append("hostinfo", shown(message, HOSTINFO_LIMIT, backslash=False))
 
     def read(self, names: Iterable[str], start: float, end: float) -> List[Tuple[str, float, Any]]:
         """Entries of the named logs with ``start <= ts <= end``, oldest first."""

@@ -83,6 +83,8 @@ class Session:
         self._idle_timeout = 0.0
         self._last_activity = 0.0
         self.auth_in_flight = None  # Deferred while an auth request is being checked
+        self.parked_requests = 0  # requests waiting for auth_in_flight, and their size
+        self.parked_bytes = 0
         self.attributes: Dict[str, Any] = {}  # per-transport extras (e.g. bridge base64 mode)
 
     def __repr__(self) -> str:

@@ -240,6 +240,7 @@ class ApiTests(unittest.TestCase):
     def test_wrong_signature_expired_and_reused_challenges_fail(self):
         priv, other = private_key("a"), private_key("b")
         self.keys.import_key("laptop", crypto.public_pem(priv))
+        self.blacklist.limit = 10  # three failures here; blocking is test_failures_feed_the_blacklist's
         p = self.peer(CLIENT)
         unauthorized = {"args": "unauthorized", "id": "a1", "name": "error", "namespace": "rpc"}
         challenge = self.stage1(p)
@@ -314,6 +315,12 @@ class ApiTests(unittest.TestCase):
         self.stage1(p)
         self.stage2(p, "AAAA")  # garbage signature: second strike
         self.assertGreater(self.blacklist.blocked_for("192.0.2.1"), 0)
+        # The block closes the open connection, and any later auth_ssl of the address is refused.
+        self.assertEqual(p.link.closed[0], 1008)
+        q = self.peer(CLIENT)
+        self.api.handle(q, json.dumps({"args": "", "id": "late", "name": "auth_ssl", "namespace": "rpc"}))
+        self.assertEqual(self.last(q)["args"], "unauthorized")
+        self.assertEqual(q.link.closed[0], 1008)
 
 
 class FlowTests(unittest.TestCase):

@@ -4,6 +4,8 @@ Upstream semantics: a failure within ``reset_minutes`` of the previous one adds 
 count, otherwise the count restarts at 1; at ``limit`` the address is blocked for
 ``block_minutes``; a success clears the count.  Loopback is exempt unless configured
 otherwise.  IPv4-mapped IPv6 addresses are folded to IPv4 so one host has one entry.
+Keys that are not IP addresses (``bridge:<link>/<client>`` for a client seen through a
+bridge link) are counted and blocked as they are.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ CREATE TABLE IF NOT EXISTS blacklist (
     until REAL NOT NULL
 );
 """
+
+
+UNLIMITED = 1 << 30  # remaining() of an exempt address
 
 
 def normalize_address(address: str) -> str:
@@ -86,6 +91,18 @@ class Blacklist:
                 self.on_block(address)
             return True
         return False
+
+    def remaining(self, address: str) -> int:
+        """Failed logins *address* may still make before it is blocked (0: blocked now)."""
+        if self._exempt(address):
+            return UNLIMITED
+        if self.blocked_for(address) > 0:
+            return 0
+        address = normalize_address(address)
+        row = self.db.execute("SELECT count, last_failure FROM auth_failures WHERE address = ?", (address,)).fetchone()
+        if row is None or self.clock.seconds() - row["last_failure"] > self.reset_seconds:
+            return self.limit
+        return max(0, self.limit - row["count"])
 
     def success(self, address: str) -> None:
         if address:

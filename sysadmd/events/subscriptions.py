@@ -14,8 +14,10 @@ Wire (authentication required; the namespace matches case-insensitively)::
   events reach every client of a bridge without a subscription.
 * Subscribing to ``life-preserver`` or ``system-state`` sends the latest such event at
   once, before the reply.  Subscriptions belong to the session (one WebSocket, one Unix
-  socket connection, one client behind a bridge link), end with it, and outlive token
-  expiry as upstream's do.
+  socket connection, one client behind a bridge link) and its login: they end with
+  the connection, with ``rpc/auth_clear`` (or any new ``auth*``), when the token
+  expires (noticed at the next request or within RIGHTS_CACHE_SECONDS) and when the
+  user loses its rights.  Upstream's outlived token expiry.
 """
 
 from __future__ import annotations

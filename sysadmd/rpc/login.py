@@ -2,8 +2,10 @@
 
 Replies on success are ``[token, ttl_seconds]`` (upstream always sent 0 as the second
 element; Qt reads only the first).  Every ``auth*`` request first logs the session out,
-as upstream does, so a failed re-login leaves it logged out.  Failures are 401 and are
-counted by the blacklist.
+as upstream does, so a failed re-login leaves it logged out and without event
+subscriptions.  Failures are 401 and are counted by the blacklist; an address blocked
+while its connection is open is refused at its next ``auth*`` and disconnected
+(:meth:`sysadmd.server.Server.login_refusal`).
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ def install(server: "Server") -> None:
     api = server.api
 
     def start(session: Session) -> None:
-        server.tokens.revoke(session.token)
-        session.logout()
+        # Logging out ends the session's event subscriptions too.
+        server.logout(session)
 
     @defer.inlineCallbacks
     def auth(session: Session, request):
@@ -38,6 +40,7 @@ def install(server: "Server") -> None:
         user, password = args.get("username"), args.get("password")
         if not isinstance(user, str) or not user or not isinstance(password, str):
             raise ApiError("401", "args need 'username' (string) and 'password' (string)")
+        # password_identity rejects implausible names and passwords before any lookup.
         identity = yield server.password_identity(session, user, password)
         return server.login_succeeded(session, identity)
 
@@ -54,7 +57,9 @@ def install(server: "Server") -> None:
             server.login_failed(session, "", "token")
             raise ApiError("401", "token unknown or expired")
         session.login(identity, token)
-        server.blacklist.success(session.peer)
+        # The token's rights as of now (a user may have left the access groups since).
+        server.recheck_rights(session, identity)
+        server.blacklist.success(server.failure_key(session))
         return [token, int(server.tokens.ttl)]
 
     def auth_clear(session: Session, request):
