@@ -14,8 +14,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from twisted.logger import Logger
 
-from bridge.keys import KeyStore
-from bridge.relay import CLIENT, Peer, PeerDirectory, role_from_identify
+from bridge.keys import BOTH, KeyStore
+from bridge.relay import CLIENT, SERVER, Peer, PeerDirectory, role_from_identify
 from sysadmd.crypto import random_token
 from sysadmd.envelope import encode, error
 
@@ -136,10 +136,30 @@ class BridgeApi:
         key = self.keys.verify(challenge, signature)
         if key is None:
             return self._auth_failed(peer, request_id, "the signature matches no registered key")
-        role = peer.role or (key.role if key.role != "any" else CLIENT)
+        role = peer.role
+        if role is None:
+            if key.role in (SERVER, CLIENT):
+                role = key.role
+            elif key.role == BOTH:
+                role = CLIENT  # upstream: anything but "server" is a client
+            else:
+                return self._auth_failed(peer, request_id, f"key {key.nickname!r} has no role yet and the peer has not "
+                                                           "answered rpc/identify: its first login must say server or client")
         if not key.allows(role):
-            return self._auth_failed(peer, request_id, f"key {key.nickname!r} is registered for {key.role} peers, not {role}")
-        self.directory.authenticate(peer, key.nickname, key.md5, role)
+            log.warn("{peer}: key {nick} is bound to role {bound}; refused as {role}",
+                     peer=peer.id, nick=key.nickname, bound=key.role, role=role)
+            return self._auth_failed(peer, request_id, f"key {key.nickname!r} is bound to role {key.role}, not {role}")
+        if not key.bound:
+            bound = self.keys.bind_role(key, role)
+            if bound is None:
+                return self._auth_failed(peer, request_id, f"key {key.nickname!r} was removed or replaced during the login")
+            if bound.role != role and bound.role != BOTH:
+                return self._auth_failed(peer, request_id, f"key {key.nickname!r} is bound to role {bound.role}, not {role}")
+            if bound.role == role:
+                log.info("key {nick} bound to role {role} on first use (by {peer} from {address})",
+                         nick=key.nickname, role=role, peer=peer.id, address=peer.address)
+            key = bound
+        self.directory.authenticate(peer, key.nickname, key.md5, role, key.pairing_checksums())
         if self.blacklist is not None:
             self.blacklist.success(peer.address)
         log.info("{peer} authenticated as {role} with key {nick} from {address}",

@@ -105,9 +105,9 @@ class AdminTests(unittest.TestCase):
         self.assertEqual(code, 0)
         code, out, _ = run_admin(self.state, "list-keys")
         lines = out.splitlines()
-        self.assertEqual(lines[0].split(), ["NICKNAME", "ROLE", "MD5", "REGISTERED"])
+        self.assertEqual(lines[0].split(), ["NICKNAME", "ROLE", "MD5", "REGISTERED", "PAIRS_WITH"])
         self.assertEqual([line.split()[:3] for line in lines[1:]],
-                         [["laptop", "any", crypto.md5_checksum(crypto.public_pem(private_key("client")))],
+                         [["laptop", "unbound", crypto.md5_checksum(crypto.public_pem(private_key("client")))],
                           ["office", "server", crypto.md5_checksum(pem)]])
         code, out, _ = run_admin(self.state, "import-key", "office", self.write_key("other.crt", crypto.public_pem(private_key("client"))))
         self.assertIn("replaced", out)
