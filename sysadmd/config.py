@@ -67,6 +67,8 @@ KEYS: List[Key] = [
     # --- ours: bridge links --------------------------------------------------------
     Key("BRIDGE_RETRY_MAX", "float", 60.0, "Longest wait (seconds) between reconnection attempts to a bridge.", minimum=1),
     Key("BRIDGE_PING_INTERVAL", "float", 30.0, "Seconds between WebSocket pings on bridge links (0: none).", minimum=0),
+    # --- helper D: bridged logins (issue 7 item 2) ---------------------------------
+    Key("BRIDGE_UPSTREAM_CLIENTS", "bool", True, "Accept upstream-style (unbound) key logins from clients behind a bridge.\nThey are open to a challenge relay by another bridge tenant; false\nrefuses them, so only sysadm clients that sign bound logins get in."),
 ]
 
 KEY_NAMES = [k.name for k in KEYS]

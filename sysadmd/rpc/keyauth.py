@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Optional
 from twisted.logger import Logger
 
 from sysadmd import crypto
+from sysadmd.auth import bound
 from sysadmd.auth.keys import KeyStore
 from sysadmd.auth.revocation import RevokedKeyWatcher
 from sysadmd.envelope import ApiError
@@ -98,7 +99,7 @@ def install(server: "Server") -> KeyStore:
             "test_string": base64.b64encode(text.encode("ascii")).decode("ascii"),
         }
 
-    def stage2(session: Session, answer) -> list:
+    def stage2(session: Session, answer, mode: Optional[bound.Stage2] = None) -> list:
         challenge, session.challenge = session.challenge, None  # single use, whatever the outcome
         if not isinstance(answer, str) or not answer:
             refuse(session, "", "encrypted_string must be a non-empty base64 string")
@@ -107,7 +108,10 @@ def install(server: "Server") -> KeyStore:
                                 "encrypted_string first (each challenge answers once)")
         if server.clock.seconds() >= challenge.expires:
             refuse(session, "", f"the challenge expired (answer within {server.config.challenge_ttl} s)")
-        key = keys.verify(challenge.text, answer, challenge.md5_key)
+        if mode is not None and mode.bound:  # bridged login bound to this server's key (auth/bound.py)
+            key = mode.verify(keys, challenge, answer)
+        else:
+            key = keys.verify(challenge.text, answer, challenge.md5_key)
         if key is None:
             which = "the key named by md5_key" if challenge.md5_key else "any registered key"
             refuse(session, "", f"the signature does not match {which}")
@@ -122,7 +126,11 @@ def install(server: "Server") -> KeyStore:
         session.logout()
         args = request.args
         if isinstance(args, dict) and "encrypted_string" in args:
-            return stage2(session, args["encrypted_string"])
+            mode = bound.Stage2(server, session, args)
+            if mode.refused:
+                session.challenge = None
+                refuse(session, "", mode.refused)
+            return stage2(session, args["encrypted_string"], mode)
         if isinstance(args, dict) and "md5_key" in args:
             return stage1_md5(session, args["md5_key"])
         return {"test_string": new_challenge(session)}
