@@ -83,7 +83,12 @@ class BridgeApi:
         if verb == "response":
             self._response(peer, request_id, obj["args"])
         elif ns == "rpc" and verb == "identify":
-            self._reply(peer, {"hostname": self.hostname, "type": "bridge"}, request_id, "response", namespace)
+            ident = {"hostname": self.hostname, "type": "bridge"}
+            if peer.authenticated:
+                # Ours: the peer's own connection ID, which peers never learn otherwise.  Our
+                # servers bind their identity proofs to it (sysadmd/auth/bound.py).
+                ident["connection_id"] = peer.id
+            self._reply(peer, ident, request_id, "response", namespace)
         elif ns == "rpc" and verb == "auth_ssl":
             self._auth_ssl(peer, request_id, namespace, obj["args"])
         else:

@@ -53,8 +53,11 @@ class BridgedClientTests(unittest.TestCase):
         listing = yield cluster.bridged("laptop", "--json", "peers")
         self.assertEqual(listing.exit_code, 0, listing.output)
         [row] = json.loads(listing.out)
-        self.assertTrue(row["authorized"], row)
+        self.assertIsNone(row["authorized"], row)  # not pinned yet: listed, not logged in to
         server_id = server_id_of([row["id"]])
+        pinned = yield cluster.bridged("laptop", "--server", server_id, "identify")  # first use pins it
+        self.assertEqual(pinned.exit_code, 0, pinned.output)
+        self.assertIn("Pinned server", pinned.err)
         link = yield cluster.link_status()
         self.assertTrue(link["authenticated"], link)
 

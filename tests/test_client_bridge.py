@@ -12,6 +12,7 @@ from twisted.trial import unittest
 from bridge import config as bridge_config
 from bridge.service import build as build_bridge
 from sysadmd import crypto
+from sysadmd.auth import bound
 from sysadmd.bridgelink import key as bridgekey
 from tests.keys_support import pem_of, private_key, register
 from tests.support import short_tempdir, start_daemon
@@ -80,12 +81,23 @@ class BridgedClientTests(unittest.TestCase):
         self.assertIn(f"Pinned certificate for {self.bridge.endpoint}", listing.err)
         rows = json.loads(listing.out)
         self.assertEqual(len(rows), 1, rows)
-        self.assertTrue(rows[0]["authorized"], rows)
+        # Not pinned yet: listed with its proven key, but not logged in to.
+        server_fp = bound.display_fingerprint(bound.fingerprint(bridgekey.load_or_create(self.running.config.state_dir)[0]))
+        self.assertEqual((rows[0]["authorized"], rows[0]["pinned_as"], rows[0]["fingerprint"], rows[0]["hostname_verified"]),
+                         (None, None, server_fp, False), rows)
         self.assertTrue(rows[0]["id"].startswith("::{"))
         server_id = rows[0]["id"]
+        hostname = rows[0]["hostname"]
+
+        # First use by the host name it claims (exactly one server claims it): pinned.
+        first = yield self.sysadm("--server", hostname, "identify")
+        self.assertEqual(first.code, 0, first.err)
+        self.assertIn(f"Pinned server {hostname} key {server_fp}", first.err)
         table = yield self.sysadm("peers")
         self.assertIn(server_id, table.out)
         self.assertIn("yes", table.out)
+        rows = json.loads((yield self.sysadm("--json", "peers")).out)
+        self.assertEqual((rows[0]["authorized"], rows[0]["pinned_as"]), (True, hostname), rows)
 
         query = yield self.sysadm("--server", server_id, "call", "rpc", "query")
         self.assertEqual(query.code, 0, query.err)

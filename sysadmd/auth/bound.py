@@ -9,19 +9,23 @@ upstream exchange; upstream peers never see them.
 Stage 1 (client → server) ``{"md5_key": M, "client_nonce": N}`` with ``N`` 32 random
 bytes in hex.  Our server's reply keeps upstream's fields and adds::
 
-    "server_key":   PEM of the server's bridge public key (the key it logs in to the bridge with)
-    "server_proof": base64(RSA PKCS#1 v1.5 SHA-256 signature by that key over
-                    b"sysadm-server-proof/1\\n" + N + "\\n" + T + "\\n" + M)
+    "server_key":           PEM of the server's bridge public key (the key it logs in to the bridge with)
+    "server_connection_id": I, the server's own connection ID on the bridge ("" if the bridge does not tell)
+    "server_proof":         base64(RSA PKCS#1 v1.5 SHA-256 signature by that key over
+                            b"sysadm-server-proof/1\\n" + N + "\\n" + T + "\\n" + M + "\\n" + I)
 
 where ``T`` is the challenge itself (the decoded ``test_string``).  The proof shows the
 key's holder answered *this* client's nonce for *this* challenge, so the client can pin
-the server's key like an ssh host key before it signs anything.
+the server's key like an ssh host key before it signs anything.  ``I`` binds the proof
+to the bridge connection: the client checks that ``I`` is the ID it is talking to, so a
+peer that passes the real server's messages through (it has its own ID) is caught even
+though the key it shows is the real one.
 
 Stage 2 (client → server) ``{"encrypted_string": S, "bound": 1}`` where ``S`` is
 base64(RSA PKCS#1 v1.5 SHA-256 signature by the client's key over
-``b"sysadm-bridged-login/1\\n" + sha256_hex(server SPKI DER) + "\\n" + T``).  A server
-accepts it only when the fingerprint is its own: a login relayed from another server's
-challenge carries that server's fingerprint and fails.  It is a hashed signature with
+``b"sysadm-bridged-login/1\\n" + sha256_hex(server SPKI DER) + "\\n" + I + "\\n" + T``).
+A server accepts it only for its own fingerprint and connection ID: a login relayed from
+another server's challenge, or through another connection, fails.  It is a hashed signature with
 DigestInfo, never the raw type-1 signature upstream uses, so neither form can be passed
 off as the other.
 
@@ -54,6 +58,7 @@ _NONCE = re.compile(r"^[0-9a-f]{64}$")
 
 # Session.attributes keys (bridged sessions)
 BOUND_REQUIRED = "bound_login_required"  # stage 1 carried client_nonce
+SERVER_CONNECTION_ID = "bound_server_connection_id"  # the I the stage-1 proof named
 
 
 class ProofError(ValueError):
@@ -83,12 +88,13 @@ def new_nonce() -> str:
     return os.urandom(NONCE_BYTES).hex()
 
 
-def proof_message(nonce: str, challenge: str, md5_key: str) -> bytes:
-    return PROOF_CONTEXT + nonce.encode("ascii") + b"\n" + challenge.encode("latin-1") + b"\n" + md5_key.encode("utf-8")
+def proof_message(nonce: str, challenge: str, md5_key: str, connection_id: str) -> bytes:
+    return (PROOF_CONTEXT + nonce.encode("ascii") + b"\n" + challenge.encode("latin-1") + b"\n"
+            + md5_key.encode("utf-8") + b"\n" + connection_id.encode("utf-8"))
 
 
-def login_message(server_fp: str, challenge: str) -> bytes:
-    return LOGIN_CONTEXT + server_fp.encode("ascii") + b"\n" + challenge.encode("latin-1")
+def login_message(server_fp: str, connection_id: str, challenge: str) -> bytes:
+    return LOGIN_CONTEXT + server_fp.encode("ascii") + b"\n" + connection_id.encode("utf-8") + b"\n" + challenge.encode("latin-1")
 
 
 def _sign(private_key: rsa.RSAPrivateKey, message: bytes) -> str:
@@ -107,14 +113,15 @@ def _verify(public_key: rsa.RSAPublicKey, signature_b64: Any, message: bytes) ->
 
 
 # --- server side ----------------------------------------------------------------------------
-def server_proof(private_key: rsa.RSAPrivateKey, nonce: str, challenge: str, md5_key: str) -> dict:
+def server_proof(private_key: rsa.RSAPrivateKey, nonce: str, challenge: str, md5_key: str, connection_id: str) -> dict:
     """The fields our server adds to the stage-1 reply."""
-    return {"server_key": crypto.public_pem(private_key),
-            "server_proof": _sign(private_key, proof_message(nonce, challenge, md5_key))}
+    return {"server_key": crypto.public_pem(private_key), "server_connection_id": connection_id,
+            "server_proof": _sign(private_key, proof_message(nonce, challenge, md5_key, connection_id))}
 
 
-def verify_bound_login(public_key: rsa.RSAPublicKey, signature_b64: Any, server_fp: str, challenge: str) -> bool:
-    return _verify(public_key, signature_b64, login_message(server_fp, challenge))
+def verify_bound_login(public_key: rsa.RSAPublicKey, signature_b64: Any, server_fp: str, connection_id: str,
+                       challenge: str) -> bool:
+    return _verify(public_key, signature_b64, login_message(server_fp, connection_id, challenge))
 
 
 class Stage2:
@@ -124,8 +131,12 @@ class Stage2:
         self.bound = args.get("bound") in (1, True, "1")
         self.refused: Optional[str] = None
         self.server_fp: Optional[str] = None
+        self.connection_id = ""
         if self.bound:
+            if not session.attributes.get(BOUND_REQUIRED):
+                self.refused = "a bound stage 2 (\"bound\": 1) needs a stage 1 with md5_key and client_nonce first"
             self.server_fp = fingerprint(server_identity(server))
+            self.connection_id = session.attributes.get(SERVER_CONNECTION_ID) or ""
         elif session.attributes.get(BOUND_REQUIRED):
             self.refused = ("this session sent client_nonce in stage 1, so stage 2 must be the bound signature "
                             "(\"bound\": 1); a raw signature is refused")
@@ -144,7 +155,7 @@ class Stage2:
             public = crypto.load_public_key(key.pem)
         except crypto.KeyFormatError:
             return None
-        return key if verify_bound_login(public, answer, self.server_fp, challenge.text) else None
+        return key if verify_bound_login(public, answer, self.server_fp, self.connection_id, challenge.text) else None
 
 
 def server_identity(server: Any) -> rsa.RSAPrivateKey:
@@ -159,10 +170,13 @@ def server_identity(server: Any) -> rsa.RSAPrivateKey:
 
 
 # --- client side ----------------------------------------------------------------------------
-def check_server_proof(reply_args: Any, nonce: str, challenge: str, md5_key: str) -> Tuple[rsa.RSAPublicKey, str]:
-    """``(server public key, fingerprint hex)`` when the stage-1 reply proves the server's key.
+def check_server_proof(reply_args: Any, nonce: str, challenge: str, md5_key: str,
+                       connection_id: str) -> Tuple[rsa.RSAPublicKey, str]:
+    """``(server public key, fingerprint hex)`` when the stage-1 reply proves the server's
+    key *and* that it is the server at *connection_id* (the ID we sent stage 1 to).
 
-    Raises :class:`ProofError` (no proof at all: ``missing`` is set on it).
+    Raises :class:`ProofError` (no proof at all: ``missing`` is set on it; a server that
+    cannot say its connection ID: ``unbound_channel``).
     """
     if not isinstance(reply_args, dict) or ("server_key" not in reply_args and "server_proof" not in reply_args):
         error = ProofError("the server sent no identity proof (server_key/server_proof): an upstream server, "
@@ -180,13 +194,25 @@ def check_server_proof(reply_args: Any, nonce: str, challenge: str, md5_key: str
         raise ProofError(f"server_key is not a usable public key: {e}") from None
     if not isinstance(public, rsa.RSAPublicKey):
         raise ProofError("server_key is not an RSA key")
-    if not _verify(public, proof, proof_message(nonce, challenge, md5_key)):
+    claimed_id = reply_args.get("server_connection_id", "")
+    if not isinstance(claimed_id, str):
+        raise ProofError("server_connection_id must be a string")
+    if not _verify(public, proof, proof_message(nonce, challenge, md5_key, claimed_id)):
         raise ProofError("server_proof does not verify with server_key for our nonce and this challenge")
+    if not claimed_id:
+        error = ProofError("the server proved its key but not its bridge connection (its bridge does not tell "
+                           "connection IDs: an upstream bridge?), so a relay cannot be ruled out")
+        error.unbound_channel = True  # type: ignore[attr-defined]
+        error.fingerprint = fingerprint(public)  # type: ignore[attr-defined]
+        raise error
+    if claimed_id != connection_id:
+        raise ProofError(f"the proof comes from the server at bridge connection {claimed_id[:80]}, not {connection_id}: "
+                         "the peer we asked is relaying another connection's answers")
     return public, fingerprint(public)
 
 
-def sign_bound_login(private_key: rsa.RSAPrivateKey, server_fp: str, challenge: str) -> str:
-    return _sign(private_key, login_message(server_fp, challenge))
+def sign_bound_login(private_key: rsa.RSAPrivateKey, server_fp: str, connection_id: str, challenge: str) -> str:
+    return _sign(private_key, login_message(server_fp, connection_id, challenge))
 
 
 def same_fingerprint(a: str, b: str) -> bool:

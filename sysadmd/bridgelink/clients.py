@@ -79,6 +79,7 @@ class BridgedClients:
         self._send_frame = send_frame
         self._sessions: Dict[str, Session] = {}
         self._announced: List[str] = []  # the bridge's latest available_connections
+        self.own_id: Optional[str] = None  # our connection ID on the bridge, when it tells us
 
     def ids(self) -> List[str]:
         """Client IDs the bridge announced or that have a session here."""
@@ -200,9 +201,11 @@ class BridgedClients:
             session.attributes[BASE64] = False
             if nonce is not None and message.get("name") == "response" and isinstance(message.get("args"), dict) \
                     and session.challenge is not None:
+                own_id = self.own_id or ""
                 session.attributes[bound.BOUND_REQUIRED] = True
+                session.attributes[bound.SERVER_CONNECTION_ID] = own_id
                 message["args"].update(bound.server_proof(bound.server_identity(self.server), nonce,
-                                                          session.challenge.text, request.args["md5_key"]))
+                                                          session.challenge.text, request.args["md5_key"], own_id))
             session.send(message)
             if message.get("name") == "response":
                 session.attributes[BASE64] = True
