@@ -10,11 +10,19 @@ server behind it and ``<S>`` its connection ID (``::{uuid}``)::
     us → B  {"args":{"md5_keys":[md5(server key)]},"id":"bridge_request_list_keys","name":"response","namespace":"rpc"}
     B → us  {"args":{"available_connections":[<S>,…]},"id":"","name":"bridge","namespace":"events"}
 
-    then per server, as relay frames "<S>\\n<payload>" (B delivers S's answers as "<S>\\n…"):
-    us → S  plain JSON rpc/identify                     → {"hostname":…,"type":"server"}
-    us → S  plain JSON rpc/auth_ssl {"md5_key":M}       → plain {"new_ssl_key":b64(PEM),"test_string":b64(T)}
-    us → S  base64(JSON rpc/auth_ssl {"encrypted_string":sig(T, server key)}) → base64([token, ttl])
+    then per server, as relay frames "<S>\n<payload>" (B delivers S's answers as "<S>\n…"):
+    us → S  plain JSON rpc/identify                     → {"hostname":…,"type":"server"}   (a claim only)
+    us → S  plain JSON rpc/auth_ssl {"md5_key":M,"client_nonce":N}
+            → plain {"new_ssl_key":b64(PEM),"test_string":b64(T),
+                     "server_key":PEM,"server_connection_id":<S>,"server_proof":sig(N,T,M,<S>)}
+    (we check the proof, that it names <S>, and the key against known_servers; nothing is
+     signed for a server that fails, or whose key differs from the one pinned for its name)
+    us → S  base64(JSON rpc/auth_ssl {"encrypted_string":sig(fp(server key),<S>,T),"bound":1}) → base64([token, ttl])
     from then on every payload both ways is base64(compact JSON); events arrive the same way.
+
+See :mod:`sysadmd.auth.bound` for the exact signed texts, and the README ("Servers behind a
+bridge: who you sign for") for why.  Upstream servers send no proof; they are used only
+with ``--allow-upstream-server`` (then T is signed raw, as upstream does).
 
 ``M`` is ``base64(MD5(PEM))`` of the ``--key`` public key; the ``--bridge-key`` (default
 ``--key``) is the one the bridge knows.  A :class:`BridgedConnection` per server offers
@@ -195,7 +203,7 @@ class BridgeSession:
             md5 = crypto.md5_checksum(crypto.public_pem(self.bridge_key))
             raise ClientError(
                 f"the bridge {ctx.target} refused key {self.bridge_key_path} (md5 {md5}): {reply.get('args')!r}\n"
-                "  hint: the bridge's administrator registers it with `sysadm-bridge import NICK FILE`", EXIT_AUTH)
+                "  hint: the bridge's administrator registers it with `sysadm-bridge import-key NICK FILE --role client`", EXIT_AUTH)
 
     async def wait_available(self) -> List[str]:
         if self.available is not None:
@@ -389,16 +397,20 @@ async def open_bridged(ctx: Context) -> None:
 
 
 async def _probe_all(session: BridgeSession) -> List[Probe]:
-    probes = []
-    for server_id in session.available or []:
+    """Stage 1 with every server on offer, side by side (no signing)."""
+
+    async def one(server_id: str) -> Probe:
         try:
-            probes.append(await session.probe(server_id))
+            return await session.probe(server_id)
         except ClientError as e:
-            probe = Probe(server_id, session.servers[server_id])
-            probe.claimed = session.servers[server_id].hostname
+            connection = session.servers.get(server_id) or BridgedConnection(session, server_id)
+            probe = Probe(server_id, connection)
+            probe.claimed = connection.hostname
             probe.error = e.message
-            probes.append(probe)
-    return probes
+            return probe
+
+    ids = list(session.available or [])
+    return list(await defer.gatherResults([defer.ensureDeferred(one(i)) for i in ids]))
 
 
 async def choose_server(session: BridgeSession, wanted: Optional[str]) -> Tuple[Probe, Optional[str]]:
