@@ -139,3 +139,49 @@ class KnownServersTests(unittest.TestCase):
         with open(self.path, "w") as f:
             f.write("# comment\ngarbage\nname nothex 2020\nok " + self.fp1 + " 2026-01-01T00:00:00Z\n")
         self.assertEqual([e.name for e in self.store.entries()], ["ok"])
+
+
+class Stage2PolicyTests(unittest.TestCase):
+    """Which stage 2 a server accepts (sysadmd.auth.bound.Stage2)."""
+
+    def make(self, kind="bridge", upstream_ok=True, **attributes):
+        from types import SimpleNamespace
+
+        server = SimpleNamespace(config=SimpleNamespace(bridge_upstream_clients=upstream_ok),
+                                 subsystems={"bridge_identity": private_key("bound-server")})
+        session = SimpleNamespace(kind=kind, attributes=dict(attributes))
+        return server, session
+
+    def test_policy(self):
+        server, session = self.make()
+        self.assertIsNone(bound.Stage2(server, session, {"encrypted_string": "x"}).refused)  # upstream client
+        server, session = self.make(upstream_ok=False)
+        self.assertIn("BRIDGE_UPSTREAM_CLIENTS=false", bound.Stage2(server, session, {"encrypted_string": "x"}).refused)
+        server, session = self.make(kind="wss", upstream_ok=False)  # direct connections are not affected
+        self.assertIsNone(bound.Stage2(server, session, {"encrypted_string": "x"}).refused)
+        server, session = self.make(**{bound.BOUND_REQUIRED: True, bound.SERVER_CONNECTION_ID: SERVER_ID})
+        self.assertIn("client_nonce", bound.Stage2(server, session, {"encrypted_string": "x"}).refused)
+        mode = bound.Stage2(server, session, {"encrypted_string": "x", "bound": 1})
+        self.assertIsNone(mode.refused)
+        self.assertEqual((mode.server_fp, mode.connection_id), (bound.fingerprint(private_key("bound-server")), SERVER_ID))
+        server, session = self.make()
+        self.assertIn("needs a stage 1", bound.Stage2(server, session, {"encrypted_string": "x", "bound": 1}).refused)
+
+    def test_matcher_and_verify(self):
+        from types import SimpleNamespace
+
+        server, session = self.make(**{bound.BOUND_REQUIRED: True, bound.SERVER_CONNECTION_ID: SERVER_ID})
+        mode = bound.Stage2(server, session, {"encrypted_string": "x", "bound": 1})
+        client = private_key("bound-client")
+        md5 = crypto.md5_checksum(crypto.public_pem(client))
+        challenge = SimpleNamespace(text="C" * 40, md5_key=md5)
+        registered = SimpleNamespace(pem=crypto.public_pem(client), md5=md5)
+        keys = SimpleNamespace(find_by_md5=lambda m: registered if m == md5 else None)
+        good = bound.sign_bound_login(client, mode.server_fp, SERVER_ID, challenge.text)
+        self.assertIs(mode.verify(keys, challenge, good), registered)
+        self.assertTrue(mode.matcher(challenge)(client.public_key(), base64.b64decode(good)))
+        for bad in (bound.sign_bound_login(client, mode.server_fp, OTHER_ID, challenge.text),
+                    bound.sign_bound_login(client, "0" * 64, SERVER_ID, challenge.text),
+                    crypto.sign_challenge(client, challenge.text), "not base64!", "A" * 3000):
+            self.assertIsNone(mode.verify(keys, challenge, bad))
+        self.assertIsNone(mode.verify(keys, SimpleNamespace(text=challenge.text, md5_key=None), good))

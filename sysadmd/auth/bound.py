@@ -41,7 +41,7 @@ import binascii
 import hashlib
 import hmac
 import re
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -144,18 +144,33 @@ class Stage2:
             self.refused = ("unbound key logins through a bridge are turned off on this server "
                             "(BRIDGE_UPSTREAM_CLIENTS=false): use a sysadm client that signs bound logins")
 
+    def matcher(self, challenge: Any) -> Callable[[Any, bytes], bool]:
+        """``(public key, signature bytes) -> bool`` for a bound answer to *challenge*: the
+        same shape as a raw-signature matcher, for a checker that tries candidate keys."""
+        message = login_message(self.server_fp or "", self.connection_id, challenge.text)
+
+        def matches(public: Any, signature: bytes) -> bool:
+            try:
+                public.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
+            except (InvalidSignature, ValueError, TypeError):
+                return False
+            return True
+
+        return matches
+
     def verify(self, keys: Any, challenge: Any, answer: Any) -> Any:
         """The registered key (the one stage 1 named) whose bound signature *answer* is."""
         if not challenge.md5_key:
             return None  # a bound login names its key in stage 1 (md5_key)
         key = keys.find_by_md5(challenge.md5_key)
-        if key is None:
+        if key is None or not isinstance(answer, str) or len(answer) > MAX_SIGNATURE_B64:
             return None
         try:
             public = crypto.load_public_key(key.pem)
-        except crypto.KeyFormatError:
+            signature = base64.b64decode(answer, validate=True)
+        except (crypto.KeyFormatError, binascii.Error, ValueError):
             return None
-        return key if verify_bound_login(public, answer, self.server_fp, self.connection_id, challenge.text) else None
+        return key if self.matcher(challenge)(public, signature) else None
 
 
 def server_identity(server: Any) -> rsa.RSAPrivateKey:
