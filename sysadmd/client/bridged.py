@@ -156,7 +156,13 @@ class BridgeSession:
         if message.get("id") == IDENT_ID:
             self._answer(IDENT_ID, {"hostname": socket.gethostname() or "sysadm-client", "type": "client"})
         elif message.get("id") == LIST_KEYS_ID:
-            self._answer(LIST_KEYS_ID, {"md5_keys": [crypto.md5_checksum(crypto.public_pem(self.server_key))]})
+            # The bridge pairs us only on the key we proved to it (plus keys its administrator
+            # vouched for with --pairs-with): report the server key and, if different, that one.
+            md5s = [crypto.md5_checksum(crypto.public_pem(self.server_key))]
+            bridge_md5 = crypto.md5_checksum(crypto.public_pem(self.bridge_key))
+            if bridge_md5 not in md5s:
+                md5s.append(bridge_md5)
+            self._answer(LIST_KEYS_ID, {"md5_keys": md5s})
 
     def _answer(self, request_id: str, args: Any) -> None:
         self.conn.send_text(encode({"args": args, "id": request_id, "name": "response", "namespace": "rpc"}))
@@ -391,6 +397,10 @@ async def open_bridged(ctx: Context) -> None:
     if ctx.options.verb == "peers":
         ctx.conn = _BridgeOnly(session)
         return
+    if not session.available and ctx.options.bridge_key:
+        ctx.note("sysadm: note: the bridge pairs a client only on the key it proved to the bridge (--bridge-key); "
+                 "its administrator can add your --key with `sysadm-bridge import-key NICK BRIDGE.pub --role client "
+                 "--pairs-with KEY.pub`")
     probe, pin_as = await choose_server(session, ctx.options.server)
     ctx.conn = await session.login(probe, pin_as)
     ctx.target = f"{ctx.conn.hostname or probe.server_id} via {ctx.target}"
