@@ -10,7 +10,7 @@ from twisted.trial import unittest
 
 from bridge.api import IDENT_ID, IDENTIFY_REQUEST, LIST_KEYS_ID, LIST_KEYS_REQUEST, BridgeApi
 from bridge.flow import PeerFlow
-from bridge.keys import KeyStore
+from bridge.keys import KeyStore, KeyStoreError
 from bridge.relay import CLIENT, SERVER, Peer, PeerDirectory, new_peer_id
 from sysadmd import crypto
 from sysadmd.auth.blacklist import Blacklist
@@ -492,6 +492,9 @@ class ClaimedKeyTests(unittest.TestCase):
         qt = self.login(private_key("qt-bridge"), CLIENT, [self.md5("qt-server"), "other"])
         self.assertEqual(qt.md5s, frozenset([self.md5("qt-server")]))
         self.assertEqual(qt.partners, {server.id})
+        with self.assertRaises(KeyStoreError):  # a server reports its keys itself
+            self.keys.import_key("srv2", crypto.public_pem(private_key("srv")), "server",
+                                 pairs_with=[crypto.public_pem(private_key("qt-server"))])
 
     def test_unbound_key_is_bound_on_first_login_and_refused_in_the_other_role(self):
         from twisted.logger import globalLogPublisher

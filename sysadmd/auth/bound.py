@@ -39,7 +39,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import hmac
+import os
 import re
 from typing import Any, Callable, Optional, Tuple
 
@@ -83,8 +83,6 @@ def valid_nonce(nonce: Any) -> bool:
 
 
 def new_nonce() -> str:
-    import os
-
     return os.urandom(NONCE_BYTES).hex()
 
 
@@ -229,6 +227,3 @@ def check_server_proof(reply_args: Any, nonce: str, challenge: str, md5_key: str
 def sign_bound_login(private_key: rsa.RSAPrivateKey, server_fp: str, connection_id: str, challenge: str) -> str:
     return _sign(private_key, login_message(server_fp, connection_id, challenge))
 
-
-def same_fingerprint(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode("ascii"), b.encode("ascii"))
