@@ -299,8 +299,7 @@ class BridgeSession:
         if probe.pinned is None:
             name = pin_as or probe.claimed
             if not knownservers.valid_name(name):
-                raise ClientError(f"{label} is not pinned and claims no usable host name ({name!r}); "
-                                  "name it with --server", EXIT_USAGE)
+                name = "key-" + probe.fingerprint[:16]  # it claims no name we can store: name it by its key
             holder = self.known.by_name(name)
             if holder is not None and holder.fingerprint != probe.fingerprint:
                 raise server_key_changed(name, holder, probe, self.known.path)
