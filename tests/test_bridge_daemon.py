@@ -171,6 +171,25 @@ class RevocationTests(unittest.TestCase):
         self.assertEqual(len(daemon.bridge.directory), 1)
 
 
+    @defer.inlineCallbacks
+    def test_changing_what_a_client_key_pairs_with_drops_its_live_peer(self):
+        daemon = yield start_bridge(self, REVOCATION_POLL_INTERVAL=0.5)
+        server, client, server_id, client_id = yield paired_peers(self, daemon)
+        pub = os.path.join(daemon.bridge.config.state_dir, "cli.pub")
+        with open(pub, "w") as f:
+            f.write(crypto.public_pem(private_key("client")))
+        extra = os.path.join(daemon.bridge.config.state_dir, "extra.pub")
+        with open(extra, "w") as f:
+            f.write(crypto.public_pem(private_key("server")))
+        proto, _ = spawn(["-m", "bridge.admin", "--state-dir", daemon.bridge.config.state_dir, "import-key", "cli", pub,
+                          "--role", "client", "--pairs-with", extra])
+        code = yield proto.ended
+        self.assertEqual(code, 0, proto.output)
+        self.assertIn("also pairs on", proto.output)
+        close_code, reason = yield client.closed
+        self.assertEqual(close_code, 1008)  # it was paired on what it proved before; it logs in again
+        self.assertFalse(server.closed.called)
+
 class TwistdSmokeTests(unittest.TestCase):
     timeout = 60
 
