@@ -41,13 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="register the public key in FILE (PEM public key or certificate) as NICKNAME")
     p.add_argument("nickname")
     p.add_argument("file")
-    p.add_argument("--role", choices=ROLES, default="any", help="only peers of this role may use the key (default: any)")
+    _role_options(p)
     p.set_defaults(run=cmd_import_file)
 
     p = verbs.add_parser("import_ssl_pubkey", help="register a public key given as PEM text (or base64 of it) as NICKNAME")
     p.add_argument("nickname")
     p.add_argument("pem")
-    p.add_argument("--role", choices=ROLES, default="any", help="only peers of this role may use the key (default: any)")
+    _role_options(p)
     p.set_defaults(run=cmd_import_text)
 
     p = verbs.add_parser("list_ssl", aliases=["list-keys"], help="list the registered keys")
@@ -65,6 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("address")
     p.set_defaults(run=cmd_unblock)
     return parser
+
+
+def _role_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--role", choices=ROLES, default=None,
+                   help="the one role this key may log in as: server, client, or both (explicitly). "
+                        "Without --role the key is bound to the role of its first successful login")
+    p.add_argument("--pairs-with", metavar="PUBKEY_FILE", action="append", default=[], dest="pairs_with",
+                   help="client keys only: also pair this client on the key in PUBKEY_FILE (the key it logs in "
+                        "to servers with, when that differs from the key it shows the bridge, as in the Qt GUI); "
+                        "repeatable")
 
 
 def resolve_config(args: argparse.Namespace) -> configmod.BridgeConfig:
@@ -102,7 +112,7 @@ def cmd_import_file(cfg, db, args, out, err) -> int:
     except OSError as e:
         print(f"sysadm-bridge: cannot read {args.file}: {e.strerror}", file=err)
         return 1
-    return _import(db, args.nickname, data, args.role, out)
+    return _import(db, args, data, out, err)
 
 
 def cmd_import_text(cfg, db, args, out, err) -> int:
@@ -114,15 +124,25 @@ def cmd_import_text(cfg, db, args, out, err) -> int:
         except crypto.KeyFormatError:
             print("sysadm-bridge: the key must be PEM text (-----BEGIN PUBLIC KEY-----…) or base64 of it", file=err)
             return 1
-    return _import(db, args.nickname, data, args.role, out)
+    return _import(db, args, data, out, err)
 
 
-def _import(db, nickname: str, data, role: str, out) -> int:
+def _import(db, args, data, out, err) -> int:
+    extra = []
+    for path in args.pairs_with:
+        try:
+            with open(path, "rb") as f:
+                extra.append(f.read())
+        except OSError as e:
+            print(f"sysadm-bridge: cannot read --pairs-with {path}: {e.strerror}", file=err)
+            return 1
     store = KeyStore(db)
-    replaced = store.get(nickname.strip()) is not None
-    key = store.import_key(nickname, data, role)
+    replaced = store.get(args.nickname.strip()) is not None
+    key = store.import_key(args.nickname, data, args.role, pairs_with=extra)
     verb = "replaced" if replaced else "registered"
-    print(f"{verb} key {key.nickname!r} (role {key.role}, md5 {key.md5})", file=out)
+    role = key.role if key.bound else "unbound: bound to the role of its first login"
+    pairs = f", also pairs on {', '.join(key.pairs)}" if key.pairs else ""
+    print(f"{verb} key {key.nickname!r} (role {role}, md5 {key.md5}{pairs})", file=out)
     return 0
 
 
@@ -131,9 +151,9 @@ def cmd_list(cfg, db, args, out, err) -> int:
     if not keys:
         print("no keys registered", file=out)
         return 0
-    rows = [("NICKNAME", "ROLE", "MD5", "REGISTERED")]
+    rows = [("NICKNAME", "ROLE", "MD5", "REGISTERED", "PAIRS_WITH")]
     for key in keys:
-        rows.append((key.nickname, key.role, key.md5, _when(key.registered)))
+        rows.append((key.nickname, key.role, key.md5, _when(key.registered), " ".join(key.pairs)))
     _table(rows, out)
     return 0
 

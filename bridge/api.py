@@ -3,7 +3,11 @@
 Everything a peer sends that starts with ``{`` (and everything before it has
 authenticated) lands here; relay frames go to :mod:`bridge.relay`.  The message shapes
 are upstream's (``upstream-bridge-wire.md`` §2); what we changed is listed in
-:mod:`bridge.protocol`.  No reactor and no WebSockets: time comes from an injected clock
+:mod:`bridge.protocol`; and since issue 7: a key has one role (an unbound key is bound to
+the role of its first login, :meth:`bridge.keys.KeyStore.bind_role`), a client is paired
+only on keys it proved (:mod:`bridge.relay`), and ``rpc/identify`` from an authenticated
+peer also tells it its own ``connection_id`` (our servers bind their identity proofs to
+it, :mod:`sysadmd.auth.bound`).  No reactor and no WebSockets: time comes from an injected clock
 and replies go out through :class:`~bridge.relay.PeerLink`.
 """
 
@@ -14,8 +18,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from twisted.logger import Logger
 
-from bridge.keys import KeyStore
-from bridge.relay import CLIENT, Peer, PeerDirectory, role_from_identify
+from bridge.keys import BOTH, KeyStore
+from bridge.relay import CLIENT, SERVER, Peer, PeerDirectory, role_from_identify
 from sysadmd.auth.blacklist import normalize_address
 from sysadmd.crypto import random_token
 from sysadmd.envelope import encode, error
@@ -85,7 +89,12 @@ class BridgeApi:
         if verb == "response":
             self._response(peer, request_id, obj["args"])
         elif ns == "rpc" and verb == "identify":
-            self._reply(peer, {"hostname": self.hostname, "type": "bridge"}, request_id, "response", namespace)
+            ident = {"hostname": self.hostname, "type": "bridge"}
+            if peer.authenticated:
+                # Ours: the peer's own connection ID, which peers never learn otherwise.  Our
+                # servers bind their identity proofs to it (sysadmd/auth/bound.py).
+                ident["connection_id"] = peer.id
+            self._reply(peer, ident, request_id, "response", namespace)
         elif ns == "rpc" and verb == "auth_ssl":
             self._auth_ssl(peer, request_id, namespace, obj["args"])
         else:
@@ -140,10 +149,30 @@ class BridgeApi:
         key = self.keys.verify(challenge, signature)
         if key is None:
             return self._auth_failed(peer, request_id, "the signature matches no registered key")
-        role = peer.role or (key.role if key.role != "any" else CLIENT)
+        role = peer.role
+        if role is None:
+            if key.role in (SERVER, CLIENT):
+                role = key.role
+            elif key.role == BOTH:
+                role = CLIENT  # upstream: anything but "server" is a client
+            else:
+                return self._auth_failed(peer, request_id, f"key {key.nickname!r} has no role yet and the peer has not "
+                                                           "answered rpc/identify: its first login must say server or client")
         if not key.allows(role):
-            return self._auth_failed(peer, request_id, f"key {key.nickname!r} is registered for {key.role} peers, not {role}")
-        self.directory.authenticate(peer, key.nickname, key.md5, role)
+            log.warn("{peer}: key {nick} is bound to role {bound}; refused as {role}",
+                     peer=peer.id, nick=key.nickname, bound=key.role, role=role)
+            return self._auth_failed(peer, request_id, f"key {key.nickname!r} is bound to role {key.role}, not {role}")
+        if not key.bound:
+            bound = self.keys.bind_role(key, role)
+            if bound is None:
+                return self._auth_failed(peer, request_id, f"key {key.nickname!r} was removed or replaced during the login")
+            if bound.role != role and bound.role != BOTH:
+                return self._auth_failed(peer, request_id, f"key {key.nickname!r} is bound to role {bound.role}, not {role}")
+            if bound.role == role:
+                log.info("key {nick} bound to role {role} on first use (by {peer} from {address})",
+                         nick=key.nickname, role=role, peer=peer.id, address=peer.address)
+            key = bound
+        self.directory.authenticate(peer, key.nickname, key.md5, role, key.pairing_checksums())
         if self.blacklist is not None:
             self.blacklist.success(peer.address)
         log.info("{peer} authenticated as {role} with key {nick} from {address}",

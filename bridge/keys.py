@@ -2,9 +2,23 @@
 
 As upstream, a key is registered under a nickname and one nickname holds one key
 (importing again replaces it).  We store the canonical SPKI PEM, upstream's stored form
-``base64(PEM)``, the pairing checksum ``base64(MD5(PEM))``, the registration time and an
-optional role binding: a key bound to ``server`` (or ``client``) can only authenticate
-a peer of that role, ``any`` keeps upstream's behaviour.
+``base64(PEM)``, the pairing checksum ``base64(MD5(PEM))``, the registration time, the
+key's role and the extra checksums a client key may pair on.
+
+Roles (a key has ONE, unlike upstream where any key could act as either):
+
+* ``server`` / ``client``: given at import (``--role``); the key authenticates only
+  peers of that role.
+* ``both``: given explicitly at import; either role (upstream's behaviour).
+* ``unbound``: imported without a role (upstream's verbs, or ``--role`` left out).  The
+  first successful login binds it, for good, to the role that peer identified as
+  (:meth:`KeyStore.bind_role`); the bridge logs it.  Keys stored by older versions with
+  role ``any`` are read as ``unbound``.
+
+Pairing: a client is paired only on checksums of keys it has proved it holds.  Its own
+key's checksum always counts; ``pairs`` lists the checksums of further keys the
+administrator vouched for at import (``--pairs-with FILE``: upstream's Qt GUI signs the
+bridge challenge with one key and logs in to servers with another).
 
 The ``sysadm-bridge`` command edits the same table while the daemon runs; the daemon
 notices through ``PRAGMA data_version`` (:meth:`KeyStore.changed`).
@@ -16,14 +30,18 @@ import os
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Union
+from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple, Union
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sysadmd import crypto
 from sysadmd.db import data_version, ensure_schema, open_database
 
-ROLES = ("any", "server", "client")
+SERVER, CLIENT, BOTH, UNBOUND = "server", "client", "both", "unbound"
+ROLES = (SERVER, CLIENT, BOTH)  # what --role accepts
+STORED_ROLES = ROLES + (UNBOUND,)
+LEGACY_UNBOUND = "any"  # stored by earlier versions for keys imported without --role
+MAX_PAIRS = 64
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS bridge_keys (
@@ -31,10 +49,11 @@ CREATE TABLE IF NOT EXISTS bridge_keys (
     pem TEXT NOT NULL,
     stored TEXT NOT NULL,
     md5 TEXT NOT NULL,
-    role TEXT NOT NULL DEFAULT 'any',
+    role TEXT NOT NULL DEFAULT 'unbound',
     registered REAL NOT NULL
 );
 """
+PAIRS_COLUMN = "ALTER TABLE bridge_keys ADD COLUMN pairs TEXT NOT NULL DEFAULT ''"
 
 
 class KeyStoreError(ValueError):
@@ -49,10 +68,26 @@ class RegisteredKey:
     md5: str
     role: str
     registered: float
+    pairs: Tuple[str, ...] = ()
+
+    @property
+    def bound(self) -> bool:
+        return self.role != UNBOUND
 
     def allows(self, role: Optional[str]) -> bool:
-        """Whether this key may authenticate a peer of *role*."""
-        return self.role == "any" or self.role == role
+        """Whether this key may authenticate a peer of *role* (an unbound key: any role,
+        until its first login binds it)."""
+        return self.role in (BOTH, UNBOUND) or self.role == role
+
+    def pairing_checksums(self) -> FrozenSet[str]:
+        """The checksums a client holding this key may be paired on."""
+        return frozenset((self.md5,) + tuple(self.pairs))
+
+
+def _row(r: sqlite3.Row) -> RegisteredKey:
+    role = UNBOUND if r["role"] == LEGACY_UNBOUND else r["role"]
+    return RegisteredKey(r["nickname"], r["pem"], r["stored"], r["md5"], role, r["registered"],
+                         tuple((r["pairs"] or "").split()))
 
 
 def database_path(state_dir: str) -> str:
@@ -67,43 +102,82 @@ class KeyStore:
     def __init__(self, db: sqlite3.Connection):
         self.db = db
         ensure_schema(db, SCHEMA)
+        columns = {r[1] for r in db.execute("PRAGMA table_info(bridge_keys)")}
+        if "pairs" not in columns:
+            try:
+                db.execute(PAIRS_COLUMN)
+            except sqlite3.OperationalError as e:  # another process added it just now
+                if "duplicate column" not in str(e):
+                    raise
+        if db.execute("SELECT 1 FROM bridge_keys WHERE role = ? LIMIT 1", (LEGACY_UNBOUND,)).fetchone():
+            db.execute("UPDATE bridge_keys SET role = ? WHERE role = ?", (UNBOUND, LEGACY_UNBOUND))
         self._public: Dict[str, rsa.RSAPublicKey] = {}
         self._version = data_version(db)
 
     # --- administration ---------------------------------------------------------------
-    def import_key(self, nickname: str, data: Union[str, bytes], role: str = "any",
-                   now: Optional[float] = None) -> RegisteredKey:
-        """Register the key in *data* (PEM public key, certificate or private key) under *nickname*."""
+    def import_key(self, nickname: str, data: Union[str, bytes], role: Optional[str] = None,
+                   now: Optional[float] = None, pairs_with: Iterable[Union[str, bytes]] = ()) -> RegisteredKey:
+        """Register the key in *data* (PEM public key, certificate or private key) under *nickname*.
+
+        *role* ``None`` leaves the key unbound until its first login.  *pairs_with*: PEM
+        keys whose checksums a client holding this key may also be paired on.
+        """
         nickname = nickname.strip()
         if not nickname:
             raise KeyStoreError("the nickname must not be empty")
-        if role not in ROLES:
+        if role is None:
+            role = UNBOUND
+        if role not in STORED_ROLES:
             raise KeyStoreError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
         try:
             pem = crypto.normalized_pem(data)
         except crypto.KeyFormatError as e:
             raise KeyStoreError(f"cannot read the key for {nickname!r}: {e}") from None
+        pairs: List[str] = []
+        for extra in pairs_with:
+            try:
+                md5 = crypto.md5_checksum(crypto.normalized_pem(extra))
+            except crypto.KeyFormatError as e:
+                raise KeyStoreError(f"cannot read a --pairs-with key for {nickname!r}: {e}") from None
+            if md5 not in pairs:
+                pairs.append(md5)
+        if pairs and role == SERVER:
+            raise KeyStoreError("--pairs-with is for client keys: a server reports the keys registered on it itself")
+        if len(pairs) > MAX_PAIRS:
+            raise KeyStoreError(f"at most {MAX_PAIRS} --pairs-with keys per key, got {len(pairs)}")
         key = RegisteredKey(nickname, pem, crypto.stored_form(pem), crypto.md5_checksum(pem), role,
-                            time.time() if now is None else now)
+                            time.time() if now is None else now, tuple(pairs))
         self.db.execute(
-            "INSERT OR REPLACE INTO bridge_keys (nickname, pem, stored, md5, role, registered) VALUES (?, ?, ?, ?, ?, ?)",
-            (key.nickname, key.pem, key.stored, key.md5, key.role, key.registered),
+            "INSERT OR REPLACE INTO bridge_keys (nickname, pem, stored, md5, role, registered, pairs) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (key.nickname, key.pem, key.stored, key.md5, key.role, key.registered, " ".join(key.pairs)),
         )
         return key
+
+    def bind_role(self, key: RegisteredKey, role: str) -> Optional[RegisteredKey]:
+        """Bind the unbound *key* to *role* for good; the key as stored afterwards, or
+        ``None`` when it was removed or replaced meanwhile.  A key bound already (by
+        another process or connection) is returned unchanged: the caller checks it."""
+        if role not in (SERVER, CLIENT):
+            raise KeyStoreError(f"a key is bound to server or client, not {role!r}")
+        self.db.execute("UPDATE bridge_keys SET role = ? WHERE nickname = ? AND md5 = ? AND role IN (?, ?)",
+                        (role, key.nickname, key.md5, UNBOUND, LEGACY_UNBOUND))
+        current = self.get(key.nickname)
+        if current is None or current.md5 != key.md5:
+            return None
+        return current
 
     def remove(self, nickname: str) -> bool:
         cur = self.db.execute("DELETE FROM bridge_keys WHERE nickname = ?", (nickname,))
         return cur.rowcount > 0
 
     def all(self) -> List[RegisteredKey]:
-        rows = self.db.execute("SELECT nickname, pem, stored, md5, role, registered FROM bridge_keys ORDER BY nickname").fetchall()
-        return [RegisteredKey(r["nickname"], r["pem"], r["stored"], r["md5"], r["role"], r["registered"]) for r in rows]
+        rows = self.db.execute("SELECT nickname, pem, stored, md5, role, registered, pairs FROM bridge_keys ORDER BY nickname").fetchall()
+        return [_row(r) for r in rows]
 
     def get(self, nickname: str) -> Optional[RegisteredKey]:
-        for key in self.all():
-            if key.nickname == nickname:
-                return key
-        return None
+        row = self.db.execute("SELECT nickname, pem, stored, md5, role, registered, pairs FROM bridge_keys WHERE nickname = ?",
+                              (nickname,)).fetchone()
+        return _row(row) if row is not None else None
 
     # --- daemon side ----------------------------------------------------------------------
     def changed(self) -> bool:

@@ -7,6 +7,11 @@ tells each authenticated peer its partners in an ``available_connections`` event
 whenever that list changes (pairing, key-list change, disconnect, revocation; always
 the whole list, sorted), and routes relay frames between partners only.
 
+A client is paired only on the key it proved to the bridge (plus the keys the
+administrator vouched for at import, ``--pairs-with``): the checksums it reports are cut
+down to those, so nobody pairs with a server by claiming somebody else's key.  Upstream
+trusted the reported list, which let a tenant relay a victim's login (issue 7 item 2).
+
 Upstream also counted unauthenticated peers, relayed to any ID and never announced
 disconnects; all three are fixed here (DECISIONS §3).  Each peer reaches its transport
 through a small :class:`PeerLink` interface, so the tests drive this module with fakes.
@@ -19,7 +24,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, Iterable, List, Optional, Protocol, Set, Tuple
 
+from twisted.logger import Logger
+
 from sysadmd.envelope import encode, event
+
+log = Logger()
 
 SERVER = "server"
 CLIENT = "client"
@@ -60,6 +69,7 @@ class Peer:
     key_nickname: Optional[str] = None
     key_md5: Optional[str] = None
     md5s: FrozenSet[str] = frozenset()
+    provable: FrozenSet[str] = frozenset()  # checksums a client proved it holds
     keys_reported: bool = False
     partners: Set[str] = field(default_factory=set)
     announced: Optional[Tuple[str, ...]] = None
@@ -105,15 +115,30 @@ class PeerDirectory:
         peer.role = role
         return True
 
-    def authenticate(self, peer: Peer, key_nickname: str, key_md5: str, role: str) -> None:
-        """Mark *peer* authenticated with the registered key *key_nickname*, as *role*."""
-        self._change(peer, lambda: self._set_auth(peer, key_nickname, key_md5, role))
+    def authenticate(self, peer: Peer, key_nickname: str, key_md5: str, role: str,
+                     proven: Optional[Iterable[str]] = None) -> None:
+        """Mark *peer* authenticated with the registered key *key_nickname*, as *role*.
+
+        *proven*: the checksums a client may be paired on (default: its key's own); the
+        list it reports later is cut down to these.
+        """
+        allowed = frozenset(proven) if proven is not None else frozenset((key_md5,))
+        self._change(peer, lambda: self._set_auth(peer, key_nickname, key_md5, role, allowed))
 
     def set_keys(self, peer: Peer, md5s: Iterable[str]) -> None:
         """Record the peer's ``list_ssl_checksums`` reply (authenticated peers only)."""
         if not peer.authenticated:
             raise ValueError("key lists are accepted from authenticated peers only")
         new = frozenset(md5s)
+        if peer.role == CLIENT:
+            # A client is paired only on keys it proved to us (the bridge challenge);
+            # what it claims beyond that is dropped.  A server's list is the keys
+            # registered on it: that is the pairing itself, and stays as reported.
+            claimed = new
+            new = claimed & peer.provable
+            if claimed - new:
+                log.info("{peer}: ignored {n} checksum(s) the client reported for keys it did not prove to the bridge",
+                         peer=peer.id, n=len(claimed - new))
 
         def apply() -> None:
             # The first list always gets an answer, even an empty one (``announced`` is
@@ -155,11 +180,14 @@ class PeerDirectory:
         return None
 
     # --- pairing -----------------------------------------------------------------------
-    def _set_auth(self, peer: Peer, key_nickname: str, key_md5: str, role: str) -> None:
+    def _set_auth(self, peer: Peer, key_nickname: str, key_md5: str, role: str, provable: FrozenSet[str]) -> None:
         peer.authenticated = True
         peer.role = role
         peer.key_nickname = key_nickname
         peer.key_md5 = key_md5
+        peer.provable = provable
+        if role == CLIENT:
+            peer.md5s = peer.md5s & provable
 
     def _change(self, peer: Peer, apply) -> None:
         former = set(peer.partners)

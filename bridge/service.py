@@ -19,7 +19,7 @@ from bridge.api import BridgeApi
 from bridge.config import BridgeConfig
 from bridge.keys import KeyStore, database_path
 from bridge.protocol import CLOSE_POLICY, CLOSE_TRY_AGAIN, BridgeServerFactory
-from bridge.relay import Peer, PeerDirectory
+from bridge.relay import CLIENT, Peer, PeerDirectory
 from sysadmd import tls
 from sysadmd.auth.blacklist import Blacklist
 from sysadmd.db import open_database
@@ -125,7 +125,8 @@ class Bridge(service.Service):
         closed = 0
         for peer in self.directory.authenticated():
             key = current.get(peer.key_nickname)
-            if key is None or key.md5 != peer.key_md5 or not key.allows(peer.role):
+            if (key is None or key.md5 != peer.key_md5 or not key.allows(peer.role)
+                    or (peer.role == CLIENT and key.pairing_checksums() != peer.provable)):
                 log.info("{peer}: key {nick} was removed or replaced; closing", peer=peer.id, nick=peer.key_nickname)
                 peer.link.close(CLOSE_POLICY, f"key {peer.key_nickname!r} was revoked on the bridge")
                 closed += 1

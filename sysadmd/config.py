@@ -108,6 +108,8 @@ KEYS: List[Key] = [
     Key("AUTH_PENDING_MAX_BYTES", "int", 1048576, "Bytes of requests a connection may send while its login is being\nchecked; more closes it (1008).", minimum=1024),
     Key("RIGHTS_CACHE_SECONDS", "float", 5.0, "Seconds a user's group membership is cached; privileged calls look it\nup again after that, so a user removed from the access groups (or\ndeleted) loses the rights of an old login within this time.", minimum=0, maximum=300),
     Key("TOKEN_MAX_LIFETIME", "int", 43200, "Seconds a token lives at most after its login, however often it is\nused (TOKEN_TTL slides with use; this does not). 0: no limit.", minimum=0),
+    # --- helper D: bridged logins (issue 7 item 2) ---------------------------------
+    Key("BRIDGE_UPSTREAM_CLIENTS", "bool", True, "Accept upstream-style (unbound) key logins from clients behind a bridge.\nThey are open to a challenge relay by another bridge tenant; false\nrefuses them, so only sysadm clients that sign bound logins get in."),
 ]
 
 KEY_NAMES = [k.name for k in KEYS]

@@ -165,6 +165,7 @@ class Cluster:
         self.config = os.path.join(self.base, "empty.conf")  # never /etc/*.conf of this machine
         with open(self.config, "w") as f:
             f.write("# every key keeps its default\n")
+        self.server_config: Optional[str] = None  # sysadmd's own config file, when a test needs one
         self.bridge: Optional[Child] = None
         self.server: Optional[Child] = None
         self.port: Optional[int] = None
@@ -218,7 +219,7 @@ class Cluster:
     @defer.inlineCallbacks
     def start_server(self):
         self.server = spawn(self.testcase, "sysadmd", TWISTD + [
-            "sysadmd", "--config", self.config, "--port", "tcp:0:interface=127.0.0.1",
+            "sysadmd", "--config", self.server_config or self.config, "--port", "tcp:0:interface=127.0.0.1",
             "--state-dir", self.server_state, "--socket", self.socket])
         yield self.server.wait_for(SERVER_LISTENING)
         self._local = None
@@ -312,6 +313,7 @@ class RawPeer(WebSocketClientProtocol):
         self.close_code: Optional[int] = None
         self.close_reason: Optional[str] = None
         self.key_list: Optional[List[str]] = None  # when set, list_ssl_checksums is answered with it
+        self.on_frame: Optional[Callable[[str], None]] = None  # called with every frame (e.g. to relay it)
         self._waiters: List[list] = []
 
     def onOpen(self) -> None:
@@ -325,6 +327,8 @@ class RawPeer(WebSocketClientProtocol):
             request = json.loads(text)
             self.send(json.dumps({"args": {"md5_keys": self.key_list}, "id": request["id"], "name": "response",
                                   "namespace": "rpc"}, separators=(",", ":"), sort_keys=True))
+        if self.on_frame is not None:
+            self.on_frame(text)
         for waiter in list(self._waiters):
             index = len(self.frames) - 1
             if index >= waiter[1]:
@@ -427,12 +431,13 @@ def compact(message: dict) -> str:
 
 # --- the client's steps -------------------------------------------------------------------------
 @defer.inlineCallbacks
-def bridge_login(peer: RawPeer, bridge_key: str, server_keys: List[str], hostname: str = "e2e-client"):
-    """identify as a client, auth_ssl to the bridge with *bridge_key*, report the MD5s of
+def bridge_login(peer: RawPeer, bridge_key: str, server_keys: List[str], hostname: str = "e2e-client",
+                 role: str = "client"):
+    """identify as *role*, auth_ssl to the bridge with *bridge_key*, report the MD5s of
     *server_keys*; fires with the first ``available_connections`` list."""
     yield peer.wait_for(lambda f: f if f == IDENT_REQUEST else None, "the bridge's identify request")
     peer.key_list = [ks.md5_of(name) for name in server_keys]
-    peer.send(compact({"args": {"hostname": hostname, "type": "client"}, "id": "sysadm_bridge_request_ident",
+    peer.send(compact({"args": {"hostname": hostname, "type": role}, "id": "sysadm_bridge_request_ident",
                        "name": "response", "namespace": "rpc"}))
     mark = len(peer.frames)
     peer.send(compact({"args": "", "id": AUTH_ID, "name": "auth_ssl", "namespace": "rpc"}))

@@ -105,9 +105,9 @@ class AdminTests(unittest.TestCase):
         self.assertEqual(code, 0)
         code, out, _ = run_admin(self.state, "list-keys")
         lines = out.splitlines()
-        self.assertEqual(lines[0].split(), ["NICKNAME", "ROLE", "MD5", "REGISTERED"])
+        self.assertEqual(lines[0].split(), ["NICKNAME", "ROLE", "MD5", "REGISTERED", "PAIRS_WITH"])
         self.assertEqual([line.split()[:3] for line in lines[1:]],
-                         [["laptop", "any", crypto.md5_checksum(crypto.public_pem(private_key("client")))],
+                         [["laptop", "unbound", crypto.md5_checksum(crypto.public_pem(private_key("client")))],
                           ["office", "server", crypto.md5_checksum(pem)]])
         code, out, _ = run_admin(self.state, "import-key", "office", self.write_key("other.crt", crypto.public_pem(private_key("client"))))
         self.assertIn("replaced", out)
@@ -170,6 +170,25 @@ class RevocationTests(unittest.TestCase):
         self.assertEqual(ids, [])
         self.assertEqual(len(daemon.bridge.directory), 1)
 
+
+    @defer.inlineCallbacks
+    def test_changing_what_a_client_key_pairs_with_drops_its_live_peer(self):
+        daemon = yield start_bridge(self, REVOCATION_POLL_INTERVAL=0.5)
+        server, client, server_id, client_id = yield paired_peers(self, daemon)
+        pub = os.path.join(daemon.bridge.config.state_dir, "cli.pub")
+        with open(pub, "w") as f:
+            f.write(crypto.public_pem(private_key("client")))
+        extra = os.path.join(daemon.bridge.config.state_dir, "extra.pub")
+        with open(extra, "w") as f:
+            f.write(crypto.public_pem(private_key("server")))
+        proto, _ = spawn(["-m", "bridge.admin", "--state-dir", daemon.bridge.config.state_dir, "import-key", "cli", pub,
+                          "--role", "client", "--pairs-with", extra])
+        code = yield proto.ended
+        self.assertEqual(code, 0, proto.output)
+        self.assertIn("also pairs on", proto.output)
+        close_code, reason = yield client.closed
+        self.assertEqual(close_code, 1008)  # it was paired on what it proved before; it logs in again
+        self.assertFalse(server.closed.called)
 
 class TwistdSmokeTests(unittest.TestCase):
     timeout = 60

@@ -53,8 +53,11 @@ class BridgedClientTests(unittest.TestCase):
         listing = yield cluster.bridged("laptop", "--json", "peers")
         self.assertEqual(listing.exit_code, 0, listing.output)
         [row] = json.loads(listing.out)
-        self.assertTrue(row["authorized"], row)
+        self.assertIsNone(row["authorized"], row)  # not pinned yet: listed, not logged in to
         server_id = server_id_of([row["id"]])
+        pinned = yield cluster.bridged("laptop", "--server", server_id, "identify")  # first use pins it
+        self.assertEqual(pinned.exit_code, 0, pinned.output)
+        self.assertIn("Pinned server", pinned.err)
         link = yield cluster.link_status()
         self.assertTrue(link["authenticated"], link)
 
@@ -136,6 +139,10 @@ class BridgedClientTests(unittest.TestCase):
         """
         cluster = Cluster(self)
         yield cluster.start(bridge_only=("qt-bridge",), server_only=("qt-server",))
+        # The bridge pairs a client only on keys it proved; the administrator vouches for
+        # the Qt GUI's second (client-to-server) key when importing its bridge key.
+        yield cluster.bridge_admin("import_ssl_file", "qt-bridge", cluster.public_file("qt-bridge"), "--role", "client",
+                                   "--pairs-with", cluster.public_file("qt-server"))
         bridge_key, server_key = ks.private_key("qt-bridge"), ks.private_key("qt-server")
         md5 = base64.b64encode(hashlib.md5(crypto.public_pem(server_key).encode()).digest()).decode()
         self.assertEqual(len(md5), 24)

@@ -10,7 +10,7 @@ from twisted.trial import unittest
 
 from bridge.api import IDENT_ID, IDENTIFY_REQUEST, LIST_KEYS_ID, LIST_KEYS_REQUEST, BridgeApi
 from bridge.flow import PeerFlow
-from bridge.keys import KeyStore
+from bridge.keys import KeyStore, KeyStoreError
 from bridge.relay import CLIENT, SERVER, Peer, PeerDirectory, new_peer_id
 from sysadmd import crypto
 from sysadmd.auth.blacklist import Blacklist
@@ -54,11 +54,15 @@ class FakeLink:
         return out
 
 
-def make_peer(directory, role=None, authenticated=False, md5s=None, name=None):
+def make_peer(directory, role=None, authenticated=False, md5s=None, name=None, proven=None):
+    """A peer; an authenticated client has proved the keys of *md5s* unless *proven* says otherwise."""
     peer = Peer(id=new_peer_id(), link=FakeLink(), address="192.0.2.1", role=role)
     directory.add(peer)
     if authenticated:
-        directory.authenticate(peer, name or peer.id, "md5-of-" + peer.id, role)
+        own = "md5-of-" + peer.id
+        if proven is None:
+            proven = [own] + list(md5s or [])
+        directory.authenticate(peer, name or peer.id, own, role, proven)
     if md5s is not None:
         directory.set_keys(peer, md5s)
     return peer
@@ -439,3 +443,100 @@ class UntrustedInputTests(unittest.TestCase):
                     self.assertIsInstance(json.loads(sent), dict)
 
         check()
+
+
+class ClaimedKeyTests(unittest.TestCase):
+    """Issue 7 item 2: pairing trusts only keys a client proved; one role per key."""
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.clock.advance(1000)
+        db = temp_database(self)
+        self.keys = KeyStore(db)
+        self.d = PeerDirectory()
+        self.api = BridgeApi(self.d, self.keys, None, self.clock, hostname="relayhost", challenge_ttl=30)
+
+    def login(self, key, role, reported):
+        p = make_peer(self.d)
+        if role:
+            self.api.handle(p, json.dumps({"args": {"hostname": "h", "type": role}, "id": IDENT_ID, "name": "response",
+                                           "namespace": "rpc"}))
+        self.api.handle(p, json.dumps({"args": "", "id": "a", "name": "auth_ssl", "namespace": "rpc"}))
+        challenge = json.loads(p.link.sent[-1])["args"]["test_string"]
+        self.api.handle(p, json.dumps({"args": {"encrypted_string": crypto.sign_challenge(key, challenge)}, "id": "a",
+                                       "name": "auth_ssl", "namespace": "rpc"}))
+        if p.authenticated and reported is not None:
+            self.api.handle(p, json.dumps({"args": {"md5_keys": reported}, "id": LIST_KEYS_ID, "name": "response",
+                                           "namespace": "rpc"}))
+        return p
+
+    def md5(self, name):
+        return crypto.md5_checksum(crypto.public_pem(private_key(name)))
+
+    def test_client_claiming_the_victims_checksum_is_not_paired(self):
+        for name, role in (("srv", "server"), ("mallory-srv", "server"), ("mallory-cli", "client"), ("victim", "client")):
+            self.keys.import_key(name, crypto.public_pem(private_key(name)), role)
+        victim = self.md5("victim")
+        real = self.login(private_key("srv"), SERVER, [victim, "x"])
+        fake = self.login(private_key("mallory-srv"), SERVER, [victim])       # M: claims the victim's key
+        relay = self.login(private_key("mallory-cli"), CLIENT, [victim])      # M': claims it too
+        self.assertTrue(real.authenticated and fake.authenticated and relay.authenticated)
+        self.assertEqual(relay.md5s, frozenset())  # the claim beyond its own key is dropped
+        self.assertEqual(relay.partners, set())
+        self.assertNotIn(relay.id, real.partners)
+        self.assertIsNone(self.d.route(relay, real.id + "\n{}"))
+        # The victim itself, having proved its key, is paired with both servers (and the
+        # client decides which one it trusts: sysadmd.client.bridged).
+        victim_peer = self.login(private_key("victim"), CLIENT, [victim, self.md5("srv")])
+        self.assertEqual(victim_peer.md5s, frozenset([victim]))
+        self.assertEqual(victim_peer.partners, {real.id, fake.id})
+
+    def test_pairs_with_vouches_for_a_second_client_key(self):
+        self.keys.import_key("srv", crypto.public_pem(private_key("srv")), "server")
+        self.keys.import_key("qt", crypto.public_pem(private_key("qt-bridge")), "client",
+                             pairs_with=[crypto.public_pem(private_key("qt-server"))])
+        server = self.login(private_key("srv"), SERVER, [self.md5("qt-server")])
+        qt = self.login(private_key("qt-bridge"), CLIENT, [self.md5("qt-server"), "other"])
+        self.assertEqual(qt.md5s, frozenset([self.md5("qt-server")]))
+        self.assertEqual(qt.partners, {server.id})
+        with self.assertRaises(KeyStoreError):  # a server reports its keys itself
+            self.keys.import_key("srv2", crypto.public_pem(private_key("srv")), "server",
+                                 pairs_with=[crypto.public_pem(private_key("qt-server"))])
+
+    def test_unbound_key_is_bound_on_first_login_and_refused_in_the_other_role(self):
+        from twisted.logger import globalLogPublisher
+        seen = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        self.keys.import_key("k", crypto.public_pem(private_key("k")))  # upstream verbs: no role
+        self.assertEqual(self.keys.get("k").role, "unbound")
+        first = self.login(private_key("k"), SERVER, None)
+        self.assertTrue(first.authenticated)
+        self.assertEqual(self.keys.get("k").role, "server")  # stored: survives a restart
+        self.assertEqual(KeyStore(self.keys.db).get("k").role, "server")
+        from twisted.logger import formatEvent
+        texts = [formatEvent(e) for e in seen]
+        self.assertTrue(any("key k bound to role server on first use" in t for t in texts), texts)
+        second = self.login(private_key("k"), CLIENT, None)
+        self.assertFalse(second.authenticated)
+        self.assertEqual(json.loads(second.link.sent[-1])["args"], "unauthorized")
+        texts = [formatEvent(e) for e in seen]
+        self.assertTrue(any("is bound to role server; refused as client" in t for t in texts), texts)
+        again = self.login(private_key("k"), SERVER, None)
+        self.assertTrue(again.authenticated)
+
+    def test_unbound_key_needs_an_identify_reply_and_both_is_explicit(self):
+        self.keys.import_key("k", crypto.public_pem(private_key("k")))
+        silent = self.login(private_key("k"), None, None)
+        self.assertFalse(silent.authenticated)
+        self.assertEqual(self.keys.get("k").role, "unbound")
+        self.keys.import_key("k2", crypto.public_pem(private_key("k2")), "both")
+        self.assertTrue(self.login(private_key("k2"), SERVER, None).authenticated)
+        self.assertTrue(self.login(private_key("k2"), CLIENT, None).authenticated)
+        self.assertEqual(self.keys.get("k2").role, "both")
+
+    def test_legacy_any_rows_read_as_unbound(self):
+        self.keys.import_key("old", crypto.public_pem(private_key("k")))
+        self.keys.db.execute("UPDATE bridge_keys SET role = 'any'")
+        self.assertEqual(KeyStore(self.keys.db).get("old").role, "unbound")
+        self.assertEqual(self.keys.db.execute("SELECT role FROM bridge_keys").fetchone()[0], "unbound")

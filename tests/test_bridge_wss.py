@@ -152,13 +152,19 @@ def connect_peer(testcase, daemon, role=None, md5s=None):
     return peer
 
 
-def register(daemon, nickname, key, role="any"):
+def register(daemon, nickname, key, role=None):
     return daemon.bridge.keys.import_key(nickname, crypto.public_pem(key), role)
 
 
+def md5_of_key(key):
+    return crypto.md5_checksum(crypto.public_pem(key))
+
+
 @defer.inlineCallbacks
-def paired_peers(testcase, daemon, shared="client-key-md5"):
+def paired_peers(testcase, daemon, shared=None):
     """An authenticated server and client whose key lists overlap; returns (server, client, server_id, client_id)."""
+    if shared is None:
+        shared = md5_of_key(private_key("client"))  # the client is paired on the key it proves
     register(daemon, "srv", private_key("server"), "server")
     register(daemon, "cli", private_key("client"), "client")
     server = yield connect_peer(testcase, daemon, role="server", md5s=[shared, "other"])
@@ -364,13 +370,48 @@ class RelayTests(unittest.TestCase):
         register(self.daemon, "srv", private_key("server"), "server")
         register(self.daemon, "cli", private_key("client"), "client")
         server = yield connect_peer(self, self.daemon, role="server", md5s=["a"])
-        client = yield connect_peer(self, self.daemon, role="client", md5s=["b"])
+        mine = md5_of_key(private_key("client"))
+        client = yield connect_peer(self, self.daemon, role="client", md5s=[mine])
         yield server.authenticate(private_key("server"))
         yield client.authenticate(private_key("client"))
         self.assertEqual((yield client.wait_available()), [])
-        server.factory.spec["md5s"] = ["a", "b"]  # a key registered on the server meanwhile
+        server.factory.spec["md5s"] = ["a", mine]  # the client's key registered on the server meanwhile
         ids = yield client.wait_available(lambda ids: len(ids) == 1)
         self.assertEqual(len(ids), 1)
+
+
+class ClaimedKeyRelayTests(unittest.TestCase):
+    """Issue 7 item 2 over real wss: M (server) and M' (client) both claim the victim's
+    checksum; M' must not be paired with the real server."""
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_client_reporting_a_victims_checksum_is_not_paired_with_the_real_server(self):
+        daemon = yield start_bridge(self)
+        victim = md5_of_key(private_key("victim"))
+        register(daemon, "srv", private_key("server"), "server")
+        register(daemon, "mallory-srv", private_key("mallory-srv"))   # no role: bound on first use
+        register(daemon, "mallory-cli", private_key("mallory-cli"))
+        real = yield connect_peer(self, daemon, role="server", md5s=[victim])
+        yield real.authenticate(private_key("server"))
+        fake = yield connect_peer(self, daemon, role="server", md5s=[victim])
+        yield fake.authenticate(private_key("mallory-srv"))
+        relay = yield connect_peer(self, daemon, role="client", md5s=[victim])
+        reply = yield relay.authenticate(private_key("mallory-cli"))
+        self.assertEqual(reply["name"], "response")
+        self.assertEqual((yield relay.wait_available()), [])
+        real_id = next(p.id for p in daemon.bridge.directory.peers.values() if p.key_nickname == "srv")
+        start = len(relay.frames)
+        relay.send_text(real_id + '\n{"args":"","id":"x","name":"identify","namespace":"rpc"}')
+        again = yield relay.wait_available(start=start)  # dropped, and told its (empty) list again
+        self.assertEqual(again, [])
+        self.assertFalse(any(f.startswith(real_id) for f in real.frames + relay.frames))
+        self.assertEqual([f for f in real.frames if f.startswith("::")], [])
+        # The keys were bound to the roles they first used: M's key cannot now log in as a client.
+        self.assertEqual(daemon.bridge.keys.get("mallory-srv").role, "server")
+        swap = yield connect_peer(self, daemon, role="client", md5s=[victim])
+        refused = yield swap.authenticate(private_key("mallory-srv"))
+        self.assertEqual(refused["args"], "unauthorized")
 
 
 class BackpressureTests(unittest.TestCase):

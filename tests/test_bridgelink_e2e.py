@@ -62,7 +62,12 @@ class RealBridgeTests(unittest.TestCase):
         with open(client_bridge_key, "w") as f:
             f.write(ks.pem_of("to-bridge"))
         yield self.bridge_admin(bridge_state, "import_ssl_file", "office", server_key)
-        yield self.bridge_admin(bridge_state, "import_ssl_file", "laptop", client_bridge_key)
+        client_server_key = os.path.join(base, "client-to-server.key")
+        with open(client_server_key, "w") as f:
+            f.write(ks.pem_of("c1"))
+        # Two client keys, as the Qt GUI has: the bridge pairs on the one the client
+        # proves, so the administrator vouches for the other one.
+        yield self.bridge_admin(bridge_state, "import_ssl_file", "laptop", client_bridge_key, "--pairs-with", client_server_key)
 
         watch = Watch(r"listening on \S+ port (\d+)")
         transport = reactor.spawnProcess(

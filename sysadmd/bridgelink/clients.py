@@ -12,6 +12,11 @@ plain and from then on bodies in both directions are ``base64(JSON)``.  A body t
 begins with ``{`` can never be base64, so it is read as plain JSON in any mode and puts
 the session back into plain mode: the client has started over without its key.
 
+Our client adds ``client_nonce`` to that stage 1; the reply then also carries the
+server's bridge key and a proof signed with it, and only a login signature bound to that
+key is accepted afterwards (:mod:`sysadmd.auth.bound`).  Upstream clients see upstream's
+reply.
+
 Bodies named ``response`` or ``error`` are replies, not requests, and are dropped: in
 particular a client can never pass for the bridge answering our own ``auth_ssl``
 (upstream signed whatever ``test_string`` a bridged client sent it).
@@ -27,6 +32,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from sysadmd import envelope
+from sysadmd.auth import bound
 from sysadmd.envelope import EnvelopeError, Request
 from sysadmd.session import CLOSE_GOING_AWAY, CLOSE_POLICY, Session
 
@@ -73,6 +79,7 @@ class BridgedClients:
         self._send_frame = send_frame
         self._sessions: Dict[str, Session] = {}
         self._announced: List[str] = []  # the bridge's latest available_connections
+        self.own_id: Optional[str] = None  # our connection ID on the bridge, when it tells us
 
     def ids(self) -> List[str]:
         """Client IDs the bridge announced or that have a session here."""
@@ -172,8 +179,18 @@ class BridgedClients:
             return
         self.server.api.handle_text(session, text)
 
-    def _md5_stage1(self, session: Session, request: Request) -> defer.Deferred:
-        """Stage 1 of the md5_key login: reply plain, then switch to base64 on success."""
+    def _md5_stage1(self, session: Session, request: Request) -> Optional[defer.Deferred]:
+        """Stage 1 of the md5_key login: reply plain, then switch to base64 on success.
+
+        With ``client_nonce`` (our client), the reply also proves this server's identity
+        (:mod:`sysadmd.auth.bound`) and the session then accepts only a bound stage 2.
+        """
+        nonce = request.args.get("client_nonce")
+        if "client_nonce" in request.args and not bound.valid_nonce(nonce):
+            session.touch()
+            session.send(envelope.error("400", "client_nonce must be 64 lower-case hex digits (32 random bytes)",
+                                        request.id))
+            return None
 
         def run(_: Any = None) -> defer.Deferred:
             return self.server.api.handle(session, request)
@@ -182,6 +199,13 @@ class BridgedClients:
             if message is None:
                 return
             session.attributes[BASE64] = False
+            if nonce is not None and message.get("name") == "response" and isinstance(message.get("args"), dict) \
+                    and session.challenge is not None:
+                own_id = self.own_id or ""
+                session.attributes[bound.BOUND_REQUIRED] = True
+                session.attributes[bound.SERVER_CONNECTION_ID] = own_id
+                message["args"].update(bound.server_proof(bound.server_identity(self.server), nonce,
+                                                          session.challenge.text, request.args["md5_key"], own_id))
             session.send(message)
             if message.get("name") == "response":
                 session.attributes[BASE64] = True

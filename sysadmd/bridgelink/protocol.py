@@ -14,6 +14,8 @@ frame ``<clientID>\\n<body>`` from a client, handled by :mod:`.clients`::
     bridge → us      {"args":{"action":"list_ssl_checksums"},"id":"bridge_request_list_keys","name":"settings","namespace":"rpc"}
     us     → bridge  {"args":{"md5_keys":[…]},"id":"bridge_request_list_keys","name":"response","namespace":"rpc"}
     bridge → us      {"args":{"available_connections":[IDs]},"id":"","name":"bridge","namespace":"events"}
+    us     → bridge  {"args":"","id":"sysadm_server_own_id","name":"identify","namespace":"rpc"}     (ours, after auth)
+    bridge → us      {"args":{"connection_id":ID,…},…}   our own ID, for identity proofs (absent upstream)
 
 A bridge that neither accepts nor refuses our key within ``AUTH_TIMEOUT`` seconds is
 disconnected (and dialed again later).  ``list_ssl_checksums`` is answered only once the bridge has accepted our key (a 401
@@ -41,6 +43,7 @@ from sysadmd.wsbase import LeanClientMixin
 
 AUTH_ID = "server_to_bridge_auth"
 KEYS_ID = "bridge_request_list_keys"
+OWN_ID = "sysadm_server_own_id"  # our identify request to the bridge, after auth
 
 
 def describe_failure(reason: Failure) -> str:
@@ -168,6 +171,8 @@ class BridgeLinkProtocol(LeanClientMixin, WebSocketClientProtocol):
         namespace, name = request.route
         if request.id == AUTH_ID and name in ("response", "error"):
             self._auth_reply(request)
+        elif request.id == OWN_ID and name == "response":
+            self._own_id(request.args)
         elif name in ("response", "error"):
             self._log.debug("bridge link {url}: ignored a {name} for {id!r}", url=self.factory.url, name=name, id=request.id)
         elif (namespace, name) == ("rpc", "identify"):
@@ -189,10 +194,23 @@ class BridgeLinkProtocol(LeanClientMixin, WebSocketClientProtocol):
             self.authenticated = True
             self._cancel_deadline()
             self.link.authenticated_ok()
+            # Ask our own connection ID (our bridge tells it; upstream's answers without it).
+            self.send_json({"args": "", "id": OWN_ID, "name": "identify", "namespace": "rpc"})
         else:
             self._cancel_deadline()
             self.link.refused(args)
             self.close_link("key refused")
+
+    def _own_id(self, args: Any) -> None:
+        own = args.get("connection_id") if isinstance(args, dict) else None
+        clients = self.link.clients
+        if not self.authenticated or clients is None:
+            return
+        if isinstance(own, str) and 0 < len(own) <= 200 and "\n" not in own:
+            clients.own_id = own
+        else:
+            self._log.info("bridge link {url}: the bridge does not tell our connection ID (an upstream bridge?); "
+                           "our clients will see unbound identity proofs", url=self.factory.url)
 
     def _list_checksums(self, request: envelope.Request) -> None:
         if not self.authenticated:

@@ -10,11 +10,19 @@ server behind it and ``<S>`` its connection ID (``::{uuid}``)::
     us → B  {"args":{"md5_keys":[md5(server key)]},"id":"bridge_request_list_keys","name":"response","namespace":"rpc"}
     B → us  {"args":{"available_connections":[<S>,…]},"id":"","name":"bridge","namespace":"events"}
 
-    then per server, as relay frames "<S>\\n<payload>" (B delivers S's answers as "<S>\\n…"):
-    us → S  plain JSON rpc/identify                     → {"hostname":…,"type":"server"}
-    us → S  plain JSON rpc/auth_ssl {"md5_key":M}       → plain {"new_ssl_key":b64(PEM),"test_string":b64(T)}
-    us → S  base64(JSON rpc/auth_ssl {"encrypted_string":sig(T, server key)}) → base64([token, ttl])
+    then per server, as relay frames "<S>\n<payload>" (B delivers S's answers as "<S>\n…"):
+    us → S  plain JSON rpc/identify                     → {"hostname":…,"type":"server"}   (a claim only)
+    us → S  plain JSON rpc/auth_ssl {"md5_key":M,"client_nonce":N}
+            → plain {"new_ssl_key":b64(PEM),"test_string":b64(T),
+                     "server_key":PEM,"server_connection_id":<S>,"server_proof":sig(N,T,M,<S>)}
+    (we check the proof, that it names <S>, and the key against known_servers; nothing is
+     signed for a server that fails, or whose key differs from the one pinned for its name)
+    us → S  base64(JSON rpc/auth_ssl {"encrypted_string":sig(fp(server key),<S>,T),"bound":1}) → base64([token, ttl])
     from then on every payload both ways is base64(compact JSON); events arrive the same way.
+
+See :mod:`sysadmd.auth.bound` for the exact signed texts, and the README ("Servers behind a
+bridge: who you sign for") for why.  Upstream servers send no proof; they are used only
+with ``--allow-upstream-server`` (then T is signed raw, as upstream does).
 
 ``M`` is ``base64(MD5(PEM))`` of the ``--key`` public key; the ``--bridge-key`` (default
 ``--key``) is the one the bridge knows.  A :class:`BridgedConnection` per server offers
@@ -29,15 +37,17 @@ import binascii
 import itertools
 import json
 import socket
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.internet import defer
 
 from sysadmd import crypto
-from sysadmd.client import tables
+from sysadmd.auth import bound
+from sysadmd.client import knownservers, tables
 from sysadmd.client.connect import BRIDGE_PORT, load_key, open_tls, parse_url, request
 from sysadmd.client.context import Context
-from sysadmd.client.errors import EXIT_AUTH, EXIT_CONNECT, EXIT_OK, EXIT_USAGE, ClientError, error_fields, is_error
+from sysadmd.client.errors import (EXIT_AUTH, EXIT_CERTIFICATE, EXIT_CONNECT, EXIT_OK, EXIT_USAGE, ClientError,
+                                   error_fields, is_error)
 from sysadmd.client.knownhosts import KnownHosts
 from sysadmd.client.wsclient import ConnectionLost
 from sysadmd.envelope import encode
@@ -58,6 +68,7 @@ class BridgedConnection:
         self.closed: defer.Deferred = defer.Deferred()
         self.close_reason: Optional[str] = None
         self.hostname: Optional[str] = None
+        self.probe: Optional["Probe"] = None
         self._ids = itertools.count(1)
 
     def call(self, namespace: str, name: str, args: Any = None, request_id: Optional[str] = None) -> defer.Deferred:
@@ -124,6 +135,7 @@ class BridgeSession:
         self.available: Optional[List[str]] = None
         self._available_waiters: List[defer.Deferred] = []
         self.servers: Dict[str, BridgedConnection] = {}
+        self.known = knownservers.KnownServers(getattr(ctx.options, "known_servers", None))
         conn.unsolicited_listeners.append(self._unsolicited)
         conn.event_listeners.append(self._event)
         conn.closed.addBoth(self._bridge_closed)
@@ -144,7 +156,13 @@ class BridgeSession:
         if message.get("id") == IDENT_ID:
             self._answer(IDENT_ID, {"hostname": socket.gethostname() or "sysadm-client", "type": "client"})
         elif message.get("id") == LIST_KEYS_ID:
-            self._answer(LIST_KEYS_ID, {"md5_keys": [crypto.md5_checksum(crypto.public_pem(self.server_key))]})
+            # The bridge pairs us only on the key we proved to it (plus keys its administrator
+            # vouched for with --pairs-with): report the server key and, if different, that one.
+            md5s = [crypto.md5_checksum(crypto.public_pem(self.server_key))]
+            bridge_md5 = crypto.md5_checksum(crypto.public_pem(self.bridge_key))
+            if bridge_md5 not in md5s:
+                md5s.append(bridge_md5)
+            self._answer(LIST_KEYS_ID, {"md5_keys": md5s})
 
     def _answer(self, request_id: str, args: Any) -> None:
         self.conn.send_text(encode({"args": args, "id": request_id, "name": "response", "namespace": "rpc"}))
@@ -191,7 +209,7 @@ class BridgeSession:
             md5 = crypto.md5_checksum(crypto.public_pem(self.bridge_key))
             raise ClientError(
                 f"the bridge {ctx.target} refused key {self.bridge_key_path} (md5 {md5}): {reply.get('args')!r}\n"
-                "  hint: the bridge's administrator registers it with `sysadm-bridge import NICK FILE`", EXIT_AUTH)
+                "  hint: the bridge's administrator registers it with `sysadm-bridge import-key NICK FILE --role client`", EXIT_AUTH)
 
     async def wait_available(self) -> List[str]:
         if self.available is not None:
@@ -207,32 +225,141 @@ class BridgeSession:
         except ConnectionLost as e:
             raise ClientError(str(e), EXIT_CONNECT) from None
 
-    async def open_server(self, server_id: str) -> BridgedConnection:
-        """identify + the md5_key login with one server; raises ClientError on refusal."""
+    async def probe(self, server_id: str) -> "Probe":
+        """identify + stage 1 with a fresh nonce: who the server claims to be and which key
+        it proves it holds.  Nothing is signed; raises ClientError on a refusal."""
+        existing = self.servers.get(server_id)
+        if existing is not None and existing.probe is not None:
+            return existing.probe
         server = BridgedConnection(self, server_id)
         self.servers[server_id] = server
         ctx = self.ctx
         label = f"server {server_id} via {ctx.target}"
+        probe = Probe(server_id, server)
         ident = await request(server, ctx.reactor, "rpc", "identify", "", ctx.timeout, label)
-        if isinstance(ident.get("args"), dict):
-            server.hostname = ident["args"].get("hostname")
+        if isinstance(ident.get("args"), dict) and isinstance(ident["args"].get("hostname"), str):
+            server.hostname = probe.claimed = ident["args"]["hostname"][:253]
         md5 = crypto.md5_checksum(crypto.public_pem(self.server_key))
-        first = await request(server, ctx.reactor, "rpc", "auth_ssl", {"md5_key": md5}, ctx.timeout, label)
+        nonce = bound.new_nonce()
+        first = await request(server, ctx.reactor, "rpc", "auth_ssl", {"md5_key": md5, "client_nonce": nonce},
+                              ctx.timeout, label)
         if is_error(first):
-            raise ClientError(f"{label} refused the key: {_reason(first)}", EXIT_AUTH)
-        encoded = first.get("args", {}).get("test_string") if isinstance(first.get("args"), dict) else None
+            probe.error = f"refused the key: {_reason(first)}"
+            server.probe = probe
+            return probe
+        args = first.get("args")
+        encoded = args.get("test_string") if isinstance(args, dict) else None
         try:
             challenge = base64.b64decode(encoded or "", validate=True).decode("latin-1")
         except (binascii.Error, ValueError):
             challenge = ""
         if not challenge:
-            raise ClientError(f"{label} sent an unusable challenge ({first.get('args')!r})", EXIT_AUTH)
-        server.base64 = True
-        answer = crypto.sign_challenge(self.server_key, challenge)
-        reply = await request(server, ctx.reactor, "rpc", "auth_ssl", {"encrypted_string": answer}, ctx.timeout, label)
+            probe.error = f"sent an unusable challenge ({_short(args)})"
+            server.probe = probe
+            return probe
+        server.base64 = True  # the server switched to base64 payloads with its reply
+        probe.challenge = challenge
+        try:
+            _, probe.fingerprint = bound.check_server_proof(args, nonce, challenge, md5, server_id)
+        except bound.ProofError as e:
+            probe.proof_error = str(e)
+            probe.upstream = bool(getattr(e, "missing", False))
+            if getattr(e, "unbound_channel", False) and self.ctx.options.allow_upstream_server:
+                # Our server behind a bridge that does not tell connection IDs: its key is
+                # proven, the channel is not; accepted only on the same opt-in as upstream.
+                probe.fingerprint, probe.bind_id = e.fingerprint, ""
+                self.ctx.note(f"sysadm: warning: server {server_id} proved its key but not its bridge connection; "
+                              "continuing as --allow-upstream-server asks")
+        pinned = self.known.by_fingerprint(probe.fingerprint) if probe.fingerprint else []
+        probe.pinned = pinned[0] if pinned else None
+        server.probe = probe
+        return probe
+
+    async def login(self, probe: "Probe", pin_as: Optional[str] = None) -> BridgedConnection:
+        """Stage 2 for a probed server: only once its key is proven and pinned (or pinned now
+        as *pin_as*), and bound to that key; raw for an upstream server only on opt-in."""
+        ctx = self.ctx
+        label = f"server {probe.label()} via {ctx.target}"
+        if probe.error:
+            raise ClientError(f"{label} {probe.error}", EXIT_AUTH)
+        if probe.fingerprint is None:
+            if probe.upstream and ctx.options.allow_upstream_server:
+                ctx.note(f"sysadm: warning: {label} did not prove its identity (an upstream server?); signing an "
+                         "unbound login as --allow-upstream-server asks. Another bridge tenant could relay it.")
+                answer = crypto.sign_challenge(self.server_key, probe.challenge)
+                return await self._stage2(probe, {"encrypted_string": answer}, label)
+            if probe.upstream:
+                raise ClientError(
+                    f"{label} did not prove its identity (no server_key/server_proof: an upstream server, or a peer "
+                    "posing as one). Refusing to sign a login it could relay to another server.\n"
+                    "  If you trust this bridge's tenants, pass --allow-upstream-server.", EXIT_CERTIFICATE)
+            raise ClientError(f"{label} failed to prove its identity: {probe.proof_error}. Refusing to sign.\n"
+                              "  (--allow-upstream-server accepts a server whose bridge cannot bind the proof to a "
+                              "connection; nothing accepts a wrong proof)", EXIT_CERTIFICATE)
+        if probe.pinned is None:
+            name = pin_as or probe.claimed
+            if not knownservers.valid_name(name):
+                name = "key-" + probe.fingerprint[:16]  # it claims no name we can store: name it by its key
+            holder = self.known.by_name(name)
+            if holder is not None and holder.fingerprint != probe.fingerprint:
+                raise server_key_changed(name, holder, probe, self.known.path)
+            probe.pinned = self.known.pin(name, probe.fingerprint)
+            ctx.note(f"Pinned server {name} key {bound.display_fingerprint(probe.fingerprint)} ({self.known.path})")
+        answer = bound.sign_bound_login(self.server_key, probe.fingerprint, probe.bind_id, probe.challenge)
+        return await self._stage2(probe, {"encrypted_string": answer, "bound": 1}, label)
+
+    async def _stage2(self, probe: "Probe", args: dict, label: str) -> BridgedConnection:
+        server = probe.connection
+        probe.challenge = ""  # single use
+        reply = await request(server, self.ctx.reactor, "rpc", "auth_ssl", args, self.ctx.timeout, label)
         if is_error(reply):
             raise ClientError(f"{label} refused the login: {_reason(reply)}", EXIT_AUTH)
+        server.hostname = probe.pinned.name if probe.pinned is not None else server.hostname
         return server
+
+
+class Probe:
+    """What stage 1 told us about one server behind the bridge."""
+
+    def __init__(self, server_id: str, connection: BridgedConnection):
+        self.server_id = server_id
+        self.connection = connection
+        self.claimed: Optional[str] = None      # the host name it claims (unverified)
+        self.fingerprint: Optional[str] = None  # proven key (hex), None if no valid proof
+        self.pinned: Optional[knownservers.KnownServer] = None
+        self.challenge = ""
+        self.bind_id = server_id                # the connection ID the proof and our signature name
+        self.error: Optional[str] = None        # stage 1 failed
+        self.proof_error: Optional[str] = None
+        self.upstream = False                   # sent no proof at all
+
+    def label(self) -> str:
+        if self.pinned is not None:
+            return f"{self.pinned.name} ({self.server_id})"
+        return f"{self.server_id} (claims {self.claimed or '?'})"
+
+    def row(self) -> Dict[str, Any]:
+        return {"id": self.server_id, "hostname": self.claimed, "hostname_verified": False,
+                "fingerprint": bound.display_fingerprint(self.fingerprint) if self.fingerprint else None,
+                "pinned_as": self.pinned.name if self.pinned is not None else None,
+                "error": self.error or self.proof_error}
+
+
+def server_key_changed(name: str, holder: "knownservers.KnownServer", probe: Probe, path: str) -> ClientError:
+    got = bound.display_fingerprint(probe.fingerprint) if probe.fingerprint else "none"
+    return ClientError(
+        f"WARNING: server {probe.server_id} claims to be {name}, but its key is not the one pinned for {name}!\n"
+        f"  pinned {holder.display} (since {holder.first_seen})\n"
+        f"  got    {got}\n"
+        "Another bridge tenant may be posing as that server. Refusing to sign anything for it.\n"
+        f"If {name} really has a new bridge key, remove the old entry with\n"
+        f"  sysadm known-servers forget {name}\n"
+        f"(file {path}) and connect again.", EXIT_CERTIFICATE)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _reason(envelope: dict) -> str:
@@ -262,39 +389,100 @@ async def open_bridge(ctx: Context) -> BridgeSession:
 
 
 async def open_bridged(ctx: Context) -> None:
-    """``--bridge``: authenticate with the bridge, then with ``--server`` (unless listing peers)."""
+    """``--bridge``: authenticate with the bridge, then with the server ``--server`` names
+    (unless listing peers)."""
     session = await open_bridge(ctx)
     ctx.extras["bridge"] = session
     if ctx.options.verb == "peers":
         ctx.conn = _BridgeOnly(session)
         return
-    wanted = ctx.options.server
-    available = session.available or []
-    if not wanted:
-        if len(available) == 1:
-            wanted = available[0]
-        else:
-            raise ClientError(f"--server ID is needed: the bridge offers {len(available)} servers (`sysadm … peers` lists them)",
-                              EXIT_USAGE)
-    if wanted not in available:
-        wanted = await _find_by_hostname(session, wanted, available)
-    ctx.conn = await session.open_server(wanted)
-    ctx.target = f"{ctx.conn.hostname or wanted} via {ctx.target}"
+    if not session.available and ctx.options.bridge_key:
+        ctx.note("sysadm: note: the bridge pairs a client only on the key it proved to the bridge (--bridge-key); "
+                 "its administrator can add your --key with `sysadm-bridge import-key NICK BRIDGE.pub --role client "
+                 "--pairs-with KEY.pub`")
+    probe, pin_as = await choose_server(session, ctx.options.server)
+    ctx.conn = await session.login(probe, pin_as)
+    ctx.target = f"{ctx.conn.hostname or probe.server_id} via {ctx.target}"
 
 
-async def _find_by_hostname(session: BridgeSession, name: str, available: List[str]) -> str:
-    for server_id in available:
-        probe = BridgedConnection(session, server_id)
-        session.servers[server_id] = probe
+async def _probe_all(session: BridgeSession) -> List[Probe]:
+    """Stage 1 with every server on offer, side by side (no signing)."""
+
+    async def one(server_id: str) -> Probe:
         try:
-            reply = await request(probe, session.ctx.reactor, "rpc", "identify", "", session.ctx.timeout, server_id)
-        except ClientError:
-            continue
-        finally:
-            session.servers.pop(server_id, None)
-        if isinstance(reply.get("args"), dict) and reply["args"].get("hostname") == name:
-            return server_id
-    raise ClientError(f"the bridge offers no server {name!r} (IDs and host names: `sysadm --bridge … peers`)", EXIT_USAGE)
+            return await session.probe(server_id)
+        except ClientError as e:
+            connection = session.servers.get(server_id) or BridgedConnection(session, server_id)
+            probe = Probe(server_id, connection)
+            probe.claimed = connection.hostname
+            probe.error = e.message
+            return probe
+
+    ids = list(session.available or [])
+    return list(await defer.gatherResults([defer.ensureDeferred(one(i)) for i in ids]))
+
+
+async def choose_server(session: BridgeSession, wanted: Optional[str]) -> Tuple[Probe, Optional[str]]:
+    """The server ``--server`` means, and the name to pin it as if it is new.
+
+    Pinned identities first (a pinned name, or a fingerprint prefix); a name nobody
+    pinned yet matches the host name servers *claim* only when exactly one claims it.
+    Several candidates are never resolved by picking one: the user gets the list.
+    """
+    available = session.available or []
+    known = session.known
+    if wanted and wanted in available:
+        probe = await session.probe(wanted)
+        if probe.fingerprint and probe.pinned is None and probe.claimed:
+            holder = known.by_name(probe.claimed)
+            if holder is not None and holder.fingerprint != probe.fingerprint:
+                raise server_key_changed(probe.claimed, holder, probe, known.path)
+        return probe, None
+    probes = await _probe_all(session)
+    if not wanted:
+        if len(probes) == 1:
+            probe = probes[0]
+            if probe.fingerprint and probe.pinned is None and probe.claimed:
+                holder = known.by_name(probe.claimed)
+                if holder is not None and holder.fingerprint != probe.fingerprint:
+                    raise server_key_changed(probe.claimed, holder, probe, known.path)
+            return probe, None
+        raise ClientError(f"--server NAME is needed: the bridge offers {len(probes)} servers\n"
+                          + _candidates(probes) + "\n(`sysadm … peers` lists them)", EXIT_USAGE)
+    pinned = known.matching(wanted)
+    if pinned:
+        fps = {entry.fingerprint for entry in pinned}
+        found = [p for p in probes if p.fingerprint in fps]
+        if len(found) == 1:
+            return found[0], None
+        names = ", ".join(f"{e.name} {e.display}" for e in pinned)
+        if not found:
+            impostors = [p for p in probes if p.claimed == wanted]
+            warning = ""
+            if impostors:
+                warning = (f"\nWARNING: {len(impostors)} server(s) claim the name {wanted} with another key; "
+                           "not trusted:\n" + _candidates(impostors))
+            raise ClientError(f"the bridge offers no server with the key pinned for {wanted!r} ({names})"
+                              + warning, EXIT_CERTIFICATE if impostors else EXIT_USAGE)
+        raise ClientError(f"{wanted!r} is ambiguous: {len(found)} servers on offer match the pinned {names}; "
+                          "name one by its ID:\n" + _candidates(found), EXIT_USAGE)
+    claiming = [p for p in probes if p.claimed == wanted]
+    if len(claiming) == 1:
+        return claiming[0], wanted
+    if not claiming:
+        raise ClientError(f"the bridge offers no server {wanted!r}: no pinned server has that name or fingerprint, "
+                          "and no server claims that host name (`sysadm --bridge … peers` lists them)", EXIT_USAGE)
+    raise ClientError(f"{len(claiming)} servers claim the host name {wanted!r} (host names are not verified); refusing "
+                      "to guess. Name one by its ID or fingerprint:\n" + _candidates(claiming), EXIT_USAGE)
+
+
+def _candidates(probes: List[Probe]) -> str:
+    lines = []
+    for p in probes:
+        fp = bound.display_fingerprint(p.fingerprint) if p.fingerprint else f"no proven key ({p.error or p.proof_error})"
+        pinned = f", pinned as {p.pinned.name}" if p.pinned is not None else ""
+        lines.append(f"  {p.server_id}  claims {p.claimed or '?'!s}  key {fp}{pinned}")
+    return "\n".join(lines)
 
 
 class _BridgeOnly:
@@ -309,23 +497,33 @@ class _BridgeOnly:
 
 
 async def peers(ctx: Context) -> int:
-    """Log in to every server the bridge offers; print ID, host name, authorized."""
+    """List the servers the bridge offers: ID, claimed host name (unverified), proven key,
+    pinned name; log in (bound) only to pinned ones, to say whether the key is accepted."""
     session: BridgeSession = ctx.extras["bridge"]
     rows = []
-    for server_id in session.available or []:
-        try:
-            server = await session.open_server(server_id)
-            rows.append({"id": server_id, "hostname": server.hostname, "authorized": True, "error": None})
-        except ClientError as e:
-            hostname = session.servers.get(server_id).hostname if server_id in session.servers else None
-            rows.append({"id": server_id, "hostname": hostname, "authorized": False, "error": e.message})
+    for probe in await _probe_all(session):
+        row = probe.row()
+        row["authorized"] = None
+        if probe.pinned is not None and not probe.error:
+            try:
+                await session.login(probe)
+                row["authorized"] = True
+            except ClientError as e:
+                row["authorized"], row["error"] = False, e.message
+        elif probe.error:
+            row["authorized"] = False
+        rows.append(row)
     if ctx.json_output:
         ctx.emit_json(rows)
         return EXIT_OK
     if not rows:
         ctx.say("the bridge offers no servers for this key")
         return EXIT_OK
-    table = [[r["id"], r["hostname"] or "?", "yes" if r["authorized"] else "no", r["error"] or ""] for r in rows]
-    for line in tables.render(["id", "hostname", "authorized", "why not"], table, max_width=90):
+    yes_no = {True: "yes", False: "no", None: "not tried"}
+    table = [[r["id"], (r["hostname"] or "?") + " (unverified)", r["fingerprint"] or "-", r["pinned_as"] or "not pinned",
+              yes_no[r["authorized"]], r["error"] or ""] for r in rows]
+    for line in tables.render(["id", "claims host name", "key", "pinned as", "authorized", "note"], table, max_width=160):
         ctx.say(line)
+    if any(r["pinned_as"] is None and r["fingerprint"] for r in rows):
+        ctx.say("Servers not pinned yet were not logged in to; pin one with --server NAME|ID on a first connection.")
     return EXIT_OK

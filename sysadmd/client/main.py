@@ -29,7 +29,8 @@ events, manage login keys and bridge links.
 
 Where: the local daemon's Unix socket by default (your uid is your login), a remote
 server with --url wss://host[:port] (certificate pinned on first use), or a server
-behind a bridge with --bridge wss://host[:12149] --key FILE --server ID.
+behind a bridge with --bridge wss://host[:12149] --key FILE --server NAME (servers behind
+a bridge prove their key and are pinned by it on first use, like ssh host keys).
 """
 
 EXAMPLES = """\
@@ -57,8 +58,14 @@ def _add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None
                    help=f"remote server wss://host[:port] (port {SERVER_PORT} by default)")
     g.add_argument("--bridge", metavar="URL", default=default(None),
                    help=f"reach servers through the bridge wss://host[:port] (port {BRIDGE_PORT} by default)")
-    g.add_argument("--server", metavar="ID", default=default(None),
-                   help="with --bridge: the server's connection ID (see `peers`), or its host name")
+    g.add_argument("--server", metavar="NAME", default=default(None),
+                   help="with --bridge: a pinned server's name or key fingerprint prefix, a connection ID (see "
+                        "`peers`), or, on first use, the host name exactly one server claims (then pinned)")
+    g.add_argument("--allow-upstream-server", action="store_true", dest="allow_upstream_server", default=default(False),
+                   help="with --bridge: also log in to servers that cannot prove their identity (upstream "
+                        "sysadm servers); such a login can be relayed by another bridge tenant")
+    g.add_argument("--known-servers", metavar="FILE", dest="known_servers", default=default(None),
+                   help="servers behind bridges pinned by key (default: $XDG_CONFIG_HOME/sysadm/known_servers)")
     g.add_argument("--user", metavar="NAME", default=default(None),
                    help="log in with a password ($SYSADM_PASSWORD, or asked on the terminal)")
     g.add_argument("--key", metavar="FILE", default=default(None),
@@ -156,7 +163,44 @@ def build_parser() -> argparse.ArgumentParser:
     hp = hv.add_parser("forget", parents=[common], help="remove the pinned certificate of HOST:PORT")
     hp.add_argument("endpoint", metavar="HOST:PORT")
     hp.set_defaults(func=known_hosts_forget)
+    servers = verb("known-servers", None, "list or forget servers behind bridges pinned by their key", local=True)
+    sv = servers.add_subparsers(dest="servers_verb", metavar="ACTION")
+    sv.required = True
+    sp = sv.add_parser("list", parents=[common], help="pinned names, key fingerprints and when first seen")
+    sp.set_defaults(func=known_servers_list)
+    sp = sv.add_parser("forget", parents=[common], help="remove the pinned key of server NAME")
+    sp.add_argument("name", metavar="NAME")
+    sp.set_defaults(func=known_servers_forget)
     return parser
+
+
+def known_servers_list(options: Any, out: Any, err: Any) -> int:
+    from sysadmd.client.knownservers import KnownServers
+
+    store = KnownServers(options.known_servers)
+    entries = store.entries()
+    if options.json:
+        import json
+
+        out.write(json.dumps([{"name": e.name, "fingerprint": e.display, "sha256_hex": e.fingerprint,
+                               "first_seen": e.first_seen} for e in entries], indent=2) + "\n")
+    elif not entries:
+        out.write(f"no pinned servers ({store.path})\n")
+    else:
+        for e in entries:
+            out.write(f"{e.name} {e.display} first seen {e.first_seen}\n")
+    return EXIT_OK
+
+
+def known_servers_forget(options: Any, out: Any, err: Any) -> int:
+    from sysadmd.client.knownservers import KnownServers
+
+    store = KnownServers(options.known_servers)
+    if store.forget(options.name):
+        out.write(f"forgot the key of server {options.name}\n")
+        return EXIT_OK
+    err.write(f"sysadm: no server is pinned as {options.name} in {store.path} (`sysadm known-servers list`)\n")
+    return 1
 
 
 # --- local verbs (no connection) -------------------------------------------------------------
@@ -200,6 +244,8 @@ async def open_connection(ctx: Context) -> None:
         return
     if opts.server:
         raise ClientError("--server needs --bridge (it names a server behind a bridge)", EXIT_USAGE)
+    if opts.allow_upstream_server:
+        raise ClientError("--allow-upstream-server needs --bridge", EXIT_USAGE)
     if opts.bridge_key:
         raise ClientError("--bridge-key needs --bridge", EXIT_USAGE)
     creds = resolve_credentials(opts.user, opts.key, opts.token, ctx.stdin)

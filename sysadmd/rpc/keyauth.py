@@ -35,6 +35,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from sysadmd import crypto
+from sysadmd.auth import bound
 from sysadmd.auth.keys import CheckerBusy, CheckResult, KeyStore, RegisteredKey, SignatureChecker, raw_signature_of
 from sysadmd.auth.revocation import RevokedKeyWatcher
 from sysadmd.envelope import ApiError
@@ -104,7 +105,11 @@ class KeyLogin:
         session.logout()
         args = request.args
         if isinstance(args, dict) and "encrypted_string" in args:
-            return self.stage2(session, args["encrypted_string"])
+            mode = bound.Stage2(self.server, session, args)  # bridged logins bound to this server (auth/bound.py)
+            if mode.refused:
+                session.challenge = None
+                self.refuse(session, "", mode.refused)
+            return self.stage2(session, args["encrypted_string"], mode)
         if isinstance(args, dict) and "md5_key" in args:
             return self.stage1_md5(session, args["md5_key"])
         if isinstance(args, dict) and "checksum" in args:
@@ -138,7 +143,7 @@ class KeyLogin:
         }
 
     # --- stage 2 ------------------------------------------------------------------------
-    def stage2(self, session: Session, answer: Any) -> defer.Deferred:
+    def stage2(self, session: Session, answer: Any, mode: Optional[bound.Stage2] = None) -> defer.Deferred:
         challenge, session.challenge = session.challenge, None  # single use, whatever the outcome
         if not isinstance(answer, str) or not answer:
             self.refuse(session, "", "encrypted_string must be a non-empty base64 string")
@@ -147,11 +152,12 @@ class KeyLogin:
                                      "encrypted_string first (each challenge answers once)")
         if self.server.clock.seconds() >= challenge.expires:
             self.refuse(session, "", f"the challenge expired (answer within {self.server.config.challenge_ttl} s)")
-        d = self.verify_challenge(session, challenge, answer)
+        d = self.verify_challenge(session, challenge, answer, mode)
         d.addCallback(self.finish, session, challenge)
         return d
 
-    def verify_challenge(self, session: Session, challenge: Challenge, signature_b64: str) -> defer.Deferred:
+    def verify_challenge(self, session: Session, challenge: Challenge, signature_b64: str,
+                         mode: Optional[bound.Stage2] = None) -> defer.Deferred:
         """Fires with the registered key whose signature of *challenge* is *signature_b64*,
         or ``None``; the check runs in the checker's threads.
 
@@ -164,7 +170,7 @@ class KeyLogin:
             self._over_limit_logged = total
             log.warn("{total} keys are registered; key logins that do not name their key by checksum are "
                      "checked against the oldest {limit} only (KEY_LOGIN_MAX_TRIED)", total=total, limit=limit)
-        d = self.checker.find_signer(candidates, signature_b64, self.signature_matcher(session, challenge),
+        d = self.checker.find_signer(candidates, signature_b64, self.signature_matcher(session, challenge, mode),
                                      peer=session.peer)
 
         def unpack(result: CheckResult) -> Optional[RegisteredKey]:
@@ -177,9 +183,12 @@ class KeyLogin:
 
         return d.addCallbacks(unpack, busy)
 
-    def signature_matcher(self, session: Session, challenge: Challenge) -> Any:
+    def signature_matcher(self, session: Session, challenge: Challenge, mode: Optional[bound.Stage2] = None) -> Any:
         """What the answer to *challenge* must be: upstream's raw PKCS#1 v1.5 signature of
-        the challenge text."""
+        the challenge text, or, for a bound bridged login, a SHA-256 signature over this
+        server's key, its bridge connection ID and the challenge (auth/bound.py)."""
+        if mode is not None and mode.bound:
+            return mode.matcher(challenge)
         return raw_signature_of(challenge.text.encode("latin-1"))
 
     def finish(self, key: Optional[RegisteredKey], session: Session, challenge: Challenge) -> list:
