@@ -284,8 +284,8 @@ class VerificationOffTheReactor(KeyDaemonCase):
         threads: list = []
         self.addCleanup(release.set)  # never leave a pool thread blocked
 
-        def blocking_matcher(session, challenge):
-            inner = original(session, challenge)
+        def blocking_matcher(session, challenge, mode=None):
+            inner = original(session, challenge, mode)
 
             def matches(public, signature):
                 threads.append(threading.current_thread())
