@@ -130,7 +130,9 @@ class KeyStore:
         if role not in STORED_ROLES:
             raise KeyStoreError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
         try:
-            pem = crypto.normalized_pem(data)
+            pem = crypto.login_key_pem(data)  # RSA 2048-4096 bits, e = 65537, as sysadmd
+        except crypto.KeyPolicyError as e:
+            raise KeyStoreError(f"the key for {nickname!r} cannot log in: {e}") from None
         except crypto.KeyFormatError as e:
             raise KeyStoreError(f"cannot read the key for {nickname!r}: {e}") from None
         pairs: List[str] = []
@@ -193,6 +195,8 @@ class KeyStore:
         expected = challenge.encode("latin-1")
         for key in self.all():
             public = self._public_key(key)
+            if public is not None and crypto.login_key_problem(public) is not None:
+                continue  # imported before the key rule: never checked (a huge exponent is slow)
             if public is not None and crypto.recover_signed(public, signature_b64) == expected:
                 return key
         return None

@@ -480,3 +480,32 @@ class CheckerBounds(unittest.TestCase):
         release.set()
         yield defer.gatherResults(mine + [other])
         self.assertEqual((checker.pending, checker._by_peer), (0, {}))
+
+
+class BridgeKeyRule(unittest.TestCase):
+    """The bridge daemon's key store follows the same key rule as sysadmd's."""
+
+    def test_bridge_refuses_poison_keys_and_never_checks_old_ones(self):
+        from bridge.keys import KeyStoreError, open_keystore
+
+        store = open_keystore(short_tempdir(self, "bk"))
+        for pem, words in ((random_public_pem(1024), "1024 bits"), (poison_pem(), "public exponent")):
+            with self.assertRaises(KeyStoreError) as caught:
+                store.import_key("bad", pem, role="client")
+            self.assertIn(words, str(caught.exception))
+        self.assertEqual(store.all(), [])
+        good = private_key("bridge-good")
+        store.import_key("good", pem_of("bridge-good"), role="client")
+        # A row written before the rule existed: present, listed, but never tried.
+        poison = poison_pem()
+        store.db.execute("INSERT INTO bridge_keys (nickname, pem, stored, md5, role, registered, pairs) "
+                         "VALUES (?, ?, ?, ?, 'client', 0, '')",
+                         ("old", poison, crypto.stored_form(poison), crypto.md5_checksum(poison)))
+        tried = []
+        original = crypto.recover_signed
+        self.patch(crypto, "recover_signed", lambda public, sig: tried.append(public.key_size) or original(public, sig))
+        challenge = "c" * 32
+        key = store.verify(challenge, crypto.sign_challenge(good, challenge))
+        self.assertEqual(key.nickname, "good")
+        self.assertNotIn(3072, tried)
+        self.assertIsNone(store.verify(challenge, answer_for_3072_bits()))
