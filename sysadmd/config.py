@@ -53,7 +53,7 @@ KEYS: List[Key] = [
     Key("JOB_KILL_GRACE", "float", 5.0, "Seconds between SIGTERM and SIGKILL when a running job is killed.", minimum=0),
     Key("JOB_OUTPUT_CAP", "int", 65536, "Bytes of each command's output kept in events and replies (the\nwhole output stays in the job's file).", minimum=1024),
     Key("JOB_WORKDIR", "path", "/", "Working directory of dispatcher commands."),
-    Key("JOB_PATH", "str", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "PATH given to dispatcher commands (their whole environment is\nPATH, HOME, LANG and SHELL; nothing else leaks from the daemon)."),
+    Key("JOB_PATH", "str", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "PATH given to dispatcher commands (their whole environment is\nPATH, HOME, LANG, SHELL and the job marker SYSADMD_JOB; nothing else\nleaks from the daemon)."),
     Key("JOB_RETENTION_DAYS", "int", 30, "Days finished jobs and their output are kept.", minimum=1),
     # --- ours: events and logs -----------------------------------------------------
     Key("SYSTEM_STATE_INTERVAL", "int", 60, "Seconds between system-state events.", minimum=1),
@@ -67,6 +67,9 @@ KEYS: List[Key] = [
     # --- ours: bridge links --------------------------------------------------------
     Key("BRIDGE_RETRY_MAX", "float", 60.0, "Longest wait (seconds) between reconnection attempts to a bridge.", minimum=1),
     Key("BRIDGE_PING_INTERVAL", "float", 30.0, "Seconds between WebSocket pings on bridge links (0: none).", minimum=0),
+    # --- helper E: dispatcher output files -------------------------------------------
+    Key("JOB_OUTPUT_FILE_MAX", "int", 64 * 1024 * 1024, "Bytes of output one job's file keeps: its first bytes up to this size\n(less JOB_OUTPUT_CAP kept back) and, of a command cut short, its last\nJOB_OUTPUT_CAP bytes; history says how many bytes were cut.", minimum=8192),
+    Key("JOB_OUTPUT_TOTAL_MAX", "int", 1024 * 1024 * 1024, "Bytes all job output files may take together; beyond it the files of\nthe oldest finished jobs are deleted first (their history says so).", minimum=65536),
 ]
 
 KEY_NAMES = [k.name for k in KEYS]
