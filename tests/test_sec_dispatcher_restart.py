@@ -142,3 +142,46 @@ class CrashOrphanTests(unittest.TestCase):
         yield client.close()
         transport.signalProcess("TERM")
         yield proc.ended
+
+
+class SystemdUnitTests(unittest.TestCase):
+    """The shipped units: jobs die with the daemon's cgroup; systemd itself accepts them."""
+
+    UNITS = {"sysadmd.service": "sysadmd", "sysadm-bridge.service": "sysadm-bridge"}
+
+    def read(self, name):
+        import configparser
+        parser = configparser.ConfigParser(strict=False, interpolation=None)
+        parser.optionxform = str
+        with open(os.path.join(MAIN, "conf", "systemd", name)) as f:
+            parser.read_file(f)
+        return parser
+
+    def test_units_keep_jobs_in_the_cgroup_and_restart_on_failure(self):
+        for name, plugin in self.UNITS.items():
+            service = self.read(name)["Service"]
+            self.assertEqual(service["KillMode"], "control-group", name)
+            self.assertEqual(service["Restart"], "on-failure", name)
+            self.assertEqual(service["ExecReload"], "/bin/kill -HUP $MAINPID", name)
+            argv = service["ExecStart"].split()
+            self.assertTrue(argv[0].endswith("/twistd"), name)
+            self.assertEqual(argv[1:], ["-n", "--pidfile=", plugin], name)
+
+    def test_systemd_analyze_verify_accepts_them(self):
+        import shutil
+        analyze = shutil.which("systemd-analyze")
+        if analyze is None:
+            raise unittest.SkipTest("systemd-analyze is not installed")
+        twistd = os.path.join(os.path.dirname(PY), "twistd")
+        directory = short_tempdir(self)
+        paths = []
+        for name in self.UNITS:
+            with open(os.path.join(MAIN, "conf", "systemd", name)) as f:
+                text = f.read().replace("/opt/sysadmd/.venv/bin/twistd", twistd)
+            path = os.path.join(directory, name)
+            with open(path, "w") as f:
+                f.write(text)
+            paths.append(path)
+        done = subprocess.run([analyze, "verify", "--man=no", *paths], capture_output=True, text=True, timeout=60)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual([line for line in done.stderr.splitlines() if "sysadm" in line], [], done.stderr)
