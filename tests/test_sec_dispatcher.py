@@ -336,3 +336,64 @@ class OutputCapTests(RealDispatcherCase):
         newest = d.history(["j11"])[0]
         self.assertNotIn("output_cut", newest)
         self.assertEqual(len(newest["head -c 8000 /dev/zero"]), 1024 + len("[… 6976 bytes cut; full output in the job log]\n"))
+
+
+class SurrogateApiTests(unittest.TestCase):
+    """Item 11 through a real daemon's request pipeline (as the local socket or a direct
+    caller would hand the request on, whatever the envelope did)."""
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_run_and_history_with_lone_surrogates_answer_and_store_nothing_bad(self):
+        from sysadmd.envelope import Request
+        from sysadmd.session import Identity
+        from tests.support import RecordingChannel, start_daemon
+
+        running = yield start_daemon(self, make_config(short_tempdir(self), SOCKET="none"))
+        server = running.server
+        session = server.open_session("test", "local", RecordingChannel(), identity=Identity("root", True, "peer-uid"),
+                                      timers=False)
+        self.addCleanup(session.lost)
+
+        def call(args):
+            return server.api.handle(session, Request("rpc", "dispatcher", "s", args))
+
+        for args in ({"action": "run", "bad\ud800": "echo a"}, {"action": "run", "ok": "echo \udc00"},
+                     {"action": "run", "ok": ["echo a", "echo \ud800"]}):
+            reply = yield call(args)
+            self.assertEqual(reply["args"]["code"], "400")
+            self.assertIn("surrogate", reply["args"]["detail"])
+            envelope.encode(reply).encode("utf-8")
+        reply = yield call({"action": "run", "fine": "echo fine"})
+        self.assertEqual(reply["args"], {"started": ["fine"]})
+        dispatcher = server.subsystems["dispatcher"]
+        yield eventually(lambda: dispatcher.history(["fine"]), what="job fine")
+        for job_id in ("\ud800", ["fine", "\udfff"]):
+            reply = yield call({"action": "history", "job_id": job_id})
+            envelope.encode(reply).encode("utf-8")
+        self.assertEqual([j["process_id"] for j in reply["args"]["history"]], ["fine"])
+        reply = yield call({"action": "kill", "job_id": ["\ud800"]})
+        self.assertEqual(reply["args"], {"killed": {"jobs": []}})
+        server.logs.flush()
+        entries = server.logs.read(["dispatcher", "hostinfo"], 0, time.time() + 10)
+        envelope.encode([list(e) for e in entries]).encode("utf-8")
+        self.assertEqual(server.db.execute("SELECT COUNT(*) FROM dispatcher_jobs").fetchone()[0], 1)
+
+
+class StoreMigrationTests(unittest.TestCase):
+    def test_a_database_of_the_previous_version_gets_the_new_columns(self):
+        from sysadmd.dispatcher import store as storemod
+
+        state_dir = short_tempdir(self)
+        db = open_database(database_path(state_dir))
+        self.addCleanup(db.close)
+        old_schema = storemod.SCHEMA.replace(",\n    marker TEXT NOT NULL DEFAULT '',\n    cut INTEGER NOT NULL DEFAULT 0", "")
+        self.assertNotIn("marker", old_schema)
+        db.executescript(old_schema)
+        db.execute("INSERT INTO dispatcher_jobs (id, queue, commands, state, created, finished, return_codes, ranges)"
+                   " VALUES ('old', 'no_queue', '[\"echo a\"]', 'finished', 1, 2, '[0]', '[[0, 2]]')")
+        store = JobStore(db, state_dir)
+        [record] = store.finished()
+        self.assertEqual((record.marker, record.cut, record.ranges), ("", 0, [[0, 2, 0]]))
+        self.assertEqual(store.command_logs(record, 1024), ["[… 2 bytes cut; 2 of them are not in the job log either]\n"])
