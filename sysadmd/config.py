@@ -68,7 +68,7 @@ KEYS: List[Key] = [
     Key("BRIDGE_RETRY_MAX", "float", 60.0, "Longest wait (seconds) between reconnection attempts to a bridge.", minimum=1),
     Key("BRIDGE_PING_INTERVAL", "float", 30.0, "Seconds between WebSocket pings on bridge links (0: none).", minimum=0),
     # --- helper E: dispatcher output files -------------------------------------------
-    Key("JOB_OUTPUT_FILE_MAX", "int", 64 * 1024 * 1024, "Bytes of output one job's file keeps: its first bytes up to this size\n(less JOB_OUTPUT_CAP kept back) and, of a command cut short, its last\nJOB_OUTPUT_CAP bytes; history says how many bytes were cut.", minimum=8192),
+    Key("JOB_OUTPUT_FILE_MAX", "int", 64 * 1024 * 1024, "Bytes of output one job's file keeps: each command's first bytes and,\nof a command cut short, its last JOB_OUTPUT_CAP bytes (less in long\nchains); history says how many bytes were cut.", minimum=8192),
     Key("JOB_OUTPUT_TOTAL_MAX", "int", 1024 * 1024 * 1024, "Bytes all job output files may take together; beyond it the files of\nthe oldest finished jobs are deleted first (their history says so).", minimum=65536),
 ]
 

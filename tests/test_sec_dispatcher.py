@@ -308,18 +308,39 @@ class OutputCapTests(RealDispatcherCase):
         path = self.store.log_path(record)
         with open(path, "rb") as f:
             data = f.read()
-        # The head (the file less a JOB_OUTPUT_CAP reserve), then the command's last bytes.
-        self.assertEqual(len(data), 8192)
-        self.assertEqual(data[:7168], b"H" * 100 + b"x" * 7068)
-        self.assertEqual(data[7168:], b"x" * (1024 - 7) + b"THE-END")
+        # The head (the file less JOB_OUTPUT_CAP kept back for each of the two commands'
+        # tails), the first command's last bytes, then the second command's output.
+        self.assertEqual(len(data), 6144 + 1024 + 6)
+        self.assertEqual(data[:6144], b"H" * 100 + b"x" * 6044)
+        self.assertEqual(data[6144:7168], b"x" * (1024 - 7) + b"THE-END")
+        self.assertEqual(data[7168:], b"after\n")
         total = 100 + 200000 + 7
         text = job[f"{PY} {script}"]
-        self.assertEqual(text, f"[… {total - 1024} bytes cut; {total - 8192} of them are not in the job log either]\n"
+        self.assertEqual(text, f"[… {total - 1024} bytes cut; {total - 7168} of them are not in the job log either]\n"
                          + "x" * (1024 - 7) + "THE-END")
-        # The file is full: what later commands print is only counted.
-        self.assertEqual(job["echo after"], "[… 6 bytes cut; 6 of them are not in the job log either]\n")
-        self.assertEqual(job["output_cut"], str(total - 8192 + 6))
-        self.assertEqual(record.cut, total - 8192 + 6)
+        self.assertEqual(job["echo after"], "after\n")
+        self.assertEqual(job["output_cut"], str(total - 7168))
+        self.assertEqual(record.cut, total - 7168)
+        self.assertEqual(record.ranges, [[0, 7168, total - 7168], [7168, 7174, 0]])
+
+    @defer.inlineCallbacks
+    def test_every_command_of_a_chain_keeps_its_tail_within_the_file_cap(self):
+        d = self.make(JOB_OUTPUT_CAP=1024, JOB_OUTPUT_FILE_MAX=8192)
+        script = self.script("import sys\nsys.stdout.write(sys.argv[1] * 5000 + 'END-' + sys.argv[1])\n")
+        commands = [f"{PY} {script} {name}" for name in "ABCD"]
+        d.submit("chain", commands)
+        [job] = yield self.finished("chain")
+        with open(self.store.log_path(self.store.finished(["chain"])[0]), "rb") as f:
+            size = len(f.read())
+        self.assertEqual(size, 8192)
+        for name, command in zip("ABCD", commands):
+            self.assertEqual(job[f"return_codes/{command}"], "0")
+            self.assertTrue(job[command].endswith(name * (1024 - 5) + "END-" + name), job[command][:100])
+            if name == "A":  # its first bytes, then the 909 last ones: all of it is in the file
+                self.assertTrue(job[command].startswith("[… 3981 bytes cut; full output in the job log]\n"))
+            else:
+                self.assertRegex(job[command], r"^\[… 3981 bytes cut; \d+ of them are not in the job log either\]\n")
+        self.assertEqual(job["output_cut"], str(4 * 5005 - 8192))
 
     @defer.inlineCallbacks
     def test_total_cap_deletes_the_oldest_finished_files_first(self):

@@ -16,10 +16,12 @@ Lifecycle, and what survives a restart:
   through the API any more.  ``stopService`` waits for them, at most the grace period
   plus two seconds.
 
-Output files: a job's file keeps its first ``JOB_OUTPUT_FILE_MAX`` bytes less a reserve
-of ``JOB_OUTPUT_CAP`` (at most half the file); what a command prints beyond that is
-counted, not written, and when the command ends its last bytes (the tail that
-events and history show, up to the reserve left) are appended after the gap.  All
+Output files: a job's file never exceeds ``JOB_OUTPUT_FILE_MAX``.  Room for the tail of
+each command of the chain is kept back (``JOB_OUTPUT_CAP`` each, less when the chain is
+long: all of them together take at most half the file); the rest is written as it
+comes.  What a command prints beyond its room is counted, not written, and when it ends
+its last bytes (the tail that events and history show) are appended after the gap, so
+every command's range in the file ends with its real last bytes.  All
 files together stay under ``JOB_OUTPUT_TOTAL_MAX``: the files of the oldest finished
 jobs are deleted first, then running jobs' output is only counted.  Every byte not kept
 is counted per command and per job, and history says so (``"output_cut"``).
@@ -88,7 +90,6 @@ class Dispatcher(service.Service):
         self.finished_log_sink = finished_log_sink
         self.cap = config.job_output_cap
         self.file_max = config.job_output_file_max
-        self.head_max = self.file_max - min(self.cap, self.file_max // 2)  # written as it comes
         self.total_max = config.job_output_total_max
         self.output_total = 0  # bytes in all job files
         self._nothing_to_free = False  # no finished job has a file left to delete
@@ -335,7 +336,7 @@ class Dispatcher(service.Service):
     def _output(self, job: Job, token: object, data: bytes) -> None:
         if job.command_token is not token:
             return
-        kept = self._write(job, data, self.head_max)
+        kept = self._write(job, data, self._file_limits(job)[0])
         dropped = len(data) - kept
         if dropped:
             if not job.record.cut:
@@ -348,6 +349,14 @@ class Dispatcher(service.Service):
         if job.update_timer is None or not job.update_timer.active():
             delay = max(0.0, job.last_update + UPDATE_INTERVAL - self.reactor.seconds())
             job.update_timer = self.reactor.callLater(delay, self._send_update, job)
+
+    def _file_limits(self, job: Job) -> "tuple[int, int]":
+        """File sizes up to which the running command may write as its output comes, and
+        with its tail when it ends: room for the later commands' tails stays free."""
+        count = len(job.commands)
+        share = min(self.cap, self.file_max // (2 * count))
+        later = count - job.record.current - 1
+        return self.file_max - share * (later + 1), self.file_max - share * later
 
     def _write(self, job: Job, data: bytes, limit: int) -> int:
         """Append what fits under *limit* (file size) and the total cap; the bytes written."""
@@ -396,8 +405,9 @@ class Dispatcher(service.Service):
         if not missing or job.output is None:
             return
         tail = job.output.tail_bytes()
+        limit = self._file_limits(job)[1]
         piece = tail[len(tail) - min(missing, len(tail)):]
-        kept = self._write(job, piece[max(0, len(piece) - (self.file_max - job.size)):], self.file_max)
+        kept = self._write(job, piece[max(0, len(piece) - (limit - job.size)):], limit)
         job.record.ranges[-1][2] -= kept
         job.record.cut -= kept
 
