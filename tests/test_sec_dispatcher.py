@@ -134,6 +134,35 @@ class DetachedProcessTests(RealDispatcherCase):
         self.assertFalse(alive(pid))
 
     @defer.inlineCallbacks
+    def test_a_worker_that_respawns_on_sigterm_is_hunted_down(self):
+        # On SIGTERM the worker forks a new detached worker (which inherits the marker) and exits.
+        respawn = DETACHED.replace("time.sleep(1000)\n    os._exit(0)", """signal_respawn()
+        time.sleep(1000)
+    os._exit(0)""").replace("import os, sys, time", """import os, sys, time, signal
+def respawn(*_):
+    if os.fork() == 0:
+        os.setsid()
+        print('worker', os.getpid(), flush=True)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        time.sleep(1000)
+    os._exit(0)
+def signal_respawn():
+    signal.signal(signal.SIGTERM, respawn)""")
+        d = self.make(JOB_KILL_GRACE=1)
+        script = self.script(respawn)
+        d.submit("hydra", [f"{PY} {script}"])
+        first = yield eventually(lambda: worker_pid(self.events, "hydra"), what="the worker's pid")
+        self.addCleanup(kill_quietly, first)
+        marker = d.active["hydra"].record.marker
+        d.kill(["hydra"])
+        [job] = yield self.finished("hydra")
+        self.assertEqual(job["killed"], "true")
+        workers = {int(n) for n in re.findall(r"^worker (\d+)$", job[f"{PY} {script}"], re.M)}
+        self.assertEqual(len(workers), 2, job)  # the first worker and the one it forked on SIGTERM
+        self.assertFalse(any(alive(pid) for pid in workers))
+        self.assertEqual(procscan.scan([marker]), {})
+
+    @defer.inlineCallbacks
     def test_four_setsid_sleeps_no_longer_block_new_jobs(self):
         d = self.make(MAX_PARALLEL_JOBS=4, JOB_KILL_GRACE=1)
         ids = [f"s{i}" for i in range(4)]

@@ -29,6 +29,7 @@ from typing import Dict, Iterable, List, Optional
 ENV_NAME = "SYSADMD_JOB"
 _ENTRY = ENV_NAME.encode() + b"="
 PROC = "/proc"
+ROUNDS = 4  # listings of /proc per scan (see scan)
 
 
 def new_instance() -> str:
@@ -65,29 +66,34 @@ def read_environ(pid: int, proc: str = PROC) -> Optional[bytes]:
 
 
 def scan(markers: Iterable[str], proc: str = PROC) -> Dict[str, List[int]]:
-    """The pids of the living processes carrying each of *markers* (exact match)."""
+    """The pids of the living processes carrying each of *markers* (exact match).
+
+    A marked process may fork and exit while the scan runs (a double fork): its child is
+    not in the listing the scan started from, and the parent is gone when its turn
+    comes.  So ``/proc`` is listed again after each pass and the processes that appeared
+    meanwhile are read too, until a listing shows nothing new (at most ``ROUNDS``)."""
     wanted = {m for m in markers if m}
     found: Dict[str, List[int]] = {}
     if not wanted:
         return found
-    own = os.getpid()
-    try:
-        names = os.listdir(proc)
-    except OSError:
-        return found
-    for name in names:
-        if not name.isdigit():
-            continue
-        pid = int(name)
-        if pid == own:
-            continue
-        environ = read_environ(pid, proc)
-        if not environ or _ENTRY not in environ:
-            continue
-        for marker in markers_in(environ):
-            if marker in wanted:
-                found.setdefault(marker, []).append(pid)
-                break
+    seen = {os.getpid()}
+    for _ in range(ROUNDS):
+        try:
+            names = os.listdir(proc)
+        except OSError:
+            return found
+        new = [int(name) for name in names if name.isdigit() and int(name) not in seen]
+        if not new:
+            break
+        for pid in new:
+            seen.add(pid)
+            environ = read_environ(pid, proc)
+            if not environ or _ENTRY not in environ:
+                continue
+            for marker in markers_in(environ):
+                if marker in wanted:
+                    found.setdefault(marker, []).append(pid)
+                    break
     return found
 
 
