@@ -40,6 +40,10 @@ if os.fork() == 0:
         if sys.argv[1:] == ['ignore-term']:
             import signal
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if sys.argv[1:] == ['daemon']:  # let go of the job's output, like a daemon
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)
+            os.dup2(null, 2)
         time.sleep(1000)
     os._exit(0)
 os.wait()
@@ -120,6 +124,22 @@ class DetachedProcessTests(RealDispatcherCase):
         self.assertEqual(job[f"return_codes/{PY} {script}"], "-1")
         self.assertNotIn("return_codes/echo never", job)
         self.assertFalse(alive(pid), "the setsid worker survived the kill")
+
+    @defer.inlineCallbacks
+    def test_a_daemon_started_by_a_job_belongs_to_it_until_killed(self):
+        d = self.make(JOB_KILL_GRACE=1)
+        script = self.script(DETACHED)
+        d.submit("daemon", [f"{PY} {script} daemon"])
+        pid = yield eventually(lambda: worker_pid(self.events, "daemon"), what="the worker's pid")
+        self.addCleanup(kill_quietly, pid)
+        yield eventually(lambda: d.active["daemon"].process.pipes_done, what="the pipes to close")
+        yield sleep(1.0)
+        self.assertEqual(d.active["daemon"].state, "running")
+        self.assertEqual(d.list()["jobs"]["no_queue"]["daemon"]["state"], "running")
+        d.kill(["daemon"])
+        [job] = yield self.finished("daemon")
+        self.assertEqual(job["killed"], "true")
+        self.assertFalse(alive(pid))
 
     @defer.inlineCallbacks
     def test_a_worker_that_ignores_sigterm_gets_sigkill_after_the_grace(self):
