@@ -108,6 +108,8 @@ class CrashOrphanTests(unittest.TestCase):
             self.addCleanup(kill_quietly, pid)
         with open(f"/proc/{pids[0]}/environ", "rb") as f:
             [marker] = procscan.markers_in(f.read())
+        # Whatever happens, nothing of the job outlives the test (the leader included).
+        self.addCleanup(lambda: [kill_quietly(pid) for pid in procscan.scan([marker]).get(marker, [])])
         instance, seq, secret = marker.split(":")
         self.assertEqual(len(secret), 16)
 
