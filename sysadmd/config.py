@@ -81,7 +81,7 @@ KEYS: List[Key] = [
     Key("JOB_KILL_GRACE", "float", 5.0, "Seconds between SIGTERM and SIGKILL when a running job is killed.", minimum=0),
     Key("JOB_OUTPUT_CAP", "int", 65536, "Bytes of each command's output kept in events and replies (the\nwhole output stays in the job's file).", minimum=1024),
     Key("JOB_WORKDIR", "path", "/", "Working directory of dispatcher commands."),
-    Key("JOB_PATH", "str", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "PATH given to dispatcher commands (their whole environment is\nPATH, HOME, LANG and SHELL; nothing else leaks from the daemon)."),
+    Key("JOB_PATH", "str", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "PATH given to dispatcher commands (their whole environment is\nPATH, HOME, LANG, SHELL and the job marker SYSADMD_JOB; nothing else\nleaks from the daemon)."),
     Key("JOB_RETENTION_DAYS", "int", 30, "Days finished jobs and their output are kept.", minimum=1),
     # --- ours: events and logs -----------------------------------------------------
     Key("SYSTEM_STATE_INTERVAL", "int", 60, "Seconds between system-state events.", minimum=1),
@@ -110,6 +110,9 @@ KEYS: List[Key] = [
     Key("TOKEN_MAX_LIFETIME", "int", 43200, "Seconds a token lives at most after its login, however often it is\nused (TOKEN_TTL slides with use; this does not). 0: no limit.", minimum=0),
     # --- helper D: bridged logins (issue 7 item 2) ---------------------------------
     Key("BRIDGE_UPSTREAM_CLIENTS", "bool", True, "Accept upstream-style (unbound) key logins from clients behind a bridge.\nThey are open to a challenge relay by another bridge tenant; false\nrefuses them, so only sysadm clients that sign bound logins get in."),
+    # --- helper E: dispatcher output files -------------------------------------------
+    Key("JOB_OUTPUT_FILE_MAX", "int", 64 * 1024 * 1024, "Bytes of output one job's file keeps: each command's first bytes and,\nof a command cut short, its last JOB_OUTPUT_CAP bytes (less in long\nchains); history says how many bytes were cut.", minimum=8192),
+    Key("JOB_OUTPUT_TOTAL_MAX", "int", 1024 * 1024 * 1024, "Bytes all job output files may take together; beyond it the files of\nthe oldest finished jobs are deleted first (their history says so).", minimum=65536),
 ]
 
 KEY_NAMES = [k.name for k in KEYS]

@@ -86,7 +86,7 @@ class DispatcherServiceTests(unittest.TestCase):
         self.assertTrue(spawned["args"][-3].endswith("/echo"))
         self.assertEqual(spawned["args"][-2:], ["a b", "c"])
         self.assertIn("setsid", spawned["args"][0] + " ".join(spawned["args"][1:3]))
-        self.assertEqual(sorted(spawned["env"]), ["HOME", "LANG", "PATH", "SHELL"])
+        self.assertEqual(sorted(spawned["env"]), ["HOME", "LANG", "PATH", "SHELL", "SYSADMD_JOB"])
         self.assertEqual(spawned["env"]["PATH"], "/usr/bin:/bin")
         self.assertEqual(spawned["path"], "/tmp")
         self.assertTrue(spawned["transport"].stdin_closed)
@@ -103,7 +103,7 @@ class DispatcherServiceTests(unittest.TestCase):
         self.assertEqual(listed["p3"], {"commands": ["true"], "queue_position": "2", "state": "pending"})
         order = []
         for expected in ("p1", "p2", "p3"):
-            running = [j for j in d.queues["pkg_queue"].running]
+            running = list(d.queues["pkg_queue"].running.values())
             self.assertEqual([j.id for j in running], [expected])
             order.append(expected)
             exit_with(self.reactor.spawned[-1]["proto"], 0)

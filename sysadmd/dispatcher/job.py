@@ -10,7 +10,9 @@ and the chain stops at the first non-zero exit.  Its *process log* is upstream's
 
 Ours differs where DECISIONS.md §4.4 says so: the finished log has every command's key
 and return code (``"-1"`` for a command that did not start, could not start, or was
-killed), and ``"killed":"true"`` / ``"interrupted":"true"`` when that happened.
+killed), and ``"killed":"true"`` / ``"interrupted":"true"`` when that happened;
+``"output_cut":"<N>"`` says that N bytes of the job's output are not in its file (over
+``JOB_OUTPUT_FILE_MAX`` / ``JOB_OUTPUT_TOTAL_MAX``).
 Progress updates while a command runs (at most 4 a second, plus one with the last piece
 when the command ends) carry only the output since the previous update, under the
 current command's key, so a command's updates add up to its output.
@@ -75,6 +77,8 @@ def finished_log(record: JobRecord, logs: List[str]) -> Dict[str, Any]:
         out["killed"] = "true"
     if record.interrupted:
         out["interrupted"] = "true"
+    if record.cut > 0:
+        out["output_cut"] = str(record.cut)
     return out
 
 
@@ -91,6 +95,7 @@ class Job:
         self.file = None  # the job's output file while it runs (opened with the first output)
         self.file_failed = False
         self.size = 0  # bytes in the output file
+        self.dropped_after_write = 0  # bytes not written since the last write (see Dispatcher._save_tail)
         self.last_update = float("-inf")
         self.update_timer: Optional[IDelayedCall] = None
         self.kill_requested = False

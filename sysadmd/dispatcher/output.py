@@ -10,6 +10,8 @@ character.
 from __future__ import annotations
 
 CUT_NOTE = "[… {cut} bytes cut; full output in the job log]\n"
+# When the job's file could not keep everything either (JOB_OUTPUT_FILE_MAX / _TOTAL_MAX).
+CUT_NOTE_LOST = "[… {cut} bytes cut; {lost} of them are not in the job log either]\n"
 
 
 def _skip_continuation(data: bytes) -> int:
@@ -32,15 +34,18 @@ def _whole_prefix(data: bytes) -> int:
     return len(data)
 
 
-def render(tail: bytes, total: int, cap: int) -> str:
-    """Text of an output whose last bytes are *tail* out of *total*, at most *cap* bytes."""
+def render(tail: bytes, total: int, cap: int, lost: int = 0) -> str:
+    """Text of an output whose last bytes are *tail* out of *total*, at most *cap* bytes.
+
+    *lost* of the bytes before *tail* are not in the job's file either (the note says so)."""
     if len(tail) > cap:
         tail = tail[-cap:]
     cut = total - len(tail)
     if cut <= 0:
         return tail.decode("utf-8", "replace")
     skip = _skip_continuation(tail)
-    return CUT_NOTE.format(cut=cut + skip) + tail[skip:].decode("utf-8", "replace")
+    note = CUT_NOTE_LOST.format(cut=cut + skip, lost=min(lost, cut)) if lost > 0 else CUT_NOTE.format(cut=cut + skip)
+    return note + tail[skip:].decode("utf-8", "replace")
 
 
 class CommandOutput:
@@ -76,6 +81,10 @@ class CommandOutput:
         self._unsent_total = len(held)
         body = data[:keep]
         return render(body, total, self.cap)
+
+    def tail_bytes(self) -> bytes:
+        """The last (at most *cap*) bytes of the output so far."""
+        return bytes(self._tail[-self.cap:])
 
     def text(self) -> str:
         """The whole output so far, capped to its tail."""

@@ -3,12 +3,16 @@
 ``no_queue`` runs its jobs in parallel up to ``MAX_PARALLEL_JOBS``; every other queue
 (``pkg_queue``, ``iocage_queue``, or any name a subsystem uses) runs one job at a time,
 first in, first out.  A queue only orders jobs; starting them is the dispatcher's work.
+
+Pending and running jobs are kept in ordered dicts by job id, so taking the next job and
+removing any job (a kill of thousands of pending jobs) cost the same whatever the queue's
+length.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from typing import Deque, Iterator, List
+from collections import OrderedDict
+from typing import Iterator, List
 
 from sysadmd.dispatcher.job import NO_QUEUE, Job
 
@@ -17,8 +21,8 @@ class JobQueue:
     def __init__(self, name: str, parallel: int):
         self.name = name
         self.parallel = max(1, parallel)
-        self.pending: Deque[Job] = deque()
-        self.running: List[Job] = []
+        self.pending: "OrderedDict[str, Job]" = OrderedDict()
+        self.running: "OrderedDict[str, Job]" = OrderedDict()
 
     @classmethod
     def named(cls, name: str, max_parallel_jobs: int) -> "JobQueue":
@@ -28,26 +32,23 @@ class JobQueue:
         return f"<JobQueue {self.name} running={len(self.running)} pending={len(self.pending)}>"
 
     def add(self, job: Job) -> None:
-        self.pending.append(job)
+        self.pending[job.id] = job
 
     def next_to_start(self) -> Iterator[Job]:
         """Take waiting jobs off the queue while there is room for them to run."""
         while self.pending and len(self.running) < self.parallel:
-            job = self.pending.popleft()
-            self.running.append(job)
+            _, job = self.pending.popitem(last=False)
+            self.running[job.id] = job
             yield job
 
     def remove(self, job: Job) -> bool:
         """Forget *job* (pending or running); ``True`` if it was here."""
-        if job in self.running:
-            self.running.remove(job)
-            return True
-        try:
-            self.pending.remove(job)
-        except ValueError:
-            return False
-        return True
+        for jobs in (self.running, self.pending):
+            if jobs.get(job.id) is job:
+                del jobs[job.id]
+                return True
+        return False
 
     def in_order(self) -> List[Job]:
         """Running jobs first, then waiting ones: the order ``queue_position`` counts."""
-        return list(self.running) + list(self.pending)
+        return list(self.running.values()) + list(self.pending.values())

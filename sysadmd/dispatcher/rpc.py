@@ -15,7 +15,9 @@ Requests (``args`` is an object; ``action`` matches case-insensitively)::
 
 Upstream skips run values of other types silently; we still skip them (old clients may
 send such keys) but say so in ``skipped``.  An id that is already pending or running, an
-empty chain or an empty command is refused with 400 and nothing is started.
+empty chain or an empty command is refused with 400 and nothing is started, and so is
+a job id or command holding a lone UTF-16 surrogate (it could never be stored or sent
+back as UTF-8).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from twisted.logger import Logger
 from sysadmd.api import require_full_access
 from sysadmd.dispatcher.job import NO_QUEUE
 from sysadmd.dispatcher.service import Dispatcher
-from sysadmd.dispatcher.store import JobStore
+from sysadmd.dispatcher.service import SURROGATE
+from sysadmd.dispatcher.store import JobStore, clean, has_surrogate
 from sysadmd.envelope import ApiError, encode, require_action, type_name
 
 log = Logger()
@@ -40,10 +43,11 @@ def _job_ids(args: Dict[str, Any], required: bool) -> Any:
     value = args.get("job_id")
     if value is None and not required:
         return None
+    # Ids are only looked up, so texts that cannot be encoded are repaired, not refused.
     if isinstance(value, str):
-        return [value]
+        return [clean(value)]
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return value
+        return [clean(v) for v in value]
     raise ApiError("400", f"'job_id' must be a job id string or an array of them, got {type_name(value)}")
 
 
@@ -68,6 +72,8 @@ class DispatcherApi:
         for key, value in args.items():
             if key == "action":
                 continue
+            if has_surrogate(key):
+                raise ApiError("400", f"job id {clean(key)!r} contains {SURROGATE}")
             if not key:
                 skipped[key] = "a job id must not be empty"
             elif isinstance(value, str):

@@ -14,9 +14,13 @@ Elsewhere (or if Twisted's internals change) the command is started through util
 through ``setsid`` 244/s (0.89x) on the fork path, but about half on the posix_spawn path;
 a ``python -c "os.setsid(); os.execv(...)"`` wrapper, the last resort, 31/s.
 
-Completion is reported from ``processEnded`` (the child exited *and* its pipes are
-closed, so no output is lost).  A normal exit gives its code; death by a signal, or a
-kill, gives ``-1``.  Kill = SIGTERM to the whole group, SIGKILL after the grace period.
+Processes that leave the group (``setsid``, double forks) are still the job's: the job's
+marker is in their environment (:mod:`.procscan`).  A command is over when its leader
+has exited *and* no marked process is left; then our ends of its pipes are closed, even
+if something unmarked still holds them, so no process can keep a job running by holding
+its output open.  A normal exit gives its code; death by a signal, or a kill, gives
+``-1``.  Kill = SIGTERM to the group and every marked process, SIGKILL after the grace
+period.
 """
 
 from __future__ import annotations
@@ -33,9 +37,12 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sysadmd.dispatcher import newsession
+from sysadmd.dispatcher import newsession, procscan
 
 log = Logger()
+
+POLL_INTERVAL = 0.5  # seconds between /proc scans while a command waits on processes it left
+DRAIN_MAX = 1 << 20  # bytes read from a held-open pipe before our end is closed
 
 SETSID = shutil.which("setsid", path="/usr/bin:/bin:/usr/sbin:/sbin")
 PYTHON_SETSID = [sys.executable, "-c", "import os,sys; os.setsid(); os.execv(sys.argv[1], sys.argv[1:])"]
@@ -50,13 +57,16 @@ def group_prefix() -> List[str]:
     return [SETSID] if SETSID else list(PYTHON_SETSID)
 
 
-def job_environment(job_path: str) -> Dict[str, str]:
+def job_environment(job_path: str, marker: str = "") -> Dict[str, str]:
     """The whole environment of a dispatcher command: nothing leaks from the daemon."""
     try:
         home = pwd.getpwuid(os.geteuid()).pw_dir
     except KeyError:
         home = "/"
-    return {"PATH": job_path, "HOME": home, "LANG": os.environ.get("LANG") or "C.UTF-8", "SHELL": "/bin/sh"}
+    env = {"PATH": job_path, "HOME": home, "LANG": os.environ.get("LANG") or "C.UTF-8", "SHELL": "/bin/sh"}
+    if marker:
+        env[procscan.ENV_NAME] = marker
+    return env
 
 
 def resolve_program(program: str, job_path: str, workdir: str) -> str:
@@ -73,11 +83,11 @@ def resolve_program(program: str, job_path: str, workdir: str) -> str:
 
 
 class CommandProcess(protocol.ProcessProtocol):
-    """Hands output and the end of one child process to the job that owns it."""
+    """Hands output, the leader's exit and the pipes' end of one child to its watcher."""
 
-    def __init__(self, on_output: Callable[[bytes], None], on_ended: Callable[[int], None]):
+    def __init__(self, on_output: Callable[[bytes], None]):
         self.on_output = on_output
-        self.on_ended = on_ended
+        self.command: Optional["RunningCommand"] = None
 
     def connectionMade(self) -> None:
         # Commands get no input; a command that reads stdin sees end-of-file at once.
@@ -88,23 +98,177 @@ class CommandProcess(protocol.ProcessProtocol):
 
     errReceived = outReceived
 
+    def processExited(self, reason: Failure) -> None:
+        if self.command is not None:
+            self.command.leader_exited(exit_code(reason))
+
     def processEnded(self, reason: Failure) -> None:
-        status = reason.value
-        code = getattr(status, "exitCode", None)
-        if getattr(status, "signal", None) is not None or code is None:
-            code = -1
-        self.on_ended(code)
+        if self.command is not None:
+            self.command.pipes_closed(exit_code(reason))
+
+
+def exit_code(reason: Failure) -> int:
+    """The exit code of an ended process; ``-1`` when a signal ended it."""
+    status = reason.value
+    code = getattr(status, "exitCode", None)
+    if getattr(status, "signal", None) is not None or code is None:
+        return -1
+    return code
+
+
+class ProcessTracker:
+    """One ``/proc`` scan every ``interval`` seconds for all commands waiting on their marked
+    processes (the leader exited, something it started lives on)."""
+
+    def __init__(self, reactor: Any, interval: float = POLL_INTERVAL):
+        self.reactor = reactor
+        self.interval = interval
+        self.waiting: Dict[str, "RunningCommand"] = {}  # by marker
+        self._call: Optional[IDelayedCall] = None
+
+    def watch(self, command: "RunningCommand") -> None:
+        self.waiting[command.marker] = command
+        if self._call is None or not self._call.active():
+            self._call = self.reactor.callLater(self.interval, self._poll)
+
+    def unwatch(self, command: "RunningCommand") -> None:
+        if self.waiting.get(command.marker) is command:
+            del self.waiting[command.marker]
+        if not self.waiting and self._call is not None and self._call.active():
+            self._call.cancel()
+            self._call = None
+
+    def _poll(self) -> None:
+        self._call = None
+        if not self.waiting:
+            return
+        found = procscan.scan(self.waiting)
+        for marker, command in list(self.waiting.items()):
+            command.marked(found.get(marker, []))
 
 
 class RunningCommand:
-    """A started command: its process group, and the kill that escalates to SIGKILL."""
+    """A started command until it is over: its leader has exited, no process carrying the
+    job's marker is left, and our ends of its output pipes are closed.
 
-    def __init__(self, reactor: Any, pgid: int):
+    When the leader has exited and nothing marked is left but something still holds the
+    pipe (a process that dropped the marker), the pipe is drained and closed: the command
+    is over whatever holds it.  Kill = SIGTERM to the process group and to every marked
+    process, SIGKILL to both after the grace period (and to any marked process found
+    later), so a process that called ``setsid`` is reached too.
+    """
+
+    def __init__(self, reactor: Any, transport: Any, marker: str, tracker: ProcessTracker,
+                 on_ended: Callable[[int], None]):
         self.reactor = reactor
-        self.pgid = pgid
+        self.transport = transport
+        self.pgid = transport.pid or 0
+        self.marker = marker
+        self.tracker = tracker
+        self.on_ended = on_ended
+        self.code = -1
+        self.leader_gone = False
+        self.pipes_done = False
+        self.over = False
         self.killing = False
+        self.escalated = False
         self._escalation: Optional[IDelayedCall] = None
+        self._check_call: Optional[IDelayedCall] = None
 
+    # --- from the process protocol -------------------------------------------------------
+    def leader_exited(self, code: int) -> None:
+        if self.leader_gone:
+            return
+        self.leader_gone = True
+        self.code = code
+        # processEnded usually follows in this same call when the pipes are closed already;
+        # otherwise look for what keeps them open on the next turn.
+        self._check_call = self.reactor.callLater(0, self.check)
+
+    def pipes_closed(self, code: int) -> None:
+        self.pipes_done = True
+        if not self.leader_gone:
+            self.leader_gone = True
+            self.code = code
+        self.check()
+
+    # --- deciding whether it is over -------------------------------------------------------
+    def check(self) -> None:
+        """Scan for the marker now (the leader has exited)."""
+        if self._check_call is not None and self._check_call.active():
+            self._check_call.cancel()
+        self._check_call = None
+        if self.over or not self.leader_gone:
+            return
+        self.marked(procscan.scan([self.marker]).get(self.marker, []) if self.marker else [])
+
+    def marked(self, pids: List[int]) -> None:
+        """The processes carrying the marker now are *pids*."""
+        if self.over:
+            return
+        if pids:
+            if self.escalated:
+                self._signal_marked(pids, signal.SIGKILL)
+            self.tracker.watch(self)
+            return
+        self.tracker.unwatch(self)
+        if not self.pipes_done:
+            self._close_pipes()  # processEnded follows, and calls check() again
+            if not self.pipes_done:
+                return
+        self._over()
+
+    def _close_pipes(self) -> None:
+        pipes = getattr(self.transport, "pipes", None) or {}
+        held = [fd for fd in (1, 2) if fd in pipes]
+        if held:
+            log.info("process group {pgid}: its leader exited and no process of the job is left, but its output pipe "
+                     "is still held open; closing it", pgid=self.pgid)
+        for fd in held:
+            reader = pipes.get(fd)
+            if reader is None:
+                continue
+            self._drain(reader)
+            self.transport.closeChildFD(fd)
+
+    @staticmethod
+    def _drain(reader: Any) -> None:
+        """Hand on what is still buffered in the pipe (bounded: a holder may keep writing)."""
+        left = DRAIN_MAX
+        while left > 0:
+            try:
+                data = os.read(reader.fileno(), min(65536, left))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            if not data:
+                return
+            left -= len(data)
+            reader.dataReceived(data)
+
+    def _over(self) -> None:
+        self.over = True
+        self._cancel_timers()
+        self.tracker.unwatch(self)
+        if self.killing:
+            # Anything of the group that survived SIGTERM but let go of the pipes.
+            self.signal_group(signal.SIGKILL)
+        self.on_ended(-1 if self.killing else self.code)
+
+    def abandon(self) -> None:
+        """Stop watching (the dispatcher wrote the command off); nothing is reported."""
+        self.over = True
+        self._cancel_timers()
+        self.tracker.unwatch(self)
+
+    def _cancel_timers(self) -> None:
+        for call in (self._escalation, self._check_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._escalation = self._check_call = None
+
+    # --- killing -------------------------------------------------------------------------
     def signal_group(self, signum: int) -> bool:
         """Send *signum* to the whole group; ``False`` when nothing is left in it."""
         if self.pgid <= 1:
@@ -118,45 +282,52 @@ class RunningCommand:
             return False
         return True
 
+    def _signal_marked(self, pids: List[int], signum: int) -> int:
+        return sum(1 for pid in pids if procscan.signal_marked(pid, self.marker, signum))
+
+    def signal_all(self, signum: int) -> int:
+        """*signum* to the group and to every marked process; how many marked ones got it."""
+        self.signal_group(signum)
+        if not self.marker:
+            return 0
+        return self._signal_marked(procscan.scan([self.marker]).get(self.marker, []), signum)
+
     def terminate(self, grace: float) -> None:
-        """SIGTERM the group now, SIGKILL it after *grace* seconds unless it has ended."""
-        if self.killing:
+        """SIGTERM everything of the command now, SIGKILL after *grace* seconds unless it is over."""
+        if self.killing or self.over:
             return
         self.killing = True
-        self.signal_group(signal.SIGTERM)
+        self.signal_all(signal.SIGTERM)
         self._escalation = self.reactor.callLater(grace, self._escalate)
+        if self.leader_gone:
+            self.check()
 
     def _escalate(self) -> None:
         self._escalation = None
-        if self.signal_group(signal.SIGKILL):
+        self.escalated = True
+        if self.signal_all(signal.SIGKILL) or self.signal_group(0):
             log.info("process group {pgid} outlived SIGTERM; sent SIGKILL", pgid=self.pgid)
-
-    def ended(self) -> None:
-        """The command's process ended: stop the escalation timer, sweep a killed group."""
-        if self._escalation is not None and self._escalation.active():
-            self._escalation.cancel()
-        self._escalation = None
-        if self.killing:
-            # Anything of the group that survived SIGTERM but let go of the pipes.
-            self.signal_group(signal.SIGKILL)
+        if self.leader_gone:
+            self.check()
 
 
-def spawn(reactor: Any, argv: List[str], *, job_path: str, workdir: str,
+def spawn(reactor: Any, argv: List[str], *, job_path: str, workdir: str, marker: str, tracker: ProcessTracker,
           on_output: Callable[[bytes], None], on_ended: Callable[[int], None]) -> RunningCommand:
-    """Start *argv* in a new process group; raises :class:`CannotStart`."""
+    """Start *argv* in a new process group with the job's marker; raises :class:`CannotStart`."""
     program = resolve_program(argv[0], job_path, workdir)
     if not os.path.isdir(workdir):
         raise CannotStart(f"cannot start {argv[0]!r}: working directory {workdir} (JOB_WORKDIR) does not exist")
-    proto = CommandProcess(on_output, on_ended)
+    proto = CommandProcess(on_output)
     fds = {0: "w", 1: "r", 2: "r"}
+    env = job_environment(job_path, marker)
     try:
         if newsession.available(reactor):
-            transport = newsession.spawn(reactor, proto, program, [program] + list(argv[1:]),
-                                         job_environment(job_path), workdir, fds)
+            transport = newsession.spawn(reactor, proto, program, [program] + list(argv[1:]), env, workdir, fds)
         else:
             full = group_prefix() + [program] + list(argv[1:])
-            transport = reactor.spawnProcess(proto, full[0], full, env=job_environment(job_path), path=workdir,
-                                             usePTY=False, childFDs=fds)
+            transport = reactor.spawnProcess(proto, full[0], full, env=env, path=workdir, usePTY=False, childFDs=fds)
     except Exception as e:  # bad bytes in argv, fork failure, …
         raise CannotStart(f"cannot start {argv[0]!r}: {e}") from None
-    return RunningCommand(reactor, transport.pid)
+    command = RunningCommand(reactor, transport, marker, tracker, on_ended)
+    proto.command = command
+    return command

@@ -12,6 +12,14 @@ Everything is written as it happens, so a crash loses nothing that was reported:
   hash and the random part.
 
 Per-command logs are rebuilt from the recorded byte ranges (:meth:`JobStore.command_logs`).
+Output files are capped (``JOB_OUTPUT_FILE_MAX`` per job, ``JOB_OUTPUT_TOTAL_MAX`` for all;
+the dispatcher decides what is kept): a range is ``[start, end, cut]`` where ``cut``
+counts the command's bytes that are not in the file, and the row's ``cut`` the job's.
+A job's ``marker`` is the value of ``SYSADMD_JOB`` its processes carry (:mod:`.procscan`).
+
+Every text that reaches a row or a reply can be encoded as UTF-8: lone surrogates are
+refused on the way in (:func:`has_surrogate`) and replaced when an older row is read
+back (:func:`clean`); a row that cannot be decoded at all is skipped with a warning.
 """
 
 from __future__ import annotations
@@ -22,12 +30,19 @@ import os
 import re
 import secrets
 import sqlite3
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterable, List, Optional, Sequence
+from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+from twisted.logger import Logger
 
 from sysadmd.db import ensure_schema
 from sysadmd.dispatcher.output import render
 from sysadmd.statedir import ensure_private_dir
+
+log = Logger()
+
+BATCH = 500  # rows per statement when many rows change at once
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS dispatcher_jobs (
@@ -45,11 +60,36 @@ CREATE TABLE IF NOT EXISTS dispatcher_jobs (
     ranges TEXT NOT NULL DEFAULT '[]',
     killed INTEGER NOT NULL DEFAULT 0,
     interrupted INTEGER NOT NULL DEFAULT 0,
-    log_file TEXT NOT NULL DEFAULT ''
+    log_file TEXT NOT NULL DEFAULT '',
+    marker TEXT NOT NULL DEFAULT '',
+    cut INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS dispatcher_jobs_by_state ON dispatcher_jobs (state, seq);
 CREATE INDEX IF NOT EXISTS dispatcher_jobs_by_id ON dispatcher_jobs (id, seq);
 """
+# Columns added after the first release: (name, declaration) for ALTER TABLE.
+ADDED_COLUMNS = (("marker", "TEXT NOT NULL DEFAULT ''"), ("cut", "INTEGER NOT NULL DEFAULT 0"))
+
+
+def has_surrogate(text: str) -> bool:
+    """``True`` if *text* holds a lone UTF-16 surrogate (it cannot be encoded as UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def clean(text: str) -> str:
+    """*text* with every lone surrogate replaced by U+FFFD."""
+    return _SURROGATES.sub("\ufffd", text) if has_surrogate(text) else text
+
+
+class BadRow(ValueError):
+    """A stored row that cannot be decoded."""
 
 
 @dataclass
@@ -71,16 +111,33 @@ class JobRecord:
     killed: bool = False
     interrupted: bool = False
     log_file: str = ""
+    marker: str = ""  # SYSADMD_JOB of its processes (set when it starts)
+    cut: int = 0  # bytes of its output not kept in its file
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "JobRecord":
-        return cls(
-            seq=row["seq"], id=row["id"], queue=row["queue"], commands=json.loads(row["commands"]),
-            origin=row["origin"], state=row["state"], created=row["created"], started=row["started"],
-            finished=row["finished"], current=row["current"], return_codes=json.loads(row["return_codes"]),
-            ranges=json.loads(row["ranges"]), killed=bool(row["killed"]), interrupted=bool(row["interrupted"]),
-            log_file=row["log_file"],
-        )
+        """Decode a row, repairing texts that cannot be encoded; raises :class:`BadRow`."""
+        try:
+            commands = json.loads(row["commands"])
+            codes = json.loads(row["return_codes"])
+            ranges = json.loads(row["ranges"])
+            if not isinstance(commands, list) or not all(isinstance(c, str) for c in commands):
+                raise ValueError("commands is not a list of strings")
+            if not isinstance(codes, list) or not all(isinstance(c, int) for c in codes):
+                raise ValueError("return_codes is not a list of integers")
+            if not isinstance(ranges, list) or not all(
+                    isinstance(r, list) and len(r) in (2, 3) and all(isinstance(n, int) for n in r) for r in ranges):
+                raise ValueError("ranges is not a list of [start, end(, cut)]")
+            return cls(
+                seq=row["seq"], id=clean(str(row["id"])), queue=clean(str(row["queue"])),
+                commands=[clean(c) for c in commands], origin=clean(str(row["origin"])), state=row["state"],
+                created=row["created"], started=row["started"], finished=row["finished"], current=row["current"],
+                return_codes=codes, ranges=[r if len(r) == 3 else r + [0] for r in ranges],
+                killed=bool(row["killed"]), interrupted=bool(row["interrupted"]), log_file=row["log_file"],
+                marker=row["marker"], cut=int(row["cut"] or 0),
+            )
+        except (ValueError, TypeError, KeyError, IndexError) as e:
+            raise BadRow(f"dispatcher job row {row['seq']}: {e}") from None
 
 
 def safe_file_name(job_id: str) -> str:
@@ -96,10 +153,36 @@ class JobStore:
         self.jobs_dir = os.path.join(state_dir, "jobs")
         ensure_private_dir(self.jobs_dir)
         ensure_schema(db, SCHEMA)
+        have = {r["name"] for r in db.execute("PRAGMA table_info(dispatcher_jobs)")}
+        for name, declaration in ADDED_COLUMNS:
+            if name not in have:
+                db.execute(f"ALTER TABLE dispatcher_jobs ADD COLUMN {name} {declaration}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Several statements as one commit (the connection is in autocommit mode)."""
+        self.db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def _records(self, rows: Iterable[sqlite3.Row]) -> List[JobRecord]:
+        records = []
+        for row in rows:
+            try:
+                records.append(JobRecord.from_row(row))
+            except BadRow as e:
+                log.warn("skipping an unreadable row: {error}", error=e)
+        return records
 
     # --- rows ---------------------------------------------------------------------------
     def add(self, job_id: str, queue: str, commands: Sequence[str], origin: str, created: float) -> JobRecord:
+        """Insert a pending job; its texts must be encodable (see :func:`has_surrogate`)."""
         log_file = safe_file_name(job_id)
+        origin = clean(origin)
         cur = self.db.execute(
             "INSERT INTO dispatcher_jobs (id, queue, commands, origin, state, created, log_file)"
             " VALUES (?, ?, ?, ?, 'pending', ?, ?)",
@@ -107,19 +190,48 @@ class JobStore:
         )
         return JobRecord(cur.lastrowid, job_id, queue, list(commands), origin, "pending", created, log_file=log_file)
 
+    def add_many(self, jobs: Sequence[Tuple[str, str, Sequence[str], str, float]]) -> List[JobRecord]:
+        """:meth:`add` for several jobs in one transaction."""
+        with self.transaction():
+            return [self.add(*job) for job in jobs]
+
     def save(self, record: JobRecord) -> None:
-        """Write the record's changing fields (state, times, codes, ranges, flags)."""
+        """Write the record's changing fields (state, times, codes, ranges, flags, marker, cut)."""
         self.db.execute(
             "UPDATE dispatcher_jobs SET state = ?, started = ?, finished = ?, current = ?, return_codes = ?,"
-            " ranges = ?, killed = ?, interrupted = ? WHERE seq = ?",
+            " ranges = ?, killed = ?, interrupted = ?, marker = ?, cut = ? WHERE seq = ?",
             (record.state, record.started, record.finished, record.current, json.dumps(record.return_codes),
-             json.dumps(record.ranges), int(record.killed), int(record.interrupted), record.seq),
+             json.dumps(record.ranges), int(record.killed), int(record.interrupted), record.marker, record.cut,
+             record.seq),
         )
 
+    def save_killed_pending(self, records: Sequence[JobRecord], finished: float) -> None:
+        """Store pending jobs as finished and killed: a few statements for any number of them."""
+        with self.transaction():
+            for at in range(0, len(records), BATCH):
+                chunk = [r.seq for r in records[at:at + BATCH]]
+                marks = ",".join("?" for _ in chunk)
+                self.db.execute(
+                    f"UPDATE dispatcher_jobs SET state = 'finished', finished = ?, current = -1, killed = 1"
+                    f" WHERE seq IN ({marks})", (finished, *chunk))
+
     def unfinished(self) -> List[JobRecord]:
-        """Pending and running jobs in submission order."""
+        """Pending and running jobs in submission order (unreadable rows are closed)."""
         rows = self.db.execute("SELECT * FROM dispatcher_jobs WHERE state != 'finished' ORDER BY seq").fetchall()
-        return [JobRecord.from_row(r) for r in rows]
+        records = self._records(rows)
+        readable = {r.seq for r in records}
+        bad = [row["seq"] for row in rows if row["seq"] not in readable]
+        if bad:
+            marks = ",".join("?" for _ in bad)
+            self.db.execute(f"UPDATE dispatcher_jobs SET state = 'finished', interrupted = 1 WHERE seq IN ({marks})", bad)
+        return records
+
+    def leftover_markers(self) -> dict:
+        """Markers of jobs whose processes may have outlived the daemon: running or interrupted."""
+        rows = self.db.execute(
+            "SELECT id, marker FROM dispatcher_jobs WHERE marker != '' AND (state = 'running' OR interrupted = 1)"
+        ).fetchall()
+        return {row["marker"]: clean(str(row["id"])) for row in rows}
 
     def finished(self, job_ids: Optional[Iterable[str]] = None, limit: int = 100) -> List[JobRecord]:
         """Finished jobs, newest first, optionally only those with the given ids."""
@@ -134,7 +246,7 @@ class JobStore:
                 f"SELECT * FROM dispatcher_jobs WHERE state = 'finished' AND id IN ({marks}) ORDER BY seq DESC LIMIT ?",
                 (*ids, limit),
             ).fetchall()
-        return [JobRecord.from_row(r) for r in rows]
+        return self._records(rows)
 
     def prune(self, finished_before: float) -> int:
         """Forget finished jobs older than *finished_before* and delete their files."""
@@ -148,7 +260,51 @@ class JobStore:
 
     # --- output files -------------------------------------------------------------------
     def log_path(self, record: JobRecord) -> str:
-        return os.path.join(self.jobs_dir, record.log_file)
+        return os.path.join(self.jobs_dir, record.log_file or "-")
+
+    def total_output_bytes(self) -> int:
+        """Bytes all job output files take now."""
+        total = 0
+        try:
+            with os.scandir(self.jobs_dir) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_file(follow_symlinks=False):
+                            total += entry.stat(follow_symlinks=False).st_size
+                    except OSError:
+                        continue
+        except OSError:
+            return 0
+        return total
+
+    def free_oldest(self, need: int) -> int:
+        """Delete the output files of the oldest finished jobs until *need* bytes are freed.
+
+        Each such job's row keeps its ranges, loses its file name and counts its output
+        as cut.  Returns the bytes freed."""
+        freed = 0
+        while freed < need:
+            rows = self.db.execute(
+                "SELECT seq, log_file FROM dispatcher_jobs WHERE state = 'finished' AND log_file != ''"
+                " ORDER BY finished, seq LIMIT ?", (BATCH,)
+            ).fetchall()
+            if not rows:
+                break
+            done: List[Tuple[int, int]] = []
+            for row in rows:
+                path = os.path.join(self.jobs_dir, row["log_file"])
+                try:
+                    size = os.path.getsize(path)
+                except OSError:
+                    size = 0
+                self._unlink(row["log_file"])
+                done.append((size, row["seq"]))
+                freed += size
+                if freed >= need:
+                    break
+            with self.transaction():
+                self.db.executemany("UPDATE dispatcher_jobs SET log_file = '', cut = cut + ? WHERE seq = ?", done)
+        return freed
 
     def open_output(self, record: JobRecord):
         """The job's output file, opened for appending without user-space buffering."""
@@ -165,15 +321,20 @@ class JobStore:
         """Each started command's output (capped tail), from the recorded byte ranges."""
         logs: List[str] = []
         try:
-            f = open(self.log_path(record), "rb")
+            f = open(self.log_path(record), "rb") if record.log_file else None
         except OSError:
-            return ["" for _ in record.ranges]
+            f = None
+        if f is None:  # never written, or deleted to stay under JOB_OUTPUT_TOTAL_MAX
+            for start, end, cut in map(_range, record.ranges):
+                total = max(0, end - start) + cut
+                logs.append(render(b"", total, cap, lost=total))
+            return logs
         with f:
-            for start, end in record.ranges:
-                total = max(0, end - start)
+            for start, end, cut in map(_range, record.ranges):
+                total = max(0, end - start) + cut
                 begin = max(start, end - cap)
                 f.seek(begin)
-                logs.append(render(f.read(end - begin), total, cap))
+                logs.append(render(f.read(max(0, end - begin)), total, cap, lost=cut))
         return logs
 
     def _unlink(self, name: str) -> None:
@@ -187,5 +348,10 @@ class JobStore:
 
 def ranges_closed(ranges: List[List[int]], size: int) -> List[List[int]]:
     """*ranges* with a still-open last range (end -1) closed at *size*."""
-    return [[start, size if end < 0 else end] for start, end in ranges]
+    return [[start, size if end < 0 else end, cut] for start, end, cut in map(_range, ranges)]
+
+
+def _range(r: List[int]) -> Tuple[int, int, int]:
+    """``(start, end, cut)`` of a stored range (rows written before output caps have no cut)."""
+    return r[0], r[1], (r[2] if len(r) > 2 else 0)
 
