@@ -25,7 +25,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from sysadmd.db import ensure_schema
-from sysadmd.untrusted import shown
+from sysadmd.untrusted import clean, clean_value, shown
 
 log = Logger()
 
@@ -45,6 +45,15 @@ CREATE INDEX IF NOT EXISTS logs_by_time ON logs (log, ts);
 """
 
 
+def _entry(text: str, is_json: int) -> Any:
+    """A stored entry as a value; rows written before surrogates were cleaned on the way in
+    may hold ``\\udXXX`` escapes, cleaned here so one old row never breaks a reply."""
+    if not is_json:
+        return clean(text)
+    value = json.loads(text)
+    return clean_value(value) if "\\ud" in text.lower() else value
+
+
 class LogStore:
     def __init__(self, db: sqlite3.Connection, clock: IReactorTime):
         self.db = db
@@ -57,7 +66,9 @@ class LogStore:
         if log_name not in LOG_NAMES:
             raise ValueError(f"unknown log {log_name!r}")
         is_json = not isinstance(entry, str)
-        text = json.dumps(entry, separators=(",", ":"), sort_keys=True) if is_json else entry
+        # ensure_ascii=False, then clean: no lone surrogate can reach a row (it would fail the
+        # whole batch's INSERT, or come back as text no reply can encode).
+        text = clean(json.dumps(entry, separators=(",", ":"), sort_keys=True, ensure_ascii=False) if is_json else entry)
         self._pending.append((self.clock.seconds(), log_name, text, int(is_json)))
         if self._flush_call is None:
             self._flush_call = self.clock.callLater(0, self.flush)
@@ -97,7 +108,7 @@ class LogStore:
             f"SELECT log, ts, entry, is_json FROM logs WHERE log IN ({marks}) AND ts >= ? AND ts <= ? ORDER BY ts, id",
             (*wanted, start, end),
         ).fetchall()
-        return [(r["log"], r["ts"], json.loads(r["entry"]) if r["is_json"] else r["entry"]) for r in rows]
+        return [(r["log"], r["ts"], _entry(r["entry"], r["is_json"])) for r in rows]
 
     def read_newest(self, name: str, start: float, end: float, limit: int) -> Tuple[List[Tuple[float, Any, int]], int]:
         """The newest *limit* entries of one log in ``[start, end]`` as ``(ts, entry, size in
@@ -110,7 +121,7 @@ class LogStore:
             (name, start, end, limit),
         ).fetchall()
         rows.reverse()
-        return [(r["ts"], json.loads(r["entry"]) if r["is_json"] else r["entry"], len(r["entry"])) for r in rows], total
+        return [(r["ts"], _entry(r["entry"], r["is_json"]), len(r["entry"])) for r in rows], total
 
     def prune(self, older_than: float) -> int:
         self.flush()

@@ -11,6 +11,7 @@ unambiguous) is written as a Python-style escape (``\\n``, ``\\x00``, ``\\u202e`
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from typing import Any
 
@@ -59,3 +60,31 @@ def shown(value: Any, limit: int = DEFAULT_LIMIT, *, backslash: bool = True) -> 
     if kept < total:
         out += f"…[{total - kept} more {unit} cut, {total} in all]"
     return out
+
+
+def has_surrogate(text: str) -> bool:
+    """``True`` if *text* holds a lone UTF-16 surrogate (it cannot be encoded as UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def clean(text: str) -> str:
+    """*text* with every lone surrogate replaced by U+FFFD (so it can be stored and sent)."""
+    return _SURROGATES.sub("\ufffd", text) if has_surrogate(text) else text
+
+
+def clean_value(value: Any) -> Any:
+    """:func:`clean` applied to every string inside a JSON-shaped *value*."""
+    if isinstance(value, str):
+        return clean(value)
+    if isinstance(value, list):
+        return [clean_value(v) for v in value]
+    if isinstance(value, dict):
+        return {clean(k) if isinstance(k, str) else k: clean_value(v) for k, v in value.items()}
+    return value

@@ -9,6 +9,7 @@ from hypothesis import given, strategies as st
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
+from sysadmd import envelope
 from sysadmd.db import open_database
 from sysadmd.envelope import ApiError
 from sysadmd.logstore import LogRetention, LogStore
@@ -182,6 +183,32 @@ class StoreTests(unittest.TestCase):
         self.assertEqual([e for _, _, e in self.store.read(["hostinfo"], *everything)], ["newest"])
         retention.stopService()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class SurrogateRowTests(unittest.TestCase):
+    """A lone UTF-16 surrogate in one entry must never break read_logs for everyone."""
+
+    def test_new_entries_are_cleaned_and_old_rows_are_repaired_on_read(self):
+        clock = task.Clock()
+        clock.advance(NOW)
+        db = open_database(os.path.join(short_tempdir(self), "t.sqlite"))
+        self.addCleanup(db.close)
+        store = LogStore(db, clock)
+        # As an older release stored them: escaped in a JSON row, raw text impossible in SQLite.
+        db.execute("INSERT INTO logs (ts, log, entry, is_json) VALUES (?, 'events-dispatcher', ?, 1)",
+                   (NOW - 2, '{"cmd":"echo \\ud800","ok":"fine"}'))
+        store.append("events-dispatcher", {"cmd": "touch \ud800x", "list": ["\udfff"]})
+        store.append("hostinfo", "login from \ud800")
+        store.append("hostinfo", "the next entry of the same batch")
+        reply = rpclogs.read_logs(store, {"logs": ["events-dispatcher", "hostinfo"]}, NOW)
+        text = envelope.encode({"args": reply, "id": "x", "name": "response", "namespace": "rpc"})
+        text.encode("utf-8")  # the reply can be sent
+        self.assertNotIn("\ud800", text)
+        entries = list(reply["events-dispatcher"].values())
+        self.assertEqual(entries[0], {"cmd": "echo \ufffd", "ok": "fine"})
+        self.assertEqual(entries[1], {"cmd": "touch \ufffdx", "list": ["\ufffd"]})
+        self.assertEqual(sorted(reply["hostinfo"].values()),
+                         ["login from \ufffd", "the next entry of the same batch"])
 
 
 class ReadLogsOverWssTests(unittest.TestCase):

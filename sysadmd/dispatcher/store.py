@@ -38,6 +38,7 @@ from twisted.logger import Logger
 
 from sysadmd.db import ensure_schema
 from sysadmd.dispatcher.output import render
+from sysadmd.untrusted import clean, has_surrogate  # noqa: F401 (re-exported for the dispatcher)
 from sysadmd.statedir import ensure_private_dir
 
 log = Logger()
@@ -69,23 +70,6 @@ CREATE INDEX IF NOT EXISTS dispatcher_jobs_by_id ON dispatcher_jobs (id, seq);
 """
 # Columns added after the first release: (name, declaration) for ALTER TABLE.
 ADDED_COLUMNS = (("marker", "TEXT NOT NULL DEFAULT ''"), ("cut", "INTEGER NOT NULL DEFAULT 0"))
-
-
-def has_surrogate(text: str) -> bool:
-    """``True`` if *text* holds a lone UTF-16 surrogate (it cannot be encoded as UTF-8)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-_SURROGATES = re.compile("[\ud800-\udfff]")
-
-
-def clean(text: str) -> str:
-    """*text* with every lone surrogate replaced by U+FFFD."""
-    return _SURROGATES.sub("\ufffd", text) if has_surrogate(text) else text
 
 
 class BadRow(ValueError):
