@@ -42,6 +42,12 @@ Wire protocol (upstream sysadm-bridge, ``upstream-bridge-wire.md``; our fixes ma
   right after the handshake; over ``MAX_CONNECTIONS`` → 1013; message over
   ``MAX_MESSAGE_BYTES`` → 1009; a receiver too slow or stuck → 1008 (see
   :mod:`bridge.flow`); no pong within ``PING_INTERVAL`` → dropped; key revoked → 1008.
+  A peer whose send buffer is full is not read until it drains (pongs included).
+* Connections are counted from accept (``MAX_CONNECTIONS_PER_ADDRESS``, a
+  ``HANDSHAKE_TIMEOUT`` from accept; :mod:`sysadmd.listeners`).  Any ``Origin`` is
+  accepted (upstream servers send ``Origin: sysadm-server``; see
+  :class:`sysadmd.wsbase.LeanServerMixin`), and the handshake reply says
+  ``Server: sysadm-bridge``.
 
 Frames: autobahn does the opening handshake, the pings (every ``PING_INTERVAL``), the
 close handshake (a peer that does not answer our close within 5 s is dropped) and
@@ -114,7 +120,9 @@ class BridgeServerProtocol(LeanServerMixin, WebSocketServerProtocol):
                              stall_timeout=cfg.receiver_stall_timeout,
                              write=self._write_frame,
                              close=self.close_with,
-                             pause_reading=transport.pauseProducing, resume_reading=transport.resumeProducing)
+                             pause_reading=lambda: self.pause_input("relay"),
+                             resume_reading=lambda: self.resume_input("relay"),
+                             on_congested=self.output_congested, on_drained=self.output_drained)
         transport.registerProducer(self.flow, True)
         self.relay_peer = peer
         self._auth_timer = bridge.clock.callLater(cfg.auth_timeout, self._auth_expired)

@@ -67,6 +67,10 @@ KEYS: List[Key] = [
     # --- ours: bridge links --------------------------------------------------------
     Key("BRIDGE_RETRY_MAX", "float", 60.0, "Longest wait (seconds) between reconnection attempts to a bridge.", minimum=1),
     Key("BRIDGE_PING_INTERVAL", "float", 30.0, "Seconds between WebSocket pings on bridge links (0: none).", minimum=0),
+    # --- helper B: connection and message limits (issue 7 items 13, 16) -------------
+    Key("MAX_UNAUTH_MESSAGE_BYTES", "int", 64 * 1024, "Largest WebSocket message accepted before the connection has logged\nin (bytes); larger ones close it with code 1009 as soon as their\nlength is known.", minimum=1024),
+    Key("MAX_CONNECTIONS_PER_ADDRESS", "int", 64, "Simultaneous TCP connections from one IP address, counted from the\nmoment they are accepted (loopback included). 0: no cap.", minimum=0),
+    Key("HANDSHAKE_TIMEOUT", "float", 15.0, "Seconds a new connection has, from being accepted, to finish TLS and\nthe WebSocket upgrade or its HTTP request, however slowly its bytes\narrive; then it is closed.", minimum=0.1),
 ]
 
 KEY_NAMES = [k.name for k in KEYS]
