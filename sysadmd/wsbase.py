@@ -51,6 +51,19 @@ class WireMixin:
     def dataReceived(self, data: bytes) -> None:
         self._dataReceived(data)
 
+    def _connectionLost(self, reason: Any) -> None:
+        # autobahn leaves its close-handshake timer running after the connection is gone
+        # (it fires later and finds nothing to do); a peer that never answered our close
+        # would keep the protocol alive until then.
+        call = getattr(self, "closeHandshakeTimeoutCall", None)
+        if call is not None:
+            try:
+                call.cancel()
+            except Exception:
+                pass
+            self.closeHandshakeTimeoutCall = None
+        super()._connectionLost(reason)
+
     def sendData(self, data: bytes, sync: bool = False, chopsize: Any = None) -> None:
         if chopsize or sync or self.send_queue:
             super().sendData(data, sync, chopsize)
