@@ -172,8 +172,9 @@ class GuardedProtocol(ProtocolWrapper):
             transport.abortConnection()
             return
         self._counted = True
-        self.arm()
         super().makeConnection(transport)
+        if self._counted:  # not lost during connectionMade
+            self.arm()
 
     def arm(self) -> None:
         """Start (or restart) the handshake deadline."""
