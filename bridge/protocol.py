@@ -66,7 +66,7 @@ from twisted.logger import Logger
 
 from bridge.flow import PeerFlow
 from bridge.relay import Peer, new_peer_id
-from sysadmd.envelope import encode, error
+from sysadmd.envelope import encode, error, utf8
 from sysadmd.wsbase import LeanServerMixin
 
 CLOSE_POLICY = 1008
@@ -85,7 +85,9 @@ class BridgeServerProtocol(LeanServerMixin, WebSocketServerProtocol):
     # --- PeerLink -------------------------------------------------------------------------
     def send_text(self, text: str) -> None:
         if self.flow is not None:
-            self.flow.send(text.encode("utf-8"))
+            # A lone surrogate from a peer's JSON ("\ud800" in an id we echo) goes out as
+            # U+FFFD: never invalid UTF-8, and the connection stays.
+            self.flow.send(utf8(text))
 
     def close(self, code: int, reason: str) -> None:
         self.close_with(code, reason)

@@ -176,6 +176,14 @@ def require_action(args: Any) -> str:
     return action.lower()
 
 
+def utf8(text: str) -> bytes:
+    """*text* as UTF-8, each lone surrogate (which UTF-8 cannot hold) replaced by U+FFFD."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text).encode("utf-8")
+
+
 def lone_surrogate_path(obj: Any) -> Optional[str]:
     """Where (``args.x[2]``, ``a key in args``) the first string holding a lone surrogate
     is in parsed JSON *obj*, or ``None``.  Iterative: depth is what ``json`` allowed."""

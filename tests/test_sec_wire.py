@@ -138,6 +138,16 @@ class BridgeHandshakeTests(unittest.TestCase):
         yield client.wait(client.text_matching('"type":"bridge"'), what="identify reply")
 
     @defer.inlineCallbacks
+    def test_lone_surrogate_in_an_echoed_id_keeps_the_connection(self):
+        client = yield open_ws(self, self.port)
+        client.send(text('{"namespace":"rpc","name":"identify","id":"\\ud800x","args":""}'))
+        yield client.wait(client.text_matching('"type":"bridge"'), what="identify reply")
+        reply = json.loads(client.texts()[-1])
+        self.assertEqual(reply["id"], "\ufffdx")
+        client.send(text('{"namespace":"rpc","name":"identify","id":"after","args":""}'))
+        yield client.wait(client.text_matching('"id":"after"'), what="the connection still serves")
+
+    @defer.inlineCallbacks
     def test_long_header_line_gets_431_on_the_bridge(self):
         client = yield open_raw(self, self.port)
         client.send(handshake(extra="X-Long: " + "a" * (17 * 1024) + "\r\n"))

@@ -54,13 +54,8 @@ class WebSocketChannel:
     def send_text(self, text: str) -> None:
         if self.closing:
             return
-        try:
-            payload = text.encode("utf-8")
-        except UnicodeEncodeError:
-            # A lone surrogate got past the envelope's checks: send U+FFFD, never fail.
-            self.protocol._log.warn("replacing unencodable characters in a message to {session}",
-                                    session=self.protocol.session.id if self.protocol.session else "?")
-            payload = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace").encode("utf-8")
+        # A lone surrogate that got past the envelope's checks goes out as U+FFFD.
+        payload = envelope.utf8(text)
         if self.paused or self.queue:
             self.queue.append(payload)
             self.queued_bytes += len(payload)
