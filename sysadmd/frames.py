@@ -54,6 +54,10 @@ _STREAM_FROM = 64 * 1024
 # Frames one message may span.  Real clients send a handful (Qt splits at 512 KiB, so a
 # 16 MiB message is 32 frames); the cap bounds the per-fragment bookkeeping.
 MAX_FRAGMENTS = 1024
+# Data frames a peer may still send after its message was refused (1009) before the
+# connection is dropped without waiting for its close reply: skipping them one by one
+# costs as much as reading them.
+MAX_DROPPED_FRAMES = 1024
 
 
 class FrameError(Exception):
@@ -134,6 +138,7 @@ class FrameReader:
         self._key_len = 4 if masked else 0
         self.failed = False  # after a protocol error: ignore everything
         self.dropping = False  # after an oversized message: skip data frames
+        self.dropped_frames = 0  # data frames skipped since (see MAX_DROPPED_FRAMES)
         self._chunks: List[bytes] = []
         self._pos = 0  # offset of unread bytes in _chunks[0]
         self._avail = 0  # unread bytes in _chunks
@@ -320,6 +325,7 @@ class FrameReader:
         else:
             self._discard = end - avail
             self._consume(avail)
+        self.dropped_frames += 1
         if fin:
             # The oversized message ended; a new one would still be dropped (we are closing).
             self._parts = None

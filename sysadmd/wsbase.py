@@ -197,6 +197,9 @@ class _LeanFrames(WireMixin):
                     return
                 continue
             if frame is None:
+                if reader.dropped_frames > frames.MAX_DROPPED_FRAMES:
+                    # Refused (1009) and still streaming data frames instead of closing.
+                    self.dropConnection(abort=False)  # our close frame still goes out
                 return
             opcode, payload = frame
             if opcode < frames.CLOSE:

@@ -108,6 +108,8 @@ class FragmentFloodMixin:
         self.assertEqual(client.close_code(), 1009)
         op, payload = next(f for f in client.frames if f[0] == frames.CLOSE)
         self.assertIn(b"frames", payload)
+        # it keeps streaming instead of answering the close: dropped, not read for 5 s more
+        yield client.wait(lambda: client.is_lost, timeout=2, what="the connection being dropped")
 
     @defer.inlineCallbacks
     def fragments_within_the_cap_pass(self, port: int, before: bytes = b""):
