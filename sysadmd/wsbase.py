@@ -62,6 +62,9 @@ class WireMixin:
             except Exception:
                 pass
             self.closeHandshakeTimeoutCall = None
+        drop = getattr(self, "_drop_call", None)
+        if drop is not None and drop.active():
+            drop.cancel()
         super()._connectionLost(reason)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: Any = None) -> None:
@@ -77,6 +80,8 @@ class WireMixin:
             self.logTxOctets(data, False)
 
 
+# Seconds a connection being dropped gets to flush our close frame before it is cut.
+DROP_GRACE = 1.0
 # Frames larger than this go out as two writes (header, payload) instead of one copy.
 _JOIN_BELOW = 16 * 1024
 
@@ -110,6 +115,7 @@ class _LeanFrames(WireMixin):
     _drain_held = False  # frames are waiting in the reader until input resumes
     _out_congested = False
     _pending_pong: Optional[bytes] = None
+    _drop_call: Any = None
 
     def dataReceived(self, data: bytes) -> None:
         reader = self._reader
@@ -160,6 +166,11 @@ class _LeanFrames(WireMixin):
             # Not from inside the transport's write path that told us it drained.
             self.factory.reactor.callLater(0, self._drain_later)
 
+    def _abort_now(self) -> None:
+        self._drop_call = None
+        if self.transport is not None:
+            self.transport.abortConnection()
+
     def _drain_later(self) -> None:
         if self._reader is not None and self.state != self.STATE_CLOSED and not self._input_pauses:
             self._drain(self._reader)
@@ -197,9 +208,12 @@ class _LeanFrames(WireMixin):
                     return
                 continue
             if frame is None:
-                if reader.dropped_frames > frames.MAX_DROPPED_FRAMES:
-                    # Refused (1009) and still streaming data frames instead of closing.
-                    self.dropConnection(abort=False)  # our close frame still goes out
+                if reader.dropped_frames > frames.MAX_DROPPED_FRAMES and self._drop_call is None:
+                    # Refused (1009) and still streaming data frames instead of closing:
+                    # our close frame still goes out, then the connection is cut (TLS
+                    # would otherwise go on reading while it waits for the peer's close).
+                    self.dropConnection(abort=False)
+                    self._drop_call = self.factory.reactor.callLater(DROP_GRACE, self._abort_now)
                 return
             opcode, payload = frame
             if opcode < frames.CLOSE:
