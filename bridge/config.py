@@ -45,6 +45,9 @@ KEYS: List[Key] = [
     Key("MAX_CONNECTIONS", "int", 4096, "Simultaneous peer connections; more are closed with code 1013.", minimum=1),
     Key("MAX_PEER_BUFFER_BYTES", "int", 4 * 1024 * 1024, "Relayed bytes that may wait for a slow receiver. While a receiver's\nsocket is full its senders are paused; past this amount the receiver\nis closed (1008) instead of growing the bridge's memory.", minimum=65536),
     Key("RECEIVER_STALL_TIMEOUT", "float", 20.0, "Seconds a receiver may keep its socket full without draining anything\nbefore it is closed (1008), so the senders it holds back resume.\nKeep it below PING_INTERVAL: paused senders cannot answer pings.", minimum=0.1),
+    # --- connection limits ----------------------------------------------------------
+    Key("MAX_CONNECTIONS_PER_ADDRESS", "int", 64, "Simultaneous connections from one IP address, counted from the moment\nthey are accepted (loopback included). 0: no cap.", minimum=0),
+    Key("HANDSHAKE_TIMEOUT", "float", 15.0, "Seconds a new connection has, from being accepted, to finish TLS and\nthe WebSocket upgrade, however slowly its bytes arrive; then it is closed.", minimum=0.1),
 ]
 
 KEY_NAMES = [k.name for k in KEYS]

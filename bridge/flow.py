@@ -10,6 +10,11 @@ senders' kernel buffers and on the senders, not in the bridge.
 Two limits keep one stuck receiver from holding anyone hostage: past ``limit`` queued
 bytes, or after ``stall_timeout`` seconds without draining, the receiver is closed
 (1008, with the reason) and its senders resume.
+
+A peer whose own send buffer is full is not read either (``on_congested`` /
+``on_drained``, see :class:`sysadmd.wsbase._LeanFrames`): what it sends us would only
+make us write more to it (replies, pongs), so a peer that floods pings or requests
+without reading the answers cannot grow the bridge's memory.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ CLOSE_POLICY = 1008
 class PeerFlow:
     def __init__(self, clock: Any, *, label: str, limit: int, stall_timeout: float,
                  write: Callable[[bytes], None], close: Callable[[int, str], None],
-                 pause_reading: Callable[[], None], resume_reading: Callable[[], None]):
+                 pause_reading: Callable[[], None], resume_reading: Callable[[], None],
+                 on_congested: Optional[Callable[[], None]] = None,
+                 on_drained: Optional[Callable[[], None]] = None):
         self.clock = clock
         self.label = label
         self.limit = limit
@@ -39,6 +46,8 @@ class PeerFlow:
         self._close = close
         self._pause_reading = pause_reading
         self._resume_reading = resume_reading
+        self._on_congested = on_congested
+        self._on_drained = on_drained
         self.congested = False
         self.closing = False
         self.queue: Deque[bytes] = deque()
@@ -97,6 +106,8 @@ class PeerFlow:
         self.congested = True
         if self._stall is None and not self.closing:
             self._stall = self.clock.callLater(self.stall_timeout, self._stalled)
+        if self._on_congested is not None:
+            self._on_congested()
 
     def resumeProducing(self) -> None:
         self.congested = False
@@ -107,6 +118,8 @@ class PeerFlow:
             self._write(data)
         if not self.congested and not self.queue:
             self._release_all()
+        if not self.congested and self._on_drained is not None:
+            self._on_drained()
 
     def stopProducing(self) -> None:
         self.lost()

@@ -42,6 +42,12 @@ Wire protocol (upstream sysadm-bridge, ``upstream-bridge-wire.md``; our fixes ma
   right after the handshake; over ``MAX_CONNECTIONS`` → 1013; message over
   ``MAX_MESSAGE_BYTES`` → 1009; a receiver too slow or stuck → 1008 (see
   :mod:`bridge.flow`); no pong within ``PING_INTERVAL`` → dropped; key revoked → 1008.
+  A peer whose send buffer is full is not read until it drains (pongs included).
+* Connections are counted from accept (``MAX_CONNECTIONS_PER_ADDRESS``, a
+  ``HANDSHAKE_TIMEOUT`` from accept; :mod:`sysadmd.listeners`).  Any ``Origin`` is
+  accepted (upstream servers send ``Origin: sysadm-server``; see
+  :class:`sysadmd.wsbase.LeanServerMixin`), and the handshake reply says
+  ``Server: sysadm-bridge``.
 
 Frames: autobahn does the opening handshake, the pings (every ``PING_INTERVAL``), the
 close handshake (a peer that does not answer our close within 5 s is dropped) and
@@ -60,7 +66,7 @@ from twisted.logger import Logger
 
 from bridge.flow import PeerFlow
 from bridge.relay import Peer, new_peer_id
-from sysadmd.envelope import encode, error
+from sysadmd.envelope import encode, error, utf8
 from sysadmd.wsbase import LeanServerMixin
 
 CLOSE_POLICY = 1008
@@ -79,7 +85,9 @@ class BridgeServerProtocol(LeanServerMixin, WebSocketServerProtocol):
     # --- PeerLink -------------------------------------------------------------------------
     def send_text(self, text: str) -> None:
         if self.flow is not None:
-            self.flow.send(text.encode("utf-8"))
+            # A lone surrogate from a peer's JSON ("\ud800" in an id we echo) goes out as
+            # U+FFFD: never invalid UTF-8, and the connection stays.
+            self.flow.send(utf8(text))
 
     def close(self, code: int, reason: str) -> None:
         self.close_with(code, reason)
@@ -114,7 +122,9 @@ class BridgeServerProtocol(LeanServerMixin, WebSocketServerProtocol):
                              stall_timeout=cfg.receiver_stall_timeout,
                              write=self._write_frame,
                              close=self.close_with,
-                             pause_reading=transport.pauseProducing, resume_reading=transport.resumeProducing)
+                             pause_reading=lambda: self.pause_input("relay"),
+                             resume_reading=lambda: self.resume_input("relay"),
+                             on_congested=self.output_congested, on_drained=self.output_drained)
         transport.registerProducer(self.flow, True)
         self.relay_peer = peer
         self._auth_timer = bridge.clock.callLater(cfg.auth_timeout, self._auth_expired)

@@ -23,7 +23,7 @@ from bridge.relay import CLIENT, Peer, PeerDirectory
 from sysadmd import tls
 from sysadmd.auth.blacklist import Blacklist
 from sysadmd.db import open_database
-from sysadmd.listeners import Listener
+from sysadmd.listeners import Listener, guard_for
 from sysadmd.statedir import ensure_private_dir
 from sysadmd.startup import tls_files
 from sysadmd.shutdown import wait_until
@@ -152,5 +152,6 @@ def build(cfg: BridgeConfig, reactor: Any) -> BridgeDaemon:
     cert, key = tls_files(cfg, "bridge")
     factory = BridgeServerFactory(bridge, reactor=reactor)
     listener = Listener(reactor, cfg.port, factory, label="sysadm-bridge wss",
-                        interface=cfg.listen_interface, tls=tls.server_context(cert, key))
+                        interface=cfg.listen_interface, tls=tls.server_context(cert, key),
+                        guard=guard_for(cfg, reactor, "sysadm-bridge"))
     return BridgeDaemon(bridge, listener)

@@ -15,7 +15,7 @@ from sysadmd import bridgelink, dispatcher, tls
 from sysadmd.config import Config
 from sysadmd.db import database_path, open_database
 from sysadmd.events import subscriptions as event_subscriptions
-from sysadmd.listeners import Listener
+from sysadmd.listeners import Listener, guard_for
 from sysadmd.rpc import logs as rpc_logs
 from sysadmd.rpc import keyauth
 from sysadmd.server import Server
@@ -50,20 +50,21 @@ def build(cfg: Config, reactor: Any, **server_kwargs: Any) -> Daemon:
     server.setServiceParent(daemon)
     install_subsystems(server, reactor)
 
+    guard = guard_for(cfg, reactor, "sysadmd")  # connection limits shared by every listener
     if not cfg.bridge_connections_only:
         cert, key = tls_files(cfg, "server")
         context = tls.server_context(cert, key)
         ws_factory = SysadmServerFactory(server, "wss", reactor=reactor)
         rest = RestResource(server)
         daemon.add_listener("wss", Listener(reactor, cfg.port, make_site(ws_factory, rest), label="sysadmd wss+https",
-                                            interface=cfg.listen_interface, tls=context))
+                                            interface=cfg.listen_interface, tls=context, guard=guard))
         if cfg.port_rest:
             daemon.add_listener("rest", Listener(reactor, cfg.port_rest, make_site(None, RestResource(server)), label="sysadmd rest",
-                                                 interface=cfg.listen_interface, tls=context))
+                                                 interface=cfg.listen_interface, tls=context, guard=guard))
     else:
         log.info("BRIDGE_CONNECTIONS_ONLY=true: no TCP listener")
     if cfg.socket:
-        daemon.add_listener("unix", make_unix_listener(server, reactor, cfg.socket))
+        daemon.add_listener("unix", make_unix_listener(server, reactor, cfg.socket, guard=guard))
     return daemon
 
 

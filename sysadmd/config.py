@@ -95,24 +95,28 @@ KEYS: List[Key] = [
     # --- ours: bridge links --------------------------------------------------------
     Key("BRIDGE_RETRY_MAX", "float", 60.0, "Longest wait (seconds) between reconnection attempts to a bridge.", minimum=1),
     Key("BRIDGE_PING_INTERVAL", "float", 30.0, "Seconds between WebSocket pings on bridge links (0: none).", minimum=0),
-    # --- helper F: REST from browsers ----------------------------------------------
+    # --- ours: REST from browsers --------------------------------------------------
     Key("REST_ALLOWED_ORIGINS", "list", (), "Web origins (https://host[:port], comma separated) whose pages may\ncall the REST API from a browser. Requests carrying any other web\nOrigin than the server's own are refused (403). Empty: none."),
-    # --- ours: key logins (helper C) -------------------------------------------------
+    # --- ours: key logins ----------------------------------------------------------
     Key("MAX_KEYS_PER_USER", "int", 32, "RSA keys one user may register through rpc/settings (the sysadmd\nadmin command is not limited).", minimum=1, maximum=100000),
     Key("KEY_LOGIN_MAX_TRIED", "int", 1024, "Registered keys an rpc/auth_ssl answer is checked against when the\nclient does not name its key by checksum (the oldest keys first).", minimum=1, maximum=1000000),
     Key("KEY_CHECK_THREADS", "int", 2, "Threads that verify key-login signatures (never the main thread).", minimum=1, maximum=64),
-    # --- helper A (issue 7): login path limits ---------------------------------------
+    # --- ours: password logins and tokens --------------------------------------------
     Key("PASSWORD_CHECK_WORKERS", "int", 4, "Password (PAM) checks run at once; more wait in a queue that serves\naddresses in turn, and one address never holds every worker.", minimum=1, maximum=64),
     Key("PASSWORD_CHECKS_PER_ADDRESS", "int", 4, "Password checks one address (or one client behind a bridge) may have\nrunning or queued; more are refused at once with 429.", minimum=1, maximum=1000),
     Key("AUTH_PENDING_MAX_REQUESTS", "int", 32, "Requests a connection may send while its login is being checked;\none more closes it (1008).", minimum=1),
     Key("AUTH_PENDING_MAX_BYTES", "int", 1048576, "Bytes of requests a connection may send while its login is being\nchecked; more closes it (1008).", minimum=1024),
     Key("RIGHTS_CACHE_SECONDS", "float", 5.0, "Seconds a user's group membership is cached; privileged calls look it\nup again after that, so a user removed from the access groups (or\ndeleted) loses the rights of an old login within this time.", minimum=0, maximum=300),
     Key("TOKEN_MAX_LIFETIME", "int", 43200, "Seconds a token lives at most after its login, however often it is\nused (TOKEN_TTL slides with use; this does not). 0: no limit.", minimum=0),
-    # --- helper D: bridged logins (issue 7 item 2) ---------------------------------
+    # --- ours: bridged logins -------------------------------------------------------
     Key("BRIDGE_UPSTREAM_CLIENTS", "bool", True, "Accept upstream-style (unbound) key logins from clients behind a bridge.\nThey are open to a challenge relay by another bridge tenant; false\nrefuses them, so only sysadm clients that sign bound logins get in."),
-    # --- helper E: dispatcher output files -------------------------------------------
+    # --- ours: dispatcher output files ----------------------------------------------
     Key("JOB_OUTPUT_FILE_MAX", "int", 64 * 1024 * 1024, "Bytes of output one job's file keeps: each command's first bytes and,\nof a command cut short, its last JOB_OUTPUT_CAP bytes (less in long\nchains); history says how many bytes were cut.", minimum=8192),
     Key("JOB_OUTPUT_TOTAL_MAX", "int", 1024 * 1024 * 1024, "Bytes all job output files may take together; beyond it the files of\nthe oldest finished jobs are deleted first (their history says so).", minimum=65536),
+    # --- ours: connection and message limits ----------------------------------------
+    Key("MAX_UNAUTH_MESSAGE_BYTES", "int", 64 * 1024, "Largest WebSocket message accepted before the connection has logged\nin (bytes); larger ones close it with code 1009 as soon as their\nlength is known.", minimum=1024),
+    Key("MAX_CONNECTIONS_PER_ADDRESS", "int", 64, "Simultaneous TCP connections from one IP address, counted from the\nmoment they are accepted (loopback included). 0: no cap.", minimum=0),
+    Key("HANDSHAKE_TIMEOUT", "float", 15.0, "Seconds a new connection has, from being accepted, to finish TLS and\nthe WebSocket upgrade or its HTTP request, however slowly its bytes\narrive; then it is closed.", minimum=0.1),
 ]
 
 KEY_NAMES = [k.name for k in KEYS]

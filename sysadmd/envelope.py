@@ -8,6 +8,13 @@ Request::
   object; ``namespace``/``name``/``id`` are taken when they are strings, else ``""``;
   a missing ``args`` makes the whole object the args.
 * ``rpc`` and ``events`` match case-insensitively; replies echo the namespace as sent.
+* refused with a 400 (the connection stays): a lone UTF-16 surrogate anywhere in the
+  message (``"\ud800"`` is valid JSON but no Unicode text: it cannot be written back
+  as UTF-8, logged or stored), and a message of more than :data:`MAX_JSON_VALUES`
+  values (parsing costs per value, ~0.25 s per million, all of it on the reactor
+  thread and holding the GIL, so a thread would not help; the count is taken on the
+  text before parsing and may over-count commas inside strings, never under-count).
+  Together with ``MAX_UNAUTH_MESSAGE_BYTES`` this bounds what one message can cost.
 
 Success reply (compact JSON, sorted keys)::
 
@@ -27,6 +34,7 @@ Event::
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
@@ -75,17 +83,36 @@ class Request:
         return (self.namespace.lower(), self.name.lower())
 
 
+# At most this many JSON values (objects, arrays and the members/elements between
+# commas) in one message: about 25 ms of parsing at worst.
+MAX_JSON_VALUES = 100_000
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# A \uD800-\uDFFF escape; only these (or surrogates already in the text) can put a
+# surrogate into a parsed string.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def parse(text: str) -> Request:
     """Parse one message; raises :class:`EnvelopeError` with a readable detail."""
     stripped = text.rstrip("\r\n")
     if not stripped.startswith("{"):
         raise EnvelopeError("a request is a JSON object and its text must begin with '{'")
+    values = stripped.count(",") + stripped.count("{") + stripped.count("[")
+    if values > MAX_JSON_VALUES:
+        raise EnvelopeError(f"the message holds about {values} JSON values; at most {MAX_JSON_VALUES} are accepted")
     try:
         obj = json.loads(stripped)
     except (ValueError, RecursionError) as e:
         raise EnvelopeError(f"invalid JSON: {e}") from None
     if not isinstance(obj, dict):
         raise EnvelopeError("a request must be a JSON object")
+    if _SURROGATE_ESCAPE.search(stripped) or _SURROGATE.search(stripped):
+        where = lone_surrogate_path(obj)
+        if where is not None:
+            rid = obj.get("id", "")
+            rid = rid if type(rid) is str and not _SURROGATE.search(rid) else ""
+            raise EnvelopeError(f"{where} holds a lone UTF-16 surrogate (a \\uD800-\\uDFFF escape that is not "
+                                "half of a pair); such text cannot be encoded, the request was refused", rid)
     # "string or else empty", as upstream reads them (a numeric id becomes "")
     request_id = obj.get("id", "")
     if type(request_id) is not str:
@@ -147,6 +174,33 @@ def require_action(args: Any) -> str:
     if not isinstance(action, str) or not action:
         raise ApiError("400", "missing 'action' (a string) in args")
     return action.lower()
+
+
+def utf8(text: str) -> bytes:
+    """*text* as UTF-8, each lone surrogate (which UTF-8 cannot hold) replaced by U+FFFD."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text).encode("utf-8")
+
+
+def lone_surrogate_path(obj: Any) -> Optional[str]:
+    """Where (``args.x[2]``, ``a key in args``) the first string holding a lone surrogate
+    is in parsed JSON *obj*, or ``None``.  Iterative: depth is what ``json`` allowed."""
+    stack = [(obj, "the request")]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                return where
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if _SURROGATE.search(key):
+                    return f"a key in {where}"
+                stack.append((item, key if where == "the request" else f"{where}.{key}"))
+        elif isinstance(value, list):
+            stack.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
+    return None
 
 
 def type_name(value: Any) -> str:

@@ -51,6 +51,13 @@ _BIG_FROM = 2048
 _XOR_TABLES = [bytes(b ^ k for b in range(256)) for k in range(256)]
 # Data frames this big are unmasked chunk by chunk as they arrive, not buffered whole.
 _STREAM_FROM = 64 * 1024
+# Frames one message may span.  Real clients send a handful (Qt splits at 512 KiB, so a
+# 16 MiB message is 32 frames); the cap bounds the per-fragment bookkeeping.
+MAX_FRAGMENTS = 1024
+# Data frames a peer may still send after its message was refused (1009) before the
+# connection is dropped without waiting for its close reply: skipping them one by one
+# costs as much as reading them.
+MAX_DROPPED_FRAMES = 1024
 
 
 class FrameError(Exception):
@@ -124,12 +131,14 @@ class FrameReader:
     piece by piece as it arrives instead, so it is never held masked and joined twice.
     """
 
-    def __init__(self, max_message: int, masked: bool = True):
-        self.max_message = max_message
+    def __init__(self, max_message: int, masked: bool = True, max_fragments: int = MAX_FRAGMENTS):
+        self.max_message = max_message  # may be changed between pops (e.g. after a login)
+        self.max_fragments = max_fragments
         self.masked = masked
         self._key_len = 4 if masked else 0
         self.failed = False  # after a protocol error: ignore everything
         self.dropping = False  # after an oversized message: skip data frames
+        self.dropped_frames = 0  # data frames skipped since (see MAX_DROPPED_FRAMES)
         self._chunks: List[bytes] = []
         self._pos = 0  # offset of unread bytes in _chunks[0]
         self._avail = 0  # unread bytes in _chunks
@@ -137,7 +146,8 @@ class FrameReader:
         self._discard = 0  # bytes of a dropped frame still to skip as they arrive
         self._parts: Optional[List[bytes]] = None  # fragments of the message in progress
         self._opcode = 0
-        self._size = 0
+        self._size = 0  # payload bytes of the message in progress
+        self._fragments = 0  # frames of the message in progress
         # a large data frame being streamed: payload bytes still to come, the masking
         # key rotated to where they start, the unmasked pieces so far, its opcode and FIN
         self._left = 0
@@ -236,15 +246,21 @@ class FrameReader:
         elif self._parts is not None:
             raise self._fail("new message before the previous one ended")
         end = head + length
-        if not control and (self.dropping or self._size + length > self.max_message):
-            self._drop_frame(bool(fin), end, avail)
-            if not self.dropping:
-                self.dropping = True
-                size = self._size + length
-                self._size = 0
-                self._parts = None
-                raise FrameError(CLOSE_TOO_BIG, f"message of {size}+ bytes (at most {self.max_message})")
-            return None
+        if not control:
+            too_many = self._parts is not None and self._fragments >= self.max_fragments
+            if self.dropping or too_many or self._size + length > self.max_message:
+                self._drop_frame(bool(fin), end, avail)
+                if not self.dropping:
+                    self.dropping = True
+                    size = self._size + length
+                    self._size = 0
+                    self._parts = None
+                    if too_many:
+                        raise FrameError(CLOSE_TOO_BIG, f"message in more than {self.max_fragments} frames")
+                    raise FrameError(CLOSE_TOO_BIG, f"message of {size}+ bytes (at most {self.max_message})")
+                return None
+            if self._parts is not None:
+                self._fragments += 1
         if avail < end:
             if length >= _STREAM_FROM and not control and avail >= head:
                 self._left = length
@@ -290,13 +306,16 @@ class FrameReader:
             self._parts = [payload]
             self._opcode = opcode
             self._size = length
+            self._fragments = 1
             return None
-        self._parts.append(payload)
-        self._size += length
+        if length:
+            self._parts.append(payload)
+            self._size += length
         if not fin:
             return None
         parts, self._parts = self._parts, None
         self._size = 0
+        self._fragments = 0
         return self._opcode, b"".join(parts)
 
     def _drop_frame(self, fin: bool, end: int, avail: int) -> None:
@@ -306,6 +325,7 @@ class FrameReader:
         else:
             self._discard = end - avail
             self._consume(avail)
+        self.dropped_frames += 1
         if fin:
             # The oversized message ended; a new one would still be dropped (we are closing).
             self._parts = None

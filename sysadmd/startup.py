@@ -14,6 +14,7 @@ from twisted.logger import Logger
 
 from sysadmd import tls
 from sysadmd.configfile import ConfigError
+from sysadmd.listeners import raise_descriptor_limit
 
 log = Logger()
 
@@ -33,6 +34,11 @@ def load_or_exit(program: str, settings_cls: Any, path: Optional[str], overrides
 
 
 def build_or_exit(program: str, build: Callable[[Any, Any], Any], cfg: Any, reactor: Any) -> Any:
+    # Every connection is a descriptor: use what the hard limit allows (often 1,024 soft
+    # against 512Ki hard), so MAX_CONNECTIONS is not cut short by the default.
+    before, after = raise_descriptor_limit()
+    if after != before:
+        log.info("raised the open-file limit from {before} to {after}", before=before, after=after)
     try:
         return build(cfg, reactor)
     except ConfigError as e:

@@ -1,14 +1,28 @@
 """The HTTPS site on PORT: WebSocket upgrades go to the WebSocket factory, everything
-else is REST.  Any path upgrades (upstream accepts any URL path)."""
+else is REST.  Any path upgrades (upstream accepts any URL path).
+
+Its HTTP channel (:class:`SysadmHTTPChannel`) adds two limits to twisted.web's:
+
+* the connection guard's handshake deadline (:mod:`sysadmd.listeners`) runs until a
+  request has been received whole, and again from the end of each request to the next
+  one on a kept-alive connection, so trickled bytes cannot hold a connection;
+* a request or header line over 16 KiB is answered ``431 Request Header Fields Too
+  Large`` and the connection closed (twisted.web dropped it without an answer).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
-from twisted.web import resource, server as web_server
+from twisted.web import http, resource, server as web_server
 
+from sysadmd.listeners import handshake_finished, handshake_started
 from sysadmd.transports.rest import limit_request_bodies
+
+TOO_LARGE_HEAD = (b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\n"
+                  b"Content-Length: 44\r\nConnection: close\r\n\r\n"
+                  b"request or header line longer than 16384 B.\n")
 
 
 class SysadmRoot(resource.Resource):
@@ -26,9 +40,32 @@ class SysadmRoot(resource.Resource):
         return self.rest.render(request)
 
 
+class SysadmHTTPChannel(http.HTTPChannel):
+    MAX_LENGTH = 16 * 1024  # one request or header line (twisted.web's default too)
+
+    def allContentReceived(self) -> None:
+        if self.transport is not None:
+            handshake_finished(self.transport)
+        super().allContentReceived()
+
+    def requestDone(self, request: Any) -> None:
+        if self.transport is not None and self.persistent:
+            handshake_started(self.transport)  # the next request has the same deadline
+        super().requestDone(request)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self.transport is None:
+            return
+        self.transport.write(TOO_LARGE_HEAD)
+        self.dataReceived = lambda data: None  # ignore the rest of the request
+        self.loseConnection()
+
+
 class QuietSite(web_server.Site):
     """A Site that does not write an access-log line per request (the daemon logs
     connections and logins itself)."""
+
+    protocol = SysadmHTTPChannel
 
     def log(self, request):
         pass

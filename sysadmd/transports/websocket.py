@@ -8,14 +8,18 @@ Wire protocol (upstream-compatible):
   envelope (:mod:`sysadmd.envelope`); invalid UTF-8 or JSON gets a 400 reply, the
   connection stays open;
 * every reply and event is one text frame; replies may come in any order (match ``id``);
-* a message larger than ``MAX_MESSAGE_BYTES`` closes the connection with 1009;
+* a message larger than ``MAX_MESSAGE_BYTES`` closes the connection with 1009, and so
+  does one larger than ``MAX_UNAUTH_MESSAGE_BYTES`` before the connection has logged in
+  (refused when its frame header declares the length: nothing of it is buffered);
+* the opening handshake's reply carries ``Server: sysadm-server``, as upstream's does;
 * a blocked address, or one over ``MAX_CONNECTIONS``, is closed right after the
   handshake with 1008 (blocked) or 1013 (busy) and a reason;
 * a connection not authenticated within ``AUTH_TIMEOUT`` is closed with 1008, one silent
   for ``IDLE_TIMEOUT`` with 1001;
 * a client that reads too slowly: while the socket's send buffer is full, messages wait
   in a queue; past ``MAX_SESSION_BUFFER_BYTES`` the connection is closed (1008) rather
-  than growing the daemon's memory.
+  than growing the daemon's memory; and while the send buffer is full the connection is
+  not read either, so replies and pongs cannot pile up (see :mod:`sysadmd.wsbase`).
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ class WebSocketChannel:
     def send_text(self, text: str) -> None:
         if self.closing:
             return
-        payload = text.encode("utf-8")
+        # A lone surrogate that got past the envelope's checks goes out as U+FFFD.
+        payload = envelope.utf8(text)
         if self.paused or self.queue:
             self.queue.append(payload)
             self.queued_bytes += len(payload)
@@ -75,6 +80,7 @@ class WebSocketChannel:
     # IPushProducer: the transport tells us when its buffer is full or drained.
     def pauseProducing(self) -> None:
         self.paused = True
+        self.protocol.output_congested()
 
     def resumeProducing(self) -> None:
         self.paused = False
@@ -82,6 +88,8 @@ class WebSocketChannel:
             payload = self.queue.popleft()
             self.queued_bytes -= len(payload)
             self.protocol.send_text_frame(payload)
+        if not self.paused:
+            self.protocol.output_drained()
 
     def stopProducing(self) -> None:
         self.queue.clear()
@@ -101,9 +109,16 @@ class SysadmServerProtocol(LeanServerMixin, WebSocketServerProtocol):
             self._log.failure("failed to open a session")
             self.close_with(1011, "internal error")
 
+    def message_limit(self) -> int:
+        session = self.session
+        config = self.factory.app.config
+        if session is not None and session.identity is not None:
+            return config.max_message_bytes
+        return min(config.max_unauth_message_bytes, config.max_message_bytes)
+
     def _open(self) -> None:
         factory: SysadmServerFactory = self.factory
-        server = factory.server
+        server = factory.app
         peer, identity = factory.identify_peer(self)
         refusal = server.connection_allowed(peer)
         if refusal is not None:
@@ -131,7 +146,7 @@ class SysadmServerProtocol(LeanServerMixin, WebSocketServerProtocol):
         except UnicodeDecodeError as e:
             session.send(envelope.error("400", f"message is not valid UTF-8 (byte {e.start})"))
             return
-        self.factory.server.api.handle_text(session, text)
+        self.factory.app.api.handle_text(session, text)
 
     def onClose(self, wasClean: bool, code: Any, reason: Any) -> None:
         if self.channel is not None:
@@ -140,15 +155,19 @@ class SysadmServerProtocol(LeanServerMixin, WebSocketServerProtocol):
             self.session.lost()
 
 
+SERVER_HEADER = "sysadm-server"  # what upstream's server sends
+
+
 class SysadmServerFactory(WebSocketServerFactory):
     protocol = SysadmServerProtocol
 
     def __init__(self, server: Any, kind: str = "wss", *, reactor: Any = None,
                  identify_peer: Optional[Callable[[SysadmServerProtocol], tuple]] = None,
                  on_session: Optional[Callable[[Session], None]] = None):
-        super().__init__(url=None, server="sysadmd", reactor=reactor)
+        # autobahn sends its `server` attribute as the handshake reply's Server header.
+        super().__init__(url=None, server=SERVER_HEADER, reactor=reactor)
         self.noisy = False
-        self.server = server
+        self.app = server
         self.kind = kind
         self.identify_peer = identify_peer or tcp_peer
         self.on_session = on_session
