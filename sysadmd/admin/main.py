@@ -18,10 +18,12 @@ from typing import List, Optional, TextIO
 
 import sysadmd
 from sysadmd import config as configmod
-from sysadmd.admin import bridges, checkconfig, keys  # noqa: F401  (they register their verbs)
+from sysadmd.admin import bridges, checkconfig, keys
 from sysadmd.admin.state import VerbFailed
 from sysadmd.admin.verbs import VERBS, UsageError, primary_verbs
 from sysadmd.configfile import ConfigError
+
+VERB_MODULES = (bridges, checkconfig, keys)  # imported for their verbs, which they register
 
 DEFAULT_CONFIG = "/etc/sysadmd.conf"  # the file twistd -n sysadmd reads by default
 

@@ -30,7 +30,8 @@ from sysadmd.api import require_full_access
 from sysadmd.dispatcher.job import NO_QUEUE
 from sysadmd.dispatcher.service import Dispatcher
 from sysadmd.dispatcher.service import SURROGATE
-from sysadmd.dispatcher.store import JobStore, clean, has_surrogate
+from sysadmd.dispatcher.store import JobStore
+from sysadmd.untrusted import clean, has_surrogate
 from sysadmd.envelope import ApiError, encode, require_action, type_name
 
 log = Logger()

@@ -43,7 +43,8 @@ from sysadmd.dispatcher.job import NO_QUEUE, Job, finished_log
 from sysadmd.dispatcher.output import CommandOutput
 from sysadmd.dispatcher.queues import JobQueue
 from sysadmd.dispatcher.runner import CannotStart, ProcessTracker, spawn
-from sysadmd.dispatcher.store import JobStore, JobRecord, clean, has_surrogate, ranges_closed
+from sysadmd.dispatcher.store import JobStore, JobRecord, ranges_closed
+from sysadmd.untrusted import clean, has_surrogate
 from sysadmd.envelope import ApiError
 
 log = Logger()

@@ -32,13 +32,13 @@ import secrets
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from twisted.logger import Logger
 
 from sysadmd.db import ensure_schema
 from sysadmd.dispatcher.output import render
-from sysadmd.untrusted import clean, has_surrogate  # noqa: F401 (re-exported for the dispatcher)
+from sysadmd.untrusted import clean
 from sysadmd.statedir import ensure_private_dir
 
 log = Logger()
