@@ -248,7 +248,7 @@ async def open_connection(ctx: Context) -> None:
         raise ClientError("--allow-upstream-server needs --bridge", EXIT_USAGE)
     if opts.bridge_key:
         raise ClientError("--bridge-key needs --bridge", EXIT_USAGE)
-    creds = resolve_credentials(opts.user, opts.key, opts.token, ctx.stdin)
+    creds = resolve_credentials(opts.user, opts.key, opts.token, ctx.stdin, err=ctx.err)
     if opts.url:
         endpoint = parse_url(opts.url, SERVER_PORT)
         ctx.target = endpoint.name
