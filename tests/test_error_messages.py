@@ -253,3 +253,30 @@ class PrivateKeysRefused(ServerUnit):
 
 def _has_table(db, name):
     return db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).fetchone() is not None
+
+
+# --- (b) --url pointed at a bridge ---------------------------------------------------------
+class UrlAtABridge(unittest.TestCase):
+    timeout = 40
+
+    def test_url_at_a_bridge_says_it_is_a_bridge_and_suggests_bridge(self):
+        from twisted.internet import defer
+
+        from tests.test_bridge_wss import start_bridge
+        from tests.test_client_cli import run_cli
+
+        @defer.inlineCallbacks
+        def run():
+            daemon = yield start_bridge(self)
+            home = self.mktemp()
+            os.makedirs(home)
+            url = daemon.url.rstrip("/")
+            result = yield run_cli(home, "--url", url, "--user", "root", "query", SYSADM_PASSWORD="pw")
+            self.assertEqual(result.code, 2, result.err)
+            self.assertIn(f"{url} is a sysadm bridge, not a server", result.err)
+            self.assertIn(f"--bridge {url} --key FILE --server NAME", result.err)
+            # identify still answers (the bridge says what it is).
+            result = yield run_cli(home, "--url", url, "identify")
+            self.assertEqual(result.code, 0, result.err)
+            self.assertIn("type: bridge", result.out)
+        return run()

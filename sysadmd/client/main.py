@@ -253,11 +253,24 @@ async def open_connection(ctx: Context) -> None:
         endpoint = parse_url(opts.url, SERVER_PORT)
         ctx.target = endpoint.name
         ctx.conn = await open_tls(ctx.reactor, endpoint, ctx.timeout, KnownHosts(opts.known_hosts), opts.fingerprint, ctx.err)
+        if is_bridge(ctx.conn) and opts.verb != "identify":
+            url = opts.url
+            raise ClientError(
+                f"{url} is a sysadm bridge, not a server (its handshake says Server: sysadm-bridge)\n"
+                f"  hint: reach a server behind it with --bridge {url} --key FILE --server NAME; "
+                f"`sysadm --bridge {url} --key FILE peers` lists the servers it offers you", EXIT_USAGE)
     else:
         path = opts.socket or default_socket()
         ctx.target = path
         ctx.conn = await open_unix(ctx.reactor, path, ctx.timeout)
     await login(ctx.conn, ctx.reactor, creds, ctx.timeout, ctx.target)
+
+
+def is_bridge(conn: Any) -> bool:
+    """Whether the peer's WebSocket handshake says it is a bridge (upstream's and ours
+    send ``Server: sysadm-bridge``; servers send ``sysadm-server``)."""
+    headers = getattr(conn, "http_headers", None) or {}
+    return "bridge" in str(headers.get("server", "")).lower()
 
 
 async def execute(reactor: Any, options: argparse.Namespace, out: Any, err: Any, stdin: Any) -> int:
