@@ -128,3 +128,18 @@ class ProfileEndToEnd(CliTestCase):
         os.unlink(os.path.join(self.home, "cfg", "sysadm", "config"))
         result = yield self.sysadm("call", "rpc", "query", SYSADM_URL=f"wss://{self.url}", SYSADM_KEY=key)
         self.assertEqual(result.code, 0, result.err)
+
+
+class LeanStartup(unittest.TestCase):
+    def test_the_client_entry_point_imports_none_of_the_daemon(self):
+        import subprocess
+        import sys
+
+        code = ("import sys; import sysadmd.client.main; "
+                "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+                "('psutil', 'pam', 'sqlite3', '_sqlite3', 'configparser') or m.startswith(('sysadmd.server', "
+                "'sysadmd.dispatcher', 'sysadmd.auth', 'sysadmd.db', 'sysadmd.assembly', 'bridge.')))))")
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env=dict(os.environ, PYTHONPATH=root))
+        self.assertEqual(proc.stdout.strip(), "")
