@@ -280,3 +280,21 @@ class UrlAtABridge(unittest.TestCase):
             self.assertEqual(result.code, 0, result.err)
             self.assertIn("type: bridge", result.out)
         return run()
+
+
+class ClientSaysWhyLoginFailed(unittest.TestCase):
+    def test_no_rights_reply_gets_the_group_hint_not_the_register_hint(self):
+        from sysadmd.client.connect import _check_login
+        from sysadmd.client.errors import EXIT_AUTH, ClientError
+
+        reply = {"namespace": "error", "name": "error", "id": "x",
+                 "args": {"code": "401", "message": "Unauthorized",
+                          "detail": "user bob has no access rights on this host (not root and not in "
+                                    "FULL_ACCESS_GROUPS (wheel) or LIMITED_ACCESS_GROUPS (operator))"}}
+        for what in ("login as bob", "login with key id.pem"):
+            with self.assertRaises(ClientError) as caught:
+                _check_login(reply, what)
+            self.assertEqual(caught.exception.exit_code, EXIT_AUTH)
+            self.assertIn("user bob has no access rights", caught.exception.message)
+            self.assertIn("adds the user to a group named in FULL_ACCESS_GROUPS", caught.exception.message)
+            self.assertNotIn("register the public key", caught.exception.message)

@@ -271,6 +271,9 @@ def _check_login(reply: dict, what: str) -> None:
     if is_error(reply):
         code, message, detail = error_fields(reply)
         text = f"{what} refused: {detail or message or code}"
-        if "key" in what:
+        if "no access rights" in detail:
+            text += ("\n  hint: the server's administrator adds the user to a group named in FULL_ACCESS_GROUPS "
+                     "or LIMITED_ACCESS_GROUPS (sysadmd.conf)")
+        elif "key" in what:
             text += "\n  hint: register the public key first (`sysadm keys add FILE` while logged in another way)"
         raise ClientError(text, EXIT_AUTH)
