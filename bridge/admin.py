@@ -112,6 +112,10 @@ def cmd_import_file(cfg, db, args, out, err) -> int:
     except OSError as e:
         print(f"sysadm-bridge: cannot read {args.file}: {e.strerror}", file=err)
         return 1
+    kind = crypto.private_key_kind(data)
+    if kind is not None:
+        print(f"sysadm-bridge: {args.file}: {crypto.private_key_refusal(kind, args.file)}", file=err)
+        return 1
     return _import(db, args, data, out, err)
 
 

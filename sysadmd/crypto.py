@@ -16,7 +16,7 @@ import string
 from typing import Optional, Union
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
 
@@ -25,6 +25,14 @@ ALPHANUMERIC = string.ascii_letters + string.digits
 
 class KeyFormatError(ValueError):
     """The bytes are not a PEM public key, certificate or private key we can use."""
+
+
+class PrivateKeyGiven(KeyFormatError):
+    """A private key where a public key is expected (never stored, never sent)."""
+
+
+class PassphraseNeeded(KeyFormatError):
+    """An encrypted private key and no (or a wrong) passphrase."""
 
 
 class KeyPolicyError(KeyFormatError):
@@ -52,25 +60,60 @@ def public_pem(key: Union[rsa.RSAPublicKey, rsa.RSAPrivateKey]) -> str:
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode("ascii")
 
 
-def load_public_key(data: Union[bytes, str]) -> rsa.RSAPublicKey:
-    """A public RSA key from PEM public key, PEM/DER X.509 certificate or PEM private key."""
+PRIVATE_PEM_MARKERS = (b"-----BEGIN RSA PRIVATE KEY-----", b"-----BEGIN PRIVATE KEY-----",
+                       b"-----BEGIN ENCRYPTED PRIVATE KEY-----", b"-----BEGIN EC PRIVATE KEY-----",
+                       b"-----BEGIN DSA PRIVATE KEY-----")
+OPENSSH_PRIVATE_MARKER = b"-----BEGIN OPENSSH PRIVATE KEY-----"
+
+
+def private_key_kind(data: Union[bytes, str]) -> Optional[str]:
+    """``"pem"`` or ``"openssh"`` when *data* holds a private key, else ``None``."""
+    raw = data.encode("utf-8", "replace") if isinstance(data, str) else bytes(data)
+    if OPENSSH_PRIVATE_MARKER in raw:
+        return "openssh"
+    if any(marker in raw for marker in PRIVATE_PEM_MARKERS):
+        return "pem"
+    return None
+
+
+def extract_public_command(kind: str, path: str = "KEY") -> str:
+    """The shell command that writes the public half of the private key in *path*."""
+    if kind == "openssh":
+        return f"ssh-keygen -e -m PKCS8 -f {path} > {path}.pub"
+    return f"openssl rsa -in {path} -pubout -out {path}.pub"
+
+
+def private_key_refusal(kind: str, path: str = "KEY") -> str:
+    return ("this is a private key, and only a public key is accepted here (a private key is never stored); "
+            f"extract its public half with `{extract_public_command(kind, path)}` and give that file")
+
+
+def load_public_key(data: Union[bytes, str], *, allow_private: bool = False) -> rsa.RSAPublicKey:
+    """A public RSA key from a PEM public key, a PEM/DER X.509 certificate or an OpenSSH
+    ``ssh-rsa`` line.  A private key raises :class:`PrivateKeyGiven` (saying how to extract
+    the public half) unless *allow_private*, where its public half is returned."""
     raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    kind = private_key_kind(raw)
+    if kind is not None:
+        if not allow_private:
+            raise PrivateKeyGiven(private_key_refusal(kind))
+        return load_private_key(raw).public_key()
     loaders = (
         lambda b: serialization.load_pem_public_key(b),
         lambda b: x509.load_pem_x509_certificate(b).public_key(),
         lambda b: x509.load_der_x509_certificate(b).public_key(),
         lambda b: serialization.load_der_public_key(b),
-        lambda b: serialization.load_pem_private_key(b, password=None).public_key(),
+        lambda b: serialization.load_ssh_public_key(b.strip()),
     )
     for loader in loaders:
         try:
             key = loader(raw)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, UnsupportedAlgorithm):
             continue
         if not isinstance(key, rsa.RSAPublicKey):
             raise KeyFormatError("only RSA keys are supported (upstream peers sign with RSA)")
         return key
-    raise KeyFormatError("not a PEM public key, X.509 certificate or RSA private key")
+    raise KeyFormatError("not a PEM public key, X.509 certificate or OpenSSH ssh-rsa public key")
 
 
 def normalized_pem(data: Union[bytes, str]) -> str:
@@ -177,11 +220,51 @@ def private_pem(key: rsa.RSAPrivateKey) -> bytes:
     )
 
 
-def load_private_key(data: bytes) -> rsa.RSAPrivateKey:
+def private_key_encrypted(data: bytes) -> bool:
+    """Whether the private key in *data* needs a passphrase to be read."""
     try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as e:
-        raise KeyFormatError(f"not an unencrypted PEM private key ({e})") from None
+        _load_any_private(data, None)
+    except PassphraseNeeded:
+        return True
+    except KeyFormatError:
+        return False
+    return False
+
+
+def _load_any_private(data: bytes, password: Optional[bytes]):
+    raw = bytes(data)
+    openssh = OPENSSH_PRIVATE_MARKER in raw
+    try:
+        if openssh:
+            return serialization.load_ssh_private_key(raw, password=password)
+        return serialization.load_pem_private_key(raw, password=password)
+    except TypeError as e:
+        # cryptography: "Password was not given but private key is encrypted" (or the
+        # reverse: a passphrase for a key that has none).
+        if "not encrypted" in str(e):
+            return _load_any_private(raw, None)
+        raise PassphraseNeeded("the private key is encrypted; a passphrase is needed") from None
+    except ValueError as e:
+        if password is not None and ("decrypt" in str(e).lower() or "bad" in str(e).lower() or "incorrect" in str(e).lower()):
+            raise PassphraseNeeded("wrong passphrase for the encrypted private key") from None
+        if password is not None and private_key_kind(raw) is not None:
+            raise PassphraseNeeded(f"cannot decrypt the private key (wrong passphrase?): {e}") from None
+        raise KeyFormatError("not an RSA private key in PEM (PKCS#1 `BEGIN RSA PRIVATE KEY` or PKCS#8 "
+                             f"`BEGIN PRIVATE KEY`) or OpenSSH format ({e})") from None
+    except UnsupportedAlgorithm as e:
+        if openssh and "bcrypt" in str(e):
+            raise KeyFormatError("an encrypted OpenSSH private key needs the Python module bcrypt, which is not "
+                                 "installed; convert the key to encrypted PEM with `ssh-keygen -p -m PEM -f KEY` "
+                                 "(it keeps the passphrase)") from None
+        raise KeyFormatError(f"unsupported private key ({e})") from None
+
+
+def load_private_key(data: bytes, password: Optional[Union[bytes, str]] = None) -> rsa.RSAPrivateKey:
+    """An RSA private key from PEM (PKCS#1 or PKCS#8, encrypted or not) or OpenSSH format.
+    An encrypted key without (or with a wrong) *password* raises :class:`PassphraseNeeded`."""
+    if isinstance(password, str):
+        password = password.encode("utf-8")
+    key = _load_any_private(data, password or None)
     if not isinstance(key, rsa.RSAPrivateKey):
         raise KeyFormatError("only RSA private keys are supported")
     return key

@@ -62,7 +62,7 @@ class Server(service.MultiService):
         self.password_checks = FairCheckQueue(config.password_check_workers, config.password_checks_per_address,
                                               budget=self.blacklist.remaining)
         self.api = Api(self.tokens, pending_limits=(config.auth_pending_max_requests, config.auth_pending_max_bytes))
-        self.api.login_gate = self.login_refusal
+        self.api.login_gate = self._login_gate
         self.api.recheck = self.recheck_rights
         self.api.on_logout = self.end_subscriptions
         self._sweep: Optional[task.LoopingCall] = None
@@ -110,6 +110,13 @@ class Server(service.MultiService):
             return shown(session.peer, 200)
         return normalize_address(session.peer)
 
+    def _login_gate(self, session: Session) -> Optional[str]:
+        """:meth:`login_refusal`, logged (the API asks it before every ``auth*`` request)."""
+        refusal = self.login_refusal(session)
+        if refusal is not None:
+            self._log_refusal(session, "", "any", refusal)
+        return refusal
+
     def login_refusal(self, session: Session) -> Optional[str]:
         """``None`` if *session* may try to log in now, else why not (its address is blocked)."""
         if session.kind == "unix":
@@ -140,7 +147,7 @@ class Server(service.MultiService):
         problem = credential_problem(user, password)
         if problem is not None:
             # Nothing of the name reaches a lookup; the log and the blacklist see a bounded form.
-            self.login_failed(session, user if isinstance(user, str) else "", "password")
+            self.login_failed(session, user if isinstance(user, str) else "", "password", f"implausible credentials: {problem}")
             raise ApiError("401", f"login refused: {problem}")
         refusal = self.login_refusal(session)
         if refusal is not None:
@@ -152,13 +159,32 @@ class Server(service.MultiService):
         refusal = self.login_refusal(session)
         if refusal is not None:
             # Blocked by other guesses while this one was checked: even a right password loses.
+            self._log_refusal(session, user, "password", refusal)
             raise ApiError("401", refusal)
-        if not ok or full is None:
-            # Users without rights are counted too (upstream did not), and told the same
-            # thing as a wrong password so user names cannot be probed.
-            self.login_failed(session, user, "password")
+        if not ok:
+            self.login_failed(session, user, "password", "wrong user name or password")
             raise ApiError("401", "user name or password not accepted")
+        if full is None:
+            # Only someone who gave the right password learns that the account lacks rights
+            # (a wrong password gets the answer above whatever the groups).  Still a 401, as
+            # upstream answers, and still counted by the blacklist.
+            self.login_failed(session, user, "password", "no access rights (not root and in no access group)")
+            raise ApiError("401", self.no_rights_message(user))
         return Identity(user, full, "password")
+
+    def no_rights_message(self, user: str) -> str:
+        """What a user with the right password but no rights is told (never before the check)."""
+        full = ", ".join(sorted(self.rights.full_groups)) or "none"
+        limited = ", ".join(sorted(self.rights.limited_groups)) or "none"
+        return (f"user {shown(user, 64)} has no access rights on this host (not root and not in "
+                f"FULL_ACCESS_GROUPS ({full}) or LIMITED_ACCESS_GROUPS ({limited}))")
+
+    def _log_refusal(self, session: Session, user: str, method: str, refusal: str) -> None:
+        """Log a login refused because the address is blocked (not counted again)."""
+        self.logs.hostinfo(f"User Login Attempt: {shown(user, 64) if user else '-'}   Success: false   "
+                           f"IP: {shown(session.peer)}   Method: {method}   Reason: blocked")
+        log.info("login of {user} from {peer} refused: {why}", user=shown(user, 64), peer=shown(session.peer),
+                 why=refusal)
 
     def recheck_rights(self, session: Session, identity: Identity) -> Identity:
         """*identity* with its user's current rights (cached RIGHTS_CACHE_SECONDS); a user
@@ -223,9 +249,14 @@ class Server(service.MultiService):
         )
         return [token, int(self.tokens.ttl)]
 
-    def login_failed(self, session: Session, user: str, method: str) -> None:
+    def login_failed(self, session: Session, user: str, method: str, reason: str = "") -> None:
+        """Log a failed login with *reason* (our own words; untrusted parts already shown())
+        and count it against the session's address."""
+        suffix = f"   Reason: {reason}" if reason else ""
         self.logs.hostinfo(f"User Login Attempt: {shown(user, 64) if user else '-'}   Success: false   "
-                           f"IP: {shown(session.peer)}   Method: {method}")
+                           f"IP: {shown(session.peer)}   Method: {method}{suffix}")
+        log.info("login failed: user {user} from {peer} ({method}): {reason}", user=shown(user, 64) if user else "-",
+                 peer=shown(session.peer), method=method, reason=reason or "refused")
         if session.kind == "unix":
             return  # the local socket already knows who is there
         key = self.failure_key(session)

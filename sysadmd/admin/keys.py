@@ -20,9 +20,11 @@ MAX_KEY_FILE_BYTES = 1024 * 1024  # far more than any key or certificate file
 
 
 @verb("import_ssl_file", "USER FILE NICKNAME [EMAIL]",
-      "Register the RSA public key in FILE (PEM public key, or X.509 certificate as PEM or DER)\n"
-      f"for USER, so USER can log in with rpc/auth_ssl. Only {crypto.LOGIN_KEY_RULE}\n"
-      "are accepted. Importing a key USER already has updates its nickname and email.")
+      "Register the RSA public key in FILE (PEM public key, OpenSSH ssh-rsa line, or X.509\n"
+      "certificate as PEM or DER) for USER, so USER can log in with rpc/auth_ssl. Only\n"
+      f"{crypto.LOGIN_KEY_RULE} are accepted. Importing a key USER\n"
+      "already has updates its nickname and email. A private key is refused (never stored);\n"
+      "extract its public half with: openssl rsa -in KEY -pubout -out KEY.pub")
 def import_ssl_file(state_dir: str, args: List[str], out: TextIO, err: TextIO) -> int:
     if len(args) not in (3, 4):
         raise UsageError(f"expected USER FILE NICKNAME [EMAIL], got {len(args)} argument(s)")
@@ -35,6 +37,9 @@ def import_ssl_file(state_dir: str, args: List[str], out: TextIO, err: TextIO) -
         raise VerbFailed(f"cannot read {path}: {e.strerror}") from None
     if len(data) > MAX_KEY_FILE_BYTES:
         raise VerbFailed(f"{path}: larger than {MAX_KEY_FILE_BYTES} bytes; expected one PEM public key or certificate")
+    kind = crypto.private_key_kind(data)
+    if kind is not None:
+        raise VerbFailed(f"{path}: {crypto.private_key_refusal(kind, path)}")
     try:
         pem = crypto.login_key_pem(data)
     except crypto.KeyFormatError as e:

@@ -78,26 +78,87 @@ class Credentials:
         return bool(self.user or self.key is not None or self.token)
 
 
-def read_key_file(path: str, loader: Any) -> Any:
-    """*loader* applied to the bytes of *path*; unreadable or unusable files are usage errors."""
+MAX_KEY_FILE_BYTES = 1024 * 1024  # far more than any key or certificate file
+
+
+def read_key_bytes(path: str) -> bytes:
+    """The bytes of the key file *path* (``~`` expanded); unreadable files are usage errors."""
     try:
         with open(os.path.expanduser(path), "rb") as f:
-            data = f.read()
+            data = f.read(MAX_KEY_FILE_BYTES + 1)
     except OSError as e:
         raise ClientError(f"cannot read key file {path}: {e.strerror or e}", EXIT_USAGE) from None
+    if len(data) > MAX_KEY_FILE_BYTES:
+        raise ClientError(f"key file {path} is larger than {MAX_KEY_FILE_BYTES} bytes; expected one key", EXIT_USAGE)
+    return data
+
+
+def read_key_file(path: str, loader: Any) -> Any:
+    """*loader* applied to the bytes of *path*; unreadable or unusable files are usage errors."""
+    data = read_key_bytes(path)
     try:
         return loader(data)
     except crypto.KeyFormatError as e:
         raise ClientError(f"cannot use key file {path}: {e}", EXIT_USAGE) from None
 
 
-def load_key(path: str) -> Any:
-    """The RSA private key in *path* (for auth_ssl)."""
-    return read_key_file(path, crypto.load_private_key)
+def warn_if_exposed(path: str, err: Any) -> None:
+    """Warn (like ssh, which refuses) when the private key file *path* is readable by its
+    group or by others.  We only warn: the key may sit on a single-user machine."""
+    try:
+        mode = os.stat(os.path.expanduser(path)).st_mode
+    except OSError:
+        return
+    if mode & 0o044 and err is not None:
+        err.write(f"sysadm: WARNING: private key file {path} is readable by "
+                  f"{'others' if mode & 0o004 else 'its group'} (mode {mode & 0o777:04o}); "
+                  f"protect it with: chmod 600 {path}\n")
+        err.flush()
+
+
+def passphrase_for(path: str, stdin: Any, environ: Any) -> str:
+    """The passphrase of the encrypted key *path*: $SYSADM_KEY_PASSPHRASE, else asked on
+    the terminal; without either a usage error."""
+    passphrase = environ.get("SYSADM_KEY_PASSPHRASE")
+    if passphrase is not None:
+        return passphrase
+    if not (hasattr(stdin, "isatty") and stdin.isatty()):
+        raise ClientError(f"key file {path} is encrypted: set SYSADM_KEY_PASSPHRASE, or run on a terminal to be "
+                          "asked for its passphrase", EXIT_USAGE)
+    try:
+        return getpass.getpass(f"Passphrase for {path}: ")
+    except (EOFError, KeyboardInterrupt):
+        raise ClientError("no passphrase given", EXIT_USAGE) from None
+
+
+def load_key(path: str, stdin: Any = None, err: Any = None, environ: Any = None) -> Any:
+    """The RSA private key in *path* (for auth_ssl): PEM (PKCS#1 or PKCS#8) or OpenSSH
+    format; encrypted keys are opened with :func:`passphrase_for`."""
+    import sys
+
+    stdin = sys.stdin if stdin is None else stdin
+    err = sys.stderr if err is None else err
+    environ = os.environ if environ is None else environ
+    data = read_key_bytes(path)
+    kind = crypto.private_key_kind(data)
+    if kind is None:
+        try:
+            crypto.load_public_key(data)
+            hint = "this is a public key; --key needs the private key that goes with it"
+        except crypto.KeyFormatError:
+            hint = "not an RSA private key in PEM (PKCS#1 or PKCS#8) or OpenSSH format"
+        raise ClientError(f"cannot use key file {path}: {hint}", EXIT_USAGE)
+    warn_if_exposed(path, err)
+    try:
+        if crypto.private_key_encrypted(data):
+            return crypto.load_private_key(data, passphrase_for(path, stdin, environ))
+        return crypto.load_private_key(data)
+    except crypto.KeyFormatError as e:
+        raise ClientError(f"cannot use key file {path}: {e}", EXIT_USAGE) from None
 
 
 def resolve_credentials(user: Optional[str], key_path: Optional[str], token: Optional[str], stdin: Any,
-                        environ: Optional[dict] = None) -> Credentials:
+                        environ: Optional[dict] = None, err: Any = None) -> Credentials:
     """Turn ``--user``/``--key``/``--token`` (and the environment) into :class:`Credentials`."""
     environ = os.environ if environ is None else environ
     token = token or environ.get("SYSADM_TOKEN") or None
@@ -105,7 +166,7 @@ def resolve_credentials(user: Optional[str], key_path: Optional[str], token: Opt
     if len(chosen) > 1:
         raise ClientError(f"use one way to log in, not {' and '.join(chosen)}", EXIT_USAGE)
     if key_path:
-        return Credentials(key=load_key(key_path), key_path=key_path)
+        return Credentials(key=load_key(key_path, stdin, err, environ), key_path=key_path)
     if token:
         return Credentials(token=token)
     if user:
@@ -210,6 +271,9 @@ def _check_login(reply: dict, what: str) -> None:
     if is_error(reply):
         code, message, detail = error_fields(reply)
         text = f"{what} refused: {detail or message or code}"
-        if "key" in what:
+        if "no access rights" in detail:
+            text += ("\n  hint: the server's administrator adds the user to a group named in FULL_ACCESS_GROUPS "
+                     "or LIMITED_ACCESS_GROUPS (sysadmd.conf)")
+        elif "key" in what:
             text += "\n  hint: register the public key first (`sysadm keys add FILE` while logged in another way)"
         raise ClientError(text, EXIT_AUTH)

@@ -15,7 +15,7 @@ from sysadmd import crypto
 from sysadmd.client import tables
 from sysadmd.client.context import Context
 from sysadmd.client.errors import EXIT_ERROR_REPLY, EXIT_OK, EXIT_USAGE, ClientError
-from sysadmd.client.connect import read_key_file
+from sysadmd.client.connect import load_key, read_key_bytes, read_key_file
 
 
 def _description_fields(text: str) -> Dict[str, str]:
@@ -60,17 +60,26 @@ async def keys_list(ctx: Context) -> int:
     return EXIT_OK
 
 
-def public_key_text(path: str) -> str:
-    """SPKI PEM of the key in *path* (public key, certificate, or private key)."""
+def public_key_text(path: str, ctx: Optional[Context] = None) -> str:
+    """SPKI PEM of the key in *path* (public key, certificate, ``ssh-rsa`` line, or a
+    private key: only its public half is ever sent, and a note says so)."""
+    data = read_key_bytes(path)
+    if crypto.private_key_kind(data) is not None:
+        stdin, err = (ctx.stdin, ctx.err) if ctx is not None else (None, None)
+        pem = crypto.public_pem(load_key(path, stdin, err))
+        if ctx is not None:
+            ctx.note(f"note: {path} is a private key; only its public half is sent (md5 {crypto.md5_checksum(pem)}). "
+                     f"The public key alone: {crypto.extract_public_command(crypto.private_key_kind(data), path)}")
+        return pem
     return read_key_file(path, crypto.normalized_pem)
 
 
 def prepare_keys_add(ctx: Context) -> None:
-    ctx.extras["pem"] = public_key_text(ctx.options.file)
+    ctx.extras["pem"] = public_key_text(ctx.options.file, ctx)
 
 
 async def keys_add(ctx: Context) -> int:
-    pem = ctx.extras.get("pem") or public_key_text(ctx.options.file)
+    pem = ctx.extras.get("pem") or public_key_text(ctx.options.file, ctx)
     nickname = ctx.options.nickname or os.path.splitext(os.path.basename(ctx.options.file))[0]
     args = {"action": "register_ssl_cert", "pub_key": crypto.stored_form(pem), "nickname": nickname,
             "email": ctx.options.email or ""}
@@ -95,7 +104,7 @@ def _find_key(listing: Any, handle: str, owner: Optional[str]) -> List[Tuple[str
 async def keys_revoke(ctx: Context) -> int:
     handle, owner = ctx.options.handle, ctx.options.owner
     if os.path.isfile(handle):
-        handle = crypto.stored_form(public_key_text(handle))
+        handle = crypto.stored_form(public_key_text(handle, ctx))
     listing = await ctx.ask("rpc", "settings", {"action": "list_ssl_certs"}, what="listing keys")
     matches = _find_key(listing, handle, owner)
     if not matches:

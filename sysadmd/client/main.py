@@ -43,6 +43,25 @@ examples:
   sysadm events system-state --pretty
   sysadm keys add ~/.ssh/sysadm.pub --nickname laptop
   sysadm --bridge wss://relay.example.org --key ~/.config/sysadm/id.pem peers
+  sysadm --profile office query
+"""
+
+PROFILES_HELP = """\
+profiles and environment:
+  Settings come from the command line, else the environment (SYSADM_URL, SYSADM_BRIDGE,
+  SYSADM_SERVER, SYSADM_KEY, SYSADM_BRIDGE_KEY, SYSADM_USER, SYSADM_SOCKET, SYSADM_TOKEN),
+  else the profile file $XDG_CONFIG_HOME/sysadm/config (~/.config/sysadm/config): INI
+  sections named by --profile NAME or $SYSADM_PROFILE, [default] otherwise. Keys: url,
+  bridge, server, socket, user, key, bridge_key, fingerprint, known_hosts, known_servers,
+  timeout, allow_upstream_server. Where to connect and how to log in are each taken whole
+  from one layer. Example:
+    [default]
+    url = wss://nas.lan:12150
+    key = ~/.config/sysadm/id.pem
+    [office]
+    bridge = wss://relay.example.org
+    server = office-nas
+    key = ~/.config/sysadm/id.pem
 """
 
 
@@ -55,11 +74,11 @@ def _add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None
     g.add_argument("--socket", metavar="PATH", default=default(None),
                    help="the daemon's local socket (default: $SYSADM_SOCKET, else the daemon's default path)")
     g.add_argument("--url", metavar="URL", default=default(None),
-                   help=f"remote server wss://host[:port] (port {SERVER_PORT} by default)")
+                   help=f"remote server wss://host[:port] (port {SERVER_PORT} by default; $SYSADM_URL)")
     g.add_argument("--bridge", metavar="URL", default=default(None),
-                   help=f"reach servers through the bridge wss://host[:port] (port {BRIDGE_PORT} by default)")
+                   help=f"reach servers through the bridge wss://host[:port] (port {BRIDGE_PORT} by default; $SYSADM_BRIDGE)")
     g.add_argument("--server", metavar="NAME", default=default(None),
-                   help="with --bridge: a pinned server's name or key fingerprint prefix, a connection ID (see "
+                   help="with --bridge ($SYSADM_SERVER): a pinned server's name or key fingerprint prefix, a connection ID (see "
                         "`peers`), or, on first use, the host name exactly one server claims (then pinned)")
     g.add_argument("--allow-upstream-server", action="store_true", dest="allow_upstream_server", default=default(False),
                    help="with --bridge: also log in to servers that cannot prove their identity (upstream "
@@ -69,7 +88,8 @@ def _add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None
     g.add_argument("--user", metavar="NAME", default=default(None),
                    help="log in with a password ($SYSADM_PASSWORD, or asked on the terminal)")
     g.add_argument("--key", metavar="FILE", default=default(None),
-                   help="log in with this PEM RSA private key (rpc/auth_ssl)")
+                   help="log in with this RSA private key (rpc/auth_ssl): PEM (PKCS#1 or PKCS#8) or OpenSSH format, "
+                        "encrypted or not ($SYSADM_KEY; usually ~/.config/sysadm/id.pem)")
     g.add_argument("--bridge-key", metavar="FILE", default=default(None),
                    help="with --bridge: the key the bridge knows you by (default: --key)")
     g.add_argument("--token", metavar="TOKEN", default=default(None),
@@ -78,14 +98,17 @@ def _add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None
                    help="expect and pin this SHA-256 certificate fingerprint")
     g.add_argument("--known-hosts", metavar="FILE", dest="known_hosts", default=default(None),
                    help="pinned certificates (default: $XDG_CONFIG_HOME/sysadm/known_hosts)")
-    g.add_argument("--timeout", metavar="SECONDS", type=float, default=default(30.0),
+    g.add_argument("--profile", metavar="NAME", default=default(None),
+                   help="use the settings of [NAME] in the profile file ($SYSADM_PROFILE; default: [default] if "
+                        "there is one); see PROFILES below")
+    g.add_argument("--timeout", metavar="SECONDS", type=float, default=default(None),
                    help="give up connecting or waiting for a reply after this long (0: never; default 30)")
     g.add_argument("--json", action="store_true", default=default(False), help="machine-readable JSON output")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sysadm", description=DESCRIPTION, epilog=EXAMPLES + "\n" + EXIT_CODES_HELP,
+        prog="sysadm", description=DESCRIPTION, epilog=EXAMPLES + "\n" + PROFILES_HELP + "\n" + EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_global_options(parser, suppress=False)
@@ -248,16 +271,31 @@ async def open_connection(ctx: Context) -> None:
         raise ClientError("--allow-upstream-server needs --bridge", EXIT_USAGE)
     if opts.bridge_key:
         raise ClientError("--bridge-key needs --bridge", EXIT_USAGE)
-    creds = resolve_credentials(opts.user, opts.key, opts.token, ctx.stdin)
+    # SYSADM_TOKEN was weighed against the other ways to log in by profile.apply.
+    environ = {k: v for k, v in os.environ.items() if k != "SYSADM_TOKEN"}
+    creds = resolve_credentials(opts.user, opts.key, opts.token, ctx.stdin, environ, err=ctx.err)
     if opts.url:
         endpoint = parse_url(opts.url, SERVER_PORT)
         ctx.target = endpoint.name
         ctx.conn = await open_tls(ctx.reactor, endpoint, ctx.timeout, KnownHosts(opts.known_hosts), opts.fingerprint, ctx.err)
+        if is_bridge(ctx.conn) and opts.verb != "identify":
+            url = opts.url
+            raise ClientError(
+                f"{url} is a sysadm bridge, not a server (its handshake says Server: sysadm-bridge)\n"
+                f"  hint: reach a server behind it with --bridge {url} --key FILE --server NAME; "
+                f"`sysadm --bridge {url} --key FILE peers` lists the servers it offers you", EXIT_USAGE)
     else:
         path = opts.socket or default_socket()
         ctx.target = path
         ctx.conn = await open_unix(ctx.reactor, path, ctx.timeout)
     await login(ctx.conn, ctx.reactor, creds, ctx.timeout, ctx.target)
+
+
+def is_bridge(conn: Any) -> bool:
+    """Whether the peer's WebSocket handshake says it is a bridge (upstream's and ours
+    send ``Server: sysadm-bridge``; servers send ``sysadm-server``)."""
+    headers = getattr(conn, "http_headers", None) or {}
+    return "bridge" in str(headers.get("server", "")).lower()
 
 
 async def execute(reactor: Any, options: argparse.Namespace, out: Any, err: Any, stdin: Any) -> int:
@@ -333,9 +371,16 @@ class PipeGuard:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     options = parser.parse_args(argv)
-    if options.verb == "peers" and not options.bridge:
-        parser.error("peers needs --bridge URL")
     out, err = PipeGuard(sys.stdout), PipeGuard(sys.stderr)
+    from sysadmd.client import profile
+
+    try:
+        profile.apply(options)
+    except profile.ProfileError as e:
+        err.write(f"sysadm: {e}\n")
+        return EXIT_USAGE
+    if options.verb == "peers" and not options.bridge:
+        parser.error("peers needs --bridge URL (or SYSADM_BRIDGE, or bridge = in the profile)")
     if options.local:
         try:
             return options.func(options, out, err)

@@ -203,11 +203,11 @@ class KeyLogin:
             self.refuse(session, "", "the signature does not match any registered key")
         full = self.server.rights.for_user(key.user)
         if full is None:
-            self.refuse(session, key.user, f"user {key.user} has no access rights on this host")
+            self.refuse(session, key.user, self.server.no_rights_message(key.user))
         return self.server.login_succeeded(session, Identity(key.user, full, "key", key_checksum=key.md5))
 
     def refuse(self, session: Session, user: str, detail: str) -> None:
-        self.server.login_failed(session, user, "key")
+        self.server.login_failed(session, user, "key", detail)
         raise ApiError("401", detail)
 
 

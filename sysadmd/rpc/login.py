@@ -54,7 +54,7 @@ def install(server: "Server") -> None:
             raise ApiError("401", "args need 'token' (a non-empty string)")
         identity = server.tokens.check(token)
         if identity is None:
-            server.login_failed(session, "", "token")
+            server.login_failed(session, "", "token", "token unknown or expired")
             raise ApiError("401", "token unknown or expired")
         session.login(identity, token)
         # The token's rights as of now (a user may have left the access groups since).
