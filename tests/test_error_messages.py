@@ -116,8 +116,10 @@ def _message_strings():
 
 def _verbs():
     from bridge.admin import build_parser as bridge_parser
-    from sysadmd.admin import main as admin_main  # noqa: F401  (registers the verbs)
+    from sysadmd.admin.main import VERB_MODULES  # importing it registers the verbs
     from sysadmd.admin.verbs import VERBS
+
+    assert VERB_MODULES
     from sysadmd.client.main import build_parser as client_parser
 
     def choices(parser):
