@@ -41,6 +41,9 @@ def normalize_origin(text: str):
     return f"{scheme}://{host}:{port}"
 
 
+SYSTEM_SOCKET = "/run/sysadmd/sysadmd.sock"  # the system daemon's local socket (root, default state dir)
+
+
 def default_state_dir() -> str:
     if os.geteuid() == 0:
         return "/var/db/sysadmd"
@@ -58,7 +61,7 @@ KEYS: List[Key] = [
     Key("BLACKLIST_AUTH_FAIL_RESET_MINUTES", "int", 10, "Quiet minutes after which an address's failure count restarts.", minimum=1),
     # --- ours: places --------------------------------------------------------------
     Key("STATE_DIR", "path", "", "State directory (certificate, keys, database, job output, socket).\nEmpty: /var/db/sysadmd as root, else ~/.local/state/sysadmd."),
-    Key("SOCKET", "path", "", "Local Unix socket (WebSocket protocol, authenticated by peer uid).\nEmpty: <STATE_DIR>/sysadmd.sock. 'none' disables it."),
+    Key("SOCKET", "path", "", "Local Unix socket (WebSocket protocol, authenticated by peer uid).\nEmpty: /run/sysadmd/sysadmd.sock for the system daemon (root, STATE_DIR\nnot set), where every local user can reach it and the peer's uid decides\nits rights; otherwise <STATE_DIR>/sysadmd.sock. 'none' disables it."),
     Key("LISTEN_INTERFACE", "str", "::", "Address to bind when PORT / PORT_REST is a bare number ('::' is\nevery IPv6 and IPv4 address)."),
     Key("TLS_CERT", "path", "", "PEM certificate file. Empty: a self-signed certificate is generated\nonce in the state directory."),
     Key("TLS_KEY", "path", "", "PEM private key for TLS_CERT."),
@@ -127,10 +130,11 @@ class Config(Settings):
 
     def validate(self) -> None:
         values = self._values
+        system_daemon = not values["STATE_DIR"] and os.geteuid() == 0
         if not values["STATE_DIR"]:
             values["STATE_DIR"] = default_state_dir()
         if not values["SOCKET"]:
-            values["SOCKET"] = os.path.join(values["STATE_DIR"], "sysadmd.sock")
+            values["SOCKET"] = SYSTEM_SOCKET if system_daemon else os.path.join(values["STATE_DIR"], "sysadmd.sock")
         elif values["SOCKET"].lower() == "none":
             values["SOCKET"] = ""
         if bool(values["TLS_CERT"]) != bool(values["TLS_KEY"]):

@@ -152,6 +152,35 @@ class ParsingTests(unittest.TestCase):
         self.assertEqual(self.load("SOCKET=none\n").socket, "")
         self.assertEqual(self.load("SOCKET=/run/s.sock\n").socket, "/run/s.sock")
 
+    def test_the_system_daemon_socket_is_in_run(self):
+        from unittest import mock
+
+        with mock.patch.object(configmod.os, "geteuid", return_value=0):
+            system = configmod.load(None, {})
+            own_dir = configmod.load(None, {"STATE_DIR": self.dir})
+        self.assertEqual((system.state_dir, system.socket), ("/var/db/sysadmd", "/run/sysadmd/sysadmd.sock"))
+        self.assertEqual(own_dir.socket, os.path.join(self.dir, "sysadmd.sock"))
+        with mock.patch.object(configmod.os, "geteuid", return_value=1000):
+            user = configmod.load(None, {})
+        self.assertEqual(user.socket, os.path.join(user.state_dir, "sysadmd.sock"))
+
+    def test_the_client_finds_the_system_daemon_first(self):
+        from unittest import mock
+
+        from sysadmd.client.connect import default_socket
+
+        system = os.path.join(self.dir, "system.sock")
+        with mock.patch.dict(os.environ, {"SYSADM_SOCKET": ""}), \
+                mock.patch.object(configmod, "SYSTEM_SOCKET", system), \
+                mock.patch.object(configmod.os, "geteuid", return_value=1000):
+            mine = default_socket()
+            self.assertTrue(mine.endswith(os.path.join("sysadmd", "sysadmd.sock")), mine)
+            with open(system, "w"):
+                pass
+            self.assertEqual(default_socket(), system)
+            with mock.patch.dict(os.environ, {"SYSADM_SOCKET": "/elsewhere.sock"}):
+                self.assertEqual(default_socket(), "/elsewhere.sock")
+
     def test_cross_key_checks_name_a_key(self):
         self.assertConfigError("TLS_CERT=/x.crt\n", "TLS_KEY", "together")
         self.assertConfigError("STATE_LOAD_WARN=3\nSTATE_LOAD_CRIT=2\n", "STATE_LOAD_CRIT", "STATE_LOAD_WARN")

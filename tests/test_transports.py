@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import pwd
@@ -212,10 +213,45 @@ class UnixSocketTests(unittest.TestCase):
         cfg = make_config(short_tempdir(self), SOCKET=os.path.join(self.socket_dir, "s.sock"))
         self.running = yield start_daemon(self, cfg, passwords=FakePasswords({}))
 
-    def test_socket_file_is_private(self):
+    def test_socket_file_is_open_and_its_directory_decides(self):
         mode = os.stat(self.running.config.socket).st_mode
         self.assertTrue(stat.S_ISSOCK(mode))
-        self.assertEqual(stat.S_IMODE(mode), 0o600)
+        self.assertEqual(stat.S_IMODE(mode), 0o666)
+        # In the state directory (the default for a daemon run by a user) only its owner
+        # can reach the socket.
+        state = self.running.config.state_dir
+        self.assertEqual(stat.S_IMODE(os.stat(state).st_mode), 0o700)
+
+    @defer.inlineCallbacks
+    def test_a_new_socket_directory_is_made_reachable_whatever_the_umask(self):
+        where = os.path.join(short_tempdir(self, "sr"), "run", "sysadmd")
+        old = os.umask(0o077)
+        try:
+            cfg = make_config(short_tempdir(self), SOCKET=os.path.join(where, "s.sock"))
+            running = yield start_daemon(self, cfg, passwords=FakePasswords({}))
+        finally:
+            os.umask(old)
+        self.assertEqual(stat.S_IMODE(os.stat(where).st_mode), 0o755)
+        self.assertEqual(stat.S_IMODE(os.stat(running.config.socket).st_mode), 0o666)
+
+    @defer.inlineCallbacks
+    def test_access_group_members_use_the_socket_without_sudo(self):
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("needs root to switch users")
+        nobody = pwd.getpwnam("nobody")
+        group = grp.getgrgid(nobody.pw_gid).gr_name
+        cfg = make_config(short_tempdir(self), SOCKET=os.path.join(self.socket_dir, "g.sock"),
+                          LIMITED_ACCESS_GROUPS=group)
+        running = yield start_daemon(self, cfg, passwords=FakePasswords({}))
+        out, err, code = yield utils.getProcessOutputAndValue(
+            sys.executable, ["-c", CHILD, running.config.socket, str(nobody.pw_uid), str(nobody.pw_gid)],
+            env=dict(os.environ),
+        )
+        self.assertEqual(code, 0, err)
+        query, identify = (json.loads(line) for line in out.decode().splitlines())
+        self.assertEqual(query["name"], "response", query)
+        self.assertTrue(query["args"])
+        self.assertEqual(query["args"]["rpc/dispatcher"], "read")  # limited: may read, not run
 
     @defer.inlineCallbacks
     def test_root_peer_gets_full_access_without_a_password(self):
@@ -237,7 +273,6 @@ class UnixSocketTests(unittest.TestCase):
         if os.geteuid() != 0:
             raise unittest.SkipTest("needs root to switch users")
         nobody = pwd.getpwnam("nobody")
-        os.chmod(self.running.config.socket, 0o666)
         out, err, code = yield utils.getProcessOutputAndValue(
             sys.executable, ["-c", CHILD, self.running.config.socket, str(nobody.pw_uid), str(nobody.pw_gid)],
             env=dict(os.environ),

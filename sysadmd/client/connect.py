@@ -57,10 +57,16 @@ def parse_url(text: str, default_port: int) -> Endpoint:
 
 
 def default_socket() -> str:
-    """The daemon's default socket path (as its own configuration computes it)."""
+    """``$SYSADM_SOCKET``; else the system daemon's socket when it exists; else the
+    socket of a daemon run by this user (as that daemon's configuration computes it)."""
     from sysadmd import config
 
-    return os.environ.get("SYSADM_SOCKET") or config.load(None).socket
+    chosen = os.environ.get("SYSADM_SOCKET")
+    if chosen:
+        return chosen
+    if os.path.exists(config.SYSTEM_SOCKET):
+        return config.SYSTEM_SOCKET
+    return config.load(None).socket
 
 
 # --- credentials ------------------------------------------------------------------------
