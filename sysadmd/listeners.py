@@ -35,6 +35,7 @@ from typing import Any, Dict, Optional
 
 from twisted.application import service
 from twisted.internet import defer, endpoints
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -257,6 +258,13 @@ def endpoint_text(spec: str, interface: str) -> str:
     return spec
 
 
+class ListenFailed(SystemExit):
+    """A listener could not open its socket at start: the daemon exits 1 with this line."""
+
+    def __init__(self, line: str):
+        super().__init__(line)
+
+
 class Listener(service.Service):
     """Listen on *spec* with *factory* while running; TLS unless *tls* is ``None``."""
 
@@ -294,14 +302,26 @@ class Listener(service.Service):
             self.ready.callback(port)
             return port
 
+        problems: list = []
+
         def failed(failure):
-            log.failure("{label} could not listen on {spec}", failure, label=self.label, spec=self.endpoint_description)
+            why = failure.getErrorMessage() if failure.check(CannotListenError, OSError) else repr(failure.value)
+            if "Cannot acquire lock" in why:  # Twisted's lock file next to a Unix socket
+                why += " (another sysadmd is serving this socket)"
+            problems.append(f"{self.label} cannot listen on {self.endpoint_description}: {why}")
+            if self.reactor.running:  # at start-up the SystemExit below says it, once
+                log.critical("{problem}", problem=problems[-1])
             self.ready.errback(failure)
+            self.ready.addErrback(lambda _: None)  # said above, once
             # A daemon that cannot open its port must not sit there looking healthy.
             if self.reactor.running:
                 self.reactor.stop()
 
         d.addCallbacks(listening, failed)
+        if problems:
+            # At start-up (twistd starts the services before the reactor runs, and TCP and
+            # Unix endpoints listen at once): end the process with that line and exit 1.
+            raise ListenFailed(problems[0])
 
     def stopService(self):
         super().stopService()

@@ -202,3 +202,65 @@ class TwistdConfigErrorTests(unittest.TestCase):
     def test_unknown_key(self):
         line = yield self.assertConfigError("PORT=12150\nNO_SUCH_KEY=1\n", "NO_SUCH_KEY")
         self.assertIn("unknown configuration key", line)
+
+
+class TwistdCannotListenTests(unittest.TestCase):
+    """A daemon that cannot open what it serves says why in one line and exits 1."""
+
+    timeout = 90
+
+    def setUp(self):
+        self.base = short_tempdir(self, "cl")
+
+    @defer.inlineCallbacks
+    def run_daemon(self, program: str, *args: str):
+        d = utils.getProcessOutputAndValue(sys.executable, TWISTD[1:] + [program, *args], env=child_env(), path=ROOT)
+        d.addTimeout(40, reactor)  # the bug: it kept running, serving nothing
+        out, err, code = yield d
+        return out.decode(), err.decode(), code
+
+    def assertOneLine(self, out: str, code: int, *words: str) -> None:
+        self.assertEqual(code, 1, out)
+        lines = [line for line in out.splitlines() if "cannot listen" in line]
+        self.assertEqual(len(lines), 1, out)
+        for word in words:
+            self.assertIn(word, lines[0])
+        self.assertNotIn("Traceback", out)
+
+    @defer.inlineCallbacks
+    def test_port_taken_on_both_daemons(self):
+        import socket
+
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for program in ("sysadmd", "sysadm-bridge"):
+            out, err, code = yield self.run_daemon(program, "--port", f"tcp:{port}:interface=127.0.0.1",
+                                                   "--state-dir", os.path.join(self.base, program))
+            self.assertOneLine(out + err, code, str(port), "Address already in use")
+
+    @defer.inlineCallbacks
+    def test_socket_held_by_another_daemon(self):
+        sock = os.path.join(self.base, "shared.sock")
+        first = DaemonProcess()
+        args = TWISTD + ["sysadmd", "--port", "tcp:0:interface=127.0.0.1", "--state-dir",
+                         os.path.join(self.base, "a"), "--socket", sock]
+        first.transport = reactor.spawnProcess(first, sys.executable, args, env=child_env(), path=ROOT)
+        self.addCleanup(lambda: None if first.ended.called else (first.transport.signalProcess("KILL"), first.ended)[1])
+        yield first.wait_for(re.compile(r"local socket listening"))
+        out, err, code = yield self.run_daemon("sysadmd", "--port", "tcp:0:interface=127.0.0.1",
+                                               "--state-dir", os.path.join(self.base, "b"), "--socket", sock)
+        self.assertOneLine(out + err, code, sock, "another sysadmd")
+
+    @defer.inlineCallbacks
+    def test_unusable_state_dir(self):
+        blocker = os.path.join(self.base, "file")
+        with open(blocker, "w"):
+            pass
+        out, err, code = yield self.run_daemon("sysadmd", "--port", "tcp:0:interface=127.0.0.1",
+                                               "--state-dir", os.path.join(blocker, "state"))
+        self.assertEqual(code, 1, out + err)
+        self.assertEqual(err.strip().splitlines(), [f"sysadmd: cannot start: [Errno 20] Not a directory: "
+                                                    f"'{os.path.join(blocker, 'state')}'"])
