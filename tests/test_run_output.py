@@ -8,6 +8,7 @@ action's bounds through the daemon's request pipeline and the follower with a fa
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -232,6 +233,27 @@ class ReadOutputApiTests(unittest.TestCase):
         self.assertEqual((end["data"], end["missing"], end["next_offset"], end["finished"]), ("", 0, len(full), True))
 
     @defer.inlineCallbacks
+    def test_characters_cut_by_a_gap_are_counted_missing_not_replaced(self):
+        script = self.write_script("wide.py", WIDE)
+        yield self.run_job("wgap", f"{PY} {script} 2000")
+        full = wide(2000)
+        offset, pieces, missing = 0, [], 0
+        while True:
+            reply = yield self.read("wgap", offset=offset, length=4000)
+            if reply["next_offset"] == offset:
+                break
+            missing += reply["missing"]
+            pieces.append(reply["data"])
+            offset = reply["next_offset"]
+        text = "".join(pieces)
+        self.assertEqual(offset, len(full.encode()))
+        self.assertNotIn("\ufffd", text)
+        self.assertEqual(len(text.encode()) + missing, len(full.encode()))
+        head = len(os.path.commonprefix([text, full]))
+        self.assertTrue(full.startswith(text[:head]) and full.endswith(text[head:]))
+        self.assertGreater(missing, 0)
+
+    @defer.inlineCallbacks
     def test_invalid_bytes_become_replacement_characters_at_the_end_of_a_finished_command(self):
         script = self.write_script("bad.py", "import sys\nsys.stdout.buffer.write(b'ok\\xff\\xe2\\x82')\n")
         yield self.run_job("bad", f"{PY} {script}")
@@ -359,3 +381,29 @@ class FollowerTests(unittest.TestCase):
 
 async def refuse(index, offset, length):
     raise FetchUnavailable("no read_output here")
+
+
+class BridgeRunTests(unittest.TestCase):
+    """The same through a real bridge: the stored output is read over the relayed session."""
+
+    timeout = 120
+
+    def setUp(self):
+        from tests.test_client_bridge import BridgedClientTests
+
+        return BridgedClientTests.setUp(self)
+
+    def sysadm(self, *argv, **kw):
+        return run_cli(self.home, "--bridge", self.bridge.endpoint, "--key", self.key_path, *argv, **kw)
+
+    @defer.inlineCallbacks
+    def test_seq_200000_through_the_bridge(self):
+        listing = yield self.sysadm("--json", "peers")
+        self.assertEqual(listing.code, 0, listing.err)
+        hostname = json.loads(listing.out)[0]["hostname"]
+        pinned = yield self.sysadm("--server", hostname, "identify")  # first use pins the server
+        self.assertEqual(pinned.code, 0, pinned.err)
+        result = yield self.sysadm("--server", hostname, "run", "seq 1 200000", timeout=90)
+        self.assertEqual(result.code, 0, result.err)
+        self.assertEqual(len(result.out.splitlines()), 200000)
+        self.assertTrue(result.out == seq(1, 200000), "stdout differs from seq's output")

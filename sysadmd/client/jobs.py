@@ -148,7 +148,7 @@ class OutputPrinter:
 
     def _failed(self, failure: Any) -> None:
         if not self.finished.called:
-            self.finished.errback(failure)
+            self.finished.callback(("failed", failure))
 
     async def fetch(self, index: int, offset: int, length: int) -> Any:
         request = {"action": "read_output", "job_id": self.follower.job_id, "command": index, "offset": offset,
@@ -212,6 +212,8 @@ async def run(ctx: Context) -> int:
         raise ClientError(
             f"connection lost while job {job_id} was running ({reason or 'closed'}); it goes on on the server:\n"
             f"  `sysadm jobs` shows it, `sysadm kill {job_id}` stops it", EXIT_CONNECT)
+    if isinstance(value, tuple) and value and value[0] == "failed":
+        value[1].raiseException()  # e.g. a read of the stored output that got no reply
     return int(value)
 
 

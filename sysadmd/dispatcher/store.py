@@ -386,6 +386,10 @@ class JobStore:
                 runs.append([piece])
         for run in runs:
             run_at, run_end = run[0][0], run[-1][0] + run[-1][1]
+            if run_end < total and run_end > offset:
+                # Before a gap: a character whose last bytes are lost is lost too.
+                last = self._read_run(record, run, max(run_at, run_end - 3), min(3, run_end - run_at), live) or b""
+                run_end -= len(last) - _whole_prefix(last)
             if run_end <= offset:
                 continue
             missing = max(0, run_at - offset)
