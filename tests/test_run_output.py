@@ -327,7 +327,8 @@ class FollowerTests(unittest.TestCase):
             for args in events:
                 for item in follower.feed(args):
                     if item[0] == "fetch":
-                        await follower.resolve(item[1], server.fetch if server else refuse, lambda *w: written.append(w))
+                        fetch = server.fetch if server else refuse
+                        await follower.resolve(item[1], fetch, lambda *w: written.append(w))
                     else:
                         written.append(item)
 

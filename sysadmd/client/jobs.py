@@ -4,9 +4,10 @@
 output as the ``running`` updates arrive and exits with the job's last return code.
 Events carry at most ``JOB_OUTPUT_CAP`` bytes per update; what they leave out is read
 from the job's stored output (:mod:`.jobwatch`), so stdout gets every byte the job
-printed, in order (bytes the server did not keep are counted on stderr).  Ctrl-C on a terminal asks whether to kill the job (a second
-Ctrl-C leaves it running and exits); without a terminal to ask on, Ctrl-C detaches: the
-job goes on on the server and ``sysadm`` exits 130.
+printed, in order (bytes the server did not keep are counted on stderr).  Ctrl-C on a
+terminal asks whether to kill the job (a second Ctrl-C leaves it running and exits);
+without a terminal to ask on, Ctrl-C detaches: the job goes on on the server and
+``sysadm`` exits 130.
 """
 
 from __future__ import annotations
