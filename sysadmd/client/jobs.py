@@ -1,10 +1,13 @@
 """``sysadm run``, ``sysadm jobs``, ``sysadm kill``: dispatcher jobs from the terminal.
 
-``run`` subscribes to ``dispatcher`` events *before* it submits the job, so not a byte
-of output is missed, prints the output as the ``running`` updates arrive and exits with
-the job's last return code.  Ctrl-C on a terminal asks whether to kill the job (a second
-Ctrl-C leaves it running and exits); without a terminal to ask on, Ctrl-C detaches: the
-job goes on on the server and ``sysadm`` exits 130.
+``run`` subscribes to ``dispatcher`` events *before* it submits the job, prints the
+output as the ``running`` updates arrive and exits with the job's last return code.
+Events carry at most ``JOB_OUTPUT_CAP`` bytes per update; what they leave out is read
+from the job's stored output (:mod:`.jobwatch`), so stdout gets every byte the job
+printed, in order (bytes the server did not keep are counted on stderr).  Ctrl-C on a
+terminal asks whether to kill the job (a second Ctrl-C leaves it running and exits);
+without a terminal to ask on, Ctrl-C detaches: the job goes on on the server and
+``sysadm`` exits 130.
 """
 
 from __future__ import annotations
@@ -14,14 +17,16 @@ import re
 import secrets
 import signal
 import time
-from typing import Any, List, Optional
+from collections import deque
+from typing import Any, Deque, List, Optional
 
 from twisted.internet import defer
 
 from sysadmd.client import tables
 from sysadmd.client.context import Context
-from sysadmd.client.errors import EXIT_CONNECT, EXIT_ERROR_REPLY, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ClientError
-from sysadmd.client.jobwatch import JobFollower
+from sysadmd.client.errors import (EXIT_CONNECT, EXIT_ERROR_REPLY, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ClientError,
+                                   ErrorReply)
+from sysadmd.client.jobwatch import FetchUnavailable, JobFollower
 
 
 def new_job_id(user: Optional[str] = None) -> str:
@@ -106,6 +111,60 @@ class Interrupts:
         d.addErrback(failed)
 
 
+class OutputPrinter:
+    """Feeds the job's events to the follower one at a time (reading stored output where
+    they left some out) and fires *finished* with the exit code after the last byte."""
+
+    def __init__(self, ctx: Context, follower: JobFollower, finished: defer.Deferred):
+        self.ctx = ctx
+        self.follower = follower
+        self.finished = finished
+        self.queue: Deque[Any] = deque()
+        self.busy = False
+
+    def on_event(self, message: dict) -> None:
+        if message.get("name") != "dispatcher" or self.finished.called:
+            return
+        args = message.get("args")
+        if not self.follower.concerns(args):
+            return
+        self.queue.append(args)
+        if not self.busy:
+            self.busy = True
+            d = defer.ensureDeferred(self._drain())
+            d.addErrback(self._failed)
+
+    async def _drain(self) -> None:
+        try:
+            while self.queue and not self.finished.called:
+                for item in self.follower.feed(self.queue.popleft()):
+                    if item[0] == "fetch":
+                        await self.follower.resolve(item[1], self.fetch, self.write)
+                    else:
+                        self.write(*item)
+                if self.follower.done and not self.finished.called:
+                    self.finished.callback(self.follower.exit_code)
+        finally:
+            self.busy = False
+
+    def _failed(self, failure: Any) -> None:
+        if not self.finished.called:
+            self.finished.callback(("failed", failure))
+
+    async def fetch(self, index: int, offset: int, length: int) -> Any:
+        request = {"action": "read_output", "job_id": self.follower.job_id, "command": index, "offset": offset,
+                   "length": length}
+        try:
+            return await self.ctx.ask("rpc", "dispatcher", request, what="reading the job's stored output")
+        except ErrorReply as e:
+            raise FetchUnavailable(f"error {e.code} {e.text}" + (f": {e.detail}" if e.detail else "")) from None
+
+    def write(self, stream: str, text: str) -> None:
+        target = self.ctx.out if stream == "out" else self.ctx.err
+        target.write(text)
+        target.flush()
+
+
 def _is_tty(stream: Any) -> bool:
     try:
         return bool(stream.isatty())
@@ -121,17 +180,8 @@ async def run(ctx: Context) -> int:
     job_id = ctx.options.id or new_job_id(ctx.options.user)
     follower = JobFollower(job_id, commands)
     finished: defer.Deferred = defer.Deferred()
-
-    def on_event(message: dict) -> None:
-        if message.get("name") != "dispatcher" or finished.called:
-            return
-        for stream, text in follower.feed(message.get("args")):
-            (ctx.out if stream == "out" else ctx.err).write(text)
-            (ctx.out if stream == "out" else ctx.err).flush()
-        if follower.done:
-            finished.callback(follower.exit_code)
-
-    ctx.conn.event_listeners.append(on_event)
+    printer = OutputPrinter(ctx, follower, finished)
+    ctx.conn.event_listeners.append(printer.on_event)
     await ctx.ask("events", "subscribe", ["dispatcher"], what="subscribing to dispatcher events")
     spec: Any = commands[0] if len(commands) == 1 else commands
     started = await ctx.ask("rpc", "dispatcher", {"action": "run", job_id: spec}, what="submitting the job")
@@ -163,6 +213,8 @@ async def run(ctx: Context) -> int:
         raise ClientError(
             f"connection lost while job {job_id} was running ({reason or 'closed'}); it goes on on the server:\n"
             f"  `sysadm jobs` shows it, `sysadm kill {job_id}` stops it", EXIT_CONNECT)
+    if isinstance(value, tuple) and value and value[0] == "failed":
+        value[1].raiseException()  # e.g. a read of the stored output that got no reply
     return int(value)
 
 

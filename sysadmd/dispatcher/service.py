@@ -19,9 +19,10 @@ Lifecycle, and what survives a restart:
 Output files: a job's file never exceeds ``JOB_OUTPUT_FILE_MAX``.  Room for the tail of
 each command of the chain is kept back (``JOB_OUTPUT_CAP`` each, less when the chain is
 long: all of them together take at most half the file); the rest is written as it
-comes.  What a command prints beyond its room is counted, not written, and when it ends
-its last bytes (the tail that events and history show) are appended after the gap, so
-every command's range in the file ends with its real last bytes.  All
+comes.  What a command prints beyond its room is counted, not written (from its first
+dropped byte on, until it ends: one gap per command, whose place is recorded), and when
+it ends its last bytes (the tail that events and history show) are appended after the
+gap, so every command's range in the file ends with its real last bytes.  All
 files together stay under ``JOB_OUTPUT_TOTAL_MAX``: the files of the oldest finished
 jobs are deleted first, then running jobs' output is only counted.  Every byte not kept
 is counted per command and per job, and history says so (``"output_cut"``).
@@ -317,6 +318,7 @@ class Dispatcher(service.Service):
             return
         record.current = index
         record.ranges.append([job.size, -1, 0])
+        record.gaps.append(-1)
         job.output = CommandOutput(self.cap)
         self.store.save(record)
         self._publish(job.running_event(), True)
@@ -337,9 +339,14 @@ class Dispatcher(service.Service):
     def _output(self, job: Job, token: object, data: bytes) -> None:
         if job.command_token is not token:
             return
-        kept = self._write(job, data, self._file_limits(job)[0])
+        gaps = job.record.gaps
+        # Once a command's output has a gap, the rest waits for its end (_save_tail): one
+        # gap per command, so its output can be read back by position (JobStore.read_output).
+        kept = 0 if gaps[-1] >= 0 else self._write(job, data, self._file_limits(job)[0])
         dropped = len(data) - kept
         if dropped:
+            if gaps[-1] < 0:
+                gaps[-1] = job.size
             if not job.record.cut:
                 log.info("job {id}: its output file is full (JOB_OUTPUT_FILE_MAX / JOB_OUTPUT_TOTAL_MAX); counting "
                          "further output, keeping each command's tail", id=job.id)
@@ -359,8 +366,9 @@ class Dispatcher(service.Service):
         later = count - job.record.current - 1
         return self.file_max - share * (later + 1), self.file_max - share * later
 
-    def _write(self, job: Job, data: bytes, limit: int) -> int:
-        """Append what fits under *limit* (file size) and the total cap; the bytes written."""
+    def _write(self, job: Job, data: bytes, limit: int, last: bool = False) -> int:
+        """Append what fits under *limit* (file size) and the total cap; the bytes written
+        (the first ones of *data*, or with *last* its last ones)."""
         if job.file_failed:
             return 0
         n = self._reserve(min(len(data), max(0, limit - job.size)))
@@ -370,7 +378,7 @@ class Dispatcher(service.Service):
             if job.file is None:
                 # Opened with the first output: most short jobs never print anything.
                 job.file = self.store.open_output(job.record)
-            job.file.write(data[:n] if n < len(data) else data)
+            job.file.write(data if n >= len(data) else data[len(data) - n:] if last else data[:n])
         except OSError as e:
             self.output_total -= n
             job.file_failed = True  # say it once; events and replies still get the output
@@ -408,7 +416,7 @@ class Dispatcher(service.Service):
         tail = job.output.tail_bytes()
         limit = self._file_limits(job)[1]
         piece = tail[len(tail) - min(missing, len(tail)):]
-        kept = self._write(job, piece[max(0, len(piece) - (limit - job.size)):], limit)
+        kept = self._write(job, piece[max(0, len(piece) - (limit - job.size)):], limit, last=True)
         job.record.ranges[-1][2] -= kept
         job.record.cut -= kept
 

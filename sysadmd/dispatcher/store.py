@@ -15,6 +15,11 @@ Per-command logs are rebuilt from the recorded byte ranges (:meth:`JobStore.comm
 Output files are capped (``JOB_OUTPUT_FILE_MAX`` per job, ``JOB_OUTPUT_TOTAL_MAX`` for all;
 the dispatcher decides what is kept): a range is ``[start, end, cut]`` where ``cut``
 counts the command's bytes that are not in the file, and the row's ``cut`` the job's.
+A command's output has at most one *gap*: its first bytes, then (once the file is full)
+nothing until it ends, then its last bytes.  ``gaps`` (JSON, one entry per range) holds
+the file offset where each command's gap is (its last bytes follow it up to the range's
+end), or ``-1`` for a command with no gap.  :meth:`JobStore.read_output` serves any byte
+range of a command's output from that layout (and, while it runs, from memory).
 A job's ``marker`` is the value of ``SYSADMD_JOB`` its processes carry (:mod:`.procscan`).
 
 Every text that reaches a row or a reply can be encoded as UTF-8: lone surrogates are
@@ -37,7 +42,7 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 from twisted.logger import Logger
 
 from sysadmd.db import ensure_schema
-from sysadmd.dispatcher.output import render
+from sysadmd.dispatcher.output import _skip_continuation, _whole_prefix, render
 from sysadmd.untrusted import clean
 from sysadmd.statedir import ensure_private_dir
 
@@ -63,13 +68,15 @@ CREATE TABLE IF NOT EXISTS dispatcher_jobs (
     interrupted INTEGER NOT NULL DEFAULT 0,
     log_file TEXT NOT NULL DEFAULT '',
     marker TEXT NOT NULL DEFAULT '',
-    cut INTEGER NOT NULL DEFAULT 0
+    cut INTEGER NOT NULL DEFAULT 0,
+    gaps TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS dispatcher_jobs_by_state ON dispatcher_jobs (state, seq);
 CREATE INDEX IF NOT EXISTS dispatcher_jobs_by_id ON dispatcher_jobs (id, seq);
 """
 # Columns added after the first release: (name, declaration) for ALTER TABLE.
-ADDED_COLUMNS = (("marker", "TEXT NOT NULL DEFAULT ''"), ("cut", "INTEGER NOT NULL DEFAULT 0"))
+ADDED_COLUMNS = (("marker", "TEXT NOT NULL DEFAULT ''"), ("cut", "INTEGER NOT NULL DEFAULT 0"),
+                 ("gaps", "TEXT NOT NULL DEFAULT '[]'"))
 
 
 class BadRow(ValueError):
@@ -97,6 +104,7 @@ class JobRecord:
     log_file: str = ""
     marker: str = ""  # SYSADMD_JOB of its processes (set when it starts)
     cut: int = 0  # bytes of its output not kept in its file
+    gaps: List[int] = field(default_factory=list)  # per range: file offset of its gap, or -1
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "JobRecord":
@@ -118,10 +126,21 @@ class JobRecord:
                 created=row["created"], started=row["started"], finished=row["finished"], current=row["current"],
                 return_codes=codes, ranges=[r if len(r) == 3 else r + [0] for r in ranges],
                 killed=bool(row["killed"]), interrupted=bool(row["interrupted"]), log_file=row["log_file"],
-                marker=row["marker"], cut=int(row["cut"] or 0),
+                marker=row["marker"], cut=int(row["cut"] or 0), gaps=_gaps(row),
             )
         except (ValueError, TypeError, KeyError, IndexError) as e:
             raise BadRow(f"dispatcher job row {row['seq']}: {e}") from None
+
+
+def _gaps(row: sqlite3.Row) -> List[int]:
+    """The ``gaps`` column; unreadable (or from before gaps were recorded) counts as unknown: []."""
+    try:
+        gaps = json.loads(row["gaps"])
+    except (ValueError, TypeError, KeyError, IndexError):
+        return []
+    if not isinstance(gaps, list) or not all(isinstance(g, int) and not isinstance(g, bool) for g in gaps):
+        return []
+    return gaps
 
 
 def safe_file_name(job_id: str) -> str:
@@ -180,13 +199,13 @@ class JobStore:
             return [self.add(*job) for job in jobs]
 
     def save(self, record: JobRecord) -> None:
-        """Write the record's changing fields (state, times, codes, ranges, flags, marker, cut)."""
+        """Write the record's changing fields (state, times, codes, ranges, gaps, flags, marker, cut)."""
         self.db.execute(
             "UPDATE dispatcher_jobs SET state = ?, started = ?, finished = ?, current = ?, return_codes = ?,"
-            " ranges = ?, killed = ?, interrupted = ?, marker = ?, cut = ? WHERE seq = ?",
+            " ranges = ?, killed = ?, interrupted = ?, marker = ?, cut = ?, gaps = ? WHERE seq = ?",
             (record.state, record.started, record.finished, record.current, json.dumps(record.return_codes),
              json.dumps(record.ranges), int(record.killed), int(record.interrupted), record.marker, record.cut,
-             record.seq),
+             json.dumps(record.gaps), record.seq),
         )
 
     def save_killed_pending(self, records: Sequence[JobRecord], finished: float) -> None:
@@ -321,6 +340,105 @@ class JobStore:
                 logs.append(render(f.read(max(0, end - begin)), total, cap, lost=cut))
         return logs
 
+    def read_output(self, record: JobRecord, index: int, offset: int, length: int,
+                    live: Optional["LiveOutput"] = None) -> "OutputSlice":
+        """Bytes from *offset* (counted in command *index*'s whole output) on, at most *length*.
+
+        *live* describes the command while it runs (it has then no end in its range).
+        The reply holds one contiguous piece of what is kept; bytes before it that are
+        kept nowhere are counted in ``missing``.  It never ends inside a character that
+        may still be completed (``next_offset`` is then on the character's first byte),
+        and holds at least one whole character when there is one to hold.
+        Raises :class:`UnknownLayout` for a cut command stored before gaps were recorded."""
+        start, end, cut = _range(record.ranges[index])
+        gap = record.gaps[index] if index < len(record.gaps) else -1
+        if live is not None:
+            end, total = live.size, live.total
+        else:
+            end = max(start, end)
+            total = end - start + cut
+        if cut > 0 and gap < 0 and live is None and record.log_file:
+            raise UnknownLayout(f"command {index} of job {record.id!r} was cut before this server recorded where: "
+                                f"only its tail is known (`history` shows it)")
+        gap = min(max(gap, start), end) if gap >= 0 else -1
+        # Where the kept bytes are: (output offset, bytes, file offset or None for memory).
+        pieces: List[Tuple[int, int, Optional[int]]] = []
+        if record.log_file:
+            if gap < 0:
+                pieces.append((0, end - start, start))
+            else:
+                pieces.append((0, gap - start, start))
+                pieces.append((total - (end - gap), end - gap, gap))
+        if live is not None and gap >= 0:
+            # Past its gap, a running command's last bytes are only in memory (for now).
+            kept = pieces[0][1] if pieces else 0
+            mem_start = max(total - len(live.tail), kept)
+            pieces.append((mem_start, total - mem_start, None))
+        pieces = [p for p in pieces if p[1] > 0]
+        if offset > total:
+            raise ValueError(f"offset {offset} is past the end of the output ({total} bytes so far)")
+        # Pieces that follow each other without lost bytes between them form one run.
+        runs: List[List[Tuple[int, int, Optional[int]]]] = []
+        for piece in pieces:
+            if runs and runs[-1][-1][0] + runs[-1][-1][1] == piece[0]:
+                runs[-1].append(piece)
+            else:
+                runs.append([piece])
+        for run in runs:
+            run_at, run_end = run[0][0], run[-1][0] + run[-1][1]
+            if run_end < total and run_end > offset:
+                # Before a gap: a character whose last bytes are lost is lost too.
+                last = self._read_run(record, run, max(run_at, run_end - 3), min(3, run_end - run_at), live) or b""
+                run_end -= len(last) - _whole_prefix(last)
+            if run_end <= offset:
+                continue
+            missing = max(0, run_at - offset)
+            begin = offset + missing
+            want = min(run_end - begin, length + 3)  # a character may straddle *length*
+            buf = self._read_run(record, run, begin, want, live)
+            if buf is None:  # the file went away (JOB_OUTPUT_TOTAL_MAX): nothing is kept
+                break
+            if missing:  # past a gap: a character whose first bytes are lost is lost too
+                skip = _skip_continuation(buf)
+                missing, begin, buf = missing + skip, begin + skip, buf[skip:]
+            # Only the end of a running command's output may still be completed.
+            wait = live is not None and run_end == total and begin + len(buf) == total
+            keep = _cut_point(buf, length, wait)
+            return OutputSlice(missing, buf[:keep].decode("utf-8", "replace"), begin + keep, total, cut)
+        if live is not None:  # nothing kept from *offset* on yet, but the command goes on
+            return OutputSlice(0, "", offset, total, cut)
+        return OutputSlice(total - offset, "", total, total, cut)
+
+    def _read_run(self, record: JobRecord, run: List[Tuple[int, int, Optional[int]]], begin: int, want: int,
+                  live: Optional["LiveOutput"]) -> Optional[bytes]:
+        """*want* bytes from output offset *begin* of a run of pieces (None: the file is gone)."""
+        parts: List[bytes] = []
+        for at, size, where in run:
+            lo, hi = max(begin, at), min(begin + want, at + size)
+            if lo >= hi:
+                continue
+            if where is None:
+                mem_at = len(live.tail) - (live.total - lo)
+                parts.append(live.tail[mem_at:mem_at + (hi - lo)])
+            else:
+                data = self._read_file(record, where + (lo - at), hi - lo)
+                if data is None:
+                    return None
+                parts.append(data)
+                if len(data) < hi - lo:  # shorter than recorded: stop at what is there
+                    break
+        return b"".join(parts)
+
+    def _read_file(self, record: JobRecord, where: int, n: int) -> Optional[bytes]:
+        if not record.log_file:
+            return None
+        try:
+            with open(self.log_path(record), "rb") as f:
+                f.seek(where)
+                return f.read(n)
+        except OSError:
+            return None
+
     def _unlink(self, name: str) -> None:
         if not name:
             return
@@ -339,3 +457,45 @@ def _range(r: List[int]) -> Tuple[int, int, int]:
     """``(start, end, cut)`` of a stored range (rows written before output caps have no cut)."""
     return r[0], r[1], (r[2] if len(r) > 2 else 0)
 
+
+
+class UnknownLayout(ValueError):
+    """A cut command's output stored without the position of its gap (older servers)."""
+
+
+@dataclass
+class LiveOutput:
+    """A running command as :meth:`JobStore.read_output` needs it."""
+
+    size: int  # the job's file size now (the command's range ends there)
+    total: int  # bytes the command printed so far
+    tail: bytes  # its last bytes, kept in memory
+
+
+@dataclass
+class OutputSlice:
+    """One reply of :meth:`JobStore.read_output`: *data* starts *missing* bytes after the
+    offset asked for and ends at *next_offset*; *size* and *cut* are the command's."""
+
+    missing: int
+    data: str
+    next_offset: int
+    size: int
+    cut: int
+
+
+def _cut_point(buf: bytes, length: int, wait: bool) -> int:
+    """How many bytes of *buf* (read from a character start, up to *length* + 3) to send.
+
+    At most *length*, ending on a character boundary, unless a single character is longer
+    than *length*; *wait*: *buf* ends where more output may still complete a character."""
+    if len(buf) <= length:
+        return _whole_prefix(buf) if wait else len(buf)
+    keep = _whole_prefix(buf[:length])
+    if keep:
+        return keep
+    lead = buf[0]
+    need = 2 if 0xC0 <= lead < 0xE0 else 3 if 0xE0 <= lead < 0xF0 else 4 if lead >= 0xF0 else 1
+    if need <= len(buf):
+        return need
+    return 0 if wait else len(buf)
