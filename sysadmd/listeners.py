@@ -307,7 +307,7 @@ class Listener(service.Service):
         def failed(failure):
             why = failure.getErrorMessage() if failure.check(CannotListenError, OSError) else repr(failure.value)
             if "Cannot acquire lock" in why:  # Twisted's lock file next to a Unix socket
-                why += " (another sysadmd is serving this socket)"
+                why += " (a running daemon serves this socket already)"
             problems.append(f"{self.label} cannot listen on {self.endpoint_description}: {why}")
             if self.reactor.running:  # at start-up the SystemExit below says it, once
                 log.critical("{problem}", problem=problems[-1])

@@ -252,7 +252,7 @@ class TwistdCannotListenTests(unittest.TestCase):
         yield first.wait_for(re.compile(r"local socket listening"))
         out, err, code = yield self.run_daemon("sysadmd", "--port", "tcp:0:interface=127.0.0.1",
                                                "--state-dir", os.path.join(self.base, "b"), "--socket", sock)
-        self.assertOneLine(out + err, code, sock, "another sysadmd")
+        self.assertOneLine(out + err, code, sock, "serves this socket already")
 
     @defer.inlineCallbacks
     def test_unusable_state_dir(self):
