@@ -173,8 +173,14 @@ class GuardedProtocol(ProtocolWrapper):
             transport.abortConnection()
             return
         self._counted = True
+        # The guard only counts and times; keep it off the data path: bytes in go straight
+        # to the wrapped protocol and bytes out straight to the transport (instance
+        # attributes shadow ProtocolWrapper's forwarding methods).
+        self.write = transport.write
+        self.writeSequence = transport.writeSequence
         super().makeConnection(transport)
         if self._counted:  # not lost during connectionMade
+            self.dataReceived = self.wrappedProtocol.dataReceived
             self.arm()
 
     def arm(self) -> None:
