@@ -89,15 +89,13 @@ class TwistdProcess(protocol.ProcessProtocol):
         self.ended.callback(reason.value)
 
 
-class TwistdRestartTests(unittest.TestCase):
-    """The daemon is SIGKILLed under a running job; after a restart the job reads interrupted."""
+class TwistdChild:
+    """A real ``twistd -n sysadmd`` child on a state dir, and a local-socket client to it."""
 
-    timeout = 90
-
-    def spawn_twistd(self, state_dir):
+    def spawn_twistd(self, state_dir, *extra):
         proc = TwistdProcess()
         argv = [PY, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "sysadmd",
-                "--port", "tcp:0:interface=127.0.0.1", "--state-dir", state_dir]
+                "--port", "tcp:0:interface=127.0.0.1", "--state-dir", state_dir, *extra]
         env = dict(os.environ, PYTHONPATH=MAIN)
         transport = reactor.spawnProcess(proc, PY, argv, env=env, path=MAIN)
 
@@ -122,6 +120,12 @@ class TwistdRestartTests(unittest.TestCase):
                 yield sleep(0.2)
         self.addCleanup(client.close)
         return client
+
+
+class TwistdRestartTests(TwistdChild, unittest.TestCase):
+    """The daemon is SIGKILLed under a running job; after a restart the job reads interrupted."""
+
+    timeout = 90
 
     @defer.inlineCallbacks
     def test_job_running_when_daemon_is_killed_is_interrupted(self):

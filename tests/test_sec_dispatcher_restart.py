@@ -12,16 +12,14 @@ import os
 import subprocess
 import sys
 
-import time
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.trial import unittest
 
-from sysadmd.client.wsclient import connect_unix
 from sysadmd.dispatcher import procscan
 from tests.support import short_tempdir
-from tests.test_dispatcher_durability import TwistdProcess, eventually
-from tests.test_dispatcher_wss import EventLog, sleep
+from tests.test_dispatcher_durability import TwistdChild, eventually
+from tests.test_dispatcher_wss import EventLog
 from tests.test_sec_dispatcher import alive, kill_quietly
 
 PY = sys.executable
@@ -44,39 +42,14 @@ time.sleep(1000)
 """
 
 
-class CrashOrphanTests(unittest.TestCase):
+class CrashOrphanTests(TwistdChild, unittest.TestCase):
     timeout = 90
 
     def spawn_twistd(self, state_dir):
         conf = os.path.join(state_dir, "sysadmd.conf")
         with open(conf, "w") as f:
             f.write("JOB_KILL_GRACE=1\n")
-        proc = TwistdProcess()
-        argv = [PY, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "sysadmd",
-                "--config", conf, "--port", "tcp:0:interface=127.0.0.1", "--state-dir", state_dir]
-        transport = reactor.spawnProcess(proc, PY, argv, env=dict(os.environ, PYTHONPATH=MAIN), path=MAIN)
-
-        def stop_if_running():
-            if not proc.ended.called:
-                transport.signalProcess("KILL")
-                return proc.ended
-
-        self.addCleanup(stop_if_running)
-        return proc, transport
-
-    @defer.inlineCallbacks
-    def connect(self, proc, path):
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client = yield connect_unix(reactor, path, timeout=5)
-                break
-            except Exception:
-                if proc.ended.called or time.monotonic() > deadline:
-                    raise AssertionError("twistd did not come up:\n" + b"".join(proc.output).decode(errors="replace"))
-                yield sleep(0.2)
-        self.addCleanup(client.close)
-        return client
+        return super().spawn_twistd(state_dir, "--config", conf)
 
     @defer.inlineCallbacks
     def test_orphans_of_a_killed_daemon_are_ended_on_restart_and_a_lookalike_survives(self):
