@@ -7,8 +7,8 @@
 //        node loadgen_bridge.js authtime URL TRIES PRIVATE_KEY_PEM
 //
 // direct: rpc/auth_ssl with the key straight to the server, then plain JSON requests.
-// bridge: the upstream client's side of the bridge protocol (upstream-bridge-wire.md
-//   §2.3, §3.3), one key for both the bridge and the server:
+// bridge: the upstream client's side of the bridge protocol (docs/protocol.md
+//   §8.1, §8.3), one key for both the bridge and the server:
 //     bridge → us  rpc/identify (id sysadm_bridge_request_ident) → we answer type "client"
 //     us → bridge  rpc/auth_ssl "" → {"test_string":T} → {"encrypted_string":sig(T)} → [token, 0]
 //     bridge → us  rpc/settings list_ssl_checksums → we answer {"md5_keys":[md5(our PEM)]}

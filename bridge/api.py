@@ -2,7 +2,7 @@
 
 Everything a peer sends that starts with ``{`` (and everything before it has
 authenticated) lands here; relay frames go to :mod:`bridge.relay`.  The message shapes
-are upstream's (``upstream-bridge-wire.md`` §2); what we changed is listed in
+are upstream's (docs/protocol.md §8.1); what we changed is listed in
 :mod:`bridge.protocol`; and since issue 7: a key has one role (an unbound key is bound to
 the role of its first login, :meth:`bridge.keys.KeyStore.bind_role`), a client is paired
 only on keys it proved (:mod:`bridge.relay`), and ``rpc/identify`` from an authenticated

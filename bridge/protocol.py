@@ -1,6 +1,6 @@
 """The bridge's WebSocket adapter: frames in, calls on the core; the core's sends out.
 
-Wire protocol (upstream sysadm-bridge, ``upstream-bridge-wire.md``; our fixes marked *):
+Wire protocol (upstream sysadm-bridge, docs/protocol.md §8; our fixes marked *):
 
 * TLS WebSocket, any URL path, any Origin, no subprotocol.  Every frame we send is a
   text frame; binary frames in are read as UTF-8 text.

@@ -13,7 +13,7 @@ down to those, so nobody pairs with a server by claiming somebody else's key.  U
 trusted the reported list, which let a tenant relay a victim's login (issue 7 item 2).
 
 Upstream also counted unauthenticated peers, relayed to any ID and never announced
-disconnects; all three are fixed here (DECISIONS §3).  Each peer reaches its transport
+disconnects; all three are fixed here (docs/protocol.md §9).  Each peer reaches its transport
 through a small :class:`PeerLink` interface, so the tests drive this module with fakes.
 """
 

@@ -133,7 +133,7 @@ class BridgedClientTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_upstream_client_byte_for_byte(self):
-        """A Qt-style client, every frame written out as upstream-bridge-wire.md §2.3/§3.3 shows.
+        """A Qt-style client, every frame written out as docs/protocol.md §8.1/§8.3 shows.
 
         Like the Qt client it has two keys: one the bridge knows, one the server knows.
         """

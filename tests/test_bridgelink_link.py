@@ -1,6 +1,6 @@
 """Bridge links end to end: a real sysadmd dials a scripted fake bridge over TLS on loopback.
 
-The fake bridge runs upstream's handshake exactly as upstream-bridge-wire.md §2.3 shows
+The fake bridge runs upstream's handshake exactly as docs/protocol.md §8.1 shows
 (identify, auth_ssl challenge checked with crypto.recover_signed, list_ssl_checksums),
 then announces clients and relays their frames like the real bridge does.
 """

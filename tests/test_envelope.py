@@ -1,4 +1,4 @@
-"""The envelope (upstream-server-wire.md §2) and the request pipeline, without a transport."""
+"""The envelope (docs/protocol.md §1) and the request pipeline, without a transport."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ on its first frame, since the bridge may relay before it announces), limited to 
 logins (``rpc/auth_ssl``).  Bodies run through the same request pipeline as any other
 transport; replies and events go back as ``<clientID>\\n<body>``.
 
-Payload modes (upstream-bridge-wire.md §3.3): a session starts in plain JSON.  When a
+Payload modes (docs/protocol.md §8.3): a session starts in plain JSON.  When a
 client logs in with the ``md5_key`` variant of ``auth_ssl``, the stage-1 reply is sent
 plain and from then on bodies in both directions are ``base64(JSON)``.  A body that
 begins with ``{`` can never be base64, so it is read as plain JSON in any mode and puts

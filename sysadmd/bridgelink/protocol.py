@@ -1,6 +1,6 @@
 """The WebSocket this server keeps open to a bridge (we are the client).
 
-Wire protocol, as upstream's bridge expects it (upstream-bridge-wire.md §2-§5).
+Wire protocol, as upstream's bridge expects it (docs/protocol.md §8.1, §8.4).
 Messages that begin with ``{`` are between the bridge and us; anything else is a relay
 frame ``<clientID>\\n<body>`` from a client, handled by :mod:`.clients`::
 

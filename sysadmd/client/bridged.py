@@ -1,6 +1,6 @@
 """Reaching servers through a bridge: ``sysadm --bridge URL --key FILE [--server ID] …``.
 
-What goes over the wire (upstream-bridge-wire.md §2.3, §3.3), with B the bridge, S a
+What goes over the wire (docs/protocol.md §8), with B the bridge, S a
 server behind it and ``<S>`` its connection ID (``::{uuid}``)::
 
     B → us  {"args":"","id":"sysadm_bridge_request_ident","name":"identify","namespace":"rpc"}

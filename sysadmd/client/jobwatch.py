@@ -1,6 +1,6 @@
 """Turn one job's ``dispatcher`` events into its exact output and an exit code.
 
-The events (seed 001 shape, sysadmd's cadence)::
+The events (upstream's shape, sysadmd's cadence; docs/protocol.md §7)::
 
     {"state":"pending","cmd_list":[…],"process_id":ID}
     {"state":"running","current_cmd":C,"cmd_list":[…],"process_id":ID,"time_started":…,

@@ -2,13 +2,13 @@
 
 A job is an id, a queue and a chain of command strings; commands run one after another
 and the chain stops at the first non-zero exit.  Its *process log* is upstream's shape
-(seed 001, upstream-server-wire.md §5.3)::
+(docs/protocol.md §6.4, §7)::
 
     {"cmd_list":["echo a","false"],"process_id":"job1","state":"finished",
      "time_started":"2019-05-23T19:51:51","time_finished":"2019-05-23T19:51:52",
      "echo a":"a\\n","return_codes/echo a":"0","false":"","return_codes/false":"1"}
 
-Ours differs where DECISIONS.md §4.4 says so: the finished log has every command's key
+Ours differs from upstream's (docs/protocol.md §9): the finished log has every command's key
 and return code (``"-1"`` for a command that did not start, could not start, or was
 killed), and ``"killed":"true"`` / ``"interrupted":"true"`` when that happened;
 ``"output_cut":"<N>"`` says that N bytes of the job's output are not in its file (over

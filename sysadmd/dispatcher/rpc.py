@@ -1,4 +1,4 @@
-"""``rpc/dispatcher``: run, list and kill jobs (seed 000), plus our ``history``.
+"""``rpc/dispatcher``: run, list and kill jobs, plus our ``history`` (docs/protocol.md §6.4).
 
 Requests (``args`` is an object; ``action`` matches case-insensitively)::
 
