@@ -93,6 +93,15 @@ class RightsFollowGroups(ServerUnit):
         self.assertEqual(self.server.events.subscriber_count("dispatcher"), 0)
         self.assertIsNone(self.alice.identity)
 
+    def test_a_new_key_login_ends_subscriptions_too(self):
+        from sysadmd.rpc import keyauth
+
+        keyauth.install(self.server)
+        self.server.api.handle_text(self.alice, call_text("rpc", "auth_ssl", "k1", ""))
+        self.assertIn("test_string", replies(self.channel)[-1]["args"])
+        self.assertEqual(self.server.events.subscriber_count("dispatcher"), 0)
+        self.assertIsNone(self.server.tokens.check(self.token))
+
     def test_auth_clear_ends_subscriptions(self):
         self.server.api.handle_text(self.alice, call_text("rpc", "auth_clear", "c1"))
         self.assertEqual(self.server.events.subscriber_count("dispatcher"), 0)

@@ -100,9 +100,9 @@ class KeyLogin:
 
     # --- the request --------------------------------------------------------------------
     def auth_ssl(self, session: Session, request) -> Any:
-        # Every auth* request logs the session out first (upstream does; login.py too).
-        self.server.tokens.revoke(session.token)
-        session.logout()
+        # Every auth* request logs the session out first (upstream does; login.py too):
+        # its token, its identity and its event subscriptions.
+        self.server.logout(session)
         args = request.args
         if isinstance(args, dict) and "encrypted_string" in args:
             mode = bound.Stage2(self.server, session, args)  # bridged logins bound to this server (auth/bound.py)
