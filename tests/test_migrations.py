@@ -357,3 +357,41 @@ class TwistdRefusesANewerDatabase(unittest.TestCase):
                           f"newer than this {program} knows (up to {schema.latest})", lines[0])
             self.assertNotIn("Traceback", output)
             self.assertNotIn("listening", output)
+
+
+class AdminCommandsOnANewerDatabase(unittest.TestCase):
+    """``sysadmd VERB`` and ``sysadm-bridge VERB`` say it in one line and exit 1, changing nothing."""
+
+    def newer(self, schema: Schema, path: str) -> None:
+        open_database(path, schema).close()
+        conn = raw(path)
+        conn.execute(f"PRAGMA user_version = {schema.latest + 1}")
+        conn.close()
+
+    def test_sysadmd_admin(self):
+        import io
+
+        from sysadmd.admin.main import main
+
+        state = short_tempdir(self)
+        self.newer(migrations.SCHEMA, database_path(state))
+        out, err = io.StringIO(), io.StringIO()
+        code = main(["--state-dir", state, "list_keys"], out=out, err=err)
+        self.assertEqual(code, 1, err.getvalue())
+        [line] = err.getvalue().splitlines()
+        self.assertIn(f"sysadmd list_keys: database {database_path(state)} has schema version "
+                      f"{migrations.SCHEMA.latest + 1}, newer than this sysadmd knows", line)
+
+    def test_bridge_admin(self):
+        import io
+
+        from bridge.admin import main
+
+        state = short_tempdir(self)
+        self.newer(bridge_migrations.SCHEMA, bridge_database_path(state))
+        out, err = io.StringIO(), io.StringIO()
+        code = main(["--state-dir", state, "list_ssl"], out=out, err=err)
+        self.assertEqual(code, 1, err.getvalue())
+        [line] = err.getvalue().splitlines()
+        self.assertIn(f"sysadm-bridge: database {bridge_database_path(state)} has schema version "
+                      f"{bridge_migrations.SCHEMA.latest + 1}, newer than this sysadm-bridge knows", line)
