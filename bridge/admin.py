@@ -19,11 +19,12 @@ from types import SimpleNamespace
 from typing import List, Optional, TextIO
 
 from bridge import config as configmod
+from bridge import migrations
 from bridge.keys import ROLES, KeyStore, KeyStoreError, database_path
 from bridge.service import open_blacklist
 from sysadmd import __version__, crypto
 from sysadmd.configfile import ConfigError
-from sysadmd.db import open_database
+from sysadmd.db import SchemaError, open_database
 from sysadmd.statedir import ensure_private_dir
 
 
@@ -94,7 +95,11 @@ def main(argv: Optional[List[str]] = None, out: TextIO = sys.stdout, err: TextIO
         print(f"sysadm-bridge: configuration error: {e}", file=err)
         return 1
     ensure_private_dir(cfg.state_dir)
-    db = open_database(database_path(cfg.state_dir))
+    try:
+        db = open_database(database_path(cfg.state_dir), migrations.SCHEMA)
+    except SchemaError as e:
+        print(f"sysadm-bridge: {e}", file=err)
+        return 1
     try:
         return args.run(cfg, db, args, out, err)
     except KeyStoreError as e:

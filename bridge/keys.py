@@ -35,25 +35,14 @@ from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple, Union
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sysadmd import crypto
-from sysadmd.db import data_version, ensure_schema, open_database
+from bridge import migrations
+from sysadmd.db import data_version, ensure, open_database
 
 SERVER, CLIENT, BOTH, UNBOUND = "server", "client", "both", "unbound"
 ROLES = (SERVER, CLIENT, BOTH)  # what --role accepts
 STORED_ROLES = ROLES + (UNBOUND,)
 LEGACY_UNBOUND = "any"  # stored by earlier versions for keys imported without --role
 MAX_PAIRS = 64
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS bridge_keys (
-    nickname TEXT PRIMARY KEY,
-    pem TEXT NOT NULL,
-    stored TEXT NOT NULL,
-    md5 TEXT NOT NULL,
-    role TEXT NOT NULL DEFAULT 'unbound',
-    registered REAL NOT NULL
-);
-"""
-PAIRS_COLUMN = "ALTER TABLE bridge_keys ADD COLUMN pairs TEXT NOT NULL DEFAULT ''"
 
 
 class KeyStoreError(ValueError):
@@ -95,22 +84,13 @@ def database_path(state_dir: str) -> str:
 
 
 def open_keystore(state_dir: str) -> "KeyStore":
-    return KeyStore(open_database(database_path(state_dir)))
+    return KeyStore(open_database(database_path(state_dir), migrations.SCHEMA))
 
 
 class KeyStore:
     def __init__(self, db: sqlite3.Connection):
         self.db = db
-        ensure_schema(db, SCHEMA)
-        columns = {r[1] for r in db.execute("PRAGMA table_info(bridge_keys)")}
-        if "pairs" not in columns:
-            try:
-                db.execute(PAIRS_COLUMN)
-            except sqlite3.OperationalError as e:  # another process added it just now
-                if "duplicate column" not in str(e):
-                    raise
-        if db.execute("SELECT 1 FROM bridge_keys WHERE role = ? LIMIT 1", (LEGACY_UNBOUND,)).fetchone():
-            db.execute("UPDATE bridge_keys SET role = ? WHERE role = ?", (UNBOUND, LEGACY_UNBOUND))
+        ensure(db, migrations.SCHEMA)  # the table is made by bridge/migrations/
         self._public: Dict[str, rsa.RSAPublicKey] = {}
         self._version = data_version(db)
 

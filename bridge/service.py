@@ -15,6 +15,7 @@ from twisted.application import service
 from twisted.internet import task
 from twisted.logger import Logger
 
+from bridge import migrations
 from bridge.api import BridgeApi
 from bridge.config import BridgeConfig
 from bridge.keys import KeyStore, database_path
@@ -147,7 +148,7 @@ class BridgeDaemon(service.MultiService):
 def build(cfg: BridgeConfig, reactor: Any) -> BridgeDaemon:
     """The service tree for *cfg*: state dir, database, TLS, listener."""
     ensure_private_dir(cfg.state_dir)
-    db = open_database(database_path(cfg.state_dir))
+    db = open_database(database_path(cfg.state_dir), migrations.SCHEMA)
     bridge = Bridge(cfg, db, reactor)
     cert, key = tls_files(cfg, "bridge")
     factory = BridgeServerFactory(bridge, reactor=reactor)

@@ -13,6 +13,7 @@ from twisted.logger import Logger
 
 from sysadmd import bridgelink, dispatcher, tls
 from sysadmd.config import Config
+from sysadmd import migrations
 from sysadmd.db import database_path, open_database
 from sysadmd.events import subscriptions as event_subscriptions
 from sysadmd.listeners import Listener, guard_for
@@ -44,7 +45,7 @@ class Daemon(service.MultiService):
 
 def build(cfg: Config, reactor: Any, **server_kwargs: Any) -> Daemon:
     ensure_private_dir(cfg.state_dir)
-    db = open_database(database_path(cfg.state_dir))
+    db = open_database(database_path(cfg.state_dir), migrations.SCHEMA)
     server = Server(cfg, db, reactor, **server_kwargs)
     daemon = Daemon(server)
     server.setServiceParent(daemon)

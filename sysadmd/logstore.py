@@ -24,7 +24,8 @@ from twisted.internet import task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from sysadmd.db import ensure_schema
+from sysadmd import migrations
+from sysadmd.db import ensure
 from sysadmd.untrusted import clean, clean_value, shown
 
 log = Logger()
@@ -32,17 +33,6 @@ log = Logger()
 HOSTINFO_LIMIT = 2048  # characters of one hostinfo entry
 
 LOG_NAMES = ("hostinfo", "dispatcher", "events-dispatcher", "events-lifepreserver", "events-state")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS logs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts REAL NOT NULL,
-    log TEXT NOT NULL,
-    entry TEXT NOT NULL,
-    is_json INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS logs_by_time ON logs (log, ts);
-"""
 
 
 def _entry(text: str, is_json: int) -> Any:
@@ -60,7 +50,7 @@ class LogStore:
         self.clock = clock
         self._pending: List[Tuple[float, str, str, int]] = []
         self._flush_call: Optional[Any] = None
-        ensure_schema(db, SCHEMA)
+        ensure(db, migrations.SCHEMA)  # tables: sysadmd/migrations/
 
     def append(self, log_name: str, entry: Any) -> None:
         if log_name not in LOG_NAMES:

@@ -14,6 +14,7 @@ from twisted.logger import Logger
 
 from sysadmd import tls
 from sysadmd.configfile import ConfigError
+from sysadmd.db import SchemaError
 from sysadmd.listeners import raise_descriptor_limit
 
 log = Logger()
@@ -43,7 +44,7 @@ def build_or_exit(program: str, build: Callable[[Any, Any], Any], cfg: Any, reac
         return build(cfg, reactor)
     except ConfigError as e:
         raise SystemExit(f"{program}: configuration error: {e}")
-    except OSError as e:
+    except (OSError, SchemaError) as e:
         raise SystemExit(f"{program}: cannot start: {e}")
 
 

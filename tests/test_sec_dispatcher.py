@@ -453,14 +453,13 @@ class SurrogateApiTests(unittest.TestCase):
 
 class StoreMigrationTests(unittest.TestCase):
     def test_a_database_of_the_previous_version_gets_the_new_columns(self):
-        from sysadmd.dispatcher import store as storemod
+        from sysadmd.migrations import m0001_initial
 
         state_dir = short_tempdir(self)
         db = open_database(database_path(state_dir))
         self.addCleanup(db.close)
-        old_schema = storemod.SCHEMA.replace(",\n    marker TEXT NOT NULL DEFAULT '',\n    cut INTEGER NOT NULL DEFAULT 0", "")
-        self.assertNotIn("marker", old_schema)
-        db.executescript(old_schema)
+        m0001_initial.apply(db)  # the first release's tables, unversioned, as it left them
+        self.assertNotIn("marker", [r[1] for r in db.execute("PRAGMA table_info(dispatcher_jobs)")])
         db.execute("INSERT INTO dispatcher_jobs (id, queue, commands, state, created, finished, return_codes, ranges)"
                    " VALUES ('old', 'no_queue', '[\"echo a\"]', 'finished', 1, 2, '[0]', '[[0, 2]]')")
         store = JobStore(db, state_dir)

@@ -7,7 +7,8 @@ import sqlite3
 import time
 from typing import List, Sequence
 
-from sysadmd.db import database_path, open_database
+from sysadmd import migrations
+from sysadmd.db import SchemaError, database_path, open_database
 from sysadmd.statedir import ensure_private_dir
 
 
@@ -18,7 +19,10 @@ class VerbFailed(Exception):
 def open_state_db(state_dir: str) -> sqlite3.Connection:
     """The daemon's database (created with safe modes if missing); WAL lets both write."""
     ensure_private_dir(state_dir)
-    return open_database(database_path(state_dir))
+    try:
+        return open_database(database_path(state_dir), migrations.SCHEMA)
+    except SchemaError as e:
+        raise VerbFailed(str(e)) from None
 
 
 def local_time(ts: float) -> str:

@@ -16,20 +16,8 @@ from typing import Callable, List, Optional, Tuple
 
 from twisted.internet.interfaces import IReactorTime
 
-from sysadmd.db import ensure_schema
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS auth_failures (
-    address TEXT PRIMARY KEY,
-    count INTEGER NOT NULL,
-    last_failure REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS blacklist (
-    address TEXT PRIMARY KEY,
-    blocked_at REAL NOT NULL,
-    until REAL NOT NULL
-);
-"""
+from sysadmd import migrations
+from sysadmd.db import ensure
 
 
 UNLIMITED = 1 << 30  # remaining() of an exempt address
@@ -63,7 +51,8 @@ class Blacklist:
         self.block_seconds = block_minutes * 60
         self.exempt_loopback = exempt_loopback
         self.on_block = on_block
-        ensure_schema(db, SCHEMA)
+        # Its tables are in both databases (sysadmd/migrations/, bridge/migrations/).
+        ensure(db, migrations.SCHEMA, shared=True)
 
     def _exempt(self, address: str) -> bool:
         return not address or (self.exempt_loopback and is_loopback(address))

@@ -38,23 +38,10 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from sysadmd import crypto
-from sysadmd.db import ensure_schema
+from sysadmd import migrations
+from sysadmd.db import ensure
 
 log = Logger()
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS registered_keys (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    user TEXT NOT NULL,
-    pub_key TEXT NOT NULL,
-    pem TEXT NOT NULL,
-    md5 TEXT NOT NULL UNIQUE,
-    nickname TEXT NOT NULL DEFAULT '',
-    email TEXT NOT NULL DEFAULT '',
-    registered REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS registered_keys_by_user ON registered_keys (user, pub_key);
-"""
 
 
 class KeyStoreError(ValueError):
@@ -97,7 +84,7 @@ class KeyStore:
     def __init__(self, db: sqlite3.Connection, clock: Optional[Any] = None):
         self.db = db
         self._now = clock.seconds if clock is not None else time.time
-        ensure_schema(db, SCHEMA)
+        ensure(db, migrations.SCHEMA)  # tables: sysadmd/migrations/
 
     # --- changes ----------------------------------------------------------------------
     def register(self, user: str, pem: str, nickname: str = "", email: str = "",

@@ -15,22 +15,14 @@ import time
 from dataclasses import dataclass
 from typing import List, Optional
 
-from sysadmd.db import ensure_schema
+from sysadmd import migrations
+from sysadmd.db import ensure
 from sysadmd.wssurl import parse_wss
 
 DEFAULT_PORT = 12149
 VERIFY_MODES = ("none", "pin", "ca")
 DEFAULT_VERIFY = "pin"
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS bridge_links (
-    nickname TEXT PRIMARY KEY,
-    url TEXT NOT NULL,
-    verify TEXT NOT NULL DEFAULT 'pin',
-    fingerprint TEXT,
-    created REAL NOT NULL
-);
-"""
 
 _NICKNAME = re.compile(r"^[A-Za-z0-9_.@:-]{1,64}$")
 
@@ -84,7 +76,7 @@ class BridgeLinkStore:
     def __init__(self, db: sqlite3.Connection, clock: Optional[object] = None):
         self.db = db
         self._now = clock.seconds if clock is not None else time.time
-        ensure_schema(db, SCHEMA)
+        ensure(db, migrations.SCHEMA)  # tables: sysadmd/migrations/
 
     def add(self, nickname: str, url: str, verify: str = DEFAULT_VERIFY) -> BridgeLinkRow:
         """Add a link, or replace the one with that nickname.

@@ -41,7 +41,8 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from twisted.logger import Logger
 
-from sysadmd.db import ensure_schema
+from sysadmd import migrations
+from sysadmd.db import ensure
 from sysadmd.dispatcher.output import _skip_continuation, _whole_prefix, render
 from sysadmd.untrusted import clean
 from sysadmd.statedir import ensure_private_dir
@@ -49,34 +50,6 @@ from sysadmd.statedir import ensure_private_dir
 log = Logger()
 
 BATCH = 500  # rows per statement when many rows change at once
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS dispatcher_jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL,
-    queue TEXT NOT NULL,
-    commands TEXT NOT NULL,
-    origin TEXT NOT NULL DEFAULT '',
-    state TEXT NOT NULL,
-    created REAL NOT NULL,
-    started REAL,
-    finished REAL,
-    current INTEGER NOT NULL DEFAULT -1,
-    return_codes TEXT NOT NULL DEFAULT '[]',
-    ranges TEXT NOT NULL DEFAULT '[]',
-    killed INTEGER NOT NULL DEFAULT 0,
-    interrupted INTEGER NOT NULL DEFAULT 0,
-    log_file TEXT NOT NULL DEFAULT '',
-    marker TEXT NOT NULL DEFAULT '',
-    cut INTEGER NOT NULL DEFAULT 0,
-    gaps TEXT NOT NULL DEFAULT '[]'
-);
-CREATE INDEX IF NOT EXISTS dispatcher_jobs_by_state ON dispatcher_jobs (state, seq);
-CREATE INDEX IF NOT EXISTS dispatcher_jobs_by_id ON dispatcher_jobs (id, seq);
-"""
-# Columns added after the first release: (name, declaration) for ALTER TABLE.
-ADDED_COLUMNS = (("marker", "TEXT NOT NULL DEFAULT ''"), ("cut", "INTEGER NOT NULL DEFAULT 0"),
-                 ("gaps", "TEXT NOT NULL DEFAULT '[]'"))
 
 
 class BadRow(ValueError):
@@ -155,11 +128,7 @@ class JobStore:
         self.db = db
         self.jobs_dir = os.path.join(state_dir, "jobs")
         ensure_private_dir(self.jobs_dir)
-        ensure_schema(db, SCHEMA)
-        have = {r["name"] for r in db.execute("PRAGMA table_info(dispatcher_jobs)")}
-        for name, declaration in ADDED_COLUMNS:
-            if name not in have:
-                db.execute(f"ALTER TABLE dispatcher_jobs ADD COLUMN {name} {declaration}")
+        ensure(db, migrations.SCHEMA)  # the table is made by sysadmd/migrations/
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -456,7 +425,6 @@ def ranges_closed(ranges: List[List[int]], size: int) -> List[List[int]]:
 def _range(r: List[int]) -> Tuple[int, int, int]:
     """``(start, end, cut)`` of a stored range (rows written before output caps have no cut)."""
     return r[0], r[1], (r[2] if len(r) > 2 else 0)
-
 
 
 class UnknownLayout(ValueError):
