@@ -6,6 +6,7 @@ Real key files written by ``cryptography`` and, when installed, by ``ssh-keygen`
 end-to-end login per kind of file through the real client against a real daemon.
 """
 
+import pytest
 import io
 import os
 import shutil
@@ -127,6 +128,7 @@ class KeyFormats(unittest.TestCase):
                 self.assertEqual(crypto.public_pem(loaded), crypto.normalized_pem(f.read()))
 
 
+@pytest.mark.slow  # real daemons or child processes
 class KeyLoginsEndToEnd(CliTestCase):
     @defer.inlineCallbacks
     def test_each_format_logs_in_over_wss(self):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import os
 import sys
 import time
@@ -89,6 +90,7 @@ class TwistdProcess(protocol.ProcessProtocol):
         self.ended.callback(reason.value)
 
 
+@pytest.mark.slow  # real daemons or child processes
 class TwistdRestartTests(unittest.TestCase):
     """The daemon is SIGKILLed under a running job; after a restart the job reads interrupted."""
 
