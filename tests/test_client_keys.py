@@ -40,6 +40,7 @@ class Terminal(io.StringIO):
         return True
 
 
+@pytest.mark.slow  # real child processes (ssh-keygen)
 class KeyFormats(unittest.TestCase):
     def setUp(self):
         self.folder = self.mktemp()
