@@ -76,37 +76,37 @@ BOTH = (SERVER, CLIENT)
 # (name, kind, sides, what uses it).  For WRITTEN, "what uses it" starts with the
 # autobahn method that reads the name.
 REQUIRED_INTERNALS: Tuple[Tuple[str, str, Tuple[str, ...], str], ...] = (
-    ("_dataReceived", METHOD, BOTH, "WireMixin.dataReceived: the data path without debug-log formatting"),
-    ("_connectionLost", METHOD, BOTH, "WireMixin._connectionLost: cancels the close-handshake timer"),
-    ("sendCloseFrame", METHOD, BOTH, "WireMixin.close_with: any RFC 6455 close code"),
-    ("logTxOctets", METHOD, BOTH, "WireMixin.sendData: octet logging when enabled"),
-    ("processData", METHOD, BOTH, "_LeanFrames.processData: the hook for bytes after the handshake"),
-    ("onCloseFrame", METHOD, BOTH, "_LeanFrames._drain: close frames to autobahn's close handshake"),
-    ("processControlFrame", METHOD, BOTH, "_LeanFrames._drain: pings and pongs to autobahn"),
-    ("_fail_connection", METHOD, BOTH, "_LeanFrames._drain: 1002 and 1009 closes"),
-    ("_cancelAutoPingTimeoutCall", METHOD, BOTH, "_LeanFrames._drain: any traffic restarts the ping timer"),
-    ("dropConnection", METHOD, BOTH, "_LeanFrames._drain: cut a peer that streams refused frames"),
-    ("sendPong", METHOD, BOTH, "_LeanFrames.sendPong: one pending pong while congested"),
-    ("processHandshake", METHOD, (SERVER,), "LeanServerMixin.processHandshake: Origin and head limits"),
-    ("succeedHandshake", METHOD, (SERVER,), "LeanServerMixin.succeedHandshake: stops the handshake deadline"),
-    ("failHandshake", METHOD, (SERVER,), "LeanServerMixin.processHandshake: HTTP 431"),
+    ("_dataReceived", METHOD, BOTH, "_FastWire.dataReceived: the data path without debug-log formatting"),
+    ("_connectionLost", METHOD, BOTH, "_FastWire._connectionLost: cancels the close-handshake timer"),
+    ("sendCloseFrame", METHOD, BOTH, "_FastWire.close_with: any RFC 6455 close code"),
+    ("logTxOctets", METHOD, BOTH, "_FastWire.sendData: octet logging when enabled"),
+    ("processData", METHOD, BOTH, "_FastFrames.processData: the hook for bytes after the handshake"),
+    ("onCloseFrame", METHOD, BOTH, "_FastFrames._drain: close frames to autobahn's close handshake"),
+    ("processControlFrame", METHOD, BOTH, "_FastFrames._drain: pings and pongs to autobahn"),
+    ("_fail_connection", METHOD, BOTH, "_FastFrames._drain: 1002 and 1009 closes"),
+    ("_cancelAutoPingTimeoutCall", METHOD, BOTH, "_FastFrames._drain: any traffic restarts the ping timer"),
+    ("dropConnection", METHOD, BOTH, "_FastFrames._drain: cut a peer that streams refused frames"),
+    ("sendPong", METHOD, BOTH, "_FastFrames.sendPong: one pending pong while congested"),
+    ("processHandshake", METHOD, (SERVER,), "_FastServer.processHandshake: Origin and head limits"),
+    ("succeedHandshake", METHOD, (SERVER,), "_FastServer.succeedHandshake: stops the handshake deadline"),
+    ("failHandshake", METHOD, (SERVER,), "_FastServer.processHandshake: HTTP 431"),
     ("STATE_OPEN", CONSTANT, BOTH, "state checks"),
     ("STATE_CLOSED", CONSTANT, BOTH, "state checks"),
-    ("STATE_CONNECTING", CONSTANT, BOTH, "WireMixin.sendData: pre-open octet counter"),
-    ("STATE_PROXY_CONNECTING", CONSTANT, BOTH, "WireMixin.sendData: pre-open octet counter"),
+    ("STATE_CONNECTING", CONSTANT, BOTH, "_FastWire.sendData: pre-open octet counter"),
+    ("STATE_PROXY_CONNECTING", CONSTANT, BOTH, "_FastWire.sendData: pre-open octet counter"),
     ("state", ATTRIBUTE, BOTH, "state checks"),
     ("data", ATTRIBUTE, BOTH, "processData/processHandshake: autobahn's receive buffer"),
-    ("send_queue", ATTRIBUTE, BOTH, "WireMixin.sendData: autobahn's backlog"),
-    ("trafficStats", ATTRIBUTE, BOTH, "WireMixin.sendData: octet counters"),
-    ("logOctets", ATTRIBUTE, BOTH, "WireMixin.sendData: octet logging switch"),
-    ("failedByMe", ATTRIBUTE, BOTH, "_LeanFrames._drain: no messages after we failed the connection"),
-    ("autoPingTimeoutCall", ATTRIBUTE, BOTH, "_LeanFrames._drain: the ping timer"),
-    ("autoPingRestartOnAnyTraffic", ATTRIBUTE, BOTH, "_LeanFrames._drain: the ping timer option"),
-    ("closeHandshakeTimeoutCall", ATTRIBUTE, BOTH, "WireMixin._connectionLost: the close timer"),
-    ("maxMessagePayloadSize", ATTRIBUTE, BOTH, "_LeanFrames.message_limit: the default limit"),
+    ("send_queue", ATTRIBUTE, BOTH, "_FastWire.sendData: autobahn's backlog"),
+    ("trafficStats", ATTRIBUTE, BOTH, "_FastWire.sendData: octet counters"),
+    ("logOctets", ATTRIBUTE, BOTH, "_FastWire.sendData: octet logging switch"),
+    ("failedByMe", ATTRIBUTE, BOTH, "_FastFrames._drain: no messages after we failed the connection"),
+    ("autoPingTimeoutCall", ATTRIBUTE, BOTH, "_FastFrames._drain: the ping timer"),
+    ("autoPingRestartOnAnyTraffic", ATTRIBUTE, BOTH, "_FastFrames._drain: the ping timer option"),
+    ("closeHandshakeTimeoutCall", ATTRIBUTE, BOTH, "_FastWire._connectionLost: the close timer"),
+    ("maxMessagePayloadSize", ATTRIBUTE, BOTH, "_FastFrames.message_limit: the default limit"),
     ("current_frame", WRITTEN, BOTH, "processControlFrame: the control frame's header"),
     ("control_frame_data", WRITTEN, BOTH, "processControlFrame: the control frame's payload"),
-    ("FrameHeader", MODULE, BOTH, "_LeanFrames._drain: the header handed to processControlFrame"),
+    ("FrameHeader", MODULE, BOTH, "_FastFrames._drain: the header handed to processControlFrame"),
 )
 
 FALLBACK_ENV = "SYSADMD_WS_FALLBACK"
@@ -197,6 +197,8 @@ def _cut_reason(reason: str) -> bytes:
 
 
 class _FastWire:
+    """:class:`WireMixin` on autobahn's internals (the fast path; see the module docstring)."""
+
     def connectionMade(self) -> None:
         super().connectionMade()
         try:
