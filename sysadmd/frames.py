@@ -31,8 +31,12 @@ from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
-from autobahn.websocket import USES_NVX
-from autobahn.websocket.xormasker import create_xor_masker
+try:  # autobahn's vectorised XOR masker (C, from autobahn 24.4); pure Python without it
+    from autobahn.websocket import USES_NVX
+    from autobahn.websocket.xormasker import create_xor_masker
+except ImportError:
+    USES_NVX = False
+    create_xor_masker = None
 
 CONTINUATION = 0x0
 TEXT = 0x1

@@ -1,4 +1,5 @@
-"""What every WebSocket protocol of ours (server, bridge, bridge link, client) shares.
+"""What every WebSocket protocol of ours (server, bridge, bridge link, client) shares,
+and the one place that reaches into autobahn's internals.
 
 :class:`WireMixin` goes first in the bases of an autobahn protocol class:
 
@@ -14,19 +15,190 @@
   bridge's CPU when click is installed); these overrides do the same work without them.
   ``sendData``'s fast path mirrors autobahn's own (write, count octets); anything else
   (chopping, sync sends, a backlog) still goes through autobahn.
+
+**The seam.**  Everything above, and the frame path of :class:`LeanServerMixin` /
+:class:`LeanClientMixin`, uses names autobahn does not document (``_dataReceived``,
+``processData``, ``sendCloseFrame``, ``STATE_OPEN``…).  They are all listed in
+:data:`REQUIRED_INTERNALS`, and this module is the only one that touches them
+(``frames.py`` only borrows autobahn's optional C XOR masker, with a pure-Python
+fallback).  At import :func:`missing_internals` checks each one on autobahn's
+``WebSocketServerProtocol`` / ``WebSocketClientProtocol`` (a method is callable, a
+constant is a class attribute, an attribute exists on a freshly connected protocol, a
+name we only write is read by the autobahn method that consumes it).  If any is missing
+— or ``SYSADMD_WS_FALLBACK=1`` is set in the environment, which the tests use — one
+warning names what is missing and :data:`FAST` is false: the mixins exported here are
+then built on autobahn's public data path only (``onMessage``/``sendMessage``,
+``sendClose``, ``onMessageBegin``, ``onConnect``, the transport's pause/resume).
+
+What the fallback keeps: every message; the message limits (the per-connection one is
+applied as each message begins, so an oversized message is still refused from its frame
+header with 1009, unbuffered); any Origin and the 431 answer to an oversized request head
+(the head is read at the Twisted protocol's ``dataReceived`` before autobahn sees it);
+pausing the socket while output is congested or a relay partner is slow; the handshake
+deadline; TCP_NODELAY.  What it loses: close codes autobahn's ``sendClose`` refuses
+(1008, 1011, 1013 go out as 4008, 4011, 4013, reason kept; autobahn's own 1002/1009
+are unchanged); holding already-read frames while paused, and keeping only the latest
+pong while congested (autobahn answers every ping); the cap of
+``frames.MAX_FRAGMENTS`` frames per message (autobahn bounds only the size); cutting a peer that keeps streaming
+frames after its message was refused; and the CPU the lean path saves.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
-from typing import Any, Optional, Set
+from typing import Any, List, Optional, Set, Tuple
 
-from autobahn.websocket.protocol import FrameHeader
+from autobahn.exception import Disconnected
+from autobahn.twisted.websocket import (WebSocketClientFactory, WebSocketClientProtocol, WebSocketServerFactory,
+                                        WebSocketServerProtocol)
+from twisted.logger import Logger
 
 from sysadmd import frames
 
+_log = Logger()
 
-class WireMixin:
+try:  # the frame header autobahn's control-frame handler reads
+    from autobahn.websocket.protocol import FrameHeader
+except ImportError:  # checked below as a "module" internal
+    FrameHeader = None
+
+METHOD = "method"  # callable on the protocol class
+CONSTANT = "constant"  # a non-callable class attribute
+ATTRIBUTE = "attribute"  # set on the instance once connected
+WRITTEN = "written"  # an instance attribute we set; the named autobahn method must read it
+MODULE = "module"  # a name in autobahn.websocket.protocol
+
+SERVER = "server"
+CLIENT = "client"
+BOTH = (SERVER, CLIENT)
+
+# (name, kind, sides, what uses it).  For WRITTEN, "what uses it" starts with the
+# autobahn method that reads the name.
+REQUIRED_INTERNALS: Tuple[Tuple[str, str, Tuple[str, ...], str], ...] = (
+    ("_dataReceived", METHOD, BOTH, "_FastWire.dataReceived: the data path without debug-log formatting"),
+    ("_connectionLost", METHOD, BOTH, "_FastWire._connectionLost: cancels the close-handshake timer"),
+    ("sendCloseFrame", METHOD, BOTH, "_FastWire.close_with: any RFC 6455 close code"),
+    ("logTxOctets", METHOD, BOTH, "_FastWire.sendData: octet logging when enabled"),
+    ("processData", METHOD, BOTH, "_FastFrames.processData: the hook for bytes after the handshake"),
+    ("onCloseFrame", METHOD, BOTH, "_FastFrames._drain: close frames to autobahn's close handshake"),
+    ("processControlFrame", METHOD, BOTH, "_FastFrames._drain: pings and pongs to autobahn"),
+    ("_fail_connection", METHOD, BOTH, "_FastFrames._drain: 1002 and 1009 closes"),
+    ("_cancelAutoPingTimeoutCall", METHOD, BOTH, "_FastFrames._drain: any traffic restarts the ping timer"),
+    ("dropConnection", METHOD, BOTH, "_FastFrames._drain: cut a peer that streams refused frames"),
+    ("sendPong", METHOD, BOTH, "_FastFrames.sendPong: one pending pong while congested"),
+    ("processHandshake", METHOD, (SERVER,), "_FastServer.processHandshake: Origin and head limits"),
+    ("succeedHandshake", METHOD, (SERVER,), "_FastServer.succeedHandshake: stops the handshake deadline"),
+    ("failHandshake", METHOD, (SERVER,), "_FastServer.processHandshake: HTTP 431"),
+    ("STATE_OPEN", CONSTANT, BOTH, "state checks"),
+    ("STATE_CLOSED", CONSTANT, BOTH, "state checks"),
+    ("STATE_CONNECTING", CONSTANT, BOTH, "_FastWire.sendData: pre-open octet counter"),
+    ("STATE_PROXY_CONNECTING", CONSTANT, BOTH, "_FastWire.sendData: pre-open octet counter"),
+    ("state", ATTRIBUTE, BOTH, "state checks"),
+    ("data", ATTRIBUTE, BOTH, "processData/processHandshake: autobahn's receive buffer"),
+    ("send_queue", ATTRIBUTE, BOTH, "_FastWire.sendData: autobahn's backlog"),
+    ("trafficStats", ATTRIBUTE, BOTH, "_FastWire.sendData: octet counters"),
+    ("logOctets", ATTRIBUTE, BOTH, "_FastWire.sendData: octet logging switch"),
+    ("failedByMe", ATTRIBUTE, BOTH, "_FastFrames._drain: no messages after we failed the connection"),
+    ("autoPingTimeoutCall", ATTRIBUTE, BOTH, "_FastFrames._drain: the ping timer"),
+    ("autoPingRestartOnAnyTraffic", ATTRIBUTE, BOTH, "_FastFrames._drain: the ping timer option"),
+    ("closeHandshakeTimeoutCall", ATTRIBUTE, BOTH, "_FastWire._connectionLost: the close timer"),
+    ("maxMessagePayloadSize", ATTRIBUTE, BOTH, "_FastFrames.message_limit: the default limit"),
+    ("current_frame", WRITTEN, BOTH, "processControlFrame: the control frame's header"),
+    ("control_frame_data", WRITTEN, BOTH, "processControlFrame: the control frame's payload"),
+    ("FrameHeader", MODULE, BOTH, "_FastFrames._drain: the header handed to processControlFrame"),
+)
+
+FALLBACK_ENV = "SYSADMD_WS_FALLBACK"
+
+
+def _connected(cls: type) -> Any:
+    """An autobahn protocol of *cls* connected to an in-memory transport (nothing sent anywhere)."""
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    if issubclass(cls, WebSocketServerProtocol):
+        factory = WebSocketServerFactory(reactor=Clock())
+    else:
+        factory = WebSocketClientFactory("ws://127.0.0.1:9/", reactor=Clock())
+    # No timers: autobahn schedules them on txaio's global reactor, not the factory's.
+    factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0, autoPingInterval=0)
+    protocol = cls()
+    protocol.factory = factory
+    protocol.makeConnection(StringTransport())
+    return protocol
+
+
+def missing_internals(server_cls: type = WebSocketServerProtocol,
+                      client_cls: type = WebSocketClientProtocol) -> List[str]:
+    """``"name (kind, on class)"`` for every entry of :data:`REQUIRED_INTERNALS` that is not
+    as expected; empty when the fast path can run."""
+    from autobahn.websocket import protocol as ab_protocol
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    missing: List[str] = []
+    for side, cls in ((SERVER, server_cls), (CLIENT, client_cls)):
+        instance = None
+        for name, kind, sides, _what in REQUIRED_INTERNALS:
+            if side not in sides:
+                continue
+            ok = False
+            try:
+                if kind == METHOD:
+                    ok = callable(getattr(cls, name, None))
+                elif kind == CONSTANT:
+                    ok = hasattr(cls, name) and not callable(getattr(cls, name))
+                elif kind == ATTRIBUTE:
+                    if instance is None:
+                        instance = _connected(cls)
+                    ok = hasattr(instance, name)
+                elif kind == WRITTEN:
+                    reader = getattr(cls, _what.split(":", 1)[0], None)
+                    ok = reader is not None and f"self.{name}" in inspect.getsource(reader)
+                elif kind == MODULE:
+                    ok = getattr(ab_protocol, name, None) is not None
+            except Exception:
+                ok = False
+            if not ok:
+                entry = f"{name} ({kind}, {cls.__name__})"
+                if entry not in missing:
+                    missing.append(entry)
+        if instance is not None:
+            try:
+                instance.connectionLost(Failure(ConnectionDone()))
+            except Exception:
+                pass
+    return missing
+
+
+def _decide() -> Tuple[bool, List[str]]:
+    if os.environ.get(FALLBACK_ENV, "") not in ("", "0"):
+        return False, [f"{FALLBACK_ENV} is set"]
+    missing = missing_internals()
+    return not missing, missing
+
+
+FAST, MISSING = _decide()
+if not FAST:
+    _log.warn("autobahn's internals the lean WebSocket path needs are missing ({missing}); "
+              "using autobahn's public data path", missing=", ".join(MISSING))
+
+
+def _cut_reason(reason: str) -> bytes:
+    data = reason.encode("utf-8")[:123]
+    while data:
+        try:
+            data.decode("utf-8")
+            break
+        except UnicodeDecodeError:
+            data = data[:-1]
+    return data
+
+
+class _FastWire:
+    """:class:`WireMixin` on autobahn's internals (the fast path; see the module docstring)."""
+
     def connectionMade(self) -> None:
         super().connectionMade()
         try:
@@ -39,14 +211,7 @@ class WireMixin:
         within closeHandshakeTimeout."""
         if self.state != self.STATE_OPEN:
             return
-        data = reason.encode("utf-8")[:123]
-        while data:
-            try:
-                data.decode("utf-8")
-                break
-            except UnicodeDecodeError:
-                data = data[:-1]
-        self.sendCloseFrame(code=code, reasonUtf8=data, isReply=False)
+        self.sendCloseFrame(code=code, reasonUtf8=_cut_reason(reason), isReply=False)
 
     def dataReceived(self, data: bytes) -> None:
         self._dataReceived(data)
@@ -86,7 +251,7 @@ DROP_GRACE = 1.0
 _JOIN_BELOW = 16 * 1024
 
 
-class _LeanFrames(WireMixin):
+class _FastFrames(_FastWire):
     """Once autobahn has done the opening handshake, frames are read by
     :class:`sysadmd.frames.FrameReader` and text frames written with our own header.
 
@@ -241,6 +406,16 @@ MAX_HEADER_BLOCK = 64 * 1024
 _ORIGIN_HEADERS = (b"origin", b"sec-websocket-origin")
 
 
+def head_too_large(head: bytes) -> Optional[str]:
+    """Why *head* (a request head so far) is refused with HTTP 431, or None."""
+    longest = max((len(line) for line in head.split(b"\r\n")), default=0)
+    if longest > MAX_HEADER_LINE:
+        return f"a request header line is longer than {MAX_HEADER_LINE} bytes"
+    if len(head) > MAX_HEADER_BLOCK:
+        return f"the request head is longer than {MAX_HEADER_BLOCK} bytes"
+    return None
+
+
 def take_origin(head: bytes) -> "tuple[bytes, Optional[str]]":
     """``(head without its Origin lines, the first Origin value or None)``.
 
@@ -259,7 +434,7 @@ def take_origin(head: bytes) -> "tuple[bytes, Optional[str]]":
     return b"\r\n".join(kept), origin
 
 
-class LeanServerMixin(_LeanFrames):
+class _FastServer(_FastFrames):
     """Server side: reads masked client frames, writes unmasked ones.
 
     **Any Origin.**  Upstream's programs send ``Origin: sysadm-client`` (the Qt client)
@@ -283,11 +458,9 @@ class LeanServerMixin(_LeanFrames):
         data = self.data
         end = data.find(b"\r\n\r\n")
         head = data if end < 0 else data[:end + 2]
-        longest = max((len(line) for line in head.split(b"\r\n")), default=0)
-        if longest > MAX_HEADER_LINE or len(head) > MAX_HEADER_BLOCK:
+        what = head_too_large(head)
+        if what is not None:
             self.data = b""
-            what = (f"a request header line is longer than {MAX_HEADER_LINE} bytes" if longest > MAX_HEADER_LINE
-                    else f"the request head is longer than {MAX_HEADER_BLOCK} bytes")
             self.failHandshake(what, 431)
             return
         if end < 0:
@@ -316,7 +489,7 @@ class LeanServerMixin(_LeanFrames):
             self.sendData(data)
 
 
-class LeanClientMixin(_LeanFrames):
+class _FastClient(_FastFrames):
     """Client side: reads unmasked server frames, writes masked ones (a fresh key each)."""
 
     masked_input = False
@@ -327,3 +500,162 @@ class LeanClientMixin(_LeanFrames):
             return
         key = os.urandom(4)
         self.sendData(frames.frame_header(frames.TEXT, len(data), mask=key) + frames.unmask(data, key))
+
+
+# --- autobahn's public data path (the fallback) ----------------------------------------
+_CLOSE_CODES_SENDCLOSE_TAKES = (1000,)
+
+
+def public_close_code(code: int) -> int:
+    """*code* as autobahn's ``sendClose`` accepts it: 1000 and 3000-4999 unchanged, any other
+    RFC 6455 code ``c`` as ``4000 + c % 1000`` (1008 → 4008)."""
+    if code in _CLOSE_CODES_SENDCLOSE_TAKES or 3000 <= code <= 4999:
+        return code
+    return 4000 + code % 1000
+
+
+class _PublicWire:
+    """:class:`WireMixin` on autobahn's public API (see the module docstring)."""
+
+    _ws_closed = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        try:
+            self.transport.setTcpNoDelay(True)
+        except (AttributeError, OSError):
+            pass
+
+    def close_with(self, code: int, reason: str) -> None:
+        if self._ws_closed:
+            return
+        self.sendClose(public_close_code(code), _cut_reason(reason).decode("utf-8"))
+
+    def connectionLost(self, reason: Any) -> None:
+        self._ws_closed = True
+        # autobahn leaves its close-handshake timer running; cancel it if it is there
+        # under the name we know (nothing else of autobahn's is touched on this path).
+        call = getattr(self, "closeHandshakeTimeoutCall", None)
+        if call is not None and callable(getattr(call, "cancel", None)):
+            try:
+                call.cancel()
+            except Exception:
+                pass
+            self.closeHandshakeTimeoutCall = None
+        drop = getattr(self, "_drop_call", None)
+        if drop is not None and drop.active():
+            drop.cancel()
+        super().connectionLost(reason)
+
+
+class _PublicFrames(_PublicWire):
+    """:class:`_FastFrames`' interface on autobahn's own frame path."""
+
+    _input_pauses: Optional[Set[str]] = None
+    _drop_call: Any = None
+
+    def message_limit(self) -> int:
+        return self.factory.maxMessagePayloadSize or 2 ** 63
+
+    def onMessageBegin(self, isBinary: bool) -> None:
+        # autobahn checks the message size against this as each frame header arrives.
+        self.maxMessagePayloadSize = self.message_limit()
+        super().onMessageBegin(isBinary)
+
+    @property
+    def input_paused(self) -> bool:
+        return bool(self._input_pauses)
+
+    def pause_input(self, reason: str) -> None:
+        if self._input_pauses is None:
+            self._input_pauses = set()
+        if not self._input_pauses and self.transport is not None:
+            self.transport.pauseProducing()
+        self._input_pauses.add(reason)
+
+    def resume_input(self, reason: str) -> None:
+        if not self._input_pauses or reason not in self._input_pauses:
+            return
+        self._input_pauses.discard(reason)
+        if not self._input_pauses and not self._ws_closed and self.transport is not None:
+            self.transport.resumeProducing()
+
+    def output_congested(self) -> None:
+        self.pause_input("write")
+
+    def output_drained(self) -> None:
+        self.resume_input("write")
+
+    def _send_message(self, data: bytes) -> None:
+        if self._ws_closed:
+            return
+        # autobahn applies maxMessagePayloadSize to what we send as well; our limit is
+        # for what we read (onMessageBegin sets it), so it is lifted for the send.
+        limit = self.maxMessagePayloadSize
+        self.maxMessagePayloadSize = 0
+        try:
+            self.sendMessage(data, isBinary=False)
+        except Disconnected:
+            pass  # closing: nothing more goes out, as on the fast path
+        finally:
+            self.maxMessagePayloadSize = limit
+
+
+class _PublicServer(_PublicFrames):
+    """Server side on the public path.  The request head is read here, at the Twisted
+    protocol's ``dataReceived``, before autobahn sees it: the 431 limits are applied and
+    the Origin header is taken out (kept in :attr:`client_origin`), as on the fast path."""
+
+    client_origin: Optional[str] = None
+    _head_done = False
+    _head_buf = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._head_done:
+            super().dataReceived(data)
+            return
+        buf = self._head_buf + data
+        end = buf.find(b"\r\n\r\n")
+        head = buf if end < 0 else buf[:end + 2]
+        what = head_too_large(head)
+        if what is not None:
+            self._head_done, self._head_buf = True, b""
+            self._ws_closed = True  # nothing of autobahn's runs for this connection
+            self.transport.write(f"HTTP/1.1 431 {what}\r\nConnection: close\r\n\r\n".encode("ascii"))
+            self.transport.loseConnection()
+            return
+        if end < 0:
+            self._head_buf = buf
+            return
+        self._head_done, self._head_buf = True, b""
+        stripped, origin = take_origin(head)
+        if origin is not None:
+            self.client_origin = origin
+            buf = stripped + buf[end + 2:]
+        super().dataReceived(buf)
+
+    def onConnect(self, request: Any) -> Any:
+        result = super().onConnect(request)
+        from sysadmd.listeners import handshake_finished
+
+        handshake_finished(self.transport)
+        return result
+
+    def send_text_frame(self, data: bytes) -> None:
+        self._send_message(data)
+
+
+class _PublicClient(_PublicFrames):
+    def send_text_frame(self, data: bytes) -> None:
+        self._send_message(data)
+
+
+# What the protocols import: the fast classes when autobahn has what they hook, else
+# the public-path ones.
+WireMixin: type
+LeanServerMixin: type
+LeanClientMixin: type
+if FAST:
+    WireMixin, LeanServerMixin, LeanClientMixin = _FastWire, _FastServer, _FastClient
+else:
+    WireMixin, LeanServerMixin, LeanClientMixin = _PublicWire, _PublicServer, _PublicClient

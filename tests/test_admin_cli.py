@@ -1,5 +1,6 @@
 """The ``sysadmd`` admin command as a real child process, alone and beside a running daemon."""
 
+import pytest
 import os
 import stat
 import sys
@@ -11,6 +12,10 @@ from twisted.trial import unittest
 
 from tests.keys_support import certificate, error_code, key_login, md5_of, pem_of
 from tests.support import FakePasswords, make_config, open_client, short_tempdir, start_daemon
+
+# Starts real daemons or child processes: skipped by ./scripts/test.sh -m "not slow".
+pytestmark = pytest.mark.slow
+
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = "from sysadmd.admin.main import main; import sys; sys.exit(main())"

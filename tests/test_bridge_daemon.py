@@ -1,5 +1,6 @@
 """The bridge as operators run it: config, the sysadm-bridge command, twistd, revocation."""
 
+import pytest
 import io
 import os
 import re
@@ -150,6 +151,7 @@ class AdminTests(unittest.TestCase):
         self.assertEqual(run_admin(self.state, "unblock", "203.0.113.7")[0], 1)
 
 
+@pytest.mark.slow  # real daemons or child processes
 class RevocationTests(unittest.TestCase):
     timeout = 40
 
@@ -190,6 +192,7 @@ class RevocationTests(unittest.TestCase):
         self.assertEqual(close_code, 1008)  # it was paired on what it proved before; it logs in again
         self.assertFalse(server.closed.called)
 
+@pytest.mark.slow  # real daemons or child processes
 class TwistdSmokeTests(unittest.TestCase):
     timeout = 60
 

@@ -8,6 +8,7 @@ still running at cleanup; see :mod:`tests.bridge_processes` for the wiring.
 
 from __future__ import annotations
 
+import pytest
 import base64
 import hashlib
 import json
@@ -21,6 +22,10 @@ from sysadmd import crypto
 from tests import keys_support as ks
 from tests.bridge_processes import (IDENT_REQUEST, Cluster, available, body_from, bridge_login, bridge_reply,
                                     compact, decode_body, server_call, server_login)
+
+
+# Starts real daemons or child processes: skipped by ./scripts/test.sh -m "not slow".
+pytestmark = pytest.mark.slow
 
 
 def pause(seconds):

@@ -10,6 +10,7 @@ claims the victim's checksum too.
 
 from __future__ import annotations
 
+import pytest
 import base64
 import json
 import os
@@ -22,6 +23,10 @@ from sysadmd.auth import bound
 from sysadmd.bridgelink import key as bridgekey
 from tests import keys_support as ks
 from tests.bridge_processes import Cluster, available, bridge_login, bridge_reply, compact, reply_from
+
+
+# Starts real daemons or child processes: skipped by ./scripts/test.sh -m "not slow".
+pytestmark = pytest.mark.slow
 
 
 def pause(seconds):

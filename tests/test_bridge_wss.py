@@ -5,6 +5,7 @@ import shutil
 import tempfile
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
+import pytest
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
@@ -251,6 +252,7 @@ class HandshakeTests(unittest.TestCase):
         self.assertIn("auth_ssl", text)
 
 
+@pytest.mark.slow  # waits seconds of real time (timeouts, floods)
 class TimeoutAndBlockTests(unittest.TestCase):
     timeout = 30
 
@@ -285,6 +287,7 @@ class TimeoutAndBlockTests(unittest.TestCase):
         self.assertIn("blocked", reason)
 
 
+@pytest.mark.slow  # waits seconds of real time (timeouts, floods)
 class LimitTests(unittest.TestCase):
     timeout = 30
 
@@ -414,6 +417,7 @@ class ClaimedKeyRelayTests(unittest.TestCase):
         self.assertEqual(refused["args"], "unauthorized")
 
 
+@pytest.mark.slow  # waits seconds of real time (timeouts, floods)
 class BackpressureTests(unittest.TestCase):
     timeout = 60
 

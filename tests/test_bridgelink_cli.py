@@ -1,6 +1,7 @@
 """The bridge verbs of the ``sysadmd`` admin command, run as real child processes,
 and a running daemon following their edits."""
 
+import pytest
 import os
 import stat
 import sys
@@ -12,6 +13,10 @@ from sysadmd import crypto
 from sysadmd.bridgelink import key as bridgekey
 from tests.support import FakePasswords, make_config, short_tempdir, start_daemon
 from tests.test_bridgelink_link import FakeBridge, wait_until
+
+# Starts real daemons or child processes: skipped by ./scripts/test.sh -m "not slow".
+pytestmark = pytest.mark.slow
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,6 +1,7 @@
 """End to end with the real bridge: ``twistd -n sysadm-bridge`` as a child process, an
 in-process sysadmd linking to it, and a scripted Qt-style client behind the bridge."""
 
+import pytest
 import base64
 import json
 import os
@@ -18,6 +19,10 @@ from sysadmd.envelope import encode
 from tests import keys_support as ks
 from tests.support import FakePasswords, make_config, short_tempdir, start_daemon
 from tests.test_bridgelink_link import wait_until
+
+# Starts real daemons or child processes: skipped by ./scripts/test.sh -m "not slow".
+pytestmark = pytest.mark.slow
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=ROOT)

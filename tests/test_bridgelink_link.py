@@ -9,6 +9,7 @@ import base64
 import json
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+import pytest
 from twisted.internet import defer, reactor, ssl, task
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
@@ -203,6 +204,7 @@ class LinkedDaemonCase(unittest.TestCase):
         return stage1, stage2
 
 
+@pytest.mark.slow  # waits seconds of real time (timeouts, floods)
 class HandshakeTests(LinkedDaemonCase):
     @defer.inlineCallbacks
     def test_link_identifies_authenticates_and_reports_checksums(self):
@@ -413,6 +415,7 @@ class CaModeTests(LinkedDaemonCase):
         self.assertIsNotNone(self.links.status()["fb"]["next_retry_in"])
 
 
+@pytest.mark.slow  # waits seconds of real time (timeouts, floods)
 class SilentBridgeTests(LinkedDaemonCase):
     config = {"AUTH_TIMEOUT": "1"}
 

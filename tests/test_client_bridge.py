@@ -1,6 +1,7 @@
 """``sysadm --bridge``: the real client in a child process, a real bridge, a real sysadmd
 that dials the bridge through its bridge link, all on loopback."""
 
+import pytest
 import base64
 import json
 import os
@@ -18,6 +19,10 @@ from sysadmd.bridgelink import key as bridgekey
 from tests.keys_support import pem_of, private_key, register
 from tests.support import short_tempdir, start_daemon
 from tests.test_client_cli import run_cli
+
+
+# Starts real daemons or child processes: skipped by ./scripts/test.sh -m "not slow".
+pytestmark = pytest.mark.slow
 
 
 @defer.inlineCallbacks

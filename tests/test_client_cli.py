@@ -7,6 +7,7 @@ XDG_CONFIG_HOME point into a temp dir, so pinned certificates never touch the us
 
 from __future__ import annotations
 
+import pytest
 import os
 import signal
 import sys
@@ -15,6 +16,10 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from twisted.internet import defer, protocol, reactor
+
+# Starts real daemons or child processes: skipped by ./scripts/test.sh -m "not slow".
+pytestmark = pytest.mark.slow
+
 
 MAIN = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = "from sysadmd.client.main import main; import sys; sys.exit(main())"

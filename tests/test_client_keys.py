@@ -6,6 +6,7 @@ Real key files written by ``cryptography`` and, when installed, by ``ssh-keygen`
 end-to-end login per kind of file through the real client against a real daemon.
 """
 
+import pytest
 import io
 import os
 import shutil
@@ -39,6 +40,7 @@ class Terminal(io.StringIO):
         return True
 
 
+@pytest.mark.slow  # real child processes (ssh-keygen)
 class KeyFormats(unittest.TestCase):
     def setUp(self):
         self.folder = self.mktemp()
@@ -127,6 +129,7 @@ class KeyFormats(unittest.TestCase):
                 self.assertEqual(crypto.public_pem(loaded), crypto.normalized_pem(f.read()))
 
 
+@pytest.mark.slow  # real daemons or child processes
 class KeyLoginsEndToEnd(CliTestCase):
     @defer.inlineCallbacks
     def test_each_format_logs_in_over_wss(self):

@@ -6,6 +6,7 @@ precedence command line > environment > profile > defaults; then the real client
 a real daemon with nothing but a profile.
 """
 
+import pytest
 import os
 
 from cryptography.hazmat.primitives import serialization
@@ -108,6 +109,7 @@ class Settings(unittest.TestCase):
         self.assertIn("there is no profile file", str(caught.exception))
 
 
+@pytest.mark.slow  # real daemons or child processes
 class ProfileEndToEnd(CliTestCase):
     @defer.inlineCallbacks
     def test_a_profile_alone_connects_and_logs_in(self):
@@ -130,6 +132,7 @@ class ProfileEndToEnd(CliTestCase):
         self.assertEqual(result.code, 0, result.err)
 
 
+@pytest.mark.slow  # real daemons or child processes
 class LeanStartup(unittest.TestCase):
     def test_the_client_entry_point_imports_none_of_the_daemon(self):
         import subprocess

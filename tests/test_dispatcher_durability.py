@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import os
 import sys
 import time
@@ -122,6 +123,7 @@ class TwistdChild:
         return client
 
 
+@pytest.mark.slow  # real daemons or child processes
 class TwistdRestartTests(TwistdChild, unittest.TestCase):
     """The daemon is SIGKILLed under a running job; after a restart the job reads interrupted."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import base64
 import json
 import os
@@ -85,6 +86,7 @@ def kill_group_quietly(pgid: int) -> None:
         pass
 
 
+@pytest.mark.slow  # real daemons or child processes
 class DispatcherOverWssTests(unittest.TestCase):
     timeout = 40
 

@@ -6,6 +6,7 @@ bridge is told it is a bridge.  (c) every admin verb a hint names exists.  (d) p
 are refused where a public key is expected, and never stored.
 """
 
+import pytest
 import base64
 import os
 import re
@@ -258,6 +259,7 @@ def _has_table(db, name):
 
 
 # --- (b) --url pointed at a bridge ---------------------------------------------------------
+@pytest.mark.slow  # real daemons or child processes
 class UrlAtABridge(unittest.TestCase):
     timeout = 40
 

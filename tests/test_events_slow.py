@@ -1,5 +1,6 @@
 """A subscriber that stops reading is cut off; the others keep receiving."""
 
+import pytest
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
@@ -9,6 +10,7 @@ from tests.test_events_subscribe import wait_for
 LIMIT = 65536
 
 
+@pytest.mark.slow  # floods a connection for real
 class SlowSubscriberTests(unittest.TestCase):
     timeout = 60
 

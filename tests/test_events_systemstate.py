@@ -5,6 +5,7 @@ import sys
 import tempfile
 
 from hypothesis import given, strategies as st
+import pytest
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
@@ -166,6 +167,7 @@ class ScheduleTests(unittest.TestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
+@pytest.mark.slow  # real child processes
 class ZpoolProcessTests(unittest.TestCase):
     timeout = 20
 

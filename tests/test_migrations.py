@@ -15,6 +15,7 @@ import sys
 import textwrap
 
 from cryptography.hazmat.primitives import serialization
+import pytest
 from twisted.internet import defer, reactor, utils
 from twisted.trial import unittest
 
@@ -323,6 +324,7 @@ class MigrationMechanism(unittest.TestCase):
         self.assertNotEqual(migrations.SCHEMA.application_id, bridge_migrations.SCHEMA.application_id)
 
 
+@pytest.mark.slow  # real daemons or child processes
 class TwistdRefusesANewerDatabase(unittest.TestCase):
     """The real ``twistd`` processes: one line, exit 1, nothing served."""
 
@@ -359,6 +361,7 @@ class TwistdRefusesANewerDatabase(unittest.TestCase):
             self.assertNotIn("listening", output)
 
 
+@pytest.mark.slow  # real daemons or child processes
 class AdminCommandsOnANewerDatabase(unittest.TestCase):
     """``sysadmd VERB`` and ``sysadm-bridge VERB`` say it in one line and exit 1, changing nothing."""
 

@@ -4,6 +4,7 @@ The account and its group are created with useradd/groupadd/chpasswd (the tests 
 root) and removed at cleanup; the group is the only FULL_ACCESS_GROUPS entry.
 """
 
+import pytest
 import os
 import secrets
 import shutil
@@ -23,6 +24,7 @@ def _run(*argv, stdin=None):
     subprocess.run(argv, input=stdin, check=True, capture_output=True, text=True, timeout=30)
 
 
+@pytest.mark.slow  # real daemons or child processes
 class RealPam(unittest.TestCase):
     timeout = 60
 

@@ -3,6 +3,7 @@ same reload in-process, where its effect on every live key can be observed direc
 
 from __future__ import annotations
 
+import pytest
 import io
 import os
 import re
@@ -117,6 +118,7 @@ class InProcessReloadTests(unittest.TestCase):
         self.assertEqual(cfg.token_ttl, 900)
 
 
+@pytest.mark.slow  # real daemons or child processes
 class TwistdSighupTests(unittest.TestCase):
     """The real daemon: SIGHUP used to kill it."""
 
@@ -190,6 +192,7 @@ class TwistdSighupTests(unittest.TestCase):
         self.assertNotIn("Traceback", daemon.output)
 
 
+@pytest.mark.slow  # real daemons or child processes
 class BridgeSighupTests(unittest.TestCase):
     """``twistd -n sysadm-bridge`` survives SIGHUP and re-reads its file the same way."""
 

@@ -8,6 +8,7 @@ action's bounds through the daemon's request pipeline and the follower with a fa
 
 from __future__ import annotations
 
+import pytest
 import json
 import os
 import re
@@ -26,6 +27,10 @@ from tests.support import FakePasswords, RecordingChannel, make_config, short_te
 from tests.test_client_cli import run_cli
 from tests.test_dispatcher_durability import eventually
 from tests.test_dispatcher_wss import sleep
+
+# Starts real daemons or child processes: skipped by ./scripts/test.sh -m "not slow".
+pytestmark = pytest.mark.slow
+
 
 PY = sys.executable
 MARKER = re.compile(r"bytes (cut|not shown|of the output)")

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import tempfile
 
+import pytest
 from twisted.trial import unittest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -17,6 +18,7 @@ echo "twistd $*" >> "$(dirname "$0")/../calls.log"
 """
 
 
+@pytest.mark.slow  # child processes
 class RunScriptTests(unittest.TestCase):
     def setUp(self):
         self.top = tempfile.mkdtemp()

@@ -3,6 +3,7 @@ linear kills, output file caps.  Real processes and real SQLite unless said othe
 
 from __future__ import annotations
 
+import pytest
 import json
 import os
 import re
@@ -104,6 +105,7 @@ class RealDispatcherCase(unittest.TestCase):
         return eventually(lambda: self.dispatcher.history([job_id]), timeout=timeout, what=f"job {job_id} to finish")
 
 
+@pytest.mark.slow  # real daemons or child processes
 class DetachedProcessTests(RealDispatcherCase):
     """Item 9: processes that call setsid are the job's; a held pipe cannot keep it running."""
 
@@ -277,6 +279,7 @@ class SurrogateTests(RealDispatcherCase):
                          "finished")
 
 
+@pytest.mark.slow  # real daemons or child processes
 class LinearKillTests(unittest.TestCase):
     """Item 17: killing N pending jobs costs O(N) (counted, not timed), in one transaction."""
 
@@ -344,6 +347,7 @@ class LinearKillTests(unittest.TestCase):
         self.assertLessEqual(work_large, 4 * work_small + 20)
 
 
+@pytest.mark.slow  # real daemons or child processes
 class OutputCapTests(RealDispatcherCase):
     """Item 17: a job's output file is capped, keeps its head and the tail, and says what was cut."""
 

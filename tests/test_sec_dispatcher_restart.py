@@ -8,6 +8,7 @@ shows the workers gone and the decoy alive.
 
 from __future__ import annotations
 
+import pytest
 import os
 import subprocess
 import sys
@@ -21,6 +22,10 @@ from tests.support import short_tempdir
 from tests.test_dispatcher_durability import TwistdChild, eventually
 from tests.test_dispatcher_wss import EventLog
 from tests.test_sec_dispatcher import alive, kill_quietly
+
+# Starts real daemons or child processes: skipped by ./scripts/test.sh -m "not slow".
+pytestmark = pytest.mark.slow
+
 
 PY = sys.executable
 MAIN = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -5,6 +5,7 @@ Clock-driven Server units with an injected group lookup, then one daemon with re
 and a temporary account (root only) whose groups change under a live login.
 """
 
+import pytest
 import os
 import secrets
 import shutil
@@ -152,6 +153,7 @@ def _run(*argv, stdin=None, check=True):
     subprocess.run(argv, input=stdin, check=check, capture_output=True, text=True, timeout=30)
 
 
+@pytest.mark.slow  # real daemons or child processes
 class RealGroupChanges(unittest.TestCase):
     timeout = 60
 

@@ -14,6 +14,7 @@ import resource
 import subprocess
 import sys
 
+import pytest
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
@@ -42,6 +43,7 @@ def trickle(client, data: bytes, every: float = 0.1, limit: float = 6.0):
 SLOW_HEAD = handshake() * 4  # far more bytes than 1 s of trickling sends
 
 
+@pytest.mark.slow  # waits seconds of real time (timeouts, floods)
 class HandshakeDeadlineTests(unittest.TestCase):
     timeout = 30
 
@@ -91,6 +93,7 @@ class HandshakeDeadlineTests(unittest.TestCase):
         self.assertLess(took, 2.0)  # the second deadline counted from the end of the first request
 
 
+@pytest.mark.slow  # waits seconds of real time (timeouts, floods)
 class BridgeHandshakeDeadlineTests(unittest.TestCase):
     timeout = 30
 
@@ -103,6 +106,7 @@ class BridgeHandshakeDeadlineTests(unittest.TestCase):
         self.assertEqual(bridge.listener.guard.refused_total["handshake"], 1)
 
 
+@pytest.mark.slow  # waits seconds of real time (timeouts, floods)
 class PerAddressCapTests(unittest.TestCase):
     timeout = 30
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from twisted.internet import defer
 from twisted.trial import unittest
 
@@ -59,6 +60,7 @@ class PingFloodMixin:
         self.assertTrue(any(op == frames.PONG for op, _ in client.frames))
 
 
+@pytest.mark.slow  # waits seconds of real time (timeouts, floods)
 class SysadmdPingFloodTests(PingFloodMixin, unittest.TestCase):
     @defer.inlineCallbacks
     def setUp(self):
@@ -77,6 +79,7 @@ class SysadmdPingFloodTests(PingFloodMixin, unittest.TestCase):
         return self.flood_and_check(self.running.port, identify, '"id":"after"')
 
 
+@pytest.mark.slow  # waits seconds of real time (timeouts, floods)
 class BridgePingFloodTests(PingFloodMixin, unittest.TestCase):
     @defer.inlineCallbacks
     def setUp(self):

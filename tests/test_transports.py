@@ -11,6 +11,7 @@ import sys
 import time
 
 from autobahn.twisted.websocket import connectWS
+import pytest
 from twisted.internet import defer, reactor, task, utils
 from twisted.internet.task import Clock
 from twisted.trial import unittest
@@ -136,6 +137,7 @@ class WebSocketLimitTests(unittest.TestCase):
         self.assertLess(len(list(server.sessions)), 2)
 
 
+@pytest.mark.slow  # waits seconds of real time (timeouts, floods)
 class AuthDeadlineTests(unittest.TestCase):
     timeout = 30
 
