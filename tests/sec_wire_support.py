@@ -19,7 +19,7 @@ from twisted.internet import defer, endpoints, protocol, reactor, task
 from sysadmd import frames
 from sysadmd.client.wsclient import insecure_client_tls
 
-CAPTURES = "/work/shared/upstream-captures"
+CAPTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "upstream-captures")
 
 
 def captured_handshake(log_name: str, host: str) -> bytes:
