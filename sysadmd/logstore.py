@@ -37,7 +37,7 @@ LOG_NAMES = ("hostinfo", "dispatcher", "events-dispatcher", "events-lifepreserve
 
 def _entry(text: str, is_json: int) -> Any:
     """A stored entry as a value; rows written before surrogates were cleaned on the way in
-    may hold ``\\udXXX`` escapes, cleaned here so one old row never breaks a reply."""
+    may hold ``\\ud800``-style escapes, cleaned here so one old row never breaks a reply."""
     if not is_json:
         return clean(text)
     value = json.loads(text)

@@ -196,6 +196,24 @@ def _cut_reason(reason: str) -> bytes:
     return data
 
 
+class _InputPauses:
+    """Reading stops while any reason to pause holds (both data paths share this)."""
+
+    _input_pauses: Optional[Set[str]] = None
+
+    @property
+    def input_paused(self) -> bool:
+        return bool(self._input_pauses)
+
+    def pause_input(self, reason: str) -> None:
+        """Stop reading the socket (and parsing what was read) until every reason is lifted."""
+        if self._input_pauses is None:
+            self._input_pauses = set()
+        if not self._input_pauses and self.transport is not None:
+            self.transport.pauseProducing()
+        self._input_pauses.add(reason)
+
+
 class _FastWire:
     """:class:`WireMixin` on autobahn's internals (the fast path; see the module docstring)."""
 
@@ -251,7 +269,7 @@ DROP_GRACE = 1.0
 _JOIN_BELOW = 16 * 1024
 
 
-class _FastFrames(_FastWire):
+class _FastFrames(_InputPauses, _FastWire):
     """Once autobahn has done the opening handshake, frames are read by
     :class:`sysadmd.frames.FrameReader` and text frames written with our own header.
 
@@ -306,17 +324,6 @@ class _FastFrames(_FastWire):
         return self.maxMessagePayloadSize or 2 ** 63
 
     # --- input flow control ---------------------------------------------------------
-    @property
-    def input_paused(self) -> bool:
-        return bool(self._input_pauses)
-
-    def pause_input(self, reason: str) -> None:
-        """Stop reading the socket (and parsing what was read) until every reason is lifted."""
-        if self._input_pauses is None:
-            self._input_pauses = set()
-        if not self._input_pauses and self.transport is not None:
-            self.transport.pauseProducing()
-        self._input_pauses.add(reason)
 
     def resume_input(self, reason: str) -> None:
         if not self._input_pauses or reason not in self._input_pauses:
@@ -548,7 +555,7 @@ class _PublicWire:
         super().connectionLost(reason)
 
 
-class _PublicFrames(_PublicWire):
+class _PublicFrames(_InputPauses, _PublicWire):
     """:class:`_FastFrames`' interface on autobahn's own frame path."""
 
     _input_pauses: Optional[Set[str]] = None
@@ -562,16 +569,6 @@ class _PublicFrames(_PublicWire):
         self.maxMessagePayloadSize = self.message_limit()
         super().onMessageBegin(isBinary)
 
-    @property
-    def input_paused(self) -> bool:
-        return bool(self._input_pauses)
-
-    def pause_input(self, reason: str) -> None:
-        if self._input_pauses is None:
-            self._input_pauses = set()
-        if not self._input_pauses and self.transport is not None:
-            self.transport.pauseProducing()
-        self._input_pauses.add(reason)
 
     def resume_input(self, reason: str) -> None:
         if not self._input_pauses or reason not in self._input_pauses:
