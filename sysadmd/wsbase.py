@@ -196,6 +196,21 @@ def _cut_reason(reason: str) -> bytes:
     return data
 
 
+def cancel_leftover_timers(protocol: Any) -> None:
+    """The connection is gone: cancel autobahn's close-handshake timer (found by name, if
+    it is there) and our own timer for dropping a peer that kept sending."""
+    call = getattr(protocol, "closeHandshakeTimeoutCall", None)
+    if call is not None and callable(getattr(call, "cancel", None)):
+        try:
+            call.cancel()
+        except Exception:  # already called or cancelled
+            pass
+        protocol.closeHandshakeTimeoutCall = None
+    drop = getattr(protocol, "_drop_call", None)
+    if drop is not None and drop.active():
+        drop.cancel()
+
+
 class _InputPauses:
     """Reading stops while any reason to pause holds (both data paths share this)."""
 
@@ -238,16 +253,7 @@ class _FastWire:
         # autobahn leaves its close-handshake timer running after the connection is gone
         # (it fires later and finds nothing to do); a peer that never answered our close
         # would keep the protocol alive until then.
-        call = getattr(self, "closeHandshakeTimeoutCall", None)
-        if call is not None:
-            try:
-                call.cancel()
-            except Exception:
-                pass
-            self.closeHandshakeTimeoutCall = None
-        drop = getattr(self, "_drop_call", None)
-        if drop is not None and drop.active():
-            drop.cancel()
+        cancel_leftover_timers(self)
         super()._connectionLost(reason)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: Any = None) -> None:
@@ -542,16 +548,7 @@ class _PublicWire:
         self._ws_closed = True
         # autobahn leaves its close-handshake timer running; cancel it if it is there
         # under the name we know (nothing else of autobahn's is touched on this path).
-        call = getattr(self, "closeHandshakeTimeoutCall", None)
-        if call is not None and callable(getattr(call, "cancel", None)):
-            try:
-                call.cancel()
-            except Exception:
-                pass
-            self.closeHandshakeTimeoutCall = None
-        drop = getattr(self, "_drop_call", None)
-        if drop is not None and drop.active():
-            drop.cancel()
+        cancel_leftover_timers(self)
         super().connectionLost(reason)
 
 

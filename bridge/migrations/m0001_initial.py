@@ -1,6 +1,7 @@
 """The schema of the first release (1f9198b): registered keys and the blacklist."""
 
 from sysadmd.db import run_script
+from sysadmd.migrations.m0001_initial import BLACKLIST_STATEMENTS
 
 STATEMENTS = """
 CREATE TABLE IF NOT EXISTS bridge_keys (
@@ -12,18 +13,8 @@ CREATE TABLE IF NOT EXISTS bridge_keys (
     registered REAL NOT NULL
 );
 
-CREATE TABLE IF NOT EXISTS auth_failures (
-    address TEXT PRIMARY KEY,
-    count INTEGER NOT NULL,
-    last_failure REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS blacklist (
-    address TEXT PRIMARY KEY,
-    blocked_at REAL NOT NULL,
-    until REAL NOT NULL
-);
 """
 
 
 def apply(db):
-    run_script(db, STATEMENTS)
+    run_script(db, STATEMENTS + BLACKLIST_STATEMENTS)

@@ -69,17 +69,22 @@ class CertificateChanged(ClientError):
         super().__init__(text, EXIT_CERTIFICATE)
 
 
+
+def read_lines(path: str) -> List[str]:
+    """The lines of a pin file (known_hosts, known_servers); none if it does not exist yet."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().splitlines()
+    except FileNotFoundError:
+        return []
+
 class KnownHosts:
     def __init__(self, path: Optional[str] = None):
         self.path = path or default_path()
 
     # --- file ---------------------------------------------------------------------
     def _lines(self) -> List[str]:
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                return f.read().splitlines()
-        except FileNotFoundError:
-            return []
+        return read_lines(self.path)
 
     def entries(self) -> List[Tuple[str, str]]:
         found = []

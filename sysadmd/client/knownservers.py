@@ -26,6 +26,7 @@ from typing import List, Optional
 
 from sysadmd.auth.bound import display_fingerprint
 from sysadmd.client.errors import EXIT_USAGE, ClientError
+from sysadmd.client.knownhosts import read_lines
 from sysadmd.statedir import ensure_private_dir, write_private_file
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -68,11 +69,7 @@ class KnownServers:
         self.path = path or default_path()
 
     def _lines(self) -> List[str]:
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                return f.read().splitlines()
-        except FileNotFoundError:
-            return []
+        return read_lines(self.path)
 
     def entries(self) -> List[KnownServer]:
         found = []

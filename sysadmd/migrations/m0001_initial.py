@@ -2,6 +2,20 @@
 
 from sysadmd.db import run_script
 
+# The failed-login blacklist of that release; the bridge database has the same tables.
+BLACKLIST_STATEMENTS = """
+CREATE TABLE IF NOT EXISTS auth_failures (
+    address TEXT PRIMARY KEY,
+    count INTEGER NOT NULL,
+    last_failure REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blacklist (
+    address TEXT PRIMARY KEY,
+    blocked_at REAL NOT NULL,
+    until REAL NOT NULL
+);
+"""
+
 STATEMENTS = """
 CREATE TABLE IF NOT EXISTS dispatcher_jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -44,16 +58,6 @@ CREATE TABLE IF NOT EXISTS registered_keys (
 );
 CREATE INDEX IF NOT EXISTS registered_keys_by_user ON registered_keys (user, pub_key);
 
-CREATE TABLE IF NOT EXISTS auth_failures (
-    address TEXT PRIMARY KEY,
-    count INTEGER NOT NULL,
-    last_failure REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS blacklist (
-    address TEXT PRIMARY KEY,
-    blocked_at REAL NOT NULL,
-    until REAL NOT NULL
-);
 
 CREATE TABLE IF NOT EXISTS bridge_links (
     nickname TEXT PRIMARY KEY,
@@ -66,4 +70,4 @@ CREATE TABLE IF NOT EXISTS bridge_links (
 
 
 def apply(db):
-    run_script(db, STATEMENTS)
+    run_script(db, STATEMENTS + BLACKLIST_STATEMENTS)
