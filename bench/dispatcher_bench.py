@@ -88,8 +88,8 @@ def watch_finished(server, wanted):
 
 
 @defer.inlineCallbacks
-def dispatcher_jobs(server, count: int):
-    dispatcher = server.subsystems["dispatcher"]
+def dispatcher_jobs(daemon, count: int):
+    server, dispatcher = daemon.server, daemon.dispatcher
     ids = [f"bench-{i:04d}" for i in range(count)]  # ids are reused once finished
     finished = watch_finished(server, ids)
     t0, c0 = time.perf_counter(), cpu()
@@ -124,8 +124,8 @@ def group_exists(pgid: int) -> bool:
 
 
 @defer.inlineCallbacks
-def kill_latency(server, index: int):
-    dispatcher = server.subsystems["dispatcher"]
+def kill_latency(daemon, index: int):
+    server, dispatcher = daemon.server, daemon.dispatcher
     job_id = f"kill-{index}"
     forker = f"{sys.executable} -c \"import subprocess,time; subprocess.Popen(['sleep','30']); print('up', flush=True); time.sleep(30)\""
     finished = watch_finished(server, [job_id])
@@ -164,15 +164,15 @@ def main(args):
         for mode, cwd in (("fork", REPO), ("posix_spawn", cfg.job_workdir)):
             os.chdir(cwd)
             yield bare_spawns(20, parallel, cfg.job_workdir)  # warm-up
-            yield dispatcher_jobs(daemon.server, 20)
+            yield dispatcher_jobs(daemon, 20)
             # Alternate the two, twice each, and keep each one's best run: the machine is shared.
             bare_runs, disp_runs = [], []
             for _ in range(2):
                 bare_runs.append((yield bare_spawns(args.jobs, parallel, cfg.job_workdir)))
-                disp_runs.append((yield dispatcher_jobs(daemon.server, args.jobs)))
+                disp_runs.append((yield dispatcher_jobs(daemon, args.jobs)))
             bare_s, bare_cpu = min(bare_runs)
             disp_s, disp_cpu = min(disp_runs)
-            history = daemon.server.subsystems["dispatcher"].history(limit=args.jobs)
+            history = daemon.dispatcher.history(limit=args.jobs)
             assert all(h["return_codes/true"] == "0" for h in history), "a benchmark job failed"
             results[f"throughput_{mode}"] = {
                 "jobs": args.jobs, "parallel": parallel,
@@ -184,7 +184,7 @@ def main(args):
         os.chdir(REPO)
         kills = []
         for i in range(args.kills):
-            kills.append((yield kill_latency(daemon.server, i)))
+            kills.append((yield kill_latency(daemon, i)))
         results["kill_latency_s"] = {
             label: {"median": round(statistics.median(v), 3), "max": round(max(v), 3)}
             for label, v in zip(("finished_event", "no_live_process", "group_gone_incl_reaping"), zip(*kills))

@@ -1,25 +1,68 @@
-"""Build the sysadmd service tree from a :class:`~sysadmd.config.Config`.
+"""Build the sysadmd service tree from a :class:`~sysadmd.config.Config`: the one place
+that constructs every part, hands each its collaborators and registers the routes.
 
-Used by ``twistd`` (through :mod:`sysadmd.tap`) and by the tests, which build a real
-daemon in-process on loopback ports.
+Read top to bottom, :func:`build` is the whole daemon::
+
+    Daemon (MultiService)
+    └── Server: sessions and logins                                  build_server
+        ├─ TokenStore, Rights, passwords (PAM), SessionRegistry
+        ├─ LogStore, Blacklist (on_block → Server.blocked), FairCheckQueue
+        ├─ EventHub with EVENT_TYPES registered (their logs in the LogStore)
+        ├─ Api router: rpc/identify, rpc/query, rpc/auth, auth_token, auth_clear
+        ├─ Dispatcher (JobStore) → rpc/dispatcher                    add_dispatcher
+        ├─ events/subscribe|unsubscribe, SystemStateService,
+        │  LifePreserverWatcher                                      add_event_producers
+        ├─ LogRetention → rpc/logs                                   add_logs
+        ├─ SettingsActions → rpc/settings                            add_settings
+        ├─ KeyStore, SignatureChecker, KeyLogin → rpc/auth_ssl,
+        │  key actions, RevokedKeyWatcher                            add_key_login
+        └─ BridgeLinks (BridgeLinkStore, KeyStore) → bridge actions  add_bridge_links
+    └── listeners: wss+https, rest, unix socket                      add_listeners
+
+Every part is also an attribute of the :class:`Daemon` (``daemon.dispatcher``,
+``daemon.keys``…): subsystems reach each other through constructor arguments, never
+by name.  Used by ``twistd`` (through :mod:`sysadmd.tap`) and by the tests, which build
+a real daemon in-process on loopback ports, or only its server state on a Clock
+(:func:`build_server`, :func:`add_key_login`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import sqlite3
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from twisted.application import service
 from twisted.logger import Logger
 
-from sysadmd import bridgelink, dispatcher, tls
+from sysadmd import migrations, tls
+from sysadmd.api import Api
+from sysadmd.auth.blacklist import Blacklist
+from sysadmd.auth.keys import KeyStore, SignatureChecker
+from sysadmd.auth.passwords import FairCheckQueue, PamPasswordChecker
+from sysadmd.auth.revocation import RevokedKeyWatcher
+from sysadmd.auth.rights import Rights
+from sysadmd.auth.tokens import TokenStore
+from sysadmd.bridgelink import settings as bridge_settings
+from sysadmd.bridgelink.links import BridgeLinks
+from sysadmd.bridgelink.store import BridgeLinkStore
 from sysadmd.config import Config
-from sysadmd import migrations
 from sysadmd.db import database_path, open_database
-from sysadmd.events import subscriptions as event_subscriptions
+from sysadmd.dispatcher import rpc as dispatcher_rpc
+from sysadmd.dispatcher.service import Dispatcher
+from sysadmd.dispatcher.store import JobStore
+from sysadmd.envelope import encode
+from sysadmd.events import subscriptions
+from sysadmd.events.hub import DAEMON_EVENT_TYPES, EventHub, EventType
+from sysadmd.events.lifepreserver import LifePreserverWatcher
+from sysadmd.events.systemstate import SystemStateService, Thresholds, ZpoolReader
 from sysadmd.listeners import Listener, guard_for
+from sysadmd.logstore import LogRetention, LogStore
+from sysadmd.rpc import basic, keyauth, login
 from sysadmd.rpc import logs as rpc_logs
-from sysadmd.rpc import keyauth
+from sysadmd.rpc import settings as rpc_settings
+from sysadmd.rpc.settings import SettingsActions
 from sysadmd.server import Server
+from sysadmd.session import SessionRegistry
 from sysadmd.startup import tls_files
 from sysadmd.statedir import ensure_private_dir
 from sysadmd.transports.rest import RestResource
@@ -29,28 +72,155 @@ from sysadmd.transports.websocket import SysadmServerFactory
 
 log = Logger()
 
+# The event vocabulary: one EventType per type (name, cached or not, log name).  A new
+# producer adds its type here and asks the hub for its publisher (hub.publisher(name)).
+EVENT_TYPES: Tuple[EventType, ...] = DAEMON_EVENT_TYPES
+
 
 class Daemon(service.MultiService):
-    """The whole daemon: the server state, its subsystems and its listeners."""
+    """The whole daemon: the server state, every subsystem by name, the listeners."""
 
     def __init__(self, server: Server):
         super().__init__()
         self.server = server
-        self.listeners = {}
+        self.listeners: Dict[str, Listener] = {}
+        self.dispatcher: Optional[Dispatcher] = None
+        self.system_state: Optional[SystemStateService] = None
+        self.life_preserver: Optional[LifePreserverWatcher] = None
+        self.log_retention: Optional[LogRetention] = None
+        self.settings: Optional[SettingsActions] = None
+        self.keys: Optional[KeyStore] = None
+        self.key_login: Optional[keyauth.KeyLogin] = None
+        self.bridge_links: Optional[BridgeLinks] = None
 
     def add_listener(self, name: str, listener: Listener) -> None:
         self.listeners[name] = listener
         listener.setServiceParent(self)
 
 
-def build(cfg: Config, reactor: Any, **server_kwargs: Any) -> Daemon:
+def build(cfg: Config, reactor: Any, *, passwords: Optional[Any] = None,
+          event_types: Optional[Sequence[EventType]] = None) -> Daemon:
+    """The whole daemon (not started).  *passwords* replaces PAM (tests); *event_types*
+    replaces :data:`EVENT_TYPES`."""
     ensure_private_dir(cfg.state_dir)
     db = open_database(database_path(cfg.state_dir), migrations.SCHEMA)
-    server = Server(cfg, db, reactor, **server_kwargs)
+    server = build_server(cfg, db, reactor, passwords=passwords, event_types=event_types)
     daemon = Daemon(server)
     server.setServiceParent(daemon)
-    install_subsystems(server, reactor)
+    # The order below is the order the subsystems start in (and the reverse of their stop).
+    daemon.dispatcher = add_dispatcher(server)
+    daemon.system_state, daemon.life_preserver = add_event_producers(server)
+    daemon.log_retention = add_logs(server)
+    daemon.settings = add_settings(server)
+    daemon.keys, daemon.key_login = add_key_login(server, daemon.settings)
+    daemon.bridge_links = add_bridge_links(server, daemon.keys, daemon.settings)
+    add_listeners(daemon)
+    return daemon
 
+
+def build_server(cfg: Config, db: sqlite3.Connection, reactor: Any, *, passwords: Optional[Any] = None,
+                 event_types: Optional[Sequence[EventType]] = None) -> Server:
+    """The server state with its stores, its event vocabulary and the login routes."""
+    tokens = TokenStore(reactor, cfg.token_ttl, cfg.token_max_lifetime)
+    rights = Rights(cfg.full_access_groups, cfg.limited_access_groups, clock=reactor,
+                    cache_seconds=cfg.rights_cache_seconds)
+    sessions = SessionRegistry()
+    logs = LogStore(db, reactor)
+    blacklist = Blacklist(db, reactor, limit=cfg.blacklist_auth_fail_limit,
+                          reset_minutes=cfg.blacklist_auth_fail_reset_minutes,
+                          block_minutes=cfg.blacklist_block_minutes, exempt_loopback=cfg.blacklist_exempt_loopback)
+    password_checks = FairCheckQueue(cfg.password_check_workers, cfg.password_checks_per_address,
+                                     budget=blacklist.remaining)
+    api = Api(tokens, pending_limits=(cfg.auth_pending_max_requests, cfg.auth_pending_max_bytes))
+    events = EventHub(sessions, logs)
+    for kind in (EVENT_TYPES if event_types is None else event_types):
+        events.register(kind)
+    server = Server(cfg, db, reactor, tokens=tokens, rights=rights,
+                    passwords=passwords or PamPasswordChecker(reactor, cfg.pam_service),
+                    sessions=sessions, logs=logs, blacklist=blacklist, password_checks=password_checks,
+                    api=api, events=events)
+    blacklist.on_block = server.blocked  # drop its queued checks, close its connections
+    api.login_gate = server.login_gate
+    api.recheck = server.recheck_rights
+    api.on_logout = server.end_subscriptions
+    basic.install(api)
+    login.install(api, server)
+    return server
+
+
+def add_dispatcher(server: Server) -> Dispatcher:
+    """The job dispatcher (a child service of *server*) and ``rpc/dispatcher``."""
+    store = JobStore(server.db, server.state_dir)
+    publish = server.events.publisher("dispatcher")
+    dispatcher = Dispatcher(
+        server.config, store, server.reactor,
+        publish=lambda args, keep: publish(args, store=keep),
+        finished_log_sink=lambda event: server.logs.append("dispatcher", encode(event)),
+    )
+    dispatcher.setServiceParent(server)
+    dispatcher_rpc.route(server.api, dispatcher_rpc.DispatcherApi(server, dispatcher))
+    return dispatcher
+
+
+def add_event_producers(server: Server) -> Tuple[SystemStateService, LifePreserverWatcher]:
+    """``events/subscribe|unsubscribe`` and the services that publish system events."""
+    hub, reactor = server.events, server.reactor
+    subscriptions.route(server.api, hub)
+    state = SystemStateService(
+        hub.publisher("system-state"), reactor,
+        interval=server.config.system_state_interval,
+        thresholds=Thresholds.from_config(server.config),
+        zpools=ZpoolReader.if_installed(reactor),
+    )
+    state.setServiceParent(server)
+    life_preserver = LifePreserverWatcher(hub.publisher("life-preserver"), reactor)
+    life_preserver.setServiceParent(server)
+    return state, life_preserver
+
+
+def add_logs(server: Server) -> LogRetention:
+    """``rpc/logs`` and the pruning of entries older than LOG_RETENTION_DAYS."""
+    rpc_logs.route(server.api, server.logs, server.reactor)
+    retention = LogRetention(server.logs, server.reactor, server.config.log_retention_days)
+    retention.setServiceParent(server)
+    return retention
+
+
+def add_settings(server: Server) -> SettingsActions:
+    """``rpc/settings``; subsystems add their actions to the table returned."""
+    actions = SettingsActions()
+    rpc_settings.route(server.api, actions)
+    return actions
+
+
+def add_key_login(server: Server, settings: SettingsActions) -> Tuple[KeyStore, keyauth.KeyLogin]:
+    """Key logins (``rpc/auth_ssl``), the key actions of ``rpc/settings`` and the watcher
+    that ends the logins of keys revoked elsewhere."""
+    config = server.config
+    keys = KeyStore(server.db, clock=server.clock)
+    checker = SignatureChecker(keyauth.thread_reactor(server.reactor), threads=config.key_check_threads,
+                               cache_size=max(4096, 2 * config.key_login_max_tried))
+    checker.setServiceParent(server)
+    key_login = keyauth.KeyLogin(server, keys, checker, keyauth.ExchangeKey(server.state_dir))
+    keyauth.route(server.api, key_login)
+    rpc_settings.add_key_actions(settings, server, keys)
+    RevokedKeyWatcher(server, keys, server.clock).setServiceParent(server)
+    return keys, key_login
+
+
+def add_bridge_links(server: Server, keys: KeyStore, settings: SettingsActions) -> BridgeLinks:
+    """One reconnecting link per stored bridge, and the bridge actions of ``rpc/settings``."""
+    store = BridgeLinkStore(server.db, clock=server.reactor)
+    links = BridgeLinks(server, store, server.reactor, keys=keys)
+    links.setServiceParent(server)
+    bridge_settings.add_actions(settings, server, links, store)
+    return links
+
+
+def add_listeners(daemon: Daemon) -> None:
+    """The TLS WebSocket + HTTPS port, the REST-only port and the local socket."""
+    server = daemon.server
+    cfg, reactor = server.config, server.reactor
     guard = guard_for(cfg, reactor, "sysadmd")  # connection limits shared by every listener
     if not cfg.bridge_connections_only:
         cert, key = tls_files(cfg, "server")
@@ -60,19 +230,10 @@ def build(cfg: Config, reactor: Any, **server_kwargs: Any) -> Daemon:
         daemon.add_listener("wss", Listener(reactor, cfg.port, make_site(ws_factory, rest), label="sysadmd wss+https",
                                             interface=cfg.listen_interface, tls=context, guard=guard))
         if cfg.port_rest:
-            daemon.add_listener("rest", Listener(reactor, cfg.port_rest, make_site(None, RestResource(server)), label="sysadmd rest",
-                                                 interface=cfg.listen_interface, tls=context, guard=guard))
+            daemon.add_listener("rest", Listener(reactor, cfg.port_rest, make_site(None, RestResource(server)),
+                                                 label="sysadmd rest", interface=cfg.listen_interface, tls=context,
+                                                 guard=guard))
     else:
         log.info("BRIDGE_CONNECTIONS_ONLY=true: no TCP listener")
     if cfg.socket:
         daemon.add_listener("unix", make_unix_listener(server, reactor, cfg.socket, guard=guard))
-    return daemon
-
-
-def install_subsystems(server: Server, reactor: Any) -> None:
-    """Attach the subsystems (settings, dispatcher, events, logs, bridge links)."""
-    dispatcher.install(server, reactor)
-    event_subscriptions.install(server)
-    rpc_logs.install(server)
-    keyauth.install(server)
-    bridgelink.install(server, reactor)

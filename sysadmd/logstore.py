@@ -2,9 +2,11 @@
 
 Entries live in SQLite (table ``logs``) with their time, so ``read_logs`` can select by
 time range, and every entry is also written to the Twisted log for the operator.
-Log names are upstream's: ``hostinfo``, ``dispatcher``, ``events-dispatcher``,
-``events-lifepreserver``, ``events-state``.  :class:`LogRetention` deletes entries older
-than ``LOG_RETENTION_DAYS`` at start and once a day.
+Log names are upstream's: ``hostinfo`` and ``dispatcher`` are the store's own
+(:data:`OWN_LOGS`); the ``events-*`` logs are registered by the event types that name them
+(:meth:`sysadmd.events.hub.EventHub.register`), so an event type and its log are declared
+in one place.  :class:`LogRetention` deletes entries older than ``LOG_RETENTION_DAYS`` at
+start and once a day.
 
 Appends are batched: entries wait in memory until the end of the current reactor turn
 and are then written in one transaction (a busy dispatcher appends several entries per
@@ -32,7 +34,8 @@ log = Logger()
 
 HOSTINFO_LIMIT = 2048  # characters of one hostinfo entry
 
-LOG_NAMES = ("hostinfo", "dispatcher", "events-dispatcher", "events-lifepreserver", "events-state")
+OWN_LOGS = ("hostinfo", "dispatcher")  # the event logs are added by EventHub.register
+MAX_LOG_NAME = 64
 
 
 def _entry(text: str, is_json: int) -> Any:
@@ -50,11 +53,20 @@ class LogStore:
         self.clock = clock
         self._pending: List[Tuple[float, str, str, int]] = []
         self._flush_call: Optional[Any] = None
+        self.names: List[str] = list(OWN_LOGS)  # every log rpc/logs can read, in order
         ensure(db, migrations.SCHEMA)  # tables: sysadmd/migrations/
 
+    def register_log(self, name: str) -> None:
+        """Add the log *name* (an event type's log; see :meth:`EventHub.register`)."""
+        if not isinstance(name, str) or not name or len(name) > MAX_LOG_NAME or not name.isprintable():
+            raise ValueError(f"a log name must be 1 to {MAX_LOG_NAME} printable characters, got {name!r}")
+        if name in self.names:
+            raise ValueError(f"log {name!r} is registered twice (logs: {', '.join(self.names)})")
+        self.names.append(name)
+
     def append(self, log_name: str, entry: Any) -> None:
-        if log_name not in LOG_NAMES:
-            raise ValueError(f"unknown log {log_name!r}")
+        if log_name not in self.names:
+            raise ValueError(f"unknown log {log_name!r} (logs: {', '.join(self.names)})")
         is_json = not isinstance(entry, str)
         # ensure_ascii=False, then clean: no lone surrogate can reach a row (it would fail the
         # whole batch's INSERT, or come back as text no reply can encode).
@@ -89,7 +101,7 @@ class LogStore:
 
     def read(self, names: Iterable[str], start: float, end: float) -> List[Tuple[str, float, Any]]:
         """Entries of the named logs with ``start <= ts <= end``, oldest first."""
-        wanted = [n for n in names if n in LOG_NAMES]
+        wanted = [n for n in names if n in self.names]
         if not wanted:
             return []
         self.flush()

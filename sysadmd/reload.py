@@ -148,8 +148,10 @@ class ConfigReloader(service.Service):
         return applied, restart
 
 
-def sysadmd_appliers(server: Any) -> Dict[str, Applier]:
-    """Push sysadmd keys whose values were copied at start to the objects holding them."""
+def sysadmd_appliers(daemon: Any) -> Dict[str, Applier]:
+    """Push sysadmd keys whose values were copied at start to the objects holding them
+    (*daemon* is :class:`sysadmd.assembly.Daemon`: its server and subsystems)."""
+    server = daemon.server
 
     def token_ttl(cfg: Any) -> None:
         set_attribute(server.tokens, "ttl", cfg.token_ttl)
@@ -165,19 +167,15 @@ def sysadmd_appliers(server: Any) -> Dict[str, Applier]:
         apply_blacklist(server.blacklist, cfg)
 
     def output_cap(cfg: Any) -> None:
-        set_attribute(server.subsystems.get("dispatcher"), "cap", cfg.job_output_cap)
+        set_attribute(daemon.dispatcher, "cap", cfg.job_output_cap)
 
     def thresholds(cfg: Any) -> None:
         from sysadmd.events.systemstate import Thresholds
 
-        set_attribute(server.subsystems.get("system-state"), "thresholds", Thresholds.from_config(cfg))
+        set_attribute(daemon.system_state, "thresholds", Thresholds.from_config(cfg))
 
     def log_retention(cfg: Any) -> None:
-        try:
-            retention = server.getServiceNamed("log-retention")
-        except KeyError:
-            retention = None
-        set_attribute(retention, "days", cfg.log_retention_days)
+        set_attribute(daemon.log_retention, "days", cfg.log_retention_days)
 
     appliers: Dict[str, Applier] = {
         "TOKEN_TTL": token_ttl,

@@ -1,32 +1,35 @@
-"""The managed machine's server state: one object that owns the domain services.
+"""The managed machine's server state: sessions, logins and the stores they use.
 
-It never imports autobahn or twisted.web.  Transports ask it for sessions
-(:meth:`Server.open_session`) and feed their text to ``server.api``; subsystems
-(dispatcher, events, bridge links) attach to it in :mod:`sysadmd.tap`.
+It never imports autobahn or twisted.web, and it builds nothing: :mod:`sysadmd.assembly`
+constructs its collaborators (token store, rights, blacklist, log store, event hub, API
+router…), passes them in, registers the routes and attaches the subsystems (dispatcher,
+event producers, key logins, bridge links) as child services, so they stop with it.
+Transports ask it for sessions (:meth:`Server.open_session`) and feed their text to
+``server.api``; before opening one they ask :meth:`Server.connection_allowed`, which
+answers with a :class:`Refusal` value or ``None``.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from typing import Any, Dict, Optional
+import dataclasses
+from typing import Any, Optional
 
 from twisted.application import service
-import dataclasses
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from sysadmd.api import Api
 from sysadmd.auth.blacklist import Blacklist, normalize_address
-from sysadmd.auth.passwords import FairCheckQueue, PamPasswordChecker, credential_problem
+from sysadmd.auth.passwords import FairCheckQueue, credential_problem
 from sysadmd.auth.rights import Rights
 from sysadmd.auth.tokens import TokenStore
 from sysadmd.config import Config
 from sysadmd.envelope import ApiError
 from sysadmd.events.hub import EventHub
 from sysadmd.logstore import LogStore
-from sysadmd.rpc import basic, login
-from sysadmd.session import CLOSE_POLICY, Channel, Identity, Session, SessionRegistry
+from sysadmd.session import CLOSE_POLICY, CLOSE_TRY_AGAIN, Channel, Identity, Session, SessionRegistry
 from sysadmd.shutdown import wait_until
 from sysadmd.untrusted import shown
 
@@ -35,44 +38,44 @@ log = Logger()
 SHUTDOWN_GRACE = 2.0  # seconds clients get to answer our close frames at shutdown
 
 
-class Server(service.MultiService):
-    """Application state; a MultiService so subsystems with timers stop with it."""
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """Why a new connection is turned away, in the terms of each transport."""
 
-    def __init__(self, config: Config, db: sqlite3.Connection, reactor: Any, *, passwords: Optional[Any] = None):
+    close_code: int  # WebSocket close code, sent right after the handshake
+    http_status: str  # REST error code ("403", "503")
+    reason: str  # our own sentence, for the peer and the log
+    retry_after: Optional[int] = None  # seconds, for REST's Retry-After (a busy server)
+
+
+class Server(service.MultiService):
+    """Application state; a MultiService so subsystems with timers stop with it.
+
+    Every collaborator is passed in (see :func:`sysadmd.assembly.build_server`);
+    the blacklist's ``on_block`` and the API's hooks point back at :meth:`blocked`,
+    :meth:`login_gate`, :meth:`recheck_rights` and :meth:`end_subscriptions`.
+    """
+
+    def __init__(self, config: Config, db: sqlite3.Connection, reactor: Any, *, tokens: TokenStore, rights: Rights,
+                 passwords: Any, sessions: SessionRegistry, logs: LogStore, blacklist: Blacklist,
+                 password_checks: FairCheckQueue, api: Api, events: EventHub):
         super().__init__()
         self.config = config
         self.state_dir = config.state_dir
         self.db = db
         self.reactor = reactor
         self.clock = reactor
-        self.tokens = TokenStore(reactor, config.token_ttl, config.token_max_lifetime)
-        self.rights = Rights(config.full_access_groups, config.limited_access_groups,
-                             clock=reactor, cache_seconds=config.rights_cache_seconds)
-        self.passwords = passwords or PamPasswordChecker(reactor, config.pam_service)
-        self.sessions = SessionRegistry()
-        self.logs = LogStore(db, reactor)
-        self.blacklist = Blacklist(
-            db, reactor,
-            limit=config.blacklist_auth_fail_limit,
-            reset_minutes=config.blacklist_auth_fail_reset_minutes,
-            block_minutes=config.blacklist_block_minutes,
-            exempt_loopback=config.blacklist_exempt_loopback,
-            on_block=self._blocked,
-        )
-        self.password_checks = FairCheckQueue(config.password_check_workers, config.password_checks_per_address,
-                                              budget=self.blacklist.remaining)
-        self.api = Api(self.tokens, pending_limits=(config.auth_pending_max_requests, config.auth_pending_max_bytes))
-        self.api.login_gate = self._login_gate
-        self.api.recheck = self.recheck_rights
-        self.api.on_logout = self.end_subscriptions
+        self.tokens = tokens
+        self.rights = rights
+        self.passwords = passwords
+        self.sessions = sessions
+        self.logs = logs
+        self.blacklist = blacklist
+        self.password_checks = password_checks
+        self.api = api
+        self.events = events
+        self.bridge_identity: Optional[Any] = None  # the bridge key, loaded on first use (auth/bound.py)
         self._sweep: Optional[task.LoopingCall] = None
-        self.events = EventHub(self.sessions, self.logs)
-        # rpc/settings actions: name -> handler(session, args) -> reply args. Filled by the
-        # modules that own each action (keys, bridge links); see sysadmd.rpc.settings.
-        self.settings_actions: Dict[str, Any] = {}
-        self.subsystems: Dict[str, Any] = {}  # name -> object, for handlers that need each other
-        basic.install(self.api)
-        login.install(self)
 
     # --- sessions -------------------------------------------------------------------
     def open_session(self, kind: str, peer: str, channel: Channel, *, identity: Optional[Identity] = None,
@@ -91,13 +94,23 @@ class Server(service.MultiService):
             reason = f" ({session.close_reason})" if session.close_reason else ""
             self.logs.hostinfo(f"Connection Closing: {session.peer}{reason}")
 
-    def connection_allowed(self, peer: str) -> Optional[str]:
-        """``None`` if a new connection from *peer* may proceed, else the refusal reason."""
+    def connection_allowed(self, peer: str) -> Optional[Refusal]:
+        """``None`` if a new connection from *peer* may proceed, else the :class:`Refusal`."""
+        return self.address_refusal(peer) or self.capacity_refusal()
+
+    def address_refusal(self, peer: str) -> Optional[Refusal]:
+        """A :class:`Refusal` (1008 / 403) while *peer*'s address is blocked, else ``None``."""
         left = self.blacklist.blocked_for(peer)
         if left > 0:
-            return f"address blocked after repeated failed logins; try again in {int(left // 60) + 1} min"
+            return Refusal(CLOSE_POLICY, "403", f"address blocked after repeated failed logins; "
+                                                f"try again in {int(left // 60) + 1} min")
+        return None
+
+    def capacity_refusal(self) -> Optional[Refusal]:
+        """A :class:`Refusal` (1013 / 503) while ``MAX_CONNECTIONS`` sessions are open, else ``None``."""
         if len(self.sessions) >= self.config.max_connections:
-            return f"too many connections (MAX_CONNECTIONS={self.config.max_connections})"
+            return Refusal(CLOSE_TRY_AGAIN, "503", f"too many connections (MAX_CONNECTIONS={self.config.max_connections})",
+                           retry_after=5)
         return None
 
     # --- login bookkeeping (used by every auth method) ------------------------------
@@ -110,7 +123,7 @@ class Server(service.MultiService):
             return shown(session.peer, 200)
         return normalize_address(session.peer)
 
-    def _login_gate(self, session: Session) -> Optional[str]:
+    def login_gate(self, session: Session) -> Optional[str]:
         """:meth:`login_refusal`, logged (the API asks it before every ``auth*`` request)."""
         refusal = self.login_refusal(session)
         if refusal is not None:
@@ -126,7 +139,7 @@ class Server(service.MultiService):
             return f"address blocked after repeated failed logins; try again in {int(left // 60) + 1} min"
         return None
 
-    def _blocked(self, key: str) -> None:
+    def blocked(self, key: str) -> None:
         """*key* just got blocked: drop its queued password checks, close its connections."""
         reason = f"address blocked after repeated failed logins (BLACKLIST_AUTH_FAIL_LIMIT={self.blacklist.limit})"
         dropped = self.password_checks.drop(key, reason)

@@ -48,5 +48,5 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     # SIGHUP re-reads the same file (or /etc/sysadmd.conf if it appeared) with the same
     # command-line overrides and applies what can change live.
     ConfigReloader(reactor, daemon.server.config, configmod.Config, options.config_path, options.overrides(),
-                   SYSADMD_LIVE_KEYS, sysadmd_appliers(daemon.server)).setServiceParent(daemon)
+                   SYSADMD_LIVE_KEYS, sysadmd_appliers(daemon)).setServiceParent(daemon)
     return daemon

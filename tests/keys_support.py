@@ -51,8 +51,10 @@ def certificate(name: str, encoding=serialization.Encoding.PEM) -> bytes:
 
 
 def register(running: Any, user: str, name: str, nickname: str = "") -> Any:
-    """Register key *name* for *user* straight in the daemon's key store."""
-    return running.server.subsystems["keys"].register(user, pem_of(name), nickname or name, f"{name}@example.org")
+    """Register key *name* for *user* straight in the daemon's key store (*running*: a
+    RunningDaemon, or a test case that called :func:`clock_server`)."""
+    keys = running.daemon.keys if hasattr(running, "daemon") else running.keys
+    return keys.register(user, pem_of(name), nickname or name, f"{name}@example.org")
 
 
 @defer.inlineCallbacks
@@ -76,21 +78,20 @@ def error_code(reply: Dict[str, Any]) -> str:
 def clock_server(testcase: Any, **overrides: Any):
     """A Server with keys installed, on a Clock and a real SQLite file (no listeners).
 
-    Returns ``(server, clock)``; the server is started, and stopped at cleanup.
+    Returns ``(server, clock)`` and sets ``testcase.keys`` and ``testcase.key_login``;
+    the server is started, and stopped at cleanup.
     """
     from twisted.internet.task import Clock
 
     from sysadmd.db import database_path, open_database
-    from sysadmd.rpc import keyauth
-    from sysadmd.server import Server
-    from tests.support import FakePasswords, make_config, short_tempdir
+    from tests.support import FakePasswords, add_key_login, make_config, short_tempdir, unit_server
 
     cfg = make_config(short_tempdir(testcase), **overrides)
     db = open_database(database_path(cfg.state_dir))
     testcase.addCleanup(db.close)
     clock = Clock()
-    server = Server(cfg, db, clock, passwords=FakePasswords({}))
-    keyauth.install(server)
+    server = unit_server(cfg, db, clock, passwords=FakePasswords({}))
+    testcase.keys, testcase.key_login = add_key_login(server)
     server.startService()
 
     def stop():

@@ -14,6 +14,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from sysadmd import config as configmod
+from sysadmd import assembly
 from sysadmd.assembly import build
 from sysadmd.client.wsclient import connect, connect_unix
 
@@ -47,6 +48,18 @@ class FakePasswords:
 
             return task.deferLater(reactor, self.delay, lambda: ok)
         return defer.succeed(ok)
+
+
+def unit_server(cfg: configmod.Config, db: Any, clock: Any, **kwargs: Any) -> Any:
+    """The daemon's server state on *clock* (a Clock) without subsystems or listeners,
+    built by the real assembly (:func:`sysadmd.assembly.build_server`)."""
+    return assembly.build_server(cfg, db, clock, **kwargs)
+
+
+def add_key_login(server: Any) -> Any:
+    """Key logins, ``rpc/settings`` and its key actions on a :func:`unit_server`, as
+    :func:`sysadmd.assembly.build` adds them; returns ``(keys, key_login)``."""
+    return assembly.add_key_login(server, assembly.add_settings(server))
 
 
 class RunningDaemon:

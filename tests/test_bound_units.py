@@ -148,7 +148,7 @@ class Stage2PolicyTests(unittest.TestCase):
         from types import SimpleNamespace
 
         server = SimpleNamespace(config=SimpleNamespace(bridge_upstream_clients=upstream_ok),
-                                 subsystems={"bridge_identity": private_key("bound-server")})
+                                 bridge_identity=private_key("bound-server"))
         session = SimpleNamespace(kind=kind, attributes=dict(attributes))
         return server, session
 

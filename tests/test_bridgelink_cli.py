@@ -88,7 +88,7 @@ class BridgeVerbTests(unittest.TestCase):
         bridge.start()
         self.addCleanup(bridge.stop)
         running = yield start_daemon(self, make_config(state), passwords=FakePasswords({}))
-        links = running.server.subsystems["bridge_links"]
+        links = running.daemon.bridge_links
         out, err, code = yield admin(state, "bridge_add", "cli", f"127.0.0.1:{bridge.port}")
         self.assertEqual(code, 0, err)
         yield wait_until(lambda: bridge.server is not None, 15, "the daemon to link to the bridge added by the command")

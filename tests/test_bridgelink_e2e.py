@@ -91,7 +91,7 @@ class RealBridgeTests(unittest.TestCase):
 
         running = yield start_daemon(self, make_config(server_state), passwords=FakePasswords({}))
         ks.register(running, "root", "c1")
-        links = running.server.subsystems["bridge_links"]
+        links = running.daemon.bridge_links
         links.store.add("office", f"127.0.0.1:{port}")
         links.sync()
         link = links.links["office"]

@@ -177,7 +177,7 @@ class LinkedDaemonCase(unittest.TestCase):
         cfg = make_config(self.state, **self.config)
         self.running = yield start_daemon(self, cfg, passwords=FakePasswords({"root": "pw"}))
         self.server = self.running.server
-        self.links = self.server.subsystems["bridge_links"]
+        self.links = self.running.daemon.bridge_links
         public = crypto.load_public_key(bridgekey.public_key_pem(self.state))
         self.bridge = FakeBridge([public])
         self.bridge.start()
@@ -241,7 +241,7 @@ class HandshakeTests(LinkedDaemonCase):
         yield wait_until(lambda: conn.md5_keys is not None and ks.md5_of("c2") in conn.md5_keys, 6,
                          "the new key's checksum pushed to the bridge")
         self.assertEqual(sorted(conn.md5_keys), sorted([ks.md5_of("c1"), ks.md5_of("c2")]))
-        self.server.subsystems["keys"].revoke("root", ks.stored_of("c1"))
+        self.running.daemon.keys.revoke("root", ks.stored_of("c1"))
         yield wait_until(lambda: conn.md5_keys == [ks.md5_of("c2")], 6, "the revoked key's checksum withdrawn")
         pushed = [json.loads(t) for t in conn.texts if '"bridge_request_list_keys"' in t]
         self.assertEqual(len(pushed), 3)  # the answer, then one push per change
@@ -510,4 +510,4 @@ class SettingsActionTests(unittest.TestCase):
             reply = ks.call(self.server, session, "settings", args)
             self.assertEqual(reply["args"]["code"], "403")
             self.assertIn("full access", reply["args"]["detail"])
-        self.assertEqual(self.server.subsystems["bridge_links"].store.list(), [])
+        self.assertEqual(self.running.daemon.bridge_links.store.list(), [])

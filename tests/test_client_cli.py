@@ -414,14 +414,14 @@ class KeyAndSettingsTests(CliTestCase):
         self.assertEqual(sums.out.split(), [md5])
         revoked = yield self.local("keys", "revoke", "laptop")
         self.assertEqual(revoked.code, 0, revoked.err)
-        self.assertEqual(self.running.server.subsystems["keys"].list(), [])
+        self.assertEqual(self.running.daemon.keys.list(), [])
         again = yield self.local("keys", "revoke", "laptop")
         self.assertEqual(again.code, 1)
         self.assertIn("no registered key matches", again.err)
 
     @defer.inlineCallbacks
     def test_bridges_add_list_remove(self):
-        if "list_bridges" not in self.running.server.settings_actions:
+        if "list_bridges" not in self.running.daemon.settings:
             raise unittest.SkipTest("this daemon has no bridge-link settings actions")
         added = yield self.local("bridges", "add", "relay1", f"127.0.0.1:{_closed_port()}")
         self.assertEqual(added.code, 0, added.err)

@@ -157,6 +157,6 @@ class KeyLoginsEndToEnd(CliTestCase):
         self.assertEqual(result.code, 0, result.err)
         self.assertIn(f"note: {path} is a private key; only its public half is sent", result.err)
         self.assertIn(f"openssl rsa -in {path} -pubout", result.err)
-        [stored] = self.running.server.subsystems["keys"].list()
+        [stored] = self.running.daemon.keys.list()
         self.assertEqual(stored.pem, pem_of("laptop-priv"))
         self.assertNotIn("PRIVATE", crypto.pem_from_stored(stored.pub_key))

@@ -47,7 +47,7 @@ class InProcessRestartTests(unittest.TestCase):
         first = yield self.start(cfg)
         stopped = False
         try:
-            dispatcher = first.server.subsystems["dispatcher"]
+            dispatcher = first.dispatcher
             dispatcher.submit("kept", ["echo kept"])
             yield eventually(lambda: dispatcher.history(["kept"]), what="job kept")
             dispatcher.submit("long", ["sleep 30", "echo never"])
@@ -62,7 +62,7 @@ class InProcessRestartTests(unittest.TestCase):
 
         second = yield self.start(cfg)
         self.addCleanup(second.stopService)
-        dispatcher = second.server.subsystems["dispatcher"]
+        dispatcher = second.dispatcher
         after = yield eventually(lambda: dispatcher.history(["after"]), what="job after")
         self.assertEqual(after[0]["echo after"], "after\n")
         self.assertEqual(after[0]["return_codes/echo after"], "0")

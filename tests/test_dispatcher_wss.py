@@ -263,7 +263,7 @@ class DispatcherOverRestTests(unittest.TestCase):
         body = yield response.json()
         self.assertEqual(response.code, 200)
         self.assertEqual(body, {"args": {"started": ["rest_job"]}})
-        dispatcher = running.server.subsystems["dispatcher"]
+        dispatcher = running.daemon.dispatcher
         for _ in range(100):
             if dispatcher.history(["rest_job"]):
                 break

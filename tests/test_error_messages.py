@@ -231,10 +231,10 @@ class PrivateKeysRefused(ServerUnit):
         from sysadmd.envelope import encode
         from sysadmd.session import Identity
 
-        from sysadmd.rpc import keyauth
+        from tests.support import add_key_login
 
         server = self.make_server(HeldPasswords({}))
-        keyauth.install(server)
+        add_key_login(server)
         session, channel = self.session(server)
         server.login_succeeded(session, Identity("root", True, "password"))
         for i, (path, _) in enumerate(self.files):

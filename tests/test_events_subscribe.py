@@ -3,7 +3,8 @@
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from sysadmd.events.subscriptions import event_names
+from sysadmd.events.hub import DAEMON_EVENT_TYPES
+from sysadmd.events.subscriptions import event_names as names_among
 from sysadmd.envelope import ApiError
 from tests.support import FakePasswords, open_client, start_daemon
 
@@ -22,6 +23,10 @@ def collect_events(client):
     got = []
     client.event_listeners.append(got.append)
     return got
+
+
+def event_names(args):
+    return names_among(args, [kind.name for kind in DAEMON_EVENT_TYPES])
 
 
 class EventNamesTests(unittest.TestCase):

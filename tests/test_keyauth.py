@@ -223,7 +223,7 @@ class ChallengeExpiry(unittest.TestCase):
 
     def setUp(self):
         self.server, self.clock = clock_server(self, CHALLENGE_TTL=30)
-        self.key = register(self, "root", "alice")  # register() needs only .server
+        self.key = register(self, "root", "alice")  # clock_server set self.keys
 
     def session(self, peer="192.0.2.7"):
         return self.server.open_session("wss", peer, RecordingChannel(), timers=False)

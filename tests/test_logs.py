@@ -12,9 +12,13 @@ from twisted.trial import unittest
 from sysadmd import envelope
 from sysadmd.db import open_database
 from sysadmd.envelope import ApiError
-from sysadmd.logstore import LogRetention, LogStore
+from sysadmd.events.hub import DAEMON_EVENT_TYPES
+from sysadmd.logstore import OWN_LOGS, LogRetention, LogStore
 from sysadmd.rpc import logs as rpclogs
 from tests.support import FakePasswords, open_client, short_tempdir, start_daemon
+
+# The logs of a daemon: the store's own and its event types'.
+LOG_NAMES = list(OWN_LOGS) + [kind.log for kind in DAEMON_EVENT_TYPES]
 
 NOW = 1_800_000_000.0
 
@@ -115,21 +119,21 @@ class TimeRangeTests(unittest.TestCase):
         self.assertBad("out of range", time_format="relative_month", start_time="99999999")
 
     def test_wanted_logs(self):
-        self.assertEqual(rpclogs.wanted_logs(None), list(rpclogs.LOG_NAMES))
-        self.assertEqual(rpclogs.wanted_logs([]), list(rpclogs.LOG_NAMES))
-        self.assertEqual(rpclogs.wanted_logs(["hostinfo", "nope", "hostinfo"]), ["hostinfo"])
+        self.assertEqual(rpclogs.wanted_logs(None, LOG_NAMES), LOG_NAMES)
+        self.assertEqual(rpclogs.wanted_logs([], LOG_NAMES), LOG_NAMES)
+        self.assertEqual(rpclogs.wanted_logs(["hostinfo", "nope", "hostinfo"], LOG_NAMES), ["hostinfo"])
         with self.assertRaises(ApiError) as cm:
-            rpclogs.wanted_logs(["nope"])
+            rpclogs.wanted_logs(["nope"], LOG_NAMES)
         self.assertIn("logs are hostinfo, dispatcher", cm.exception.detail)
         with self.assertRaises(ApiError):
-            rpclogs.wanted_logs(5)
+            rpclogs.wanted_logs(5, LOG_NAMES)
         with self.assertRaises(ApiError) as cm:
-            rpclogs.wanted_logs(["hostinfo"] * (rpclogs.MAX_LOG_NAMES + 1))
+            rpclogs.wanted_logs(["hostinfo"] * (rpclogs.MAX_LOG_NAMES + 1), LOG_NAMES)
         self.assertIn(f"logs holds {rpclogs.MAX_LOG_NAMES + 1} names; at most {rpclogs.MAX_LOG_NAMES}", cm.exception.detail)
         with self.assertRaises(ApiError) as cm:
-            rpclogs.wanted_logs(["hostinfo", "x" * 1_000_000])
+            rpclogs.wanted_logs(["hostinfo", "x" * 1_000_000], LOG_NAMES)
         self.assertTrue(cm.exception.detail.startswith("logs is 1000000 characters long"), cm.exception.detail[:100])
-        self.assertEqual(rpclogs.wanted_logs(list(rpclogs.LOG_NAMES) * 3), list(rpclogs.LOG_NAMES))
+        self.assertEqual(rpclogs.wanted_logs(LOG_NAMES * 3, LOG_NAMES), LOG_NAMES)
 
     def test_timestamp_keys_never_collide(self):
         keys = rpclogs.timestamp_keys([NOW, NOW, NOW, NOW + 1.5])
@@ -147,6 +151,8 @@ class StoreTests(unittest.TestCase):
         db = open_database(os.path.join(short_tempdir(self), "t.sqlite"))
         self.addCleanup(db.close)
         self.store = LogStore(db, self.clock)
+        for kind in DAEMON_EVENT_TYPES:
+            self.store.register_log(kind.log)
 
     def test_same_second_entries_all_returned_and_caps(self):
         for i in range(10):
@@ -194,6 +200,7 @@ class SurrogateRowTests(unittest.TestCase):
         db = open_database(os.path.join(short_tempdir(self), "t.sqlite"))
         self.addCleanup(db.close)
         store = LogStore(db, clock)
+        store.register_log("events-dispatcher")
         # As an older release stored them: escaped in a JSON row, raw text impossible in SQLite.
         db.execute("INSERT INTO logs (ts, log, entry, is_json) VALUES (?, 'events-dispatcher', ?, 1)",
                    (NOW - 2, '{"cmd":"echo \\ud800","ok":"fine"}'))

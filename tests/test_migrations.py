@@ -96,13 +96,13 @@ class ReleaseFixtureDaemon(unittest.TestCase):
 
     def test_keys_blacklist_links_and_logs_are_all_there(self):
         server = self.running.server
-        keys = server.subsystems["keys"]
+        keys = self.running.daemon.keys
         self.assertEqual(sorted(k.nickname for k in keys.list("root")), EXPECTED["keys"]["root"])
         for address in EXPECTED["blocked"]:
             self.assertGreater(server.blacklist.blocked_for(address), 0, address)
         for address in EXPECTED["not_blocked"]:
             self.assertEqual(server.blacklist.blocked_for(address), 0, address)
-        links = {row.nickname: row for row in server.subsystems["bridge_links"].store.list()}
+        links = {row.nickname: row for row in self.running.daemon.bridge_links.store.list()}
         self.assertEqual({n: r.url for n, r in links.items()}, EXPECTED["links"])
         self.assertEqual(links["office"].fingerprint, "AB:" * 31 + "CD")
         hostinfo = [entry for _, _, entry in server.logs.read(["hostinfo"], 0, 1e12)]

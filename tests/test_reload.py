@@ -36,7 +36,7 @@ class InProcessReloadTests(unittest.TestCase):
         self.running = yield start_daemon(self, cfg, passwords=FakePasswords({"root": "pw"}))
         server = self.running.server
         self.reloader = ConfigReloader(reactor, server.config, configmod.Config, lambda: self.path, self.overrides,
-                                       SYSADMD_LIVE_KEYS, sysadmd_appliers(server))
+                                       SYSADMD_LIVE_KEYS, sysadmd_appliers(self.running.daemon))
         self.logged = []
         globalLogPublisher.addObserver(self.logged.append)
         self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
@@ -72,10 +72,10 @@ class InProcessReloadTests(unittest.TestCase):
                                                   "LOG_RETENTION_DAYS"]))
         self.assertEqual((yield self.ttl_of_a_new_login()), 60)
         self.assertEqual(server.tokens.ttl, 60)
-        self.assertEqual(server.subsystems["dispatcher"].config.job_kill_grace, 0.5)  # read at use time
+        self.assertEqual(self.running.daemon.dispatcher.config.job_kill_grace, 0.5)  # read at use time
         self.assertEqual(server.blacklist.limit, 2)
         self.assertEqual(server.rights.full_groups, {"wheel"})
-        self.assertEqual(server.subsystems["system-state"].thresholds.disk_warn, 50)
+        self.assertEqual(self.running.daemon.system_state.thresholds.disk_warn, 50)
         self.assertEqual(server.config.rest_allowed_origins, ("https://ui.example.org",))
         self.assertEqual(server.getServiceNamed("log-retention").days, 3)
         # Keys only a restart can change keep their running value.

@@ -132,7 +132,7 @@ class ReadOutputApiTests(unittest.TestCase):
         self.running = yield start_daemon(self, make_config(short_tempdir(self), SOCKET="none", JOB_OUTPUT_CAP=1024,
                                                             JOB_OUTPUT_FILE_MAX=8192))
         self.server = self.running.server
-        self.dispatcher = self.server.subsystems["dispatcher"]
+        self.dispatcher = self.running.daemon.dispatcher
         self.state_dir = self.running.config.state_dir
         self.full = self.session(Identity("root", True, "peer-uid"))
         self.limited = self.session(Identity("bob", False, "password"))

@@ -441,7 +441,7 @@ class SurrogateApiTests(unittest.TestCase):
             envelope.encode(reply).encode("utf-8")
         reply = yield call({"action": "run", "fine": "echo fine"})
         self.assertEqual(reply["args"], {"started": ["fine"]})
-        dispatcher = server.subsystems["dispatcher"]
+        dispatcher = running.daemon.dispatcher
         yield eventually(lambda: dispatcher.history(["fine"]), what="job fine")
         for job_id in ("\ud800", ["fine", "\udfff"]):
             reply = yield call({"action": "history", "job_id": job_id})

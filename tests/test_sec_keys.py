@@ -89,7 +89,7 @@ class KeyDaemonCase(unittest.TestCase):
         cfg = make_config(short_tempdir(self), LIMITED_ACCESS_GROUPS=LIMITED_USER, **self.overrides)
         self.running = yield start_daemon(self, cfg, passwords=FakePasswords({"root": "pw", LIMITED_USER: "pw2"}))
         self.server = self.running.server
-        self.keys = self.server.subsystems["keys"]
+        self.keys = self.running.daemon.keys
 
     @defer.inlineCallbacks
     def login(self, user="root"):
@@ -278,7 +278,7 @@ class VerificationOffTheReactor(KeyDaemonCase):
 
     def block_checks(self):
         """Make the key checks wait for a release; returns (entered, release, threads)."""
-        login = self.server.subsystems["key_login"]
+        login = self.running.daemon.key_login
         original = login.signature_matcher
         entered, release = threading.Event(), threading.Event()
         threads: list = []
@@ -346,7 +346,7 @@ class VerificationOffTheReactor(KeyDaemonCase):
         for i in range(5):
             insert_raw_key(db, "root", random_public_pem(2048), f"shape{i}")
         register(self.running, "root", "alice")  # the newest key: beyond KEY_LOGIN_MAX_TRIED=6
-        checker = self.server.subsystems["key_login"].checker
+        checker = self.running.daemon.key_login.checker
         results = []
         original = checker.find_signer
 

@@ -15,10 +15,8 @@ from twisted.trial import unittest
 from sysadmd.auth.passwords import MAX_PASSWORD_BYTES, MAX_USER_NAME_BYTES, credential_problem
 from sysadmd.db import open_database
 from sysadmd.envelope import encode
-from sysadmd.rpc import keyauth
-from sysadmd.server import Server
-from tests.support import (FakePasswords, RecordingChannel, http_client, make_config, open_client, short_tempdir,
-                           start_daemon)
+from tests.support import (FakePasswords, RecordingChannel, add_key_login, http_client, make_config, open_client,
+                           short_tempdir, start_daemon, unit_server)
 
 HUGE = 5 * 1024 * 1024  # the name length that made the systemd NSS module abort the daemon
 
@@ -66,7 +64,7 @@ class ServerUnit(unittest.TestCase):
         self.addCleanup(db.close)
         self.clock = Clock()
         self.clock.advance(1_000_000)
-        server = Server(cfg, db, self.clock, passwords=passwords)
+        server = unit_server(cfg, db, self.clock, passwords=passwords)
         self.addCleanup(server.logs.flush)
         return server
 
@@ -278,7 +276,7 @@ class BlockUnits(ServerUnit):
         peer = "bridge:lab/client-7"
         session, channel = self.session(server, peer=peer, kind="bridge")
         neighbour, neighbour_channel = self.session(server, peer="bridge:lab/client-8", kind="bridge")
-        keyauth.install(server)
+        add_key_login(server)
         for i in range(3):
             # A bridged client may only use auth_ssl; each wrong answer counts.
             server.api.handle_text(session, encode({"namespace": "rpc", "name": "auth_ssl", "id": f"t{i}",

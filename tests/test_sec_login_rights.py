@@ -95,9 +95,9 @@ class RightsFollowGroups(ServerUnit):
         self.assertIsNone(self.alice.identity)
 
     def test_a_new_key_login_ends_subscriptions_too(self):
-        from sysadmd.rpc import keyauth
+        from tests.support import add_key_login
 
-        keyauth.install(self.server)
+        add_key_login(self.server)
         self.server.api.handle_text(self.alice, call_text("rpc", "auth_ssl", "k1", ""))
         self.assertIn("test_string", replies(self.channel)[-1]["args"])
         self.assertEqual(self.server.events.subscriber_count("dispatcher"), 0)

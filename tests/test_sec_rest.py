@@ -54,7 +54,7 @@ class RestBrowserTests(unittest.TestCase):
     def assertNothingRan(self, job_id: str, marker: str):
         yield sleep(0.3)  # a job that had been started would have touched the file by now
         self.assertFalse(os.path.exists(marker))
-        dispatcher = self.running.server.subsystems["dispatcher"]
+        dispatcher = self.running.daemon.dispatcher
         self.assertEqual(dispatcher.history([job_id]), [])
 
     @defer.inlineCallbacks

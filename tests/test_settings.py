@@ -142,7 +142,7 @@ class SettingsOverWss(unittest.TestCase):
         # The connection keeps serving after a 403 (upstream closed it).
         still = yield self.settings(limited, action="list_ssl_certs")
         self.assertEqual(list(still["args"]), [LIMITED_USER])
-        self.assertEqual(len(self.running.server.subsystems["keys"].list()), 2)
+        self.assertEqual(len(self.running.daemon.keys.list()), 2)
 
         # Without "user" the own user is meant: root's key is not found for the limited user.
         own = yield self.settings(limited, action="revoke_ssl_cert", pub_key=stored_of("alice"))
@@ -187,12 +187,17 @@ class SettingsOverWss(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_other_subsystems_add_actions(self):
-        self.running.server.settings_actions["list_bridges"] = lambda session, args: {"user": session.identity.user}
-        self.addCleanup(self.running.server.settings_actions.pop, "list_bridges")
+        actions = self.running.daemon.settings
+        actions.add("whoami_test", lambda session, args: {"user": session.identity.user})
+        self.addCleanup(actions.remove, "whoami_test")
+        with self.assertRaises(ValueError) as cm:  # one owner per action
+            actions.add("list_bridges", lambda session, args: {})
+        self.assertIn("'list_bridges' is added twice", str(cm.exception))
         client = yield self.login()
-        reply = yield self.settings(client, action="list_bridges")
+        reply = yield self.settings(client, action="whoami_test")
         self.assertEqual(reply["args"], {"user": "root"})
         unknown = yield self.settings(client, action="nope")
+        self.assertIn("whoami_test", unknown["args"]["detail"])
         self.assertIn("list_bridges", unknown["args"]["detail"])
 
     @defer.inlineCallbacks

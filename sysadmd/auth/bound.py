@@ -173,12 +173,12 @@ class Stage2:
 
 def server_identity(server: Any) -> rsa.RSAPrivateKey:
     """The server's bridge key (created on first use, as the bridge links do)."""
-    key = server.subsystems.get("bridge_identity")
+    key = server.bridge_identity
     if key is None:
         from sysadmd.bridgelink import key as bridgekey
 
         key, _ = bridgekey.load_or_create(server.state_dir)
-        server.subsystems["bridge_identity"] = key
+        server.bridge_identity = key
     return key
 
 

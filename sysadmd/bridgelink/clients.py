@@ -105,9 +105,10 @@ class BridgedClients:
 
     def open(self, client_id: str) -> Optional[Session]:
         server = self.server
-        if len(server.sessions) >= server.config.max_connections:
-            log.warn("bridge {nick}: not serving client {client}: MAX_CONNECTIONS reached",
-                     nick=self.nickname, client=client_id)
+        refusal = server.capacity_refusal()  # blocks are per client, at its login
+        if refusal is not None:
+            log.warn("bridge {nick}: not serving client {client}: {why}", nick=self.nickname, client=client_id,
+                     why=refusal.reason)
             return None
         channel = BridgedChannel(self, client_id)
         peer = f"bridge:{self.nickname}/{client_id}"

@@ -54,9 +54,10 @@ class _ObservedEndpoint:
 
 class BridgeLink(service.MultiService):
     def __init__(self, server: Any, row: BridgeLinkRow, store: BridgeLinkStore, bridge_key: Any, reactor: Any,
-                 *, jitter: Callable[[], float] = random.random):
+                 *, keys: Optional[Any] = None, jitter: Callable[[], float] = random.random):
         super().__init__()
         self.server = server
+        self.keys = keys  # the KeyStore whose checksums the bridge is told (None: none)
         self.row = row
         self.nickname = row.nickname
         self.url = row.url
@@ -188,8 +189,7 @@ class BridgeLink(service.MultiService):
             log.warn("bridge {nick}: connection failed: {why}", nick=self.nickname, why=why)
 
     def checksums(self) -> Dict[str, Any]:
-        keys = self.server.subsystems.get("keys")
-        return keys.checksums() if keys is not None else {"md5_keys": []}
+        return self.keys.checksums() if self.keys is not None else {"md5_keys": []}
 
     def stopService(self):
         self._stopping = True

@@ -30,10 +30,12 @@ def _identity(row: BridgeLinkRow) -> tuple:
 
 
 class BridgeLinks(service.MultiService):
-    def __init__(self, server: Any, store: BridgeLinkStore, reactor: Any, *, poll_interval: float = POLL_INTERVAL):
+    def __init__(self, server: Any, store: BridgeLinkStore, reactor: Any, *, keys: Optional[Any] = None,
+                 poll_interval: float = POLL_INTERVAL):
         super().__init__()
         self.server = server
         self.store = store
+        self.keys = keys  # the KeyStore each link reports checksums of
         self.reactor = reactor
         self.poll_interval = poll_interval
         self.links: Dict[str, BridgeLink] = {}
@@ -96,7 +98,7 @@ class BridgeLinks(service.MultiService):
                 self._start(row)
 
     def _start(self, row: BridgeLinkRow) -> None:
-        link = BridgeLink(self.server, row, self.store, self.bridge_key, self.reactor)
+        link = BridgeLink(self.server, row, self.store, self.bridge_key, self.reactor, keys=self.keys)
         self.links[row.nickname] = link
         log.info("bridge {nick}: linking to {url} (verify {verify})", nick=row.nickname, url=row.url, verify=row.verify)
         link.setServiceParent(self)

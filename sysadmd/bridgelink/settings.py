@@ -31,8 +31,9 @@ def _field(args: Dict[str, Any], name: str, expected: str, required: bool = True
     return value
 
 
-def install(server: Any, links: BridgeLinks, store: BridgeLinkStore) -> None:
-    actions = server.settings_actions
+def add_actions(actions: Any, server: Any, links: BridgeLinks, store: BridgeLinkStore) -> None:
+    """Add the bridge-link actions to *actions* (a :class:`sysadmd.rpc.settings.SettingsActions`);
+    *server* is the server state, for its log."""
 
     def list_bridges(session: Session, args: Dict[str, Any]) -> dict:
         return {"bridges": links.status()}
@@ -60,6 +61,6 @@ def install(server: Any, links: BridgeLinks, store: BridgeLinkStore) -> None:
         links.sync()
         return {"removed": nickname}
 
-    actions["list_bridges"] = list_bridges
-    actions["add_bridge"] = add_bridge
-    actions["remove_bridge"] = remove_bridge
+    actions.add("list_bridges", list_bridges)
+    actions.add("add_bridge", add_bridge)
+    actions.add("remove_bridge", remove_bridge)

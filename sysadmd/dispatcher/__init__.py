@@ -2,10 +2,7 @@
 
 ``commands`` splits command strings, ``runner`` runs one command in its own process
 group, ``output`` caps and streams output, ``store`` keeps jobs on disk, ``job`` and
-``queues`` model them, ``service`` is the :class:`Dispatcher`, ``rpc`` the API.
+``queues`` model them, ``service`` is the :class:`~sysadmd.dispatcher.service.Dispatcher`,
+``rpc`` the API.  :mod:`sysadmd.assembly` builds them; this package file imports
+nothing, so importing one module (``dispatcher.commands``) loads only that module.
 """
-
-from sysadmd.dispatcher.rpc import install
-from sysadmd.dispatcher.service import Dispatcher
-
-__all__ = ["Dispatcher", "install"]

@@ -44,9 +44,9 @@ from sysadmd.api import require_full_access
 from sysadmd.dispatcher.job import NO_QUEUE
 from sysadmd.dispatcher.service import Dispatcher
 from sysadmd.dispatcher.service import SURROGATE
-from sysadmd.dispatcher.store import JobStore, LiveOutput, UnknownLayout
+from sysadmd.dispatcher.store import LiveOutput, UnknownLayout
 from sysadmd.untrusted import clean, has_surrogate
-from sysadmd.envelope import ApiError, encode, require_action, type_name
+from sysadmd.envelope import ApiError, require_action, type_name
 
 log = Logger()
 
@@ -179,16 +179,6 @@ def _integer(args: Dict[str, Any], name: str, default: Optional[int], low: int, 
     return value
 
 
-def install(server: Any, reactor: Any) -> Dispatcher:
-    """Create the dispatcher as a child service of *server* and route ``rpc/dispatcher``."""
-    store = JobStore(server.db, server.state_dir)
-    dispatcher = Dispatcher(
-        server.config, store, reactor,
-        publish=lambda args, keep: server.events.publish("dispatcher", args, store=keep),
-        finished_log_sink=lambda event: server.logs.append("dispatcher", encode(event)),
-    )
-    dispatcher.setServiceParent(server)
-    server.subsystems["dispatcher"] = dispatcher
-    api = DispatcherApi(server, dispatcher)
-    server.api.add("rpc", "dispatcher", api.handle, limited="read")
-    return dispatcher
+def route(api: Any, dispatcher_api: DispatcherApi) -> None:
+    """Route ``rpc/dispatcher`` (read-only actions for limited users)."""
+    api.add("rpc", "dispatcher", dispatcher_api.handle, limited="read")

@@ -2,14 +2,23 @@
 
 An event is encoded once (``{"args":…,"id":"","name":<type>,"namespace":"events"}``) and
 the same text goes to every subscriber's channel; a slow subscriber is cut off by its
-own channel's buffer limit, never by slowing the others.  ``life-preserver`` and
-``system-state`` keep their latest event, which a new subscriber gets at once.  Every
-event is also appended to its ``events-*`` log for ``rpc/logs``.
+own channel's buffer limit, never by slowing the others.
+
+The vocabulary is registered, once per type, with :meth:`EventHub.register` and an
+:class:`EventType`: its name (what ``events/subscribe`` accepts), whether the latest
+event is kept and sent at once to a new subscriber (``cached``), and the ``rpc/logs``
+log that stores every event (``log``; ``None`` for types that are not stored).  That one
+registration is all a new producer needs: the type becomes subscribable, its log is
+registered with the :class:`~sysadmd.logstore.LogStore`, and the producer gets its
+publisher from :meth:`EventHub.publisher`, which refuses a name nobody registered when
+the daemon is assembled, not when the first event is published.  The daemon's own
+types are :data:`DAEMON_EVENT_TYPES`, registered in :mod:`sysadmd.assembly`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.logger import Logger
 
@@ -19,9 +28,29 @@ from sysadmd.session import Session, SessionRegistry
 
 log = Logger()
 
-EVENT_TYPES = ("dispatcher", "life-preserver", "system-state")
-CACHED_TYPES = ("life-preserver", "system-state")
-LOG_NAMES = {"dispatcher": "events-dispatcher", "life-preserver": "events-lifepreserver", "system-state": "events-state"}
+
+@dataclass(frozen=True)
+class EventType:
+    """One event type of the ``events`` namespace."""
+
+    name: str
+    cached: bool = False  # keep the latest event; a new subscriber gets it at once
+    log: Optional[str] = None  # the rpc/logs log every event is appended to (None: not stored)
+
+
+# The daemon's vocabulary (upstream's names and log names).
+DISPATCHER = EventType("dispatcher", cached=False, log="events-dispatcher")
+LIFE_PRESERVER = EventType("life-preserver", cached=True, log="events-lifepreserver")
+SYSTEM_STATE = EventType("system-state", cached=True, log="events-state")
+DAEMON_EVENT_TYPES: Tuple[EventType, ...] = (DISPATCHER, LIFE_PRESERVER, SYSTEM_STATE)
+
+
+class UnknownEventType(LookupError):
+    """An event type was used that was never registered with the hub."""
+
+
+# publish(args, store=True) -> how many subscribers got it
+Publisher = Callable[..., int]
 
 
 class EventHub:
@@ -29,15 +58,56 @@ class EventHub:
         self.sessions = sessions
         self.logs = logs
         self.latest: Dict[str, Any] = {}
-        self._subscribers: Dict[str, Dict[str, Session]] = {name: {} for name in EVENT_TYPES}
+        self.types: Dict[str, EventType] = {}
+        self._subscribers: Dict[str, Dict[str, Session]] = {}
 
+    # --- the vocabulary -----------------------------------------------------------------
+    def register(self, kind: EventType) -> Publisher:
+        """Make *kind* subscribable and stored; returns its publisher."""
+        if not isinstance(kind, EventType) or not kind.name:
+            raise ValueError(f"an event type must be an EventType with a name, got {kind!r}")
+        if kind.name in self.types:
+            raise ValueError(f"event type {kind.name!r} is registered twice")
+        if kind.log is not None:
+            if self.logs is None:
+                raise ValueError(f"event type {kind.name!r} names the log {kind.log!r} but this hub has no log store")
+            self.logs.register_log(kind.log)
+        self.types[kind.name] = kind
+        self._subscribers[kind.name] = {}
+        return self.publisher(kind.name)
+
+    def names(self) -> List[str]:
+        """The registered type names, in registration order."""
+        return list(self.types)
+
+    def publisher(self, name: str) -> Publisher:
+        """``publish(args, store=True)`` for the registered type *name*; a producer asks
+        for it while the daemon is assembled, so a type nobody registered fails then."""
+        self._known(name)
+
+        def publish(args: Any, *, store: bool = True) -> int:
+            return self.publish(name, args, store=store)
+
+        return publish
+
+    def _known(self, name: str) -> EventType:
+        kind = self.types.get(name)
+        if kind is None:
+            registered = ", ".join(self.types) or "none"
+            raise UnknownEventType(f"event type {name!r} is not registered (registered: {registered}); register it "
+                                   "once with EventHub.register(EventType(...)) where the daemon is assembled "
+                                   "(sysadmd/assembly.py)")
+        return kind
+
+    # --- events -------------------------------------------------------------------------
     def publish(self, name: str, args: Any, *, store: bool = True) -> int:
         """Send an event to every subscriber of *name*; returns how many got it."""
-        if name in CACHED_TYPES:
+        kind = self._known(name)
+        if kind.cached:
             self.latest[name] = args
-        if store and self.logs is not None and name in LOG_NAMES:
-            self.logs.append(LOG_NAMES[name], args)
-        subscribers = self._subscribers.get(name)
+        if store and kind.log is not None and self.logs is not None:
+            self.logs.append(kind.log, args)
+        subscribers = self._subscribers[name]
         if not subscribers:
             return 0
         text = encode(event(name, args))

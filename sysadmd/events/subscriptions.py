@@ -1,4 +1,4 @@
-"""``events/subscribe`` and ``events/unsubscribe``, and the services that produce events.
+"""``events/subscribe`` and ``events/unsubscribe``.
 
 Wire (authentication required; the namespace matches case-insensitively)::
 
@@ -6,7 +6,7 @@ Wire (authentication required; the namespace matches case-insensitively)::
     → {"args":{"subscribe":"system-state"},"id":"e1","name":"response","namespace":"events"}
 
 * ``args`` is one name or an array of names: ``dispatcher``, ``life-preserver``,
-  ``system-state``.  The reply holds the last name of the request, as upstream's does
+  ``system-state`` (the types registered with the hub, :mod:`sysadmd.events.hub`).  The reply holds the last name of the request, as upstream's does
   (``{"unsubscribe":…}`` for unsubscribe; ``{}`` for an empty array).
 * Upstream skipped unknown names silently; we answer 400 naming them and the valid ones,
   and then change nothing, not even for the valid names of that request, so a client
@@ -22,68 +22,52 @@ Wire (authentication required; the namespace matches case-insensitively)::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, List
+from typing import Any, List, Sequence
 
+from sysadmd.api import Api
 from sysadmd.envelope import ApiError, type_name
-from sysadmd.events.hub import EVENT_TYPES
-from sysadmd.events.lifepreserver import LifePreserverWatcher
-from sysadmd.events.systemstate import SystemStateService, Thresholds, ZpoolReader
+from sysadmd.events.hub import EventHub
 from sysadmd.session import Session
 
-if TYPE_CHECKING:
-    from sysadmd.server import Server
 
-VALID_TEXT = ", ".join(EVENT_TYPES)
-
-
-def event_names(args: Any) -> List[str]:
-    """The names a subscribe/unsubscribe request asks for, or an :class:`ApiError`."""
+def event_names(args: Any, valid: Sequence[str]) -> List[str]:
+    """The names a subscribe/unsubscribe request asks for among the *valid* (registered)
+    types, or an :class:`ApiError`."""
+    valid_text = ", ".join(valid)
     if isinstance(args, str):
         names = [args]
     elif isinstance(args, list):
         names = args
         bad = [i for i, n in enumerate(names) if not isinstance(n, str)]
         if bad:
-            raise ApiError("400", f"args[{bad[0]}] is {type_name(names[bad[0]])}; event names are strings ({VALID_TEXT})")
+            raise ApiError("400", f"args[{bad[0]}] is {type_name(names[bad[0]])}; event names are strings ({valid_text})")
     else:
-        raise ApiError("400", f"args must be an event name or an array of names ({VALID_TEXT}), got {type_name(args)}")
+        raise ApiError("400", f"args must be an event name or an array of names ({valid_text}), got {type_name(args)}")
     if "bridge" in names:
         raise ApiError("400", "bridge events need no subscription: every client connected through a bridge receives them")
-    unknown = [n for n in names if n not in EVENT_TYPES]
+    unknown = [n for n in names if n not in valid]
     if unknown:
-        hints = [f"{n!r} (did you mean {n.replace('_', '-').lower()!r}?)" if n.replace("_", "-").lower() in EVENT_TYPES
+        hints = [f"{n!r} (did you mean {n.replace('_', '-').lower()!r}?)" if n.replace("_", "-").lower() in valid
                  else repr(n) for n in unknown]
-        raise ApiError("400", f"unknown event type {', '.join(hints)}; valid types: {VALID_TEXT}; nothing was changed")
+        raise ApiError("400", f"unknown event type {', '.join(hints)}; valid types: {valid_text}; nothing was changed")
     return names
 
 
-def install(server: "Server") -> None:
-    """Route events/subscribe|unsubscribe and attach the event producers to *server*."""
-    hub = server.events
+def route(api: Api, hub: EventHub) -> None:
+    """Route events/subscribe|unsubscribe to *hub* (any type registered with it)."""
 
     def subscribe(session: Session, request) -> dict:
-        names = event_names(request.args)
+        names = event_names(request.args, hub.names())
         for name in names:
             hub.subscribe(session, name)
         return {"subscribe": names[-1]} if names else {}
 
     def unsubscribe(session: Session, request) -> dict:
-        names = event_names(request.args)
+        names = event_names(request.args, hub.names())
         for name in names:
             hub.unsubscribe(session, name)
         return {"unsubscribe": names[-1]} if names else {}
 
     # Not listed in rpc/query: upstream's availability map never listed events.
-    server.api.add("events", "subscribe", subscribe, listed=False)
-    server.api.add("events", "unsubscribe", unsubscribe, listed=False)
-
-    reactor = server.reactor
-    state = SystemStateService(
-        lambda args: hub.publish("system-state", args), reactor,
-        interval=server.config.system_state_interval,
-        thresholds=Thresholds.from_config(server.config),
-        zpools=ZpoolReader.if_installed(reactor),
-    )
-    state.setServiceParent(server)
-    LifePreserverWatcher(lambda args: hub.publish("life-preserver", args), reactor).setServiceParent(server)
-    server.subsystems["system-state"] = state
+    api.add("events", "subscribe", subscribe, listed=False)
+    api.add("events", "unsubscribe", unsubscribe, listed=False)

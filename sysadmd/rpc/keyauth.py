@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import base64
 import os
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -37,13 +37,9 @@ from twisted.logger import Logger
 from sysadmd import crypto
 from sysadmd.auth import bound
 from sysadmd.auth.keys import CheckerBusy, CheckResult, KeyStore, RegisteredKey, SignatureChecker, raw_signature_of
-from sysadmd.auth.revocation import RevokedKeyWatcher
 from sysadmd.envelope import ApiError
 from sysadmd.session import Challenge, Identity, Session
 from sysadmd.statedir import write_private_file
-
-if TYPE_CHECKING:
-    from sysadmd.server import Server
 
 log = Logger()
 
@@ -78,7 +74,7 @@ class ExchangeKey:
         return pem
 
 
-def _thread_reactor(reactor: Any) -> Any:
+def thread_reactor(reactor: Any) -> Any:
     """The reactor pool threads report back to: the server's, unless that is a test
     Clock (which has no thread support); then the process's global reactor."""
     if hasattr(reactor, "callFromThread"):
@@ -89,9 +85,13 @@ def _thread_reactor(reactor: Any) -> Any:
 
 
 class KeyLogin:
-    """The two stages of ``rpc/auth_ssl`` for one server."""
+    """The two stages of ``rpc/auth_ssl`` for one server.
 
-    def __init__(self, server: "Server", keys: KeyStore, checker: SignatureChecker, exchange: ExchangeKey):
+    *server* is the server state (:class:`sysadmd.server.Server`): its clock, config,
+    rights and login bookkeeping (``logout``, ``login_succeeded``, ``login_failed``).
+    """
+
+    def __init__(self, server: Any, keys: KeyStore, checker: SignatureChecker, exchange: ExchangeKey):
         self.server = server
         self.keys = keys
         self.checker = checker
@@ -211,19 +211,6 @@ class KeyLogin:
         raise ApiError("401", detail)
 
 
-def install(server: "Server") -> KeyStore:
-    """Register ``rpc/auth_ssl`` and ``rpc/settings``, and watch for revoked keys."""
-    from sysadmd.rpc import settings
-
-    config = server.config
-    keys = KeyStore(server.db, clock=server.clock)
-    checker = SignatureChecker(_thread_reactor(server.reactor), threads=config.key_check_threads,
-                               cache_size=max(4096, 2 * config.key_login_max_tried))
-    checker.setServiceParent(server)
-    server.subsystems["keys"] = keys
-    login = KeyLogin(server, keys, checker, ExchangeKey(server.state_dir))
-    server.subsystems["key_login"] = login
-    server.api.add("rpc", "auth_ssl", login.auth_ssl, public=True, listed=False)
-    settings.install(server, keys)
-    RevokedKeyWatcher(server, keys, server.clock).setServiceParent(server)
-    return keys
+def route(api: Any, login: KeyLogin) -> None:
+    """Route ``rpc/auth_ssl`` (public, not listed in ``rpc/query``) to *login*."""
+    api.add("rpc", "auth_ssl", login.auth_ssl, public=True, listed=False)

@@ -10,20 +10,33 @@ while its connection is open is refused at its next ``auth*`` and disconnected
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Optional, Protocol
 
 from twisted.internet import defer
 
-from sysadmd.api import NO_REPLY
+from sysadmd.api import NO_REPLY, Api
+from sysadmd.auth.blacklist import Blacklist
+from sysadmd.auth.tokens import TokenStore
 from sysadmd.envelope import ApiError
-from sysadmd.session import Session
-
-if TYPE_CHECKING:
-    from sysadmd.server import Server
+from sysadmd.session import Identity, Session
 
 
-def install(server: "Server") -> None:
-    api = server.api
+class Logins(Protocol):
+    """What the login routes use of the server state (:class:`sysadmd.server.Server`)."""
+
+    tokens: TokenStore
+    blacklist: Blacklist
+
+    def logout(self, session: Session) -> None: ...
+    def password_identity(self, session: Session, user: str, password: str) -> Any: ...
+    def login_succeeded(self, session: Session, identity: Identity) -> list: ...
+    def login_failed(self, session: Session, user: str, method: str, reason: str = "") -> None: ...
+    def recheck_rights(self, session: Session, identity: Identity) -> Optional[Identity]: ...
+    def failure_key(self, session: Session) -> str: ...
+
+
+def install(api: Api, server: Logins) -> None:
+    """Route ``rpc/auth``, ``rpc/auth_token`` and ``rpc/auth_clear`` on *api*."""
 
     def start(session: Session) -> None:
         # Logging out ends the session's event subscriptions too.

@@ -7,7 +7,7 @@ Request args::
      "time_format":"time_t_seconds", "start_time":"1700000000", "end_time":"1700003600"}
 
 * ``logs``: ``hostinfo``, ``dispatcher``, ``events-dispatcher``, ``events-lifepreserver``,
-  ``events-state``.  Unknown names are ignored as upstream does, unless every name is
+  ``events-state`` (the store's registered logs, :attr:`sysadmd.logstore.LogStore.names`).  Unknown names are ignored as upstream does, unless every name is
   unknown (400 naming the valid ones).  An empty array means every log.
 * Without ``time_format``: the last 12 hours (``start_time``/``end_time`` without a format
   are refused rather than silently ignored).  Formats: ``time_t_seconds``,
@@ -41,13 +41,11 @@ import calendar
 import math
 import re
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from sysadmd.api import Api
 from sysadmd.envelope import ApiError, require_action, require_object, type_name
-from sysadmd.logstore import LOG_NAMES, LogRetention
-
-if TYPE_CHECKING:
-    from sysadmd.server import Server
+from sysadmd.logstore import LogStore
 
 DEFAULT_SPAN = 12 * 3600.0
 MAX_ENTRIES = 5000
@@ -195,23 +193,24 @@ def time_range(args: Dict[str, Any], now: float) -> Tuple[float, float]:
     return start, end
 
 
-def wanted_logs(value: Any) -> List[str]:
+def wanted_logs(value: Any, log_names: Sequence[str]) -> List[str]:
+    """The logs a request's ``logs`` field asks for, among *log_names* (the store's)."""
     if value is None or value == []:
-        return list(LOG_NAMES)
+        return list(log_names)
     if isinstance(value, str):
         names = [value]
     elif isinstance(value, list) and all(isinstance(v, str) for v in value):
         names = value
     else:
-        raise ApiError("400", f"logs must be a log name or an array of names ({', '.join(LOG_NAMES)})")
+        raise ApiError("400", f"logs must be a log name or an array of names ({', '.join(log_names)})")
     if len(names) > MAX_LOG_NAMES:
         raise ApiError("400", f"logs holds {len(names)} names; at most {MAX_LOG_NAMES} are accepted "
-                              f"(there are {len(LOG_NAMES)} logs: {', '.join(LOG_NAMES)})")
+                              f"(there are {len(log_names)} logs: {', '.join(log_names)})")
     for name in names:
         _bounded("logs", name)
-    known = [n for n in names if n in LOG_NAMES]
+    known = [n for n in names if n in log_names]
     if not known:
-        raise ApiError("400", f"no known log among {', '.join(map(repr, names))}; logs are {', '.join(LOG_NAMES)}")
+        raise ApiError("400", f"no known log among {', '.join(map(repr, names))}; logs are {', '.join(log_names)}")
     return list(dict.fromkeys(known))
 
 
@@ -229,7 +228,7 @@ def timestamp_keys(times: List[float]) -> List[str]:
 
 
 def read_logs(store: Any, args: Dict[str, Any], now: float) -> Dict[str, Any]:
-    names = wanted_logs(args.get("logs"))
+    names = wanted_logs(args.get("logs"), store.names)
     start, end = time_range(args, now)
     if start > end:
         raise ApiError("400", "start_time is after end_time")
@@ -254,14 +253,13 @@ def read_logs(store: Any, args: Dict[str, Any], now: float) -> Dict[str, Any]:
     return result
 
 
-def install(server: "Server") -> None:
-    """Route rpc/logs and prune entries older than LOG_RETENTION_DAYS."""
+def route(api: Api, logs: LogStore, clock: Any) -> None:
+    """Route ``rpc/logs`` (any login; read-only for limited users) over *logs*."""
 
     def handle(session, request):
         action = require_action(request.args)
         if action != "read_logs":
             raise ApiError("400", f"unknown action {action!r}; rpc/logs has read_logs")
-        return read_logs(server.logs, require_object(request.args), server.reactor.seconds())
+        return read_logs(logs, require_object(request.args), clock.seconds())
 
-    server.api.add("rpc", "logs", handle, limited="read")
-    LogRetention(server.logs, server.reactor, server.config.log_retention_days).setServiceParent(server)
+    api.add("rpc", "logs", handle, limited="read")

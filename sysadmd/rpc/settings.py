@@ -7,8 +7,9 @@ Wire shapes (args → reply args)::
     {"action":"list_ssl_checksums"}  → {"md5_keys":["<base64(MD5(PEM))>",…]}
     {"action":"revoke_ssl_cert","pub_key":B64PEM[,"user":U]}                → {}
 
-Actions live in ``server.settings_actions`` (name → ``handler(session, args)``), so
-other subsystems (bridge links) add theirs without touching this module.  Keys are
+Actions live in a :class:`SettingsActions` table (name → ``handler(session, args)``)
+that :mod:`sysadmd.assembly` makes and hands to each subsystem that adds actions (the
+key actions here, the bridge links' in :mod:`sysadmd.bridgelink.settings`).  Keys are
 registered for the session's own user; listing or revoking another user's keys (or
 their checksums) needs full access (403, and the connection keeps serving); limited
 users see only their own.  Revoking a key ends its logins.
@@ -21,17 +22,16 @@ set-up); a key registered for another user is refused with 409.  Keys must be wi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict
+from typing import Any, Callable, Dict, Iterator
 
 from sysadmd import crypto
-from sysadmd.api import require_full_access
+from sysadmd.api import Api, require_full_access
 from sysadmd.auth.keys import DuplicateKey, KeyStore, KeyStoreError
 from sysadmd.auth.revocation import end_key_logins
 from sysadmd.envelope import ApiError
 from sysadmd.session import Session
 
-if TYPE_CHECKING:
-    from sysadmd.server import Server
+Action = Callable[[Session, Dict[str, Any]], Any]
 
 
 # Bounds on what a client may store: a 4096-bit SPKI PEM in base64 is about 1,100
@@ -51,23 +51,54 @@ def _text(args: Dict[str, Any], name: str, *, required: bool = False) -> str:
     return value
 
 
-def install(server: "Server", keys: KeyStore) -> None:
-    actions = server.settings_actions
+class SettingsActions:
+    """The actions of ``rpc/settings``: each subsystem adds its own, once."""
 
-    def valid_actions() -> str:
-        return ", ".join(sorted(actions))
+    def __init__(self) -> None:
+        self._actions: Dict[str, Action] = {}
+
+    def add(self, name: str, handler: Action) -> None:
+        if name in self._actions:
+            raise ValueError(f"rpc/settings action {name!r} is added twice")
+        self._actions[name] = handler
+
+    def remove(self, name: str) -> None:
+        del self._actions[name]
+
+    def get(self, name: str) -> Any:
+        return self._actions.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._actions
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._actions))
+
+    def valid(self) -> str:
+        return ", ".join(sorted(self._actions))
+
+
+def route(api: Api, actions: SettingsActions) -> None:
+    """Route ``rpc/settings`` (read/write for limited users) to *actions*."""
 
     def settings(session: Session, request):
         args = request.args
         if not isinstance(args, dict):
-            raise ApiError("400", f"args must be an object with 'action' (one of: {valid_actions()})")
+            raise ApiError("400", f"args must be an object with 'action' (one of: {actions.valid()})")
         action = args.get("action")
         if not isinstance(action, str) or not action:
-            raise ApiError("400", f"args need 'action' (one of: {valid_actions()})")
+            raise ApiError("400", f"args need 'action' (one of: {actions.valid()})")
         handler = actions.get(action)
         if handler is None:
-            raise ApiError("400", f"unknown action {action[:64]!r}; expected one of: {valid_actions()}")
+            raise ApiError("400", f"unknown action {action[:64]!r}; expected one of: {actions.valid()}")
         return handler(session, args)
+
+    api.add("rpc", "settings", settings, limited="read/write")
+
+
+def add_key_actions(actions: SettingsActions, server: Any, keys: KeyStore) -> None:
+    """The four upstream key actions over *keys*; *server* is the server state (its
+    config, log and sessions, for :func:`~sysadmd.auth.revocation.end_key_logins`)."""
 
     def register_ssl_cert(session: Session, args: Dict[str, Any]) -> dict:
         pub_key = _text(args, "pub_key", required=True).strip()
@@ -123,8 +154,7 @@ def install(server: "Server", keys: KeyStore) -> None:
                        f"key {key.nickname or key.md5} of user {key.user} was revoked")
         return {}
 
-    server.api.add("rpc", "settings", settings, limited="read/write")
-    actions["register_ssl_cert"] = register_ssl_cert
-    actions["list_ssl_certs"] = list_ssl_certs
-    actions["list_ssl_checksums"] = list_ssl_checksums
-    actions["revoke_ssl_cert"] = revoke_ssl_cert
+    actions.add("register_ssl_cert", register_ssl_cert)
+    actions.add("list_ssl_certs", list_ssl_certs)
+    actions.add("list_ssl_checksums", list_ssl_checksums)
+    actions.add("revoke_ssl_cert", revoke_ssl_cert)

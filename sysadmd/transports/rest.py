@@ -184,8 +184,9 @@ class RestResource(resource.Resource):
         request.setHeader(b"cache-control", b"no-store")
         method = request.method.upper()
         peer = request.getClientAddress().host
-        if self.server.blacklist.blocked_for(peer) > 0:
-            return _finish_error(request, "403", self.server.connection_allowed(peer) or "address blocked")
+        blocked = self.server.address_refusal(peer)
+        if blocked is not None:
+            return _finish_error(request, blocked.http_status, blocked.reason)
         refusal, cors_origin = self._check_origin(request)
         if refusal is not None:
             return _finish_error(request, "403", refusal)
@@ -217,10 +218,11 @@ class RestResource(resource.Resource):
             api_request = self._read_body(request, namespace, name)
         except ApiError as e:
             return _finish_error(request, e.code, e.detail)
-        refusal = self.server.connection_allowed(peer)
-        if refusal is not None:
-            request.setHeader(b"retry-after", b"5")
-            return _finish_error(request, "503", refusal)
+        refused = self.server.connection_allowed(peer)
+        if refused is not None:
+            if refused.retry_after is not None:
+                request.setHeader(b"retry-after", str(refused.retry_after).encode("ascii"))
+            return _finish_error(request, refused.http_status, refused.reason)
         d = self._run(request, peer, api_request)
         d.addErrback(lambda f: log.failure("answering a REST request from {peer} failed", f, peer=peer))
         return web_server.NOT_DONE_YET

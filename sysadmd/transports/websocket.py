@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from sysadmd import envelope
-from sysadmd.session import CLOSE_POLICY, CLOSE_TRY_AGAIN, Session
+from sysadmd.session import CLOSE_POLICY, Session
 from sysadmd.wsbase import LeanServerMixin
 
 
@@ -122,9 +122,8 @@ class SysadmServerProtocol(LeanServerMixin, WebSocketServerProtocol):
         peer, identity = factory.identify_peer(self)
         refusal = server.connection_allowed(peer)
         if refusal is not None:
-            code = CLOSE_POLICY if "blocked" in refusal else CLOSE_TRY_AGAIN
-            server.logs.hostinfo(f"Refused Connection: {peer} ({refusal})")
-            self.close_with(code, refusal)
+            server.logs.hostinfo(f"Refused Connection: {peer} ({refusal.reason})")
+            self.close_with(refusal.close_code, refusal.reason)
             return
         self.channel = WebSocketChannel(self, server.config.max_session_buffer_bytes)
         # twisted.web's HTTP channel (which handed us the connection) may still be
