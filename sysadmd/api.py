@@ -4,7 +4,8 @@ Every transport calls :meth:`Api.handle_text` (or :meth:`Api.handle` with a pars
 request, as REST does).  Handlers are plain callables ``handler(session, request)``
 returning the reply ``args`` (or a Deferred of them), raising :class:`ApiError` for a
 failure, or returning :data:`NO_REPLY`.  They are registered per ``(namespace, name)``
-by each subsystem's ``install(api, …)`` function; the table also yields ``rpc/query``.
+by each subsystem's ``route(api, …)`` function (called from :mod:`sysadmd.assembly`);
+the table also yields ``rpc/query``.
 
 Ordering: ``auth*`` requests of a session are answered in arrival order, and requests
 that arrive while a login is being checked wait for it (a client may send ``auth`` and

@@ -7,7 +7,7 @@ Read top to bottom, :func:`build` is the whole daemon::
     └── Server: sessions and logins                                  build_server
         ├─ TokenStore, Rights, passwords (PAM), SessionRegistry
         ├─ LogStore, Blacklist (on_block → Server.blocked), FairCheckQueue
-        ├─ EventHub with EVENT_TYPES registered (their logs in the LogStore)
+        ├─ EventHub with DAEMON_EVENT_TYPES registered (their logs in the LogStore)
         ├─ Api router: rpc/identify, rpc/query, rpc/auth, auth_token, auth_clear
         ├─ Dispatcher (JobStore) → rpc/dispatcher                    add_dispatcher
         ├─ events/subscribe|unsubscribe, SystemStateService,
@@ -72,11 +72,6 @@ from sysadmd.transports.websocket import SysadmServerFactory
 
 log = Logger()
 
-# The event vocabulary: one EventType per type (name, cached or not, log name).  A new
-# producer adds its type here and asks the hub for its publisher (hub.publisher(name)).
-EVENT_TYPES: Tuple[EventType, ...] = DAEMON_EVENT_TYPES
-
-
 class Daemon(service.MultiService):
     """The whole daemon: the server state, every subsystem by name, the listeners."""
 
@@ -101,7 +96,7 @@ class Daemon(service.MultiService):
 def build(cfg: Config, reactor: Any, *, passwords: Optional[Any] = None,
           event_types: Optional[Sequence[EventType]] = None) -> Daemon:
     """The whole daemon (not started).  *passwords* replaces PAM (tests); *event_types*
-    replaces :data:`EVENT_TYPES`."""
+    replaces the event vocabulary (:data:`sysadmd.events.hub.DAEMON_EVENT_TYPES`)."""
     ensure_private_dir(cfg.state_dir)
     db = open_database(database_path(cfg.state_dir), migrations.SCHEMA)
     server = build_server(cfg, db, reactor, passwords=passwords, event_types=event_types)
@@ -120,7 +115,8 @@ def build(cfg: Config, reactor: Any, *, passwords: Optional[Any] = None,
 
 def build_server(cfg: Config, db: sqlite3.Connection, reactor: Any, *, passwords: Optional[Any] = None,
                  event_types: Optional[Sequence[EventType]] = None) -> Server:
-    """The server state with its stores, its event vocabulary and the login routes."""
+    """The server state with its stores, its event vocabulary (each type registered
+    once: subscribable, cached or not, logged) and the login routes."""
     tokens = TokenStore(reactor, cfg.token_ttl, cfg.token_max_lifetime)
     rights = Rights(cfg.full_access_groups, cfg.limited_access_groups, clock=reactor,
                     cache_seconds=cfg.rights_cache_seconds)
@@ -133,7 +129,7 @@ def build_server(cfg: Config, db: sqlite3.Connection, reactor: Any, *, passwords
                                      budget=blacklist.remaining)
     api = Api(tokens, pending_limits=(cfg.auth_pending_max_requests, cfg.auth_pending_max_bytes))
     events = EventHub(sessions, logs)
-    for kind in (EVENT_TYPES if event_types is None else event_types):
+    for kind in (DAEMON_EVENT_TYPES if event_types is None else event_types):
         events.register(kind)
     server = Server(cfg, db, reactor, tokens=tokens, rights=rights,
                     passwords=passwords or PamPasswordChecker(reactor, cfg.pam_service),
@@ -143,8 +139,8 @@ def build_server(cfg: Config, db: sqlite3.Connection, reactor: Any, *, passwords
     api.login_gate = server.login_gate
     api.recheck = server.recheck_rights
     api.on_logout = server.end_subscriptions
-    basic.install(api)
-    login.install(api, server)
+    basic.route(api)
+    login.route(api, server)
     return server
 
 

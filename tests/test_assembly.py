@@ -15,7 +15,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from sysadmd import assembly
-from sysadmd.events.hub import DISPATCHER, LIFE_PRESERVER, EventHub, EventType, UnknownEventType
+from sysadmd.events.hub import DAEMON_EVENT_TYPES, DISPATCHER, LIFE_PRESERVER, EventHub, EventType, UnknownEventType
 from sysadmd.logstore import LogStore
 from sysadmd.server import Refusal
 from sysadmd.session import CLOSE_POLICY, CLOSE_TRY_AGAIN, SessionRegistry
@@ -135,7 +135,7 @@ class OneRegistrationPerEventType(unittest.TestCase):
     @defer.inlineCallbacks
     def test_a_new_type_registered_once_is_published_subscribed_and_logged(self):
         running = yield start_daemon(self, passwords=FakePasswords({"root": "pw"}),
-                                     event_types=assembly.EVENT_TYPES + (WIDGET,))
+                                     event_types=DAEMON_EVENT_TYPES + (WIDGET,))
         publish = running.server.events.publisher("widget-test")  # what a producer is handed
         client = yield open_client(self, running)
         reply = yield client.call("rpc", "auth", {"username": "root", "password": "pw"})

@@ -178,7 +178,7 @@ class PipelineTests(unittest.TestCase):
         self.clock = Clock()
         self.tokens = TokenStore(self.clock, 900)
         self.api = Api(self.tokens)
-        basic.install(self.api)
+        basic.route(self.api)
         self.channel = FakeChannel()
         self.session = Session("wss", "192.0.2.1", self.channel, self.clock)
 

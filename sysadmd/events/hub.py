@@ -11,8 +11,8 @@ log that stores every event (``log``; ``None`` for types that are not stored).  
 registration is all a new producer needs: the type becomes subscribable, its log is
 registered with the :class:`~sysadmd.logstore.LogStore`, and the producer gets its
 publisher from :meth:`EventHub.publisher`, which refuses a name nobody registered when
-the daemon is assembled, not when the first event is published.  The daemon's own
-types are :data:`DAEMON_EVENT_TYPES`, registered in :mod:`sysadmd.assembly`.
+the daemon is assembled, not when the first event is published.  The daemon's
+vocabulary is :data:`DAEMON_EVENT_TYPES`, which :mod:`sysadmd.assembly` registers.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ class EventType:
     log: Optional[str] = None  # the rpc/logs log every event is appended to (None: not stored)
 
 
-# The daemon's vocabulary (upstream's names and log names).
+# The daemon's vocabulary (upstream's names and log names): a new event type is one more
+# line here; its producer gets ``hub.publisher(name)`` where sysadmd/assembly.py builds it.
 DISPATCHER = EventType("dispatcher", cached=False, log="events-dispatcher")
 LIFE_PRESERVER = EventType("life-preserver", cached=True, log="events-lifepreserver")
 SYSTEM_STATE = EventType("system-state", cached=True, log="events-state")

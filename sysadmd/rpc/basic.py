@@ -7,7 +7,9 @@ import socket
 from sysadmd.api import Api
 
 
-def install(api: Api) -> None:
+def route(api: Api) -> None:
+    """Route ``rpc/identify`` (public) and ``rpc/query``."""
+
     def identify(session, request):
         return {"hostname": socket.gethostname(), "type": "server"}
 

@@ -35,7 +35,7 @@ class Logins(Protocol):
     def failure_key(self, session: Session) -> str: ...
 
 
-def install(api: Api, server: Logins) -> None:
+def route(api: Api, server: Logins) -> None:
     """Route ``rpc/auth``, ``rpc/auth_token`` and ``rpc/auth_clear`` on *api*."""
 
     def start(session: Session) -> None:
