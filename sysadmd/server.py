@@ -11,12 +11,11 @@ answers with a :class:`Refusal` value or ``None``.
 
 from __future__ import annotations
 
-import sqlite3
 import dataclasses
+import sqlite3
 from typing import Any, Optional
 
 from twisted.application import service
-
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
