@@ -5,11 +5,15 @@ the same text goes to every subscriber's channel; a slow subscriber is cut off b
 own channel's buffer limit, never by slowing the others.  ``life-preserver`` and
 ``system-state`` keep their latest event, which a new subscriber gets at once.  Every
 event is also appended to its ``events-*`` log for ``rpc/logs``.
+
+In-process listeners (:meth:`EventHub.listen`) get the args of every event of a type,
+subscribed sessions or not: the seed's ``/websocket`` adapter turns ``jobs`` events into
+its own ``added``/``changed`` messages this way.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from twisted.logger import Logger
 
@@ -30,6 +34,18 @@ class EventHub:
         self.logs = logs
         self.latest: Dict[str, Any] = {}
         self._subscribers: Dict[str, Dict[str, Session]] = {name: {} for name in EVENT_TYPES}
+        self._listeners: Dict[str, List[Callable[[Any], None]]] = {}
+
+    def listen(self, name: str, callback: Callable[[Any], None]) -> Callable[[], None]:
+        """Call *callback(args)* for every *name* event published; returns the undo."""
+        self._listeners.setdefault(name, []).append(callback)
+
+        def stop() -> None:
+            callbacks = self._listeners.get(name, [])
+            if callback in callbacks:
+                callbacks.remove(callback)
+
+        return stop
 
     def publish(self, name: str, args: Any, *, store: bool = True) -> int:
         """Send an event to every subscriber of *name*; returns how many got it."""
@@ -37,6 +53,11 @@ class EventHub:
             self.latest[name] = args
         if store and self.logs is not None and name in LOG_NAMES:
             self.logs.append(LOG_NAMES[name], args)
+        for callback in list(self._listeners.get(name, ())):
+            try:
+                callback(args)
+            except Exception:
+                log.failure("a listener of {name} events failed", name=name)
         subscribers = self._subscribers.get(name)
         if not subscribers:
             return 0
