@@ -111,7 +111,7 @@ def reference(rows, filters, options):
 
 
 # --- generators -----------------------------------------------------------------------------
-texts = st.one_of(st.none(), st.text(alphabet="ab%_é.1\n", max_size=5))
+texts = st.one_of(st.none(), st.text(alphabet="ab%_é.1\n\ud7ff\U0010ffff\ue000", max_size=5))
 numbers = st.one_of(st.none(), st.integers(-3, 3), st.sampled_from([0.5, -1.5, 2.0]))
 row_values = st.fixed_dictionaries({**{f: texts for f in TEXT_FIELDS}, **{f: numbers for f in NUM_FIELDS}})
 rows_strategy = st.lists(row_values, max_size=12).map(lambda rs: [dict(r, id=i + 1) for i, r in enumerate(rs)])
@@ -125,7 +125,7 @@ regexes = st.builds(
     st.one_of(st.just(""), st.sampled_from(["a", "b.", "%"])),
     st.sampled_from(["", "$"]),
 )
-plain_text = st.text(alphabet="ab%_é.1\n", max_size=4)
+plain_text = st.text(alphabet="ab%_é.1\n\ud7ff\U0010ffff\ue000", max_size=4)
 
 
 @st.composite
@@ -298,6 +298,15 @@ class OperatorTests(unittest.TestCase):
         job = {"id": 5, "progress": {"percent": 10, "description": "x"}, "owner": {"user": "a"}, "state": "RUNNING"}
         self.assertEqual(select_fields(job, ["id", "progress.percent", "owner", "missing", "state.x"]),
                          {"id": 5, "progress": {"percent": 10}, "owner": {"user": "a"}})
+
+    def test_equality_in_and_prefix_use_an_index(self):
+        self.db.execute("CREATE INDEX jobs_queue ON jobs (queue)")
+        for filters in ([["queue", "=", "pkg"]], [["queue", "in", ["pkg", "x"]]], [["queue", "^", "pk"]]):
+            q = compile_query(filters, {}, COLUMNS)
+            plan = " ".join(str(r[-1]) for r in self.db.execute(
+                f"EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE {q.where}", q.params))
+            self.assertRegex(plan, r"SEARCH jobs USING (COVERING )?INDEX jobs_queue", filters)
+        self.assertEqual(self.ids([["queue", "^", "pkg"]]), [1, 2, 4])
 
     def test_values_are_parameters(self):
         q = compile_query([["method", "=", "x'); DROP TABLE jobs; --"]], {}, COLUMNS)

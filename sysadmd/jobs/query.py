@@ -35,7 +35,9 @@ Filters (a JSON array; its terms are ANDed)::
   matches at the end of that prefix).  One row costs at most
   ``REGEX_SUBJECT_CHARS × MAX_NFA_STATES`` steps, in practice one dict lookup a character.
 * ``^`` and ``$`` compare ``substr()`` of the field with the value: no LIKE, so ``%`` and
-  ``_`` are plain characters.
+  ``_`` are plain characters.  ``^`` also bounds the field to the range of strings with
+  that prefix, so an index on the column serves it (as it serves ``=`` and ``in``).
+* The SQL assumes the columns' default BINARY collation (text ordered by code point).
 * Bounds: :data:`MAX_DEPTH` levels of arrays inside arrays, :data:`MAX_TERMS` terms, arrays of at most
   :data:`MAX_LIST` values, strings of at most :data:`MAX_STRING` characters (no NUL, no
   lone surrogate).
@@ -249,11 +251,24 @@ class _Compiler:
         if op == "^":
             if v == "":
                 return f"{col} IS NOT NULL"
-            return f"substr({col}, 1, {self.bind(len(v))}) = {self.bind(v)}"
+            upper = _prefix_bound(v)
+            # The same rows, within a range an index on the column can serve (text is compared
+            # by UTF-8 bytes, i.e. by code point, so every string with the prefix is in it).
+            # Placeholders are bound in the order they appear in the text.
+            bounded = f"{col} >= {self.bind(v)} AND {col} < {self.bind(upper)} AND " if upper is not None else ""
+            return f"({bounded}substr({col}, 1, {self.bind(len(v))}) = {self.bind(v)})"
         # "$"
         if v == "":
             return f"{col} IS NOT NULL"
         return f"substr({col}, -{self.bind(len(v))}) = {self.bind(v)}"
+
+
+def _prefix_bound(prefix: str) -> Optional[str]:
+    """The least string above every string starting with *prefix*, if one can be written."""
+    last = ord(prefix[-1])
+    if last in (0xD7FF, 0x10FFFF):
+        return None  # the next code point is a surrogate or there is none
+    return prefix[:-1] + chr(last + 1)
 
 
 def _non_negative_int(value: Any, where: str) -> int:
@@ -318,7 +333,7 @@ def compile_query(filters: Any, options: Any, columns: Mapping[str, Column], *,
     if "select" in options:
         select = _select(options["select"], set(selectable) if selectable is not None else
                          set(JOB_FIELDS) | {name.split(".", 1)[0] for name in columns})
-    return Query(where=where, params=compiler.params, order_by=", ".join(order_terms), limit=limit,
+    return Query(where=where, params=compiler.params, order_by=", ".join(order_terms) or "NULL", limit=limit,
                  offset=offset, count=count, get=get, select=select)
 
 

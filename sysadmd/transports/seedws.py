@@ -131,11 +131,10 @@ class _Refusal(Exception):
 class SeedServerProtocol(SysadmServerProtocol):
     """One connection speaking the seed's messages; the session is the sysadm wire's."""
 
-    handshake_done = False
-    seed_session_id = ""
-
-    def _open(self) -> None:
-        super()._open()
+    def __init__(self) -> None:
+        super().__init__()
+        self.handshake_done = False
+        self.seed_session_id = ""
         self.subs: Dict[str, str] = {}  # sub id -> collection name
         self.calls = 0  # method calls in progress
         self.login_in_flight: Optional[defer.Deferred] = None
@@ -380,8 +379,7 @@ class SeedServerProtocol(SysadmServerProtocol):
 
     def onClose(self, wasClean: bool, code: Any, reason: Any) -> None:
         self.factory.watchers.discard(self)
-        if getattr(self, "parked", None):
-            self.parked.clear()
+        self.parked.clear()
         super().onClose(wasClean, code, reason)
 
 
