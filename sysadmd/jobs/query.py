@@ -95,9 +95,12 @@ class Column:
 
 @dataclass
 class Query:
-    where: str
-    params: list
-    order_by: str
+    """``SELECT … WHERE {where} ORDER BY {order_by} LIMIT ? OFFSET ?`` with *params* then
+    ``limit`` (``None``: no limit; bind -1, SQLite's "no limit") and ``offset``."""
+
+    where: str  # "1" when there are no filters
+    params: list  # the values of where's placeholders, in order
+    order_by: str  # always ends with the id tiebreak when the columns have an id
     limit: Optional[int]
     offset: int
     count: bool
