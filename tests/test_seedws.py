@@ -364,6 +364,22 @@ class SeedWireLimitTests(unittest.TestCase):
         self.assertGreater(running.server.blacklist.blocked_for("127.0.0.1"), 0)
 
     @defer.inlineCallbacks
+    def test_password_checks_per_address_apply(self):
+        cfg = make_config(short_tempdir(self), PASSWORD_CHECKS_PER_ADDRESS=1)
+        running = yield start_daemon(self, cfg, passwords=FakePasswords({"root": "pw"}, delay=0.3))
+        first = yield seed_connect(self, running)
+        second = yield seed_connect(self, running)
+        for client in (first, second):
+            yield client.exchange({"msg": "connect", "version": "1", "support": ["1"]})
+        first.send({"id": "a", "msg": "method", "method": "auth.login", "params": ["root", "pw"]})
+        yield task.deferLater(reactor, 0.05, lambda: None)
+        refused = yield second.exchange({"id": "b", "msg": "method", "method": "auth.login", "params": ["root", "pw"]})
+        self.assertEqual((refused["error"]["code"], refused["error"]["errname"]), ("429", "EAGAIN"))
+        self.assertIn("password checks", refused["error"]["reason"])
+        accepted = yield first.wait(lambda m: m.get("id") == "a")
+        self.assertEqual(accepted["result"], True)
+
+    @defer.inlineCallbacks
     def test_messages_wait_for_a_slow_login_then_run_in_order(self):
         running = yield start_daemon(self, passwords=FakePasswords({"root": "pw"}, delay=0.3))
         client = yield seed_connect(self, running)
