@@ -98,7 +98,7 @@ class WiringIsExplicit(unittest.TestCase):
         routes = sorted(f"{r.namespace}/{r.name}" for r in server.api.routes.values())
         self.assertEqual(routes, ["rpc/auth", "rpc/auth_clear", "rpc/auth_token", "rpc/identify", "rpc/query"])
         self.assertFalse(hasattr(server, "subsystems"))
-        self.assertEqual(server.events.names(), ["dispatcher", "life-preserver", "system-state"])
+        self.assertEqual(server.events.names(), ["dispatcher", "life-preserver", "system-state", "jobs"])
 
 
 class DaemonNamesEveryPart(unittest.TestCase):

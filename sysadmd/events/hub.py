@@ -13,6 +13,10 @@ registered with the :class:`~sysadmd.logstore.LogStore`, and the producer gets i
 publisher from :meth:`EventHub.publisher`, which refuses a name nobody registered when
 the daemon is assembled, not when the first event is published.  The daemon's
 vocabulary is :data:`DAEMON_EVENT_TYPES`, which :mod:`sysadmd.assembly` registers.
+
+In-process listeners (:meth:`EventHub.listen`) get the args of every event of a type,
+subscribed sessions or not: the seed's ``/websocket`` adapter turns ``jobs`` events into
+its own ``added``/``changed`` messages this way.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ class EventType:
 DISPATCHER = EventType("dispatcher", cached=False, log="events-dispatcher")
 LIFE_PRESERVER = EventType("life-preserver", cached=True, log="events-lifepreserver")
 SYSTEM_STATE = EventType("system-state", cached=True, log="events-state")
-DAEMON_EVENT_TYPES: Tuple[EventType, ...] = (DISPATCHER, LIFE_PRESERVER, SYSTEM_STATE)
+JOBS = EventType("jobs", cached=False, log=None)  # the job store's added/changed; the store itself is the record
+DAEMON_EVENT_TYPES: Tuple[EventType, ...] = (DISPATCHER, LIFE_PRESERVER, SYSTEM_STATE, JOBS)
 
 
 class UnknownEventType(LookupError):
@@ -61,6 +66,18 @@ class EventHub:
         self.latest: Dict[str, Any] = {}
         self.types: Dict[str, EventType] = {}
         self._subscribers: Dict[str, Dict[str, Session]] = {}
+        self._listeners: Dict[str, List[Callable[[Any], None]]] = {}
+
+    def listen(self, name: str, callback: Callable[[Any], None]) -> Callable[[], None]:
+        """Call *callback(args)* for every *name* event published; returns the undo."""
+        self._listeners.setdefault(name, []).append(callback)
+
+        def stop() -> None:
+            callbacks = self._listeners.get(name, [])
+            if callback in callbacks:
+                callbacks.remove(callback)
+
+        return stop
 
     # --- the vocabulary -----------------------------------------------------------------
     def register(self, kind: EventType) -> Publisher:
@@ -108,6 +125,11 @@ class EventHub:
             self.latest[name] = args
         if store and kind.log is not None and self.logs is not None:
             self.logs.append(kind.log, args)
+        for callback in list(self._listeners.get(name, ())):
+            try:
+                callback(args)
+            except Exception:
+                log.failure("a listener of {name} events failed", name=name)
         subscribers = self._subscribers[name]
         if not subscribers:
             return 0

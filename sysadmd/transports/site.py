@@ -1,5 +1,6 @@
 """The HTTPS site on PORT: WebSocket upgrades go to the WebSocket factory, everything
-else is REST.  Any path upgrades (upstream accepts any URL path).
+else is REST.  Any path upgrades (upstream accepts any URL path), except ``/websocket``:
+upgrades there speak the seed's wire (:mod:`sysadmd.transports.seedws`).
 
 Its HTTP channel (:class:`SysadmHTTPChannel`) adds two limits to twisted.web's:
 
@@ -18,6 +19,7 @@ from autobahn.twisted.resource import WebSocketResource
 from twisted.web import http, resource, server as web_server
 
 from sysadmd.listeners import handshake_finished, handshake_started
+from sysadmd.transports.seedws import PATH as SEED_PATH, SeedServerFactory
 from sysadmd.transports.rest import limit_request_bodies
 
 TOO_LARGE_HEAD = (b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\n"
@@ -31,11 +33,17 @@ class SysadmRoot(resource.Resource):
     def __init__(self, ws_factory: Any, rest: resource.Resource):
         super().__init__()
         self.ws = WebSocketResource(ws_factory) if ws_factory is not None else None
+        # The seed's wire on /websocket, next to ours (one registration, here).
+        self.seed_factory = (SeedServerFactory(ws_factory.app, reactor=ws_factory.reactor)
+                             if ws_factory is not None else None)
+        self.seed = WebSocketResource(self.seed_factory) if self.seed_factory is not None else None
         self.rest = rest
 
     def render(self, request):
         upgrade = (request.getHeader(b"upgrade") or b"").lower()
         if self.ws is not None and upgrade == b"websocket":
+            if self.seed is not None and request.path == SEED_PATH:
+                return self.seed.render(request)
             return self.ws.render(request)
         return self.rest.render(request)
 

@@ -2,8 +2,9 @@
 
 Wire protocol (upstream-compatible):
 
-* any URL path, any ``Origin``, no subprotocol; TLS on the TCP listeners, plain over
-  the local Unix socket;
+* any URL path but ``/websocket`` (the seed's wire: :mod:`sysadmd.transports.seedws`),
+  any ``Origin``, no subprotocol; TLS on the TCP listeners, plain over the local Unix
+  socket;
 * every inbound message, text or binary, is read as UTF-8 text holding one request
   envelope (:mod:`sysadmd.envelope`); invalid UTF-8 or JSON gets a 400 reply, the
   connection stays open;
