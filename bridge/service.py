@@ -21,13 +21,13 @@ from bridge.config import BridgeConfig
 from bridge.keys import KeyStore, database_path
 from bridge.protocol import CLOSE_POLICY, CLOSE_TRY_AGAIN, BridgeServerFactory
 from bridge.relay import CLIENT, Peer, PeerDirectory
-from sysadmd import tls
-from sysadmd.auth.blacklist import Blacklist
-from sysadmd.db import open_database
-from sysadmd.listeners import Listener, guard_for
-from sysadmd.statedir import ensure_private_dir
-from sysadmd.startup import tls_files
-from sysadmd.shutdown import wait_until
+from sysadmd.runtime import tls
+from sysadmd.runtime.blacklist import Blacklist
+from sysadmd.runtime.db import open_database
+from sysadmd.runtime.listeners import Listener, guard_for
+from sysadmd.runtime.statedir import ensure_private_dir
+from sysadmd.runtime.startup import tls_files
+from sysadmd.runtime.shutdown import wait_until
 
 
 SHUTDOWN_GRACE = 2.0  # seconds peers get to answer our close frames at shutdown

@@ -8,7 +8,7 @@ from twisted.application import service
 from twisted.python import usage
 
 from bridge import config as configmod
-from sysadmd import startup
+from sysadmd.runtime import startup
 
 
 class Options(usage.Options):

@@ -31,8 +31,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from sysadmd import envelope
-from sysadmd.envelope import ApiError, EnvelopeError, Request
+from sysadmd.wire import envelope
+from sysadmd.wire.envelope import ApiError, EnvelopeError, Request
 from sysadmd.session import CLOSE_POLICY, Identity, Session
 
 log = Logger()

@@ -11,17 +11,18 @@ from typing import Any
 from twisted.application import service
 from twisted.logger import Logger
 
-from sysadmd import bridgelink, dispatcher, tls
+from sysadmd import bridgelink, dispatcher
+from sysadmd.runtime import tls
 from sysadmd.config import Config
 from sysadmd import migrations
-from sysadmd.db import database_path, open_database
+from sysadmd.runtime.db import database_path, open_database
 from sysadmd.events import subscriptions as event_subscriptions
-from sysadmd.listeners import Listener, guard_for
+from sysadmd.runtime.listeners import Listener, guard_for
 from sysadmd.rpc import logs as rpc_logs
 from sysadmd.rpc import keyauth
 from sysadmd.server import Server
-from sysadmd.startup import tls_files
-from sysadmd.statedir import ensure_private_dir
+from sysadmd.runtime.startup import tls_files
+from sysadmd.runtime.statedir import ensure_private_dir
 from sysadmd.transports.rest import RestResource
 from sysadmd.transports.site import make_site
 from sysadmd.transports.unixsocket import make_unix_listener

@@ -11,7 +11,7 @@ import os
 import re
 from typing import List
 
-from sysadmd.configfile import ConfigError, Key, Settings, render_sample
+from sysadmd.runtime.configfile import ConfigError, Key, Settings, render_sample
 
 
 def normalize_origin(text: str):

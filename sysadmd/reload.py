@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 from twisted.application import service
 from twisted.logger import Logger
 
-from sysadmd.configfile import ConfigError
+from sysadmd.runtime.configfile import ConfigError
 
 log = Logger()
 

@@ -17,17 +17,17 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from sysadmd.api import Api
-from sysadmd.auth.blacklist import Blacklist, normalize_address
+from sysadmd.runtime.blacklist import Blacklist, normalize_address
 from sysadmd.auth.passwords import FairCheckQueue, PamPasswordChecker, credential_problem
 from sysadmd.auth.rights import Rights
 from sysadmd.auth.tokens import TokenStore
 from sysadmd.config import Config
-from sysadmd.envelope import ApiError
+from sysadmd.wire.envelope import ApiError
 from sysadmd.events.hub import EventHub
 from sysadmd.logstore import LogStore
 from sysadmd.rpc import basic, login
 from sysadmd.session import CLOSE_POLICY, Channel, Identity, Session, SessionRegistry
-from sysadmd.shutdown import wait_until
+from sysadmd.runtime.shutdown import wait_until
 from sysadmd.untrusted import shown
 
 log = Logger()

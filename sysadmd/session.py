@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Set
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from sysadmd.envelope import encode, event
+from sysadmd.wire.envelope import encode, event
 
 log = Logger()
 

@@ -8,7 +8,7 @@ from twisted.application import service
 from twisted.python import usage
 
 from sysadmd import config as configmod
-from sysadmd import startup
+from sysadmd.runtime import startup
 
 DEFAULT_CONFIG = "/etc/sysadmd.conf"
 

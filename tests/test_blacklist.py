@@ -7,8 +7,8 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from sysadmd.admin.main import main as admin_main
-from sysadmd.auth.blacklist import Blacklist
-from sysadmd.db import open_database
+from sysadmd.runtime.blacklist import Blacklist
+from sysadmd.runtime.db import open_database
 from tests.support import FakePasswords, make_config, open_client, short_tempdir, start_daemon
 
 ADDRESS = "203.0.113.5"

@@ -1,4 +1,4 @@
-"""Units of the bound bridged login (sysadmd/auth/bound.py) and the known_servers store."""
+"""Units of the bound bridged login (sysadmd/wire/bound.py) and the known_servers store."""
 
 import base64
 import os
@@ -6,8 +6,8 @@ import stat
 
 from twisted.trial import unittest
 
-from sysadmd import crypto
-from sysadmd.auth import bound
+from sysadmd.runtime import crypto
+from sysadmd.wire import bound
 from sysadmd.client.errors import ClientError
 from sysadmd.client.knownservers import KnownServers
 from tests.keys_support import private_key
@@ -142,7 +142,7 @@ class KnownServersTests(unittest.TestCase):
 
 
 class Stage2PolicyTests(unittest.TestCase):
-    """Which stage 2 a server accepts (sysadmd.auth.bound.Stage2)."""
+    """Which stage 2 a server accepts (sysadmd.wire.bound.Stage2)."""
 
     def make(self, kind="bridge", upstream_ok=True, **attributes):
         from types import SimpleNamespace

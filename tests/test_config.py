@@ -10,7 +10,7 @@ import sys
 from twisted.trial import unittest
 
 from sysadmd import config as configmod
-from sysadmd.configfile import ConfigError, Key, read_file
+from sysadmd.runtime.configfile import ConfigError, Key, read_file
 from tests.support import short_tempdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

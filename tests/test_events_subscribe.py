@@ -4,7 +4,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from sysadmd.events.subscriptions import event_names
-from sysadmd.envelope import ApiError
+from sysadmd.wire.envelope import ApiError
 from tests.support import FakePasswords, open_client, start_daemon
 
 

@@ -9,9 +9,9 @@ from hypothesis import given, strategies as st
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
-from sysadmd import envelope
-from sysadmd.db import open_database
-from sysadmd.envelope import ApiError
+from sysadmd.wire import envelope
+from sysadmd.runtime.db import open_database
+from sysadmd.wire.envelope import ApiError
 from sysadmd.logstore import LogRetention, LogStore
 from sysadmd.rpc import logs as rpclogs
 from tests.support import FakePasswords, open_client, short_tempdir, start_daemon

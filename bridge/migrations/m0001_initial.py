@@ -1,6 +1,6 @@
 """The schema of the first release (1f9198b): registered keys and the blacklist."""
 
-from sysadmd.db import run_script
+from sysadmd.runtime.db import run_script
 from sysadmd.migrations.m0001_initial import BLACKLIST_STATEMENTS
 
 STATEMENTS = """

@@ -10,10 +10,10 @@ from __future__ import annotations
 import pwd
 from typing import List, TextIO
 
-from sysadmd import crypto
+from sysadmd.runtime import crypto
 from sysadmd.admin.state import VerbFailed, WallClock, local_time, open_state_db, table
 from sysadmd.admin.verbs import UsageError, verb
-from sysadmd.auth.blacklist import Blacklist, normalize_address
+from sysadmd.runtime.blacklist import Blacklist, normalize_address
 from sysadmd.auth.keys import KeyStore, KeyStoreError
 
 MAX_KEY_FILE_BYTES = 1024 * 1024  # far more than any key or certificate file

@@ -15,7 +15,7 @@ from twisted.application import service
 from twisted.internet import task
 from twisted.logger import Logger
 
-from sysadmd.db import data_version
+from sysadmd.runtime.db import data_version
 from sysadmd.session import CLOSE_POLICY, Identity
 
 log = Logger()

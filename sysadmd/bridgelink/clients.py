@@ -14,7 +14,7 @@ the session back into plain mode: the client has started over without its key.
 
 Our client adds ``client_nonce`` to that stage 1; the reply then also carries the
 server's bridge key and a proof signed with it, and only a login signature bound to that
-key is accepted afterwards (:mod:`sysadmd.auth.bound`).  Upstream clients see upstream's
+key is accepted afterwards (:mod:`sysadmd.wire.bound`).  Upstream clients see upstream's
 reply.
 
 Bodies named ``response`` or ``error`` are replies, not requests, and are dropped: in
@@ -31,9 +31,9 @@ from typing import Any, Callable, Dict, List, Optional
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from sysadmd import envelope
-from sysadmd.auth import bound
-from sysadmd.envelope import EnvelopeError, Request
+from sysadmd.wire import envelope
+from sysadmd.wire import bound
+from sysadmd.wire.envelope import EnvelopeError, Request
 from sysadmd.session import CLOSE_GOING_AWAY, CLOSE_POLICY, Session
 
 log = Logger()
@@ -183,7 +183,7 @@ class BridgedClients:
         """Stage 1 of the md5_key login: reply plain, then switch to base64 on success.
 
         With ``client_nonce`` (our client), the reply also proves this server's identity
-        (:mod:`sysadmd.auth.bound`) and the session then accepts only a bound stage 2.
+        (:mod:`sysadmd.wire.bound`) and the session then accepts only a bound stage 2.
         """
         nonce = request.args.get("client_nonce")
         if "client_nonce" in request.args and not bound.valid_nonce(nonce):

@@ -36,10 +36,11 @@ from twisted.internet import error as neterror
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sysadmd import crypto, envelope
+from sysadmd.runtime import crypto
+from sysadmd.wire import envelope
 from sysadmd.bridgelink.outbox import LinkOutbox
-from sysadmd.envelope import EnvelopeError
-from sysadmd.wsbase import LeanClientMixin
+from sysadmd.wire.envelope import EnvelopeError
+from sysadmd.wire.wsbase import LeanClientMixin
 
 AUTH_ID = "server_to_bridge_auth"
 KEYS_ID = "bridge_request_list_keys"

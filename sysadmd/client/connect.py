@@ -19,13 +19,13 @@ from typing import Any, Optional
 
 from twisted.internet import defer
 
-from sysadmd import crypto
+from sysadmd.runtime import crypto
 from sysadmd.client import wsclient
 from sysadmd.client.errors import (
     EXIT_AUTH, EXIT_CONNECT, EXIT_USAGE, ClientError, connection_lost, describe_connect_failure, error_fields, is_error,
 )
 from sysadmd.client.knownhosts import KnownHosts, endpoint_name
-from sysadmd.wssurl import parse_wss
+from sysadmd.wire.wssurl import parse_wss
 
 SERVER_PORT = 12150
 BRIDGE_PORT = 12149

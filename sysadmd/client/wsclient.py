@@ -15,9 +15,9 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet import defer, endpoints, ssl
 from twisted.logger import Logger
 
-from sysadmd.envelope import encode
-from sysadmd.tls import fingerprint_der
-from sysadmd.wsbase import WireMixin
+from sysadmd.wire.envelope import encode
+from sysadmd.runtime.tls import fingerprint_der
+from sysadmd.wire.wsbase import WireMixin
 
 log = Logger()
 

@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional
 
 from twisted.logger import Logger
 
-from sysadmd.envelope import encode, event
+from sysadmd.wire.envelope import encode, event
 from sysadmd.logstore import LogStore
 from sysadmd.session import Session, SessionRegistry
 

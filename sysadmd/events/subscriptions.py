@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, List
 
-from sysadmd.envelope import ApiError, type_name
+from sysadmd.wire.envelope import ApiError, type_name
 from sysadmd.events.hub import EVENT_TYPES
 from sysadmd.events.lifepreserver import LifePreserverWatcher
 from sysadmd.events.systemstate import SystemStateService, Thresholds, ZpoolReader

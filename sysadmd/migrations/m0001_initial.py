@@ -1,6 +1,6 @@
 """The schema of the first release (1f9198b): jobs, logs, login keys, blacklist, bridge links."""
 
-from sysadmd.db import run_script
+from sysadmd.runtime.db import run_script
 
 # The failed-login blacklist of that release; the bridge database has the same tables.
 BLACKLIST_STATEMENTS = """

@@ -34,13 +34,13 @@ from typing import TYPE_CHECKING, Any, Optional
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from sysadmd import crypto
-from sysadmd.auth import bound
+from sysadmd.runtime import crypto
+from sysadmd.wire import bound
 from sysadmd.auth.keys import CheckerBusy, CheckResult, KeyStore, RegisteredKey, SignatureChecker, raw_signature_of
 from sysadmd.auth.revocation import RevokedKeyWatcher
-from sysadmd.envelope import ApiError
+from sysadmd.wire.envelope import ApiError
 from sysadmd.session import Challenge, Identity, Session
-from sysadmd.statedir import write_private_file
+from sysadmd.runtime.statedir import write_private_file
 
 if TYPE_CHECKING:
     from sysadmd.server import Server

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from twisted.internet import defer
 
 from sysadmd.api import NO_REPLY
-from sysadmd.envelope import ApiError
+from sysadmd.wire.envelope import ApiError
 from sysadmd.session import Session
 
 if TYPE_CHECKING:

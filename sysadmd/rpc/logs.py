@@ -43,7 +43,7 @@ import re
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
-from sysadmd.envelope import ApiError, require_action, require_object, type_name
+from sysadmd.wire.envelope import ApiError, require_action, require_object, type_name
 from sysadmd.logstore import LOG_NAMES, LogRetention
 
 if TYPE_CHECKING:

@@ -3,7 +3,7 @@ else is REST.  Any path upgrades (upstream accepts any URL path).
 
 Its HTTP channel (:class:`SysadmHTTPChannel`) adds two limits to twisted.web's:
 
-* the connection guard's handshake deadline (:mod:`sysadmd.listeners`) runs until a
+* the connection guard's handshake deadline (:mod:`sysadmd.runtime.listeners`) runs until a
   request has been received whole, and again from the end of each request to the next
   one on a kept-alive connection, so trickled bytes cannot hold a connection;
 * a request or header line over 16 KiB is answered ``431 Request Header Fields Too
@@ -17,7 +17,7 @@ from typing import Any
 from autobahn.twisted.resource import WebSocketResource
 from twisted.web import http, resource, server as web_server
 
-from sysadmd.listeners import handshake_finished, handshake_started
+from sysadmd.runtime.listeners import handshake_finished, handshake_started
 from sysadmd.transports.rest import limit_request_bodies
 
 TOO_LARGE_HEAD = (b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\n"

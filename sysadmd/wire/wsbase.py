@@ -54,7 +54,7 @@ from autobahn.twisted.websocket import (WebSocketClientFactory, WebSocketClientP
                                         WebSocketServerProtocol)
 from twisted.logger import Logger
 
-from sysadmd import frames
+from sysadmd.wire import frames
 
 _log = Logger()
 
@@ -277,7 +277,7 @@ _JOIN_BELOW = 16 * 1024
 
 class _FastFrames(_InputPauses, _FastWire):
     """Once autobahn has done the opening handshake, frames are read by
-    :class:`sysadmd.frames.FrameReader` and text frames written with our own header.
+    :class:`sysadmd.wire.frames.FrameReader` and text frames written with our own header.
 
     autobahn keeps the handshake, pings (its auto-ping and its answers to the peer's),
     the close handshake with its timeout and the close bookkeeping: close frames go to its
@@ -487,7 +487,7 @@ class _FastServer(_FastFrames):
     def succeedHandshake(self, res: Any) -> None:
         super().succeedHandshake(res)
         if self.state == self.STATE_OPEN:
-            from sysadmd.listeners import handshake_finished
+            from sysadmd.runtime.listeners import handshake_finished
 
             handshake_finished(self.transport)
 
@@ -630,7 +630,7 @@ class _PublicServer(_PublicFrames):
 
     def onConnect(self, request: Any) -> Any:
         result = super().onConnect(request)
-        from sysadmd.listeners import handshake_finished
+        from sysadmd.runtime.listeners import handshake_finished
 
         handshake_finished(self.transport)
         return result

@@ -17,7 +17,7 @@ from typing import Callable, List, Optional, Tuple
 from twisted.internet.interfaces import IReactorTime
 
 from sysadmd import migrations
-from sysadmd.db import ensure
+from sysadmd.runtime.db import ensure
 
 
 UNLIMITED = 1 << 30  # remaining() of an exempt address

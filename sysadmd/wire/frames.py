@@ -3,7 +3,7 @@
 autobahn does the opening handshake; after it sysadmd and the bridge read frames with
 :class:`FrameReader` and write them with :func:`frame_header`, because autobahn's
 per-frame machinery (frame objects, callbacks, futures, maskers) cost more CPU than
-handling the message itself (see :class:`sysadmd.wsbase.LeanServerMixin`).
+handling the message itself (see :class:`sysadmd.wire.wsbase.LeanServerMixin`).
 
 Wire format (RFC 6455 §5.2), as read from a client:
 

@@ -47,7 +47,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from sysadmd import crypto
+from sysadmd.runtime import crypto
 
 PROOF_CONTEXT = b"sysadm-server-proof/1\n"
 LOGIN_CONTEXT = b"sysadm-bridged-login/1\n"
