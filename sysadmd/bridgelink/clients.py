@@ -32,6 +32,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from sysadmd.wire import envelope
+from sysadmd.auth import boundlogin
 from sysadmd.wire import bound
 from sysadmd.wire.envelope import EnvelopeError, Request
 from sysadmd.session import CLOSE_GOING_AWAY, CLOSE_POLICY, Session
@@ -202,9 +203,9 @@ class BridgedClients:
             if nonce is not None and message.get("name") == "response" and isinstance(message.get("args"), dict) \
                     and session.challenge is not None:
                 own_id = self.own_id or ""
-                session.attributes[bound.BOUND_REQUIRED] = True
-                session.attributes[bound.SERVER_CONNECTION_ID] = own_id
-                message["args"].update(bound.server_proof(bound.server_identity(self.server), nonce,
+                session.attributes[boundlogin.BOUND_REQUIRED] = True
+                session.attributes[boundlogin.SERVER_CONNECTION_ID] = own_id
+                message["args"].update(bound.server_proof(boundlogin.server_identity(self.server), nonce,
                                                           session.challenge.text, request.args["md5_key"], own_id))
             session.send(message)
             if message.get("name") == "response":
