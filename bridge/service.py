@@ -40,7 +40,7 @@ def open_blacklist(db: Any, clock: Any, cfg: BridgeConfig) -> Blacklist:
     return Blacklist(db, clock, limit=cfg.blacklist_auth_fail_limit,
                      reset_minutes=cfg.blacklist_auth_fail_reset_minutes,
                      block_minutes=cfg.blacklist_block_minutes,
-                     exempt_loopback=cfg.blacklist_exempt_loopback)
+                     exempt_loopback=cfg.blacklist_exempt_loopback, schema=migrations.SCHEMA)
 
 
 class Bridge(service.Service):

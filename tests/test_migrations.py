@@ -218,7 +218,7 @@ class DaemonDatabaseUpgrades(unittest.TestCase):
         state = copy_state(self, "sysadmd")
         conn = open_database(database_path(state))
         self.addCleanup(conn.close)
-        blacklist = Blacklist(conn, reactor, limit=3, reset_minutes=1, block_minutes=1)
+        blacklist = Blacklist(conn, reactor, limit=3, reset_minutes=1, block_minutes=1, schema=migrations.SCHEMA)
         self.assertGreater(blacklist.blocked_for(EXPECTED["blocked"][0]), 0)
         self.assertEqual(schema_version(conn), migrations.SCHEMA.latest)
         self.assertEqual(len(copies(database_path(state))), 1)
@@ -239,7 +239,7 @@ class DaemonDatabaseUpgrades(unittest.TestCase):
         self.assertIn(path, message)
         # The stores refuse it too, and nothing was changed.
         with self.assertRaises(SchemaError):
-            Blacklist(open_database(path), reactor, limit=3, reset_minutes=1, block_minutes=1)
+            Blacklist(open_database(path), reactor, limit=3, reset_minutes=1, block_minutes=1, schema=migrations.SCHEMA)
         self.assertEqual(schema_version(raw(path)), migrations.SCHEMA.latest + 1)
 
     def test_a_database_of_the_other_kind_is_refused(self):
