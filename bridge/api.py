@@ -23,7 +23,7 @@ from bridge.relay import CLIENT, SERVER, Peer, PeerDirectory, role_from_identify
 from sysadmd.runtime.blacklist import normalize_address
 from sysadmd.runtime.crypto import random_token
 from sysadmd.wire.envelope import encode, error
-from sysadmd.session import CLOSE_POLICY
+from sysadmd.wire.close import CLOSE_POLICY
 
 log = Logger()
 

@@ -26,9 +26,9 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-log = Logger()
+from sysadmd.wire.close import CLOSE_POLICY
 
-CLOSE_POLICY = 1008
+log = Logger()
 
 
 @implementer(IPushProducer)

@@ -66,12 +66,9 @@ from twisted.logger import Logger
 
 from bridge.flow import PeerFlow
 from bridge.relay import Peer, new_peer_id
+from sysadmd.wire.close import CLOSE_INTERNAL, CLOSE_POLICY
 from sysadmd.wire.envelope import encode, error, utf8
 from sysadmd.wire.wsbase import LeanServerMixin
-
-CLOSE_POLICY = 1008
-CLOSE_INTERNAL = 1011
-CLOSE_TRY_AGAIN = 1013
 
 
 class BridgeServerProtocol(LeanServerMixin, WebSocketServerProtocol):

@@ -19,7 +19,7 @@ from bridge import migrations
 from bridge.api import BridgeApi
 from bridge.config import BridgeConfig
 from bridge.keys import KeyStore, database_path
-from bridge.protocol import CLOSE_POLICY, CLOSE_TRY_AGAIN, BridgeServerFactory
+from bridge.protocol import BridgeServerFactory
 from bridge.relay import CLIENT, Peer, PeerDirectory
 from sysadmd.runtime import tls
 from sysadmd.runtime.blacklist import Blacklist
@@ -28,12 +28,10 @@ from sysadmd.runtime.listeners import Listener, guard_for
 from sysadmd.runtime.statedir import ensure_private_dir
 from sysadmd.runtime.startup import tls_files
 from sysadmd.runtime.shutdown import wait_until
-
+from sysadmd.wire.close import CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TRY_AGAIN
 
 SHUTDOWN_GRACE = 2.0  # seconds peers get to answer our close frames at shutdown
 log = Logger()
-
-CLOSE_GOING_AWAY = 1001
 
 
 def open_blacklist(db: Any, clock: Any, cfg: BridgeConfig) -> Blacklist:

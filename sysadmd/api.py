@@ -33,7 +33,8 @@ from twisted.logger import Logger
 
 from sysadmd.wire import envelope
 from sysadmd.wire.envelope import ApiError, EnvelopeError, Request
-from sysadmd.session import CLOSE_POLICY, Identity, Session
+from sysadmd.session import Identity, Session
+from sysadmd.wire.close import CLOSE_POLICY
 
 log = Logger()
 

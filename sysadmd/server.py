@@ -26,8 +26,9 @@ from sysadmd.wire.envelope import ApiError
 from sysadmd.events.hub import EventHub
 from sysadmd.logstore import LogStore
 from sysadmd.rpc import basic, login
-from sysadmd.session import CLOSE_POLICY, Channel, Identity, Session, SessionRegistry
+from sysadmd.session import Channel, Identity, Session, SessionRegistry
 from sysadmd.runtime.shutdown import wait_until
+from sysadmd.wire.close import CLOSE_GOING_AWAY, CLOSE_POLICY
 from sysadmd.untrusted import shown
 
 log = Logger()
@@ -282,7 +283,7 @@ class Server(service.MultiService):
         self._sweep = None
         d = super().stopService()
         for session in self.sessions:
-            session.close("server shutting down", 1001)
+            session.close("server shutting down", CLOSE_GOING_AWAY)
         self.logs.flush()
         # Give clients a moment to answer the close frames (else they see 1006).
         waited = wait_until(self.clock, lambda: not any(s.kind in ("wss", "unix") for s in self.sessions), SHUTDOWN_GRACE)

@@ -16,7 +16,8 @@ from twisted.internet import task
 from twisted.logger import Logger
 
 from sysadmd.runtime.db import data_version
-from sysadmd.session import CLOSE_POLICY, Identity
+from sysadmd.session import Identity
+from sysadmd.wire.close import CLOSE_POLICY
 
 log = Logger()
 

@@ -35,7 +35,8 @@ from sysadmd.wire import envelope
 from sysadmd.auth import boundlogin
 from sysadmd.wire import bound
 from sysadmd.wire.envelope import EnvelopeError, Request
-from sysadmd.session import CLOSE_GOING_AWAY, CLOSE_POLICY, Session
+from sysadmd.session import Session
+from sysadmd.wire.close import CLOSE_GOING_AWAY, CLOSE_POLICY
 
 log = Logger()
 

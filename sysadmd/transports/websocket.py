@@ -35,7 +35,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from sysadmd.wire import envelope
-from sysadmd.session import CLOSE_POLICY, CLOSE_TRY_AGAIN, Session
+from sysadmd.session import Session
+from sysadmd.wire.close import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TRY_AGAIN
 from sysadmd.wire.wsbase import LeanServerMixin
 
 
@@ -107,7 +108,7 @@ class SysadmServerProtocol(LeanServerMixin, WebSocketServerProtocol):
         except Exception:
             # autobahn swallows exceptions from onOpen; log and close instead.
             self._log.failure("failed to open a session")
-            self.close_with(1011, "internal error")
+            self.close_with(CLOSE_INTERNAL, "internal error")
 
     def message_limit(self) -> int:
         session = self.session

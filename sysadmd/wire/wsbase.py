@@ -55,6 +55,7 @@ from autobahn.twisted.websocket import (WebSocketClientFactory, WebSocketClientP
 from twisted.logger import Logger
 
 from sysadmd.wire import frames
+from sysadmd.wire.close import CLOSE_NORMAL
 
 _log = Logger()
 
@@ -516,7 +517,7 @@ class _FastClient(_FastFrames):
 
 
 # --- autobahn's public data path (the fallback) ----------------------------------------
-_CLOSE_CODES_SENDCLOSE_TAKES = (1000,)
+_CLOSE_CODES_SENDCLOSE_TAKES = (CLOSE_NORMAL,)
 
 
 def public_close_code(code: int) -> int:
