@@ -11,7 +11,8 @@ from typing import Any
 from twisted.application import service
 from twisted.logger import Logger
 
-from sysadmd import bridgelink, dispatcher
+from sysadmd.bridgelink import attach as bridgelink_attach
+from sysadmd.dispatcher import rpc as dispatcher_rpc
 from sysadmd.runtime import tls
 from sysadmd.config import Config
 from sysadmd import migrations
@@ -72,8 +73,8 @@ def build(cfg: Config, reactor: Any, **server_kwargs: Any) -> Daemon:
 
 def install_subsystems(server: Server, reactor: Any) -> None:
     """Attach the subsystems (settings, dispatcher, events, logs, bridge links)."""
-    dispatcher.install(server, reactor)
+    dispatcher_rpc.install(server, reactor)
     event_subscriptions.install(server)
     rpc_logs.install(server)
     keyauth.install(server)
-    bridgelink.install(server, reactor)
+    bridgelink_attach.install(server, reactor)

@@ -1,23 +1,11 @@
 """Outgoing links to bridges, so a server behind NAT can be managed from anywhere.
 
-:func:`install` attaches them to a :class:`~sysadmd.server.Server`: the link table,
-the service that keeps one reconnecting connection per link, and the ``rpc/settings``
-actions ``list_bridges``, ``add_bridge`` and ``remove_bridge``.
+``store`` keeps the link table, ``links`` the service that keeps one reconnecting
+connection per link (``link``, ``protocol``, ``outbox``, ``tlsverify``), ``clients`` the
+sessions of the clients reached through a link, ``settings`` the ``rpc/settings`` actions
+``list_bridges``, ``add_bridge`` and ``remove_bridge``, ``key`` the server's bridge key;
+:func:`sysadmd.bridgelink.attach.install` attaches all of it to a server.
+
+This file imports nothing: importing one module of the package must not load the rest
+(``tests/test_import_cycles.py``).
 """
-
-from __future__ import annotations
-
-from typing import Any
-
-from sysadmd.bridgelink import settings
-from sysadmd.bridgelink.links import BridgeLinks
-from sysadmd.bridgelink.store import BridgeLinkStore
-
-
-def install(server: Any, reactor: Any) -> BridgeLinks:
-    store = BridgeLinkStore(server.db, clock=reactor)
-    links = BridgeLinks(server, store, reactor)
-    links.setServiceParent(server)
-    server.subsystems["bridge_links"] = links
-    settings.install(server, links, store)
-    return links

@@ -2,10 +2,9 @@
 
 ``commands`` splits command strings, ``runner`` runs one command in its own process
 group, ``output`` caps and streams output, ``store`` keeps jobs on disk, ``job`` and
-``queues`` model them, ``service`` is the :class:`Dispatcher`, ``rpc`` the API.
+``queues`` model them, ``service`` is the :class:`~sysadmd.dispatcher.service.Dispatcher`,
+``rpc`` the API (and :func:`~sysadmd.dispatcher.rpc.install`, which attaches it to a server).
+
+This file imports nothing: importing one module of the package (say the pure
+``commands``) must not load the rest (``tests/test_import_cycles.py``).
 """
-
-from sysadmd.dispatcher.rpc import install
-from sysadmd.dispatcher.service import Dispatcher
-
-__all__ = ["Dispatcher", "install"]
