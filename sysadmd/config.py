@@ -12,7 +12,7 @@ import re
 from typing import List
 
 from sysadmd.runtime.configfile import ConfigError, Key, Settings, render_sample
-from sysadmd.runtime.statedir import SYSTEM_SOCKET, default_state_dir  # the defaults the client relies on too
+from sysadmd.runtime.paths import SYSTEM_SOCKET, default_state_dir  # the defaults the client relies on too
 
 
 def normalize_origin(text: str):

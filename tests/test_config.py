@@ -168,11 +168,11 @@ class ParsingTests(unittest.TestCase):
         from unittest import mock
 
         from sysadmd.client.connect import default_socket
-        from sysadmd.runtime import statedir
+        from sysadmd.runtime import paths
 
         system = os.path.join(self.dir, "system.sock")
         with mock.patch.dict(os.environ, {"SYSADM_SOCKET": ""}), \
-                mock.patch.object(statedir, "SYSTEM_SOCKET", system), \
+                mock.patch.object(paths, "SYSTEM_SOCKET", system), \
                 mock.patch.object(configmod.os, "geteuid", return_value=1000):
             mine = default_socket()
             self.assertTrue(mine.endswith(os.path.join("sysadmd", "sysadmd.sock")), mine)

@@ -181,17 +181,17 @@ class RuntimeBoundary(unittest.TestCase):
 
 class ClientDefaults(unittest.TestCase):
     def test_the_client_default_socket_is_the_daemon_default(self):
-        """runtime.statedir computes the socket the daemon's Config does with STATE_DIR and
+        """runtime.paths computes the socket the daemon's Config does with STATE_DIR and
         SOCKET empty; the client uses the first without loading the second."""
         from sysadmd import config as configmod
-        from sysadmd.runtime import statedir
+        from sysadmd.runtime import paths
 
         for euid in (0, 1000):
             with mock.patch.object(os, "geteuid", return_value=euid), \
                     mock.patch.dict(os.environ, {"XDG_STATE_HOME": "/nonexistent/state"}):
-                self.assertEqual(statedir.default_socket_path(), configmod.load(None).socket, euid)
-                self.assertEqual(statedir.default_state_dir(), configmod.load(None).state_dir, euid)
-        self.assertIs(configmod.SYSTEM_SOCKET, statedir.SYSTEM_SOCKET)
+                self.assertEqual(paths.default_socket_path(), configmod.load(None).socket, euid)
+                self.assertEqual(paths.default_state_dir(), configmod.load(None).state_dir, euid)
+        self.assertIs(configmod.SYSTEM_SOCKET, paths.SYSTEM_SOCKET)
 
 
 # --- close codes ------------------------------------------------------------------------

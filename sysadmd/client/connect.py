@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 from twisted.internet import defer
 
-from sysadmd.runtime import crypto, statedir
+from sysadmd.runtime import crypto, paths
 from sysadmd.client import wsclient
 from sysadmd.client.errors import (
     EXIT_AUTH, EXIT_CONNECT, EXIT_USAGE, ClientError, connection_lost, describe_connect_failure, error_fields, is_error,
@@ -62,9 +62,9 @@ def default_socket() -> str:
     chosen = os.environ.get("SYSADM_SOCKET")
     if chosen:
         return chosen
-    if os.path.exists(statedir.SYSTEM_SOCKET):
-        return statedir.SYSTEM_SOCKET
-    return statedir.default_socket_path()
+    if os.path.exists(paths.SYSTEM_SOCKET):
+        return paths.SYSTEM_SOCKET
+    return paths.default_socket_path()
 
 
 # --- credentials ------------------------------------------------------------------------

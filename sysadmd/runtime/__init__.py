@@ -2,7 +2,7 @@
 
 Belongs here: configuration files and their keys' parsing (:mod:`~sysadmd.runtime.configfile`),
 SQLite connections and schema migrations (:mod:`~sysadmd.runtime.db`), state directories and
-default paths (:mod:`~sysadmd.runtime.statedir`), TLS contexts and certificates
+default paths (:mod:`~sysadmd.runtime.statedir`, :mod:`~sysadmd.runtime.paths`), TLS contexts and certificates
 (:mod:`~sysadmd.runtime.tls`), key material (:mod:`~sysadmd.runtime.crypto`), listeners and
 connection limits (:mod:`~sysadmd.runtime.listeners`), start-up and shutdown helpers
 (:mod:`~sysadmd.runtime.startup`, :mod:`~sysadmd.runtime.shutdown`), configuration reloads

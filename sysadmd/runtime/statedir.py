@@ -1,30 +1,8 @@
-"""The state directory: created once with safe modes, then only read and appended to.
-
-Also where sysadmd keeps it, and its local socket, when nothing is configured: the
-daemon's configuration (:mod:`sysadmd.config`) and the client, which looks for that
-socket, both use these defaults.
-"""
+"""The state directory: created once with safe modes, then only read and appended to."""
 
 from __future__ import annotations
 
 import os
-
-SYSTEM_SOCKET = "/run/sysadmd/sysadmd.sock"  # the system daemon's local socket (root, default state dir)
-
-
-def default_state_dir() -> str:
-    if os.geteuid() == 0:
-        return "/var/db/sysadmd"
-    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return os.path.join(base, "sysadmd")
-
-
-def default_socket_path() -> str:
-    """The local socket of a sysadmd run by this user with ``STATE_DIR`` and ``SOCKET``
-    left empty: :data:`SYSTEM_SOCKET` for root, else ``sysadmd.sock`` in its state dir."""
-    if os.geteuid() == 0:
-        return SYSTEM_SOCKET
-    return os.path.join(default_state_dir(), "sysadmd.sock")
 
 
 def ensure_private_dir(path: str) -> str:
