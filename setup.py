@@ -7,7 +7,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["sysadmd", "sysadmd.*", "bridge", "bridge.*"]) + ["twisted.plugins"],
     package_data={"twisted": ["plugins/sysadmd_plugin.py", "plugins/sysadm_bridge_plugin.py"]},
-    # Upper bounds: the newest releases the suite has passed on.  autobahn: sysadmd/wsbase.py
+    # Upper bounds: the newest releases the suite has passed on.  autobahn: sysadmd/wire/wsbase.py
     # hooks internals (its REQUIRED_INTERNALS, checked at import, with a fallback to the
     # public API); 22.12.1 is the oldest release with all of them (22.1.1 lacks
     # autoPingRestartOnAnyTraffic) and .ci/run tests it as well as the newest.

@@ -35,7 +35,7 @@ import time
 from typing import List, Optional, Tuple
 
 from bench.common import REPO, Child, child_env, ensure_node_ws, tempdir, twistd_argv
-from sysadmd.crypto import generate_private_key, private_pem, public_pem
+from sysadmd.runtime.crypto import generate_private_key, private_pem, public_pem
 
 SHAPES = [(1, 1), (8, 4), (32, 8)]  # the same shapes as bench/rpc_bench.py
 LINKED = "the bridge accepted our key"

@@ -37,7 +37,7 @@ def run_peer(args) -> None:
                                             WebSocketServerProtocol, connectWS)
     from twisted.internet import reactor
 
-    from sysadmd import crypto, tls
+    from sysadmd.runtime import crypto, tls
     from sysadmd.client.wsclient import insecure_client_tls
 
     key = crypto.load_private_key(open(args.key, "rb").read()) if args.key else None
@@ -194,7 +194,7 @@ def main() -> None:
     import psutil
 
     from bridge.keys import open_keystore
-    from sysadmd import crypto
+    from sysadmd.runtime import crypto
 
     state = tempfile.mkdtemp(prefix="brbench")
     try:

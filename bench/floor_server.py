@@ -1,7 +1,7 @@
 """The benchmark floor: a bare Twisted + autobahn TLS WebSocket server that parses each
 request's JSON and answers with a reply shaped like rpc/query's. No sessions, no
 auth, no routing: what any Python server on this stack must at least spend.  It gets
-the same transport fixes as ours (sysadmd.wsbase.WireMixin: TCP_NODELAY, no debug-log
+the same transport fixes as ours (sysadmd.wire.wsbase.WireMixin: TCP_NODELAY, no debug-log
 work per chunk), so the ratio measures our request pipeline, not those fixes.
 
 usage: python -m bench.floor_server CERT KEY   (prints "listening on port N")
@@ -14,8 +14,8 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.internet import reactor
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from sysadmd.tls import server_context
-from sysadmd.wsbase import WireMixin
+from sysadmd.runtime.tls import server_context
+from sysadmd.wire.wsbase import WireMixin
 
 ANSWER = {"rpc/dispatcher": "read/write", "rpc/logs": "read/write", "rpc/settings": "read/write"}
 

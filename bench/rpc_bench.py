@@ -19,7 +19,7 @@ import subprocess
 import sys
 
 from bench.common import REPO, Child, child_env, run_loadgen, tempdir, twistd_argv
-from sysadmd.crypto import generate_private_key, private_pem, public_pem
+from sysadmd.runtime.crypto import generate_private_key, private_pem, public_pem
 
 SHAPES = [(1, 1), (8, 4), (32, 8)]
 

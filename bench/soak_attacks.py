@@ -39,7 +39,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from bench.common import REPO, Child, tempdir, twistd_argv
-from sysadmd import frames
+from sysadmd.wire import frames
 
 PING = frames.encode_frame(frames.PING, b"p" * 125, mask=b"\x01\x02\x03\x04")
 

@@ -22,10 +22,11 @@ from bridge import config as configmod
 from bridge import migrations
 from bridge.keys import ROLES, KeyStore, KeyStoreError, database_path
 from bridge.service import open_blacklist
-from sysadmd import __version__, crypto
-from sysadmd.configfile import ConfigError
-from sysadmd.db import SchemaError, open_database
-from sysadmd.statedir import ensure_private_dir
+from sysadmd import __version__
+from sysadmd.runtime import crypto
+from sysadmd.runtime.configfile import ConfigError
+from sysadmd.runtime.db import SchemaError, open_database
+from sysadmd.runtime.statedir import ensure_private_dir
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,7 @@ are upstream's (docs/protocol.md §8.1); what we changed is listed in
 the role of its first login, :meth:`bridge.keys.KeyStore.bind_role`), a client is paired
 only on keys it proved (:mod:`bridge.relay`), and ``rpc/identify`` from an authenticated
 peer also tells it its own ``connection_id`` (our servers bind their identity proofs to
-it, :mod:`sysadmd.auth.bound`).  No reactor and no WebSockets: time comes from an injected clock
+it, :mod:`sysadmd.wire.bound`).  No reactor and no WebSockets: time comes from an injected clock
 and replies go out through :class:`~bridge.relay.PeerLink`.
 """
 
@@ -20,10 +20,10 @@ from twisted.logger import Logger
 
 from bridge.keys import BOTH, KeyStore
 from bridge.relay import CLIENT, SERVER, Peer, PeerDirectory, role_from_identify
-from sysadmd.auth.blacklist import normalize_address
-from sysadmd.crypto import random_token
-from sysadmd.envelope import encode, error
-from sysadmd.session import CLOSE_POLICY
+from sysadmd.runtime.blacklist import normalize_address
+from sysadmd.runtime.crypto import random_token
+from sysadmd.wire.envelope import encode, error
+from sysadmd.wire.close import CLOSE_POLICY
 
 log = Logger()
 
@@ -92,7 +92,7 @@ class BridgeApi:
             ident = {"hostname": self.hostname, "type": "bridge"}
             if peer.authenticated:
                 # Ours: the peer's own connection ID, which peers never learn otherwise.  Our
-                # servers bind their identity proofs to it (sysadmd/auth/bound.py).
+                # servers bind their identity proofs to it (sysadmd/wire/bound.py).
                 ident["connection_id"] = peer.id
             self._reply(peer, ident, request_id, "response", namespace)
         elif ns == "rpc" and verb == "auth_ssl":

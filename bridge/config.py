@@ -1,6 +1,6 @@
 """sysadm-bridge's configuration keys and the resolved :class:`BridgeConfig`.
 
-Same ``KEY=VALUE`` format and parser as sysadmd (:mod:`sysadmd.configfile`).
+Same ``KEY=VALUE`` format and parser as sysadmd (:mod:`sysadmd.runtime.configfile`).
 ``conf/sysadm-bridge.conf`` is generated from :data:`KEYS`
 (``python -m bridge.config > conf/sysadm-bridge.conf``) and a test keeps the two in step.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import List
 
-from sysadmd.configfile import ConfigError, Key, Settings, render_sample
+from sysadmd.runtime.configfile import ConfigError, Key, Settings, render_sample
 
 DEFAULT_CONFIG = "/etc/sysadm-bridge.conf"
 

@@ -12,7 +12,7 @@ bytes, or after ``stall_timeout`` seconds without draining, the receiver is clos
 (1008, with the reason) and its senders resume.
 
 A peer whose own send buffer is full is not read either (``on_congested`` /
-``on_drained``, see :class:`sysadmd.wsbase._LeanFrames`): what it sends us would only
+``on_drained``, see :class:`sysadmd.wire.wsbase._LeanFrames`): what it sends us would only
 make us write more to it (replies, pongs), so a peer that floods pings or requests
 without reading the answers cannot grow the bridge's memory.
 """
@@ -26,9 +26,9 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-log = Logger()
+from sysadmd.wire.close import CLOSE_POLICY
 
-CLOSE_POLICY = 1008
+log = Logger()
 
 
 @implementer(IPushProducer)

@@ -34,9 +34,9 @@ from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple, Union
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from sysadmd import crypto
+from sysadmd.runtime import crypto
 from bridge import migrations
-from sysadmd.db import data_version, ensure, open_database
+from sysadmd.runtime.db import data_version, ensure, open_database
 
 SERVER, CLIENT, BOTH, UNBOUND = "server", "client", "both", "unbound"
 ROLES = (SERVER, CLIENT, BOTH)  # what --role accepts

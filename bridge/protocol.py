@@ -44,16 +44,16 @@ Wire protocol (upstream sysadm-bridge, docs/protocol.md §8; our fixes marked *)
   :mod:`bridge.flow`); no pong within ``PING_INTERVAL`` → dropped; key revoked → 1008.
   A peer whose send buffer is full is not read until it drains (pongs included).
 * Connections are counted from accept (``MAX_CONNECTIONS_PER_ADDRESS``, a
-  ``HANDSHAKE_TIMEOUT`` from accept; :mod:`sysadmd.listeners`).  Any ``Origin`` is
+  ``HANDSHAKE_TIMEOUT`` from accept; :mod:`sysadmd.runtime.listeners`).  Any ``Origin`` is
   accepted (upstream servers send ``Origin: sysadm-server``; see
-  :class:`sysadmd.wsbase.LeanServerMixin`), and the handshake reply says
+  :class:`sysadmd.wire.wsbase.LeanServerMixin`), and the handshake reply says
   ``Server: sysadm-bridge``.
 
 Frames: autobahn does the opening handshake, the pings (every ``PING_INTERVAL``), the
 close handshake (a peer that does not answer our close within 5 s is dropped) and
 the ping/close bookkeeping; once open, the bytes are parsed by
-:class:`sysadmd.frames.FrameReader` and our text frames are written with its
-header (:class:`sysadmd.wsbase.LeanServerMixin`) — autobahn's per-frame path cost more
+:class:`sysadmd.wire.frames.FrameReader` and our text frames are written with its
+header (:class:`sysadmd.wire.wsbase.LeanServerMixin`) — autobahn's per-frame path cost more
 CPU than the relay itself.  Protocol errors close with 1002, an oversized message with 1009.
 """
 
@@ -66,12 +66,9 @@ from twisted.logger import Logger
 
 from bridge.flow import PeerFlow
 from bridge.relay import Peer, new_peer_id
-from sysadmd.envelope import encode, error, utf8
-from sysadmd.wsbase import LeanServerMixin
-
-CLOSE_POLICY = 1008
-CLOSE_INTERNAL = 1011
-CLOSE_TRY_AGAIN = 1013
+from sysadmd.wire.close import CLOSE_INTERNAL, CLOSE_POLICY
+from sysadmd.wire.envelope import encode, error, utf8
+from sysadmd.wire.wsbase import LeanServerMixin
 
 
 class BridgeServerProtocol(LeanServerMixin, WebSocketServerProtocol):

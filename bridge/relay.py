@@ -26,7 +26,7 @@ from typing import Dict, FrozenSet, Iterable, List, Optional, Protocol, Set, Tup
 
 from twisted.logger import Logger
 
-from sysadmd.envelope import encode, event
+from sysadmd.wire.envelope import encode, event
 
 log = Logger()
 

@@ -19,28 +19,26 @@ from bridge import migrations
 from bridge.api import BridgeApi
 from bridge.config import BridgeConfig
 from bridge.keys import KeyStore, database_path
-from bridge.protocol import CLOSE_POLICY, CLOSE_TRY_AGAIN, BridgeServerFactory
+from bridge.protocol import BridgeServerFactory
 from bridge.relay import CLIENT, Peer, PeerDirectory
-from sysadmd import tls
-from sysadmd.auth.blacklist import Blacklist
-from sysadmd.db import open_database
-from sysadmd.listeners import Listener, guard_for
-from sysadmd.statedir import ensure_private_dir
-from sysadmd.startup import tls_files
-from sysadmd.shutdown import wait_until
-
+from sysadmd.runtime import tls
+from sysadmd.runtime.blacklist import Blacklist
+from sysadmd.runtime.db import open_database
+from sysadmd.runtime.listeners import Listener, guard_for
+from sysadmd.runtime.statedir import ensure_private_dir
+from sysadmd.runtime.startup import tls_files
+from sysadmd.runtime.shutdown import wait_until
+from sysadmd.wire.close import CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TRY_AGAIN
 
 SHUTDOWN_GRACE = 2.0  # seconds peers get to answer our close frames at shutdown
 log = Logger()
-
-CLOSE_GOING_AWAY = 1001
 
 
 def open_blacklist(db: Any, clock: Any, cfg: BridgeConfig) -> Blacklist:
     return Blacklist(db, clock, limit=cfg.blacklist_auth_fail_limit,
                      reset_minutes=cfg.blacklist_auth_fail_reset_minutes,
                      block_minutes=cfg.blacklist_block_minutes,
-                     exempt_loopback=cfg.blacklist_exempt_loopback)
+                     exempt_loopback=cfg.blacklist_exempt_loopback, schema=migrations.SCHEMA)
 
 
 class Bridge(service.Service):

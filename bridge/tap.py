@@ -8,7 +8,7 @@ from twisted.application import service
 from twisted.python import usage
 
 from bridge import config as configmod
-from sysadmd import startup
+from sysadmd.runtime import startup
 
 
 class Options(usage.Options):
@@ -36,13 +36,13 @@ class Options(usage.Options):
 def makeService(options: Options, reactor: Any = None) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor  # noqa: F811
+    from bridge.reload import BRIDGE_LIVE_KEYS, bridge_appliers
     from bridge.service import build
-
-    from sysadmd.reload import BRIDGE_LIVE_KEYS, ConfigReloader, bridge_appliers
+    from sysadmd.runtime.reload import ConfigReloader
 
     cfg = startup.load_or_exit("sysadm-bridge", configmod.BridgeConfig, options.config_path(), options.overrides())
     daemon = startup.build_or_exit("sysadm-bridge", build, cfg, reactor)
-    # SIGHUP re-reads the configuration and applies what can change live (sysadmd.reload).
+    # SIGHUP re-reads the configuration and applies what can change live (sysadmd.runtime.reload).
     ConfigReloader(reactor, daemon.bridge.config, configmod.BridgeConfig, options.config_path, options.overrides(),
                    BRIDGE_LIVE_KEYS, bridge_appliers(daemon.bridge)).setServiceParent(daemon)
     return daemon

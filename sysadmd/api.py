@@ -32,9 +32,10 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from sysadmd import envelope
-from sysadmd.envelope import ApiError, EnvelopeError, Request
-from sysadmd.session import CLOSE_POLICY, Identity, Session
+from sysadmd.wire import envelope
+from sysadmd.wire.envelope import ApiError, EnvelopeError, Request
+from sysadmd.session import Identity, Session
+from sysadmd.wire.close import CLOSE_POLICY
 
 log = Logger()
 

@@ -34,9 +34,10 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 from twisted.application import service
 from twisted.logger import Logger
 
-from sysadmd import migrations, tls
+from sysadmd import migrations
+from sysadmd.runtime import tls
 from sysadmd.api import Api
-from sysadmd.auth.blacklist import Blacklist
+from sysadmd.runtime.blacklist import Blacklist
 from sysadmd.auth.keys import KeyStore, SignatureChecker
 from sysadmd.auth.passwords import FairCheckQueue, PamPasswordChecker
 from sysadmd.auth.revocation import RevokedKeyWatcher
@@ -46,16 +47,16 @@ from sysadmd.bridgelink import settings as bridge_settings
 from sysadmd.bridgelink.links import BridgeLinks
 from sysadmd.bridgelink.store import BridgeLinkStore
 from sysadmd.config import Config
-from sysadmd.db import database_path, open_database
+from sysadmd.runtime.db import database_path, open_database
 from sysadmd.dispatcher import rpc as dispatcher_rpc
 from sysadmd.dispatcher.service import Dispatcher
 from sysadmd.dispatcher.store import JobStore
-from sysadmd.envelope import encode
+from sysadmd.wire.envelope import encode
 from sysadmd.events import subscriptions
 from sysadmd.events.hub import DAEMON_EVENT_TYPES, EventHub, EventType
 from sysadmd.events.lifepreserver import LifePreserverWatcher
 from sysadmd.events.systemstate import SystemStateService, Thresholds, ZpoolReader
-from sysadmd.listeners import Listener, guard_for
+from sysadmd.runtime.listeners import Listener, guard_for
 from sysadmd.logstore import LogRetention, LogStore
 from sysadmd.rpc import basic, keyauth, login
 from sysadmd.rpc import logs as rpc_logs
@@ -63,8 +64,8 @@ from sysadmd.rpc import settings as rpc_settings
 from sysadmd.rpc.settings import SettingsActions
 from sysadmd.server import Server
 from sysadmd.session import SessionRegistry
-from sysadmd.startup import tls_files
-from sysadmd.statedir import ensure_private_dir
+from sysadmd.runtime.startup import tls_files
+from sysadmd.runtime.statedir import ensure_private_dir
 from sysadmd.transports.rest import RestResource
 from sysadmd.transports.site import make_site
 from sysadmd.transports.unixsocket import make_unix_listener

@@ -11,7 +11,8 @@ import os
 import re
 from typing import List
 
-from sysadmd.configfile import ConfigError, Key, Settings, render_sample
+from sysadmd.runtime.configfile import ConfigError, Key, Settings, render_sample
+from sysadmd.runtime.paths import SYSTEM_SOCKET, default_state_dir  # the defaults the client relies on too
 
 
 def normalize_origin(text: str):
@@ -39,16 +40,6 @@ def normalize_origin(text: str):
     if port is None or port == {"http": 80, "https": 443}[scheme]:
         return f"{scheme}://{host}"
     return f"{scheme}://{host}:{port}"
-
-
-SYSTEM_SOCKET = "/run/sysadmd/sysadmd.sock"  # the system daemon's local socket (root, default state dir)
-
-
-def default_state_dir() -> str:
-    if os.geteuid() == 0:
-        return "/var/db/sysadmd"
-    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return os.path.join(base, "sysadmd")
 
 
 KEYS: List[Key] = [

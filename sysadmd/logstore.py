@@ -27,7 +27,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from sysadmd import migrations
-from sysadmd.db import ensure
+from sysadmd.runtime.db import ensure
 from sysadmd.untrusted import clean, clean_value, shown
 
 log = Logger()

@@ -20,16 +20,17 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from sysadmd.api import Api
-from sysadmd.auth.blacklist import Blacklist, normalize_address
+from sysadmd.runtime.blacklist import Blacklist, normalize_address
 from sysadmd.auth.passwords import FairCheckQueue, credential_problem
 from sysadmd.auth.rights import Rights
 from sysadmd.auth.tokens import TokenStore
 from sysadmd.config import Config
-from sysadmd.envelope import ApiError
+from sysadmd.wire.envelope import ApiError
 from sysadmd.events.hub import EventHub
 from sysadmd.logstore import LogStore
-from sysadmd.session import CLOSE_POLICY, CLOSE_TRY_AGAIN, Channel, Identity, Session, SessionRegistry
-from sysadmd.shutdown import wait_until
+from sysadmd.session import Channel, Identity, Session, SessionRegistry
+from sysadmd.wire.close import CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TRY_AGAIN
+from sysadmd.runtime.shutdown import wait_until
 from sysadmd.untrusted import shown
 
 log = Logger()
@@ -294,7 +295,7 @@ class Server(service.MultiService):
         self._sweep = None
         d = super().stopService()
         for session in self.sessions:
-            session.close("server shutting down", 1001)
+            session.close("server shutting down", CLOSE_GOING_AWAY)
         self.logs.flush()
         # Give clients a moment to answer the close frames (else they see 1006).
         waited = wait_until(self.clock, lambda: not any(s.kind in ("wss", "unix") for s in self.sessions), SHUTDOWN_GRACE)

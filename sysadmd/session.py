@@ -15,16 +15,10 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Set
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from sysadmd.envelope import encode, event
+from sysadmd.wire.close import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY
+from sysadmd.wire.envelope import encode, event
 
 log = Logger()
-
-# WebSocket close codes used by every transport.
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
-CLOSE_TRY_AGAIN = 1013
 
 
 class Channel(Protocol):

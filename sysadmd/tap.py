@@ -8,7 +8,7 @@ from twisted.application import service
 from twisted.python import usage
 
 from sysadmd import config as configmod
-from sysadmd import startup
+from sysadmd.runtime import startup
 
 DEFAULT_CONFIG = "/etc/sysadmd.conf"
 
@@ -41,7 +41,8 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         from twisted.internet import reactor  # noqa: F811
     from sysadmd.assembly import build
 
-    from sysadmd.reload import SYSADMD_LIVE_KEYS, ConfigReloader, sysadmd_appliers
+    from sysadmd.reload import SYSADMD_LIVE_KEYS, sysadmd_appliers
+    from sysadmd.runtime.reload import ConfigReloader
 
     cfg = startup.load_or_exit("sysadmd", configmod.Config, options.config_path(), options.overrides())
     daemon = startup.build_or_exit("sysadmd", build, cfg, reactor)

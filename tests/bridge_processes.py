@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
 from twisted.internet import defer, error, protocol, reactor, task, utils
 
-from sysadmd import crypto
+from sysadmd.runtime import crypto
 from sysadmd.client.wsclient import connect_unix, insecure_client_tls
 from tests import keys_support as ks
 from tests.support import short_tempdir

@@ -7,7 +7,7 @@ real child processes, or wait seconds of real time (deadlines, ping floods);
 
 **TLS keys of in-process daemons are reused between tests.**  Making an RSA-2048 key
 costs ~35 ms and every in-process daemon or bridge makes one for its self-signed
-certificate (:func:`sysadmd.tls.make_self_signed`) and its bridge-link key: without
+certificate (:func:`sysadmd.runtime.tls.make_self_signed`) and its bridge-link key: without
 the pool, half of the fast loop's CPU time.
 Within one test the n-th such key is still a fresh, distinct key; the next test gets
 the same n-th key again (each certificate is still new: its serial and dates differ).
@@ -40,7 +40,7 @@ def _pooled(kind: str, fresh: Callable[[int], object]) -> Callable[..., object]:
 
 
 class _LinkCrypto:
-    """:mod:`sysadmd.crypto` as :mod:`sysadmd.bridgelink.key` sees it: pooled key making."""
+    """:mod:`sysadmd.runtime.crypto` as :mod:`sysadmd.bridgelink.key` sees it: pooled key making."""
 
     def __init__(self, real: Any):
         self._real = real
@@ -54,7 +54,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: starts real daemons or child processes, or waits seconds of real time "
                                        "(deselect with -m \"not slow\")")
     if os.environ.get("SYSADMD_TEST_FRESH_KEYS", "") in ("", "0"):
-        from sysadmd import crypto, tls
+        from sysadmd.runtime import crypto, tls
         from sysadmd.bridgelink import key
 
         tls.generate_private_key = _pooled("tls", crypto.generate_private_key)

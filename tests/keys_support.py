@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from twisted.internet import defer
 
-from sysadmd import crypto
+from sysadmd.runtime import crypto
 
 _KEYS: Dict[str, rsa.RSAPrivateKey] = {}
 
@@ -83,7 +83,7 @@ def clock_server(testcase: Any, **overrides: Any):
     """
     from twisted.internet.task import Clock
 
-    from sysadmd.db import database_path, open_database
+    from sysadmd.runtime.db import database_path, open_database
     from tests.support import FakePasswords, add_key_login, make_config, short_tempdir, unit_server
 
     cfg = make_config(short_tempdir(testcase), **overrides)
@@ -105,7 +105,7 @@ def clock_server(testcase: Any, **overrides: Any):
 
 def call(server: Any, session: Any, name: str, args: Any, namespace: str = "rpc") -> Dict[str, Any]:
     """Run one request synchronously (everything on a Clock fires at once)."""
-    from sysadmd.envelope import Request
+    from sysadmd.wire.envelope import Request
 
     result: List[Any] = []
     server.api.handle(session, Request(namespace, name, "t1", args)).addBoth(result.append)
@@ -115,6 +115,6 @@ def call(server: Any, session: Any, name: str, args: Any, namespace: str = "rpc"
 
 def call_async(server: Any, session: Any, name: str, args: Any, namespace: str = "rpc") -> defer.Deferred:
     """Run one request; fires with the reply (key-login answers are checked in threads)."""
-    from sysadmd.envelope import Request
+    from sysadmd.wire.envelope import Request
 
     return server.api.handle(session, Request(namespace, name, "t1", args))

@@ -16,7 +16,7 @@ from typing import Callable, List, Optional, Tuple
 
 from twisted.internet import defer, endpoints, protocol, reactor, task
 
-from sysadmd import frames
+from sysadmd.wire import frames
 from sysadmd.client.wsclient import insecure_client_tls
 
 CAPTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "upstream-captures")

@@ -18,7 +18,8 @@ from sysadmd import assembly
 from sysadmd.events.hub import DAEMON_EVENT_TYPES, DISPATCHER, LIFE_PRESERVER, EventHub, EventType, UnknownEventType
 from sysadmd.logstore import LogStore
 from sysadmd.server import Refusal
-from sysadmd.session import CLOSE_POLICY, CLOSE_TRY_AGAIN, SessionRegistry
+from sysadmd.session import SessionRegistry
+from sysadmd.wire.close import CLOSE_POLICY, CLOSE_TRY_AGAIN
 from tests.support import FakePasswords, http_client, make_config, open_client, short_tempdir, start_daemon
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,7 +90,7 @@ class WiringIsExplicit(unittest.TestCase):
 
     def test_a_bare_server_has_only_the_login_routes(self):
         state = short_tempdir(self)
-        from sysadmd.db import open_database
+        from sysadmd.runtime.db import open_database
 
         db = open_database(os.path.join(state, "s.sqlite"))
         self.addCleanup(db.close)
@@ -188,7 +189,7 @@ class OneRegistrationPerEventType(unittest.TestCase):
 
     def test_registration_mistakes_are_refused_with_the_reason(self):
         clock = task.Clock()
-        from sysadmd.db import open_database
+        from sysadmd.runtime.db import open_database
 
         db = open_database(os.path.join(short_tempdir(self), "s.sqlite"))
         self.addCleanup(db.close)

@@ -6,9 +6,10 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from sysadmd import migrations
 from sysadmd.admin.main import main as admin_main
-from sysadmd.auth.blacklist import Blacklist
-from sysadmd.db import open_database
+from sysadmd.runtime.blacklist import Blacklist
+from sysadmd.runtime.db import open_database
 from tests.support import FakePasswords, make_config, open_client, short_tempdir, start_daemon
 
 ADDRESS = "203.0.113.5"
@@ -25,7 +26,8 @@ class BlacklistRules(unittest.TestCase):
     def open(self, **kwargs):
         db = open_database(self.path)
         self.addCleanup(db.close)
-        options = dict(limit=3, reset_minutes=10, block_minutes=60, exempt_loopback=True, on_block=self.blocked.append)
+        options = dict(limit=3, reset_minutes=10, block_minutes=60, exempt_loopback=True, on_block=self.blocked.append,
+                       schema=migrations.SCHEMA)
         options.update(kwargs)
         return Blacklist(db, self.clock, **options)
 

@@ -1,4 +1,4 @@
-"""Units of the bound bridged login (sysadmd/auth/bound.py) and the known_servers store."""
+"""Units of the bound bridged login (sysadmd/wire/bound.py) and the known_servers store."""
 
 import base64
 import os
@@ -6,8 +6,9 @@ import stat
 
 from twisted.trial import unittest
 
-from sysadmd import crypto
-from sysadmd.auth import bound
+from sysadmd.runtime import crypto
+from sysadmd.auth import boundlogin
+from sysadmd.wire import bound
 from sysadmd.client.errors import ClientError
 from sysadmd.client.knownservers import KnownServers
 from tests.keys_support import private_key
@@ -142,7 +143,7 @@ class KnownServersTests(unittest.TestCase):
 
 
 class Stage2PolicyTests(unittest.TestCase):
-    """Which stage 2 a server accepts (sysadmd.auth.bound.Stage2)."""
+    """Which stage 2 a server accepts (sysadmd.auth.boundlogin.Stage2)."""
 
     def make(self, kind="bridge", upstream_ok=True, **attributes):
         from types import SimpleNamespace
@@ -154,24 +155,24 @@ class Stage2PolicyTests(unittest.TestCase):
 
     def test_policy(self):
         server, session = self.make()
-        self.assertIsNone(bound.Stage2(server, session, {"encrypted_string": "x"}).refused)  # upstream client
+        self.assertIsNone(boundlogin.Stage2(server, session, {"encrypted_string": "x"}).refused)  # upstream client
         server, session = self.make(upstream_ok=False)
-        self.assertIn("BRIDGE_UPSTREAM_CLIENTS=false", bound.Stage2(server, session, {"encrypted_string": "x"}).refused)
+        self.assertIn("BRIDGE_UPSTREAM_CLIENTS=false", boundlogin.Stage2(server, session, {"encrypted_string": "x"}).refused)
         server, session = self.make(kind="wss", upstream_ok=False)  # direct connections are not affected
-        self.assertIsNone(bound.Stage2(server, session, {"encrypted_string": "x"}).refused)
-        server, session = self.make(**{bound.BOUND_REQUIRED: True, bound.SERVER_CONNECTION_ID: SERVER_ID})
-        self.assertIn("client_nonce", bound.Stage2(server, session, {"encrypted_string": "x"}).refused)
-        mode = bound.Stage2(server, session, {"encrypted_string": "x", "bound": 1})
+        self.assertIsNone(boundlogin.Stage2(server, session, {"encrypted_string": "x"}).refused)
+        server, session = self.make(**{boundlogin.BOUND_REQUIRED: True, boundlogin.SERVER_CONNECTION_ID: SERVER_ID})
+        self.assertIn("client_nonce", boundlogin.Stage2(server, session, {"encrypted_string": "x"}).refused)
+        mode = boundlogin.Stage2(server, session, {"encrypted_string": "x", "bound": 1})
         self.assertIsNone(mode.refused)
         self.assertEqual((mode.server_fp, mode.connection_id), (bound.fingerprint(private_key("bound-server")), SERVER_ID))
         server, session = self.make()
-        self.assertIn("needs a stage 1", bound.Stage2(server, session, {"encrypted_string": "x", "bound": 1}).refused)
+        self.assertIn("needs a stage 1", boundlogin.Stage2(server, session, {"encrypted_string": "x", "bound": 1}).refused)
 
     def test_matcher_and_verify(self):
         from types import SimpleNamespace
 
-        server, session = self.make(**{bound.BOUND_REQUIRED: True, bound.SERVER_CONNECTION_ID: SERVER_ID})
-        mode = bound.Stage2(server, session, {"encrypted_string": "x", "bound": 1})
+        server, session = self.make(**{boundlogin.BOUND_REQUIRED: True, boundlogin.SERVER_CONNECTION_ID: SERVER_ID})
+        mode = boundlogin.Stage2(server, session, {"encrypted_string": "x", "bound": 1})
         client = private_key("bound-client")
         md5 = crypto.md5_checksum(crypto.public_pem(client))
         challenge = SimpleNamespace(text="C" * 40, md5_key=md5)

@@ -13,8 +13,8 @@ from twisted.trial import unittest
 from bridge import admin
 from bridge import config as configmod
 from bridge.tap import Options, makeService
-from sysadmd import crypto
-from sysadmd.configfile import ConfigError
+from sysadmd.runtime import crypto
+from sysadmd.runtime.configfile import ConfigError
 from tests.test_bridge_wss import bridge_config, connect_peer, paired_peers, private_key, start_bridge
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -138,7 +138,7 @@ class AdminTests(unittest.TestCase):
         cfg = configmod.load(None, {"STATE_DIR": self.state})
         from bridge.keys import database_path
         from bridge.service import open_blacklist
-        from sysadmd.db import open_database
+        from sysadmd.runtime.db import open_database
         db = open_database(database_path(self.state))
         self.addCleanup(db.close)
         blacklist = open_blacklist(db, reactor, cfg)

@@ -18,7 +18,7 @@ import time
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from sysadmd import crypto
+from sysadmd.runtime import crypto
 from tests import keys_support as ks
 from tests.bridge_processes import (IDENT_REQUEST, Cluster, available, body_from, bridge_login, bridge_reply,
                                     compact, decode_body, server_call, server_login)

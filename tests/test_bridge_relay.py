@@ -12,9 +12,9 @@ from bridge.api import IDENT_ID, IDENTIFY_REQUEST, LIST_KEYS_ID, LIST_KEYS_REQUE
 from bridge.flow import PeerFlow
 from bridge.keys import KeyStore, KeyStoreError
 from bridge.relay import CLIENT, SERVER, Peer, PeerDirectory, new_peer_id
-from sysadmd import crypto
-from sysadmd.auth.blacklist import Blacklist
-from sysadmd.db import open_database
+from sysadmd.runtime import crypto
+from sysadmd.runtime.blacklist import Blacklist
+from sysadmd.runtime.db import open_database
 
 PRIVATE = {}
 

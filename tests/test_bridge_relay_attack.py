@@ -18,8 +18,8 @@ import os
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from sysadmd import crypto
-from sysadmd.auth import bound
+from sysadmd.runtime import crypto
+from sysadmd.wire import bound
 from sysadmd.bridgelink import key as bridgekey
 from tests import keys_support as ks
 from tests.bridge_processes import Cluster, available, bridge_login, bridge_reply, compact, reply_from

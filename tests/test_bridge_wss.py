@@ -12,7 +12,7 @@ from twisted.trial import unittest
 from bridge import config as configmod
 from bridge.api import IDENT_ID, IDENTIFY_REQUEST, LIST_KEYS_ID, LIST_KEYS_REQUEST
 from bridge.service import build
-from sysadmd import crypto
+from sysadmd.runtime import crypto
 from sysadmd.client.wsclient import insecure_client_tls
 
 KEYS = {}

@@ -9,7 +9,7 @@ import sys
 from twisted.internet import defer, utils
 from twisted.trial import unittest
 
-from sysadmd import crypto
+from sysadmd.runtime import crypto
 from sysadmd.bridgelink import key as bridgekey
 from tests.support import FakePasswords, make_config, short_tempdir, start_daemon
 from tests.test_bridgelink_link import FakeBridge, wait_until

@@ -12,10 +12,10 @@ import sys
 from twisted.internet import defer, protocol, reactor, utils
 from twisted.trial import unittest
 
-from sysadmd import crypto
+from sysadmd.runtime import crypto
 from sysadmd.bridgelink import key as bridgekey
 from sysadmd.client.wsclient import connect
-from sysadmd.envelope import encode
+from sysadmd.wire.envelope import encode
 from tests import keys_support as ks
 from tests.support import FakePasswords, make_config, short_tempdir, start_daemon
 from tests.test_bridgelink_link import wait_until

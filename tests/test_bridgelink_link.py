@@ -14,9 +14,9 @@ from twisted.internet import defer, reactor, ssl, task
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
-from sysadmd import crypto, tls
+from sysadmd.runtime import crypto, tls
 from sysadmd.bridgelink import key as bridgekey
-from sysadmd.envelope import encode
+from sysadmd.wire.envelope import encode
 from sysadmd.session import Identity
 from tests import keys_support as ks
 from tests.support import FakePasswords, RecordingChannel, make_config, open_client, short_tempdir, start_daemon

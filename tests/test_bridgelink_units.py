@@ -10,14 +10,14 @@ from hypothesis import given, settings, strategies as st
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from sysadmd import crypto
+from sysadmd.runtime import crypto
 from sysadmd.bridgelink import key as bridgekey
 from sysadmd.bridgelink.clients import BASE64, BridgedClients
 from sysadmd.bridgelink.link import BridgeLink
 from sysadmd.bridgelink.outbox import LinkOutbox
 from sysadmd.bridgelink.store import BridgeLinkError, BridgeLinkStore, normalize_url
-from sysadmd.db import data_version, database_path, open_database
-from sysadmd.envelope import encode
+from sysadmd.runtime.db import data_version, database_path, open_database
+from sysadmd.wire.envelope import encode
 from tests import keys_support as ks
 from tests.support import short_tempdir
 

@@ -13,8 +13,8 @@ from twisted.trial import unittest
 
 from bridge import config as bridge_config
 from bridge.service import build as build_bridge
-from sysadmd import crypto
-from sysadmd.auth import bound
+from sysadmd.runtime import crypto
+from sysadmd.wire import bound
 from sysadmd.bridgelink import key as bridgekey
 from tests.keys_support import pem_of, private_key, register
 from tests.support import short_tempdir, start_daemon

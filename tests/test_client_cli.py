@@ -106,7 +106,7 @@ import stat  # noqa: E402
 from twisted.internet import task  # noqa: E402
 from twisted.trial import unittest  # noqa: E402
 
-from sysadmd import crypto  # noqa: E402
+from sysadmd.runtime import crypto  # noqa: E402
 from sysadmd.auth.rights import Rights  # noqa: E402
 from sysadmd.client.knownhosts import KnownHosts  # noqa: E402
 from tests.keys_support import private_key, register  # noqa: E402
@@ -150,7 +150,7 @@ class DirectConnectionTests(CliTestCase):
         self.assertEqual(json.loads(result.out)["type"], "server")
         fingerprint = self.known_hosts().lookup(self.endpoint)
         with open(self.running.daemon.server.state_dir + "/server.crt", "rb") as f:
-            from sysadmd.tls import fingerprint_sha256
+            from sysadmd.runtime.tls import fingerprint_sha256
 
             self.assertEqual(fingerprint, fingerprint_sha256(f.read()))
         self.assertIn(f"Pinned certificate for {self.endpoint} SHA-256 {fingerprint}", result.err)

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from sysadmd import crypto
+from sysadmd.runtime import crypto
 from sysadmd.client import connect
 from sysadmd.client.errors import EXIT_USAGE, ClientError
 from tests.keys_support import pem_of, private_key, register

@@ -141,7 +141,7 @@ class LeanStartup(unittest.TestCase):
         code = ("import sys; import sysadmd.client.main; "
                 "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
                 "('psutil', 'pam', 'sqlite3', '_sqlite3', 'configparser') or m.startswith(('sysadmd.server', "
-                "'sysadmd.dispatcher', 'sysadmd.auth', 'sysadmd.db', 'sysadmd.assembly', 'bridge.')))))")
+                "'sysadmd.dispatcher', 'sysadmd.auth', 'sysadmd.runtime.db', 'sysadmd.assembly', 'bridge.')))))")
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                               env=dict(os.environ, PYTHONPATH=root))

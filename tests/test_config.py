@@ -10,7 +10,7 @@ import sys
 from twisted.trial import unittest
 
 from sysadmd import config as configmod
-from sysadmd.configfile import ConfigError, Key, read_file
+from sysadmd.runtime.configfile import ConfigError, Key, read_file
 from tests.support import short_tempdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -168,10 +168,11 @@ class ParsingTests(unittest.TestCase):
         from unittest import mock
 
         from sysadmd.client.connect import default_socket
+        from sysadmd.runtime import paths
 
         system = os.path.join(self.dir, "system.sock")
         with mock.patch.dict(os.environ, {"SYSADM_SOCKET": ""}), \
-                mock.patch.object(configmod, "SYSTEM_SOCKET", system), \
+                mock.patch.object(paths, "SYSTEM_SOCKET", system), \
                 mock.patch.object(configmod.os, "geteuid", return_value=1000):
             mine = default_socket()
             self.assertTrue(mine.endswith(os.path.join("sysadmd", "sysadmd.sock")), mine)

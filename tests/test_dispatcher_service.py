@@ -11,10 +11,10 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from sysadmd.db import database_path, open_database
+from sysadmd.runtime.db import database_path, open_database
 from sysadmd.dispatcher.service import Dispatcher
 from sysadmd.dispatcher.store import JobStore
-from sysadmd.envelope import ApiError
+from sysadmd.wire.envelope import ApiError
 from tests.support import make_config, short_tempdir
 
 

@@ -13,7 +13,7 @@ import time
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from sysadmd import envelope
+from sysadmd.wire import envelope
 from sysadmd.session import Identity
 from tests.support import (FakePasswords, RecordingChannel, http_client, make_config, open_client, short_tempdir,
                            start_daemon)

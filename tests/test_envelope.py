@@ -9,10 +9,10 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from sysadmd import envelope
+from sysadmd.wire import envelope
 from sysadmd.api import NO_REPLY, Api, require_full_access
 from sysadmd.auth.tokens import TokenStore
-from sysadmd.envelope import ApiError, EnvelopeError
+from sysadmd.wire.envelope import ApiError, EnvelopeError
 from sysadmd.rpc import basic
 from sysadmd.session import Identity, Session
 

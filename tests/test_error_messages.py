@@ -13,7 +13,7 @@ import re
 
 from twisted.trial import unittest
 
-from sysadmd import crypto
+from sysadmd.runtime import crypto
 from tests.test_sec_login import HeldPasswords, ServerUnit, auth_text, replies
 
 
@@ -215,7 +215,7 @@ class PrivateKeysRefused(ServerUnit):
 
         from bridge.admin import main
         from bridge.keys import KeyStore, database_path
-        from sysadmd.db import open_database
+        from sysadmd.runtime.db import open_database
 
         state = os.path.join(self.folder, "bridge-state")
         for path, command in self.files:
@@ -228,7 +228,7 @@ class PrivateKeysRefused(ServerUnit):
         self.assertEqual(KeyStore(db).all(), [])
 
     def test_register_ssl_cert_refuses_a_private_key_and_stores_nothing(self):
-        from sysadmd.envelope import encode
+        from sysadmd.wire.envelope import encode
         from sysadmd.session import Identity
 
         from tests.support import add_key_login

@@ -5,7 +5,7 @@ from twisted.trial import unittest
 
 from sysadmd.events.hub import DAEMON_EVENT_TYPES
 from sysadmd.events.subscriptions import event_names as names_among
-from sysadmd.envelope import ApiError
+from sysadmd.wire.envelope import ApiError
 from tests.support import FakePasswords, open_client, start_daemon
 
 

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from sysadmd import frames
-from sysadmd.frames import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, FrameError, FrameReader, encode_frame
+from sysadmd.wire import frames
+from sysadmd.wire.frames import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, FrameError, FrameReader, encode_frame
 
 KEY = b"\x01\x80\xfe\x37"
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from sysadmd import crypto
+from sysadmd.runtime import crypto
 from tests.keys_support import (
     b64decode_text, call, call_async, clock_server, error_code, key_login, md5_of, private_key, register,
 )

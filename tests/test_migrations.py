@@ -1,4 +1,4 @@
-"""Schema versions and migrations (sysadmd/db.py, sysadmd/migrations/, bridge/migrations/).
+"""Schema versions and migrations (sysadmd/runtime/db.py, sysadmd/migrations/, bridge/migrations/).
 
 The fixture ``tests/fixtures/release-1f9198b/`` was written by the first release's own
 code (``tests/fixtures/make_release_1f9198b.py``); these tests start today's code on a
@@ -23,10 +23,10 @@ from bridge import migrations as bridge_migrations
 from bridge.keys import KeyStore as BridgeKeyStore
 from bridge.keys import database_path as bridge_database_path
 from bridge.service import open_blacklist
-from sysadmd import crypto, db as dbmod
+from sysadmd.runtime import crypto, db as dbmod
 from sysadmd import migrations
-from sysadmd.auth.blacklist import Blacklist
-from sysadmd.db import Schema, SchemaError, copies, database_path, open_database, schema_version
+from sysadmd.runtime.blacklist import Blacklist
+from sysadmd.runtime.db import Schema, SchemaError, copies, database_path, open_database, schema_version
 from tests.support import make_config, open_client, short_tempdir, start_daemon
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -218,7 +218,7 @@ class DaemonDatabaseUpgrades(unittest.TestCase):
         state = copy_state(self, "sysadmd")
         conn = open_database(database_path(state))
         self.addCleanup(conn.close)
-        blacklist = Blacklist(conn, reactor, limit=3, reset_minutes=1, block_minutes=1)
+        blacklist = Blacklist(conn, reactor, limit=3, reset_minutes=1, block_minutes=1, schema=migrations.SCHEMA)
         self.assertGreater(blacklist.blocked_for(EXPECTED["blocked"][0]), 0)
         self.assertEqual(schema_version(conn), migrations.SCHEMA.latest)
         self.assertEqual(len(copies(database_path(state))), 1)
@@ -239,7 +239,7 @@ class DaemonDatabaseUpgrades(unittest.TestCase):
         self.assertIn(path, message)
         # The stores refuse it too, and nothing was changed.
         with self.assertRaises(SchemaError):
-            Blacklist(open_database(path), reactor, limit=3, reset_minutes=1, block_minutes=1)
+            Blacklist(open_database(path), reactor, limit=3, reset_minutes=1, block_minutes=1, schema=migrations.SCHEMA)
         self.assertEqual(schema_version(raw(path)), migrations.SCHEMA.latest + 1)
 
     def test_a_database_of_the_other_kind_is_refused(self):
@@ -271,8 +271,8 @@ class MigrationMechanism(unittest.TestCase):
 
     STEPS = {
         "m0001_initial": "def apply(db):\n    db.execute('CREATE TABLE IF NOT EXISTS t (a INTEGER)')\n",
-        "m0002_b": "from sysadmd.db import add_column\ndef apply(db):\n    add_column(db, 't', 'b', 'INTEGER')\n",
-        "m0003_c": "from sysadmd.db import add_column\ndef apply(db):\n    add_column(db, 't', 'c', 'TEXT')\n",
+        "m0002_b": "from sysadmd.runtime.db import add_column\ndef apply(db):\n    add_column(db, 't', 'b', 'INTEGER')\n",
+        "m0003_c": "from sysadmd.runtime.db import add_column\ndef apply(db):\n    add_column(db, 't', 'c', 'TEXT')\n",
     }
 
     def test_only_the_newest_copies_are_kept(self):

@@ -17,7 +17,8 @@ from twisted.trial import unittest
 from sysadmd import config as configmod
 from sysadmd.admin.main import main as admin_main
 from sysadmd.client.wsclient import connect
-from sysadmd.reload import SYSADMD_LIVE_KEYS, ConfigReloader, reload_settings, sysadmd_appliers
+from sysadmd.reload import SYSADMD_LIVE_KEYS, sysadmd_appliers
+from sysadmd.runtime.reload import ConfigReloader, reload_settings
 from tests.keys_support import key_login, pem_of
 from tests.support import FakePasswords, open_client, short_tempdir, start_daemon
 from tests.test_twistd import LISTENING, ROOT, TWISTD, DaemonProcess, child_env

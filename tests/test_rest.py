@@ -224,7 +224,7 @@ class RestCallTests(RestBase):
 
     @defer.inlineCallbacks
     def test_error_shaped_204_has_no_body(self):
-        from sysadmd.envelope import ApiError
+        from sysadmd.wire.envelope import ApiError
 
         def empty(session, request):
             raise ApiError("204", "nothing found")

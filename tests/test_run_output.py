@@ -18,10 +18,10 @@ import sys
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from sysadmd import envelope
+from sysadmd.wire import envelope
 from sysadmd.auth.rights import Rights
 from sysadmd.client.jobwatch import FetchUnavailable, JobFollower
-from sysadmd.envelope import Request
+from sysadmd.wire.envelope import Request
 from sysadmd.session import Identity
 from tests.support import FakePasswords, RecordingChannel, make_config, short_tempdir, start_daemon
 from tests.test_client_cli import run_cli

@@ -14,13 +14,13 @@ import time
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from sysadmd import envelope
-from sysadmd.db import database_path, open_database
+from sysadmd.wire import envelope
+from sysadmd.runtime.db import database_path, open_database
 from sysadmd.dispatcher import procscan
 from sysadmd.dispatcher.job import Job
 from sysadmd.dispatcher.service import Dispatcher
 from sysadmd.dispatcher.store import BATCH, JobStore
-from sysadmd.envelope import ApiError
+from sysadmd.wire.envelope import ApiError
 from tests.support import make_config, short_tempdir
 from tests.test_dispatcher_durability import eventually
 from tests.test_dispatcher_service import FakeProcessReactor
@@ -420,7 +420,7 @@ class SurrogateApiTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_run_and_history_with_lone_surrogates_answer_and_store_nothing_bad(self):
-        from sysadmd.envelope import Request
+        from sysadmd.wire.envelope import Request
         from sysadmd.session import Identity
         from tests.support import RecordingChannel, start_daemon
 

@@ -21,7 +21,7 @@ from twisted.internet import defer, reactor, task
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from sysadmd import crypto
+from sysadmd.runtime import crypto
 from sysadmd.admin import main as admin_main
 from sysadmd.auth.keys import CheckerBusy, RegisteredKey, SignatureChecker, raw_signature_of
 from tests.keys_support import b64decode_text, error_code, key_login, md5_of, pem_of, private_key, register, stored_of

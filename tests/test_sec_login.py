@@ -13,8 +13,8 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from sysadmd.auth.passwords import MAX_PASSWORD_BYTES, MAX_USER_NAME_BYTES, credential_problem
-from sysadmd.db import open_database
-from sysadmd.envelope import encode
+from sysadmd.runtime.db import open_database
+from sysadmd.wire.envelope import encode
 from tests.support import (FakePasswords, RecordingChannel, add_key_login, http_client, make_config, open_client,
                            short_tempdir, start_daemon, unit_server)
 

@@ -4,7 +4,7 @@ block closes every open connection of the address (real TLS WebSockets on loopba
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from sysadmd import crypto
+from sysadmd.runtime import crypto
 from tests.test_bridge_wss import connect_peer, private_key, register, start_bridge
 
 

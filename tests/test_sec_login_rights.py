@@ -17,7 +17,7 @@ from twisted.trial import unittest
 
 from sysadmd.api import require_full_access
 from sysadmd.auth.tokens import TokenStore
-from sysadmd.envelope import encode
+from sysadmd.wire.envelope import encode
 from sysadmd.session import Identity
 from tests.support import make_config, open_client, short_tempdir, start_daemon
 from tests.test_sec_login import HeldPasswords, ServerUnit, replies

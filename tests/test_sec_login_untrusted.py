@@ -3,7 +3,7 @@
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from sysadmd.db import open_database
+from sysadmd.runtime.db import open_database
 from sysadmd.logstore import HOSTINFO_LIMIT, LogStore
 from sysadmd.untrusted import shown
 from tests.support import short_tempdir

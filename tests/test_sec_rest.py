@@ -17,7 +17,7 @@ from twisted.trial import unittest
 
 from sysadmd import config as configmod
 from sysadmd.client.wsclient import ApiConnectionFactory, insecure_client_tls
-from sysadmd.configfile import ConfigError
+from sysadmd.runtime.configfile import ConfigError
 from tests.support import FakePasswords, http_client, make_config, short_tempdir, start_daemon
 
 BASIC = "Basic " + base64.b64encode(b"root:pw").decode()

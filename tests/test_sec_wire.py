@@ -19,7 +19,7 @@ from hypothesis import given, settings, strategies as st
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from sysadmd import envelope, frames
+from sysadmd.wire import envelope, frames
 from tests.sec_wire_support import (captured_frames, captured_handshake, handshake, open_raw, open_ws,
                                     client_frame, text)
 from tests.support import FakePasswords, make_config, short_tempdir, start_daemon
@@ -79,7 +79,7 @@ class HandshakeTests(unittest.TestCase):
             client.abort()
 
     def test_origin_lines_are_taken_out_of_the_head(self):
-        from sysadmd.wsbase import take_origin
+        from sysadmd.wire.wsbase import take_origin
 
         head = b"GET / HTTP/1.1\r\nHost: x\r\norigin:  sysadm-client \r\nSec-WebSocket-Origin: y\r\nUpgrade: websocket\r\n"
         stripped, origin = take_origin(head)

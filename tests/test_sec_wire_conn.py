@@ -20,7 +20,7 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
-from sysadmd import listeners
+from sysadmd.runtime import listeners
 from tests.sec_wire_support import handshake, open_raw, open_ws, sleep, until
 from tests.support import make_config, short_tempdir, start_daemon
 from tests.test_bridge_wss import start_bridge
@@ -166,7 +166,7 @@ class LimitUnitTests(unittest.TestCase):
 
     def test_descriptor_limit_is_raised_to_the_hard_limit(self):
         code = ("import resource\n"
-                "from sysadmd.listeners import raise_descriptor_limit\n"
+                "from sysadmd.runtime.listeners import raise_descriptor_limit\n"
                 "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
                 "resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))\n"
                 "before, after = raise_descriptor_limit()\n"
@@ -184,7 +184,7 @@ class LimitUnitTests(unittest.TestCase):
         clock = Clock()
         guard = listeners.ConnectionGuard(clock, max_total=1, per_address=0, handshake_timeout=0)
         events = []
-        observer = lambda e: events.append(e) if e.get("log_namespace") == "sysadmd.listeners" else None
+        observer = lambda e: events.append(e) if e.get("log_namespace") == "sysadmd.runtime.listeners" else None
         globalLogPublisher.addObserver(observer)
         self.addCleanup(globalLogPublisher.removeObserver, observer)
         self.assertIsNone(guard.admit("10.0.0.1"))

@@ -15,7 +15,7 @@ import pytest
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from sysadmd import frames
+from sysadmd.wire import frames
 from tests.sec_wire_support import client_frame, open_ws, sleep, tcp_buffered, text, until
 from tests.support import make_config, short_tempdir, start_daemon
 from tests.test_bridge_wss import start_bridge

@@ -10,9 +10,9 @@ from hypothesis import given, settings, strategies as st
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from sysadmd import wsbase
+from sysadmd.wire import wsbase
 from sysadmd.client.wsclient import insecure_client_tls
-from sysadmd.envelope import ApiError
+from sysadmd.wire.envelope import ApiError
 from sysadmd.jobs.query import Column, QueryError, compile_query, install_regexp
 from sysadmd.transports.seedws import MAX_PENDING_CALLS, MAX_SUBSCRIPTIONS, args_for, seed_job
 from tests.support import FakePasswords, make_config, open_client, short_tempdir, start_daemon
@@ -452,16 +452,15 @@ class ParserProperties(unittest.TestCase):
     def setUp(self):
         from twisted.internet.task import Clock
 
-        from sysadmd.db import open_database
-        from sysadmd.server import Server
+        from sysadmd.runtime.db import open_database
         from sysadmd.session import Identity
         from sysadmd.transports.seedws import SeedServerFactory, SeedServerProtocol
-        from tests.support import RecordingChannel
+        from tests.support import RecordingChannel, unit_server
 
         state = short_tempdir(self)
         db = open_database(state + "/s.sqlite")
         self.addCleanup(db.close)
-        self.server = Server(make_config(state), db, Clock(), passwords=FakePasswords({"root": "pw"}))
+        self.server = unit_server(make_config(state), db, Clock(), passwords=FakePasswords({"root": "pw"}))
         self.addCleanup(self.server.logs.flush)
         self.factory = SeedServerFactory(self.server)
         self.make_protocol = SeedServerProtocol

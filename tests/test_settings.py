@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from sysadmd import crypto
+from sysadmd.runtime import crypto
 from sysadmd.auth.keys import KeyStore
-from sysadmd.db import database_path, open_database
+from sysadmd.runtime.db import database_path, open_database
 from sysadmd.session import Identity
 from tests.keys_support import (
     call, call_async, clock_server, error_code, key_login, md5_of, pem_of, private_key, register, stored_of,

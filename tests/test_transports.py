@@ -17,7 +17,8 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from sysadmd.client.wsclient import ApiConnectionFactory, insecure_client_tls
-from sysadmd.session import CLOSE_GOING_AWAY, CLOSE_POLICY, Identity, Session
+from sysadmd.session import Identity, Session
+from sysadmd.wire.close import CLOSE_GOING_AWAY, CLOSE_POLICY
 from tests.support import FakePasswords, RecordingChannel, make_config, open_client, short_tempdir, start_daemon
 
 

@@ -11,7 +11,7 @@ import sys
 from twisted.internet import defer, error, protocol, reactor, utils
 from twisted.trial import unittest
 
-from sysadmd import tls
+from sysadmd.runtime import tls
 from sysadmd.client.wsclient import connect, connect_unix
 from tests.support import short_tempdir
 

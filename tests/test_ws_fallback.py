@@ -1,4 +1,4 @@
-"""The autobahn seam (sysadmd/wsbase.py): the internals the lean frame path hooks are
+"""The autobahn seam (sysadmd/wire/wsbase.py): the internals the lean frame path hooks are
 checked at import, and without them everything runs on autobahn's public data path.
 
 * :func:`missing_internals` finds nothing on the installed autobahn, and names what a
@@ -20,7 +20,7 @@ import pytest
 from autobahn.twisted.websocket import WebSocketClientProtocol, WebSocketServerProtocol
 from twisted.trial import unittest
 
-from sysadmd import wsbase
+from sysadmd.wire import wsbase
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -124,7 +124,7 @@ class FallbackTests(unittest.TestCase):
             from autobahn.websocket.protocol import WebSocketProtocol
             del WebSocketProtocol.sendCloseFrame           # as if a release renamed it
             globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
-            from sysadmd import wsbase
+            from sysadmd.wire import wsbase
             from sysadmd.transports.websocket import SysadmServerProtocol
             from bridge.protocol import BridgeServerProtocol
             from sysadmd.bridgelink.protocol import BridgeLinkProtocol

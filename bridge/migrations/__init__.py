@@ -1,13 +1,13 @@
 """Schema migrations of the bridge's database (``<state_dir>/bridge.sqlite``).
 
-The mechanism is :mod:`sysadmd.db`; this package holds the steps, numbered like
+The mechanism is :mod:`sysadmd.runtime.db`; this package holds the steps, numbered like
 sysadmd's (see :mod:`sysadmd.migrations` for how to add one).  The bridge applies the
 missing steps at start (after keeping a copy, ``bridge.sqlite.before-v<N>``), as does the
 ``sysadm-bridge`` admin command when it opens the database.  The blacklist's tables live
-here too: the bridge blocks addresses with sysadmd's :class:`~sysadmd.auth.blacklist.Blacklist`.
+here too: the bridge blocks addresses with sysadmd's :class:`~sysadmd.runtime.blacklist.Blacklist`.
 """
 
-from sysadmd.db import Schema
+from sysadmd.runtime.db import Schema
 
 SCHEMA = Schema(
     name="sysadm-bridge",

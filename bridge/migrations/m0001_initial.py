@@ -1,7 +1,7 @@
 """The schema of the first release (1f9198b): registered keys and the blacklist."""
 
-from sysadmd.db import run_script
-from sysadmd.migrations.m0001_initial import BLACKLIST_STATEMENTS
+from sysadmd.runtime.db import run_script
+from sysadmd.runtime.blacklist import BLACKLIST_STATEMENTS
 
 STATEMENTS = """
 CREATE TABLE IF NOT EXISTS bridge_keys (

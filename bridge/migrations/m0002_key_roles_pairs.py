@@ -2,7 +2,7 @@
 first login; ``both`` is now said explicitly), and ``pairs`` lists the further checksums
 a client key may be paired on."""
 
-from sysadmd.db import add_column, run_script
+from sysadmd.runtime.db import add_column, run_script
 
 TABLE = """
 CREATE TABLE bridge_keys_new (

@@ -13,7 +13,7 @@ from sysadmd.admin.state import VerbFailed, WallClock, local_time, open_state_db
 from sysadmd.admin.verbs import UsageError, verb
 from sysadmd.bridgelink import key as bridgekey
 from sysadmd.bridgelink.store import DEFAULT_VERIFY, VERIFY_MODES, BridgeLinkError, BridgeLinkStore
-from sysadmd.statedir import ensure_private_dir
+from sysadmd.runtime.statedir import ensure_private_dir
 
 
 def _split_verify(args: List[str]) -> tuple:

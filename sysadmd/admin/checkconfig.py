@@ -14,7 +14,7 @@ from typing import Any, List, TextIO
 from sysadmd import config as configmod
 from sysadmd.admin.state import VerbFailed
 from sysadmd.admin.verbs import UsageError, verb
-from sysadmd.configfile import ConfigError
+from sysadmd.runtime.configfile import ConfigError
 
 
 def _check_endpoint(key: str, spec: str, interface: str) -> None:
@@ -22,7 +22,7 @@ def _check_endpoint(key: str, spec: str, interface: str) -> None:
         return
     from twisted.internet import endpoints, reactor
 
-    from sysadmd.listeners import endpoint_text
+    from sysadmd.runtime.listeners import endpoint_text
 
     description = endpoint_text(spec, interface)
     try:
@@ -36,7 +36,7 @@ def _check_tls(cfg: Any) -> None:
         return  # a self-signed pair is made in the state directory at the first start
     from OpenSSL import SSL, crypto as ossl
 
-    from sysadmd import tls
+    from sysadmd.runtime import tls
 
     for key, path in (("TLS_CERT", cfg.tls_cert), ("TLS_KEY", cfg.tls_key)):
         if not os.path.isfile(path):

@@ -10,10 +10,11 @@ from __future__ import annotations
 import pwd
 from typing import List, TextIO
 
-from sysadmd import crypto
+from sysadmd import migrations
+from sysadmd.runtime import crypto
 from sysadmd.admin.state import VerbFailed, WallClock, local_time, open_state_db, table
 from sysadmd.admin.verbs import UsageError, verb
-from sysadmd.auth.blacklist import Blacklist, normalize_address
+from sysadmd.runtime.blacklist import Blacklist, normalize_address
 from sysadmd.auth.keys import KeyStore, KeyStoreError
 
 MAX_KEY_FILE_BYTES = 1024 * 1024  # far more than any key or certificate file
@@ -97,7 +98,8 @@ def revoke_key(state_dir: str, args: List[str], out: TextIO, err: TextIO) -> int
 
 def _blacklist(state_dir: str) -> Blacklist:
     # Only the stored entries are used here; the counting limits do not matter.
-    return Blacklist(open_state_db(state_dir), WallClock(), limit=1, reset_minutes=1, block_minutes=1)
+    return Blacklist(open_state_db(state_dir), WallClock(), limit=1, reset_minutes=1, block_minutes=1,
+                     schema=migrations.SCHEMA)
 
 
 @verb("unblock", "ADDRESS", "Lift the block on ADDRESS set after repeated failed logins.")

@@ -21,7 +21,7 @@ from sysadmd import config as configmod
 from sysadmd.admin import bridges, checkconfig, keys
 from sysadmd.admin.state import VerbFailed
 from sysadmd.admin.verbs import VERBS, UsageError, primary_verbs
-from sysadmd.configfile import ConfigError
+from sysadmd.runtime.configfile import ConfigError
 
 VERB_MODULES = (bridges, checkconfig, keys)  # imported for their verbs, which they register
 

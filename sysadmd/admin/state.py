@@ -8,8 +8,8 @@ import time
 from typing import List, Sequence
 
 from sysadmd import migrations
-from sysadmd.db import SchemaError, database_path, open_database
-from sysadmd.statedir import ensure_private_dir
+from sysadmd.runtime.db import SchemaError, database_path, open_database
+from sysadmd.runtime.statedir import ensure_private_dir
 
 
 class VerbFailed(Exception):

@@ -37,9 +37,9 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from sysadmd import crypto
+from sysadmd.runtime import crypto
 from sysadmd import migrations
-from sysadmd.db import ensure
+from sysadmd.runtime.db import ensure
 
 log = Logger()
 

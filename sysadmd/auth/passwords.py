@@ -26,7 +26,7 @@ from typing import Any, Callable, Deque, Dict, Optional, Tuple
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 
-from sysadmd.envelope import ApiError
+from sysadmd.wire.envelope import ApiError
 from sysadmd.untrusted import shown
 
 log = Logger()

@@ -15,8 +15,9 @@ from twisted.application import service
 from twisted.internet import task
 from twisted.logger import Logger
 
-from sysadmd.db import data_version
-from sysadmd.session import CLOSE_POLICY, Identity
+from sysadmd.runtime.db import data_version
+from sysadmd.session import Identity
+from sysadmd.wire.close import CLOSE_POLICY
 
 log = Logger()
 

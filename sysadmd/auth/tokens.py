@@ -14,7 +14,7 @@ from typing import Callable, Dict, Optional
 
 from twisted.internet.interfaces import IReactorTime
 
-from sysadmd.crypto import random_token
+from sysadmd.runtime.crypto import random_token
 from sysadmd.session import Identity
 
 TOKEN_LENGTH = 40

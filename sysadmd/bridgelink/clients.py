@@ -14,7 +14,7 @@ the session back into plain mode: the client has started over without its key.
 
 Our client adds ``client_nonce`` to that stage 1; the reply then also carries the
 server's bridge key and a proof signed with it, and only a login signature bound to that
-key is accepted afterwards (:mod:`sysadmd.auth.bound`).  Upstream clients see upstream's
+key is accepted afterwards (:mod:`sysadmd.wire.bound`).  Upstream clients see upstream's
 reply.
 
 Bodies named ``response`` or ``error`` are replies, not requests, and are dropped: in
@@ -31,10 +31,12 @@ from typing import Any, Callable, Dict, List, Optional
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from sysadmd import envelope
-from sysadmd.auth import bound
-from sysadmd.envelope import EnvelopeError, Request
-from sysadmd.session import CLOSE_GOING_AWAY, CLOSE_POLICY, Session
+from sysadmd.wire import envelope
+from sysadmd.auth import boundlogin
+from sysadmd.wire import bound
+from sysadmd.wire.envelope import EnvelopeError, Request
+from sysadmd.session import Session
+from sysadmd.wire.close import CLOSE_GOING_AWAY, CLOSE_POLICY
 
 log = Logger()
 
@@ -184,7 +186,7 @@ class BridgedClients:
         """Stage 1 of the md5_key login: reply plain, then switch to base64 on success.
 
         With ``client_nonce`` (our client), the reply also proves this server's identity
-        (:mod:`sysadmd.auth.bound`) and the session then accepts only a bound stage 2.
+        (:mod:`sysadmd.wire.bound`) and the session then accepts only a bound stage 2.
         """
         nonce = request.args.get("client_nonce")
         if "client_nonce" in request.args and not bound.valid_nonce(nonce):
@@ -203,9 +205,9 @@ class BridgedClients:
             if nonce is not None and message.get("name") == "response" and isinstance(message.get("args"), dict) \
                     and session.challenge is not None:
                 own_id = self.own_id or ""
-                session.attributes[bound.BOUND_REQUIRED] = True
-                session.attributes[bound.SERVER_CONNECTION_ID] = own_id
-                message["args"].update(bound.server_proof(bound.server_identity(self.server), nonce,
+                session.attributes[boundlogin.BOUND_REQUIRED] = True
+                session.attributes[boundlogin.SERVER_CONNECTION_ID] = own_id
+                message["args"].update(bound.server_proof(boundlogin.server_identity(self.server), nonce,
                                                           session.challenge.text, request.args["md5_key"], own_id))
             session.send(message)
             if message.get("name") == "response":

@@ -12,8 +12,8 @@ from typing import Tuple
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from sysadmd import crypto
-from sysadmd.statedir import ensure_private_dir, write_private_file
+from sysadmd.runtime import crypto
+from sysadmd.runtime.statedir import ensure_private_dir, write_private_file
 
 KEY_FILE = "bridge_key.pem"
 KEY_BITS = 2048

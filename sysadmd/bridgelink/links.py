@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from sysadmd.bridgelink import key as bridgekey
 from sysadmd.bridgelink.link import BridgeLink
 from sysadmd.bridgelink.store import BridgeLinkRow, BridgeLinkStore
-from sysadmd.db import data_version
+from sysadmd.runtime.db import data_version
 
 log = Logger()
 

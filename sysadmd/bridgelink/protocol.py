@@ -36,10 +36,12 @@ from twisted.internet import error as neterror
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sysadmd import crypto, envelope
+from sysadmd.runtime import crypto
+from sysadmd.wire import envelope
+from sysadmd.wire.close import CLOSE_NORMAL
 from sysadmd.bridgelink.outbox import LinkOutbox
-from sysadmd.envelope import EnvelopeError
-from sysadmd.wsbase import LeanClientMixin
+from sysadmd.wire.envelope import EnvelopeError
+from sysadmd.wire.wsbase import LeanClientMixin
 
 AUTH_ID = "server_to_bridge_auth"
 KEYS_ID = "bridge_request_list_keys"
@@ -148,7 +150,7 @@ class BridgeLinkProtocol(LeanClientMixin, WebSocketClientProtocol):
     def close_link(self, reason: str) -> None:
         """Close the WebSocket politely (the bridge then drops the TCP connection)."""
         self._release_producer()
-        self.sendClose(1000, reason[:120])
+        self.sendClose(CLOSE_NORMAL, reason[:120])
 
     def shutdown(self, reason: str) -> None:
         """Close now: the link is being stopped, the TLS connection must go."""

@@ -18,7 +18,7 @@ from typing import Any, Dict
 from sysadmd.api import require_full_access
 from sysadmd.bridgelink.links import BridgeLinks
 from sysadmd.bridgelink.store import DEFAULT_VERIFY, BridgeLinkError, BridgeLinkStore
-from sysadmd.envelope import ApiError
+from sysadmd.wire.envelope import ApiError
 from sysadmd.session import Session
 
 

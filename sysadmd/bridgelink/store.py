@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from sysadmd import migrations
-from sysadmd.db import ensure
-from sysadmd.wssurl import parse_wss
+from sysadmd.runtime.db import ensure
+from sysadmd.wire.wssurl import parse_wss
 
 DEFAULT_PORT = 12149
 VERIFY_MODES = ("none", "pin", "ca")

@@ -20,7 +20,7 @@ from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from zope.interface import implementer
 
-from sysadmd.tls import fingerprint_der
+from sysadmd.runtime.tls import fingerprint_der
 
 
 def certificate_fingerprint(x509) -> str:

@@ -20,7 +20,7 @@ server behind it and ``<S>`` its connection ID (``::{uuid}``)::
     us → S  base64(JSON rpc/auth_ssl {"encrypted_string":sig(fp(server key),<S>,T),"bound":1}) → base64([token, ttl])
     from then on every payload both ways is base64(compact JSON); events arrive the same way.
 
-See :mod:`sysadmd.auth.bound` for the exact signed texts, and the README ("Servers behind a
+See :mod:`sysadmd.wire.bound` for the exact signed texts, and the README ("Servers behind a
 bridge: who you sign for") for why.  Upstream servers send no proof; they are used only
 with ``--allow-upstream-server`` (then T is signed raw, as upstream does).
 
@@ -41,8 +41,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.internet import defer
 
-from sysadmd import crypto
-from sysadmd.auth import bound
+from sysadmd.runtime import crypto
+from sysadmd.wire import bound
 from sysadmd.client import knownservers, tables
 from sysadmd.client.connect import BRIDGE_PORT, load_key, open_tls, parse_url, request
 from sysadmd.client.context import Context
@@ -50,7 +50,7 @@ from sysadmd.client.errors import (EXIT_AUTH, EXIT_CERTIFICATE, EXIT_CONNECT, EX
                                    error_fields, is_error)
 from sysadmd.client.knownhosts import KnownHosts
 from sysadmd.client.wsclient import ConnectionLost
-from sysadmd.envelope import encode
+from sysadmd.wire.envelope import encode
 
 IDENT_ID = "sysadm_bridge_request_ident"
 LIST_KEYS_ID = "bridge_request_list_keys"

@@ -19,13 +19,13 @@ from typing import Any, Optional
 
 from twisted.internet import defer
 
-from sysadmd import crypto
+from sysadmd.runtime import crypto, paths
 from sysadmd.client import wsclient
 from sysadmd.client.errors import (
     EXIT_AUTH, EXIT_CONNECT, EXIT_USAGE, ClientError, connection_lost, describe_connect_failure, error_fields, is_error,
 )
 from sysadmd.client.knownhosts import KnownHosts, endpoint_name
-from sysadmd.wssurl import parse_wss
+from sysadmd.wire.wssurl import parse_wss
 
 SERVER_PORT = 12150
 BRIDGE_PORT = 12149
@@ -58,15 +58,13 @@ def parse_url(text: str, default_port: int) -> Endpoint:
 
 def default_socket() -> str:
     """``$SYSADM_SOCKET``; else the system daemon's socket when it exists; else the
-    socket of a daemon run by this user (as that daemon's configuration computes it)."""
-    from sysadmd import config
-
+    socket of a daemon run by this user on the default configuration."""
     chosen = os.environ.get("SYSADM_SOCKET")
     if chosen:
         return chosen
-    if os.path.exists(config.SYSTEM_SOCKET):
-        return config.SYSTEM_SOCKET
-    return config.load(None).socket
+    if os.path.exists(paths.SYSTEM_SOCKET):
+        return paths.SYSTEM_SOCKET
+    return paths.default_socket_path()
 
 
 # --- credentials ------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
-from sysadmd import crypto
+from sysadmd.runtime import crypto
 from sysadmd.client import tables
 from sysadmd.client.context import Context
 from sysadmd.client.errors import EXIT_ERROR_REPLY, EXIT_OK, EXIT_USAGE, ClientError

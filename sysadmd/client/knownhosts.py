@@ -20,7 +20,7 @@ import re
 from typing import List, Optional, Tuple
 
 from sysadmd.client.errors import EXIT_CERTIFICATE, EXIT_USAGE, ClientError
-from sysadmd.statedir import ensure_private_dir, write_private_file
+from sysadmd.runtime.statedir import ensure_private_dir, write_private_file
 
 _HEX = re.compile(r"^[0-9A-F]{64}$")
 

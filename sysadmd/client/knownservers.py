@@ -1,7 +1,7 @@
 """Servers behind bridges, pinned on first use by their key, like ssh's ``known_hosts``.
 
 A server behind a bridge is known by its *bridge key* (the key it logs in to the bridge
-with; it proves holding it in every bridged login, :mod:`sysadmd.auth.bound`), never by
+with; it proves holding it in every bridged login, :mod:`sysadmd.wire.bound`), never by
 the host name it claims: any bridge tenant can claim any host name.  The connection ID
 changes on every reconnect, and the bridge URL says nothing about the server, so neither
 is stored.
@@ -24,10 +24,10 @@ import re
 from dataclasses import dataclass
 from typing import List, Optional
 
-from sysadmd.auth.bound import display_fingerprint
+from sysadmd.wire.bound import display_fingerprint
 from sysadmd.client.errors import EXIT_USAGE, ClientError
 from sysadmd.client.knownhosts import read_lines
-from sysadmd.statedir import ensure_private_dir, write_private_file
+from sysadmd.runtime.statedir import ensure_private_dir, write_private_file
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9._:\[\]-]{1,253}$")

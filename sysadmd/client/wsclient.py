@@ -15,9 +15,10 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet import defer, endpoints, ssl
 from twisted.logger import Logger
 
-from sysadmd.envelope import encode
-from sysadmd.tls import fingerprint_der
-from sysadmd.wsbase import WireMixin
+from sysadmd.wire.close import CLOSE_NORMAL
+from sysadmd.wire.envelope import encode
+from sysadmd.runtime.tls import fingerprint_der
+from sysadmd.wire.wsbase import WireMixin
 
 log = Logger()
 
@@ -94,7 +95,7 @@ class ApiConnection(WireMixin, WebSocketClientProtocol):
 
     def close(self) -> defer.Deferred:
         if not self.closed.called:
-            self.sendClose(1000)
+            self.sendClose(CLOSE_NORMAL)
         return self.closed
 
 

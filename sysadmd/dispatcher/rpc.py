@@ -46,7 +46,7 @@ from sysadmd.dispatcher.service import Dispatcher
 from sysadmd.dispatcher.service import SURROGATE
 from sysadmd.dispatcher.store import LiveOutput, UnknownLayout
 from sysadmd.untrusted import clean, has_surrogate
-from sysadmd.envelope import ApiError, require_action, type_name
+from sysadmd.wire.envelope import ApiError, require_action, type_name
 
 log = Logger()
 

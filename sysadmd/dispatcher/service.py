@@ -46,7 +46,7 @@ from sysadmd.dispatcher.queues import JobQueue
 from sysadmd.dispatcher.runner import CannotStart, ProcessTracker, spawn
 from sysadmd.dispatcher.store import JobStore, JobRecord, ranges_closed
 from sysadmd.untrusted import clean, has_surrogate
-from sysadmd.envelope import ApiError
+from sysadmd.wire.envelope import ApiError
 
 log = Logger()
 

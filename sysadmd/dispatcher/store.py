@@ -42,10 +42,10 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 from twisted.logger import Logger
 
 from sysadmd import migrations
-from sysadmd.db import ensure
+from sysadmd.runtime.db import ensure
 from sysadmd.dispatcher.output import _skip_continuation, _whole_prefix, render
 from sysadmd.untrusted import clean
-from sysadmd.statedir import ensure_private_dir
+from sysadmd.runtime.statedir import ensure_private_dir
 
 log = Logger()
 

@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.logger import Logger
 
-from sysadmd.envelope import encode, event
+from sysadmd.wire.envelope import encode, event
 from sysadmd.logstore import LogStore
 from sysadmd.session import Session, SessionRegistry
 

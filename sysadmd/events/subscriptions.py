@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any, List, Sequence
 
 from sysadmd.api import Api
-from sysadmd.envelope import ApiError, type_name
+from sysadmd.wire.envelope import ApiError, type_name
 from sysadmd.events.hub import EventHub
 from sysadmd.session import Session
 

@@ -1,20 +1,7 @@
 """The schema of the first release (1f9198b): jobs, logs, login keys, blacklist, bridge links."""
 
-from sysadmd.db import run_script
-
-# The failed-login blacklist of that release; the bridge database has the same tables.
-BLACKLIST_STATEMENTS = """
-CREATE TABLE IF NOT EXISTS auth_failures (
-    address TEXT PRIMARY KEY,
-    count INTEGER NOT NULL,
-    last_failure REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS blacklist (
-    address TEXT PRIMARY KEY,
-    blocked_at REAL NOT NULL,
-    until REAL NOT NULL
-);
-"""
+from sysadmd.runtime.blacklist import BLACKLIST_STATEMENTS  # the blacklist of that release; the bridge has it too
+from sysadmd.runtime.db import run_script
 
 STATEMENTS = """
 CREATE TABLE IF NOT EXISTS dispatcher_jobs (

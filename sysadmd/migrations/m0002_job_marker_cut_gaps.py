@@ -1,7 +1,7 @@
 """Dispatcher jobs record their processes' ``SYSADMD_JOB`` marker, the bytes of output
 not kept (``cut``) and where each command's output has its gap (``gaps``)."""
 
-from sysadmd.db import add_column
+from sysadmd.runtime.db import add_column
 
 
 def apply(db):

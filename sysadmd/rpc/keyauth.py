@@ -34,12 +34,12 @@ from typing import Any, Optional
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from sysadmd import crypto
-from sysadmd.auth import bound
+from sysadmd.runtime import crypto
+from sysadmd.auth import boundlogin
 from sysadmd.auth.keys import CheckerBusy, CheckResult, KeyStore, RegisteredKey, SignatureChecker, raw_signature_of
-from sysadmd.envelope import ApiError
+from sysadmd.wire.envelope import ApiError
 from sysadmd.session import Challenge, Identity, Session
-from sysadmd.statedir import write_private_file
+from sysadmd.runtime.statedir import write_private_file
 
 log = Logger()
 
@@ -105,7 +105,7 @@ class KeyLogin:
         self.server.logout(session)
         args = request.args
         if isinstance(args, dict) and "encrypted_string" in args:
-            mode = bound.Stage2(self.server, session, args)  # bridged logins bound to this server (auth/bound.py)
+            mode = boundlogin.Stage2(self.server, session, args)  # bridged logins bound to this server (auth/boundlogin.py)
             if mode.refused:
                 session.challenge = None
                 self.refuse(session, "", mode.refused)
@@ -143,7 +143,7 @@ class KeyLogin:
         }
 
     # --- stage 2 ------------------------------------------------------------------------
-    def stage2(self, session: Session, answer: Any, mode: Optional[bound.Stage2] = None) -> defer.Deferred:
+    def stage2(self, session: Session, answer: Any, mode: Optional[boundlogin.Stage2] = None) -> defer.Deferred:
         challenge, session.challenge = session.challenge, None  # single use, whatever the outcome
         if not isinstance(answer, str) or not answer:
             self.refuse(session, "", "encrypted_string must be a non-empty base64 string")
@@ -157,7 +157,7 @@ class KeyLogin:
         return d
 
     def verify_challenge(self, session: Session, challenge: Challenge, signature_b64: str,
-                         mode: Optional[bound.Stage2] = None) -> defer.Deferred:
+                         mode: Optional[boundlogin.Stage2] = None) -> defer.Deferred:
         """Fires with the registered key whose signature of *challenge* is *signature_b64*,
         or ``None``; the check runs in the checker's threads.
 
@@ -183,10 +183,10 @@ class KeyLogin:
 
         return d.addCallbacks(unpack, busy)
 
-    def signature_matcher(self, session: Session, challenge: Challenge, mode: Optional[bound.Stage2] = None) -> Any:
+    def signature_matcher(self, session: Session, challenge: Challenge, mode: Optional[boundlogin.Stage2] = None) -> Any:
         """What the answer to *challenge* must be: upstream's raw PKCS#1 v1.5 signature of
         the challenge text, or, for a bound bridged login, a SHA-256 signature over this
-        server's key, its bridge connection ID and the challenge (auth/bound.py)."""
+        server's key, its bridge connection ID and the challenge (auth/boundlogin.py)."""
         if mode is not None and mode.bound:
             return mode.matcher(challenge)
         return raw_signature_of(challenge.text.encode("latin-1"))

@@ -15,9 +15,9 @@ from typing import Any, Optional, Protocol
 from twisted.internet import defer
 
 from sysadmd.api import NO_REPLY, Api
-from sysadmd.auth.blacklist import Blacklist
+from sysadmd.runtime.blacklist import Blacklist
 from sysadmd.auth.tokens import TokenStore
-from sysadmd.envelope import ApiError
+from sysadmd.wire.envelope import ApiError
 from sysadmd.session import Identity, Session
 
 

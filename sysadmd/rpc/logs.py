@@ -44,7 +44,7 @@ from datetime import datetime, timedelta
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from sysadmd.api import Api
-from sysadmd.envelope import ApiError, require_action, require_object, type_name
+from sysadmd.wire.envelope import ApiError, require_action, require_object, type_name
 from sysadmd.logstore import LogStore
 
 DEFAULT_SPAN = 12 * 3600.0

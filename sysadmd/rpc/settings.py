@@ -17,18 +17,18 @@ users see only their own.  Revoking a key ends its logins.
 ``register_ssl_cert`` with a key the user registered before replaces its nickname and
 email and answers ``{}`` (upstream's Qt GUI re-sends its key on every connection
 set-up); a key registered for another user is refused with 409.  Keys must be within
-:data:`sysadmd.crypto.LOGIN_KEY_RULE`, and a user may have ``MAX_KEYS_PER_USER``.
+:data:`sysadmd.runtime.crypto.LOGIN_KEY_RULE`, and a user may have ``MAX_KEYS_PER_USER``.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, Iterator
 
-from sysadmd import crypto
+from sysadmd.runtime import crypto
 from sysadmd.api import Api, require_full_access
 from sysadmd.auth.keys import DuplicateKey, KeyStore, KeyStoreError
 from sysadmd.auth.revocation import end_key_logins
-from sysadmd.envelope import ApiError
+from sysadmd.wire.envelope import ApiError
 from sysadmd.session import Session
 
 Action = Callable[[Session, Dict[str, Any]], Any]

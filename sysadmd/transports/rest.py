@@ -49,9 +49,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server as web_server
 
-from sysadmd import envelope
+from sysadmd.wire import envelope
 from sysadmd.config import normalize_origin
-from sysadmd.envelope import ApiError, Request
+from sysadmd.wire.envelope import ApiError, Request
 from sysadmd.session import Session
 
 log = Logger()

@@ -63,9 +63,9 @@ from typing import Any, Deque, Dict, Optional, Set, Tuple
 
 from twisted.internet import defer
 
-from sysadmd import envelope
-from sysadmd.envelope import Request
-from sysadmd.session import CLOSE_POLICY
+from sysadmd.wire import envelope
+from sysadmd.wire.envelope import Request
+from sysadmd.wire.close import CLOSE_POLICY
 from sysadmd.transports.websocket import SysadmServerFactory, SysadmServerProtocol
 
 PATH = b"/websocket"

@@ -4,7 +4,7 @@ upgrades there speak the seed's wire (:mod:`sysadmd.transports.seedws`).
 
 Its HTTP channel (:class:`SysadmHTTPChannel`) adds two limits to twisted.web's:
 
-* the connection guard's handshake deadline (:mod:`sysadmd.listeners`) runs until a
+* the connection guard's handshake deadline (:mod:`sysadmd.runtime.listeners`) runs until a
   request has been received whole, and again from the end of each request to the next
   one on a kept-alive connection, so trickled bytes cannot hold a connection;
 * a request or header line over 16 KiB is answered ``431 Request Header Fields Too
@@ -18,7 +18,7 @@ from typing import Any
 from autobahn.twisted.resource import WebSocketResource
 from twisted.web import http, resource, server as web_server
 
-from sysadmd.listeners import handshake_finished, handshake_started
+from sysadmd.runtime.listeners import handshake_finished, handshake_started
 from sysadmd.transports.seedws import PATH as SEED_PATH, SeedServerFactory
 from sysadmd.transports.rest import limit_request_bodies
 

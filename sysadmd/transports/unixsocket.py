@@ -19,7 +19,7 @@ from typing import Any, Optional
 from twisted.internet import endpoints
 
 from sysadmd.auth.rights import user_for_uid
-from sysadmd.listeners import ConnectionGuard, Listener
+from sysadmd.runtime.listeners import ConnectionGuard, Listener
 from sysadmd.session import Identity
 from sysadmd.transports.websocket import SysadmServerFactory, unix_peer_credentials
 

@@ -6,7 +6,7 @@ Wire protocol (upstream-compatible):
   any ``Origin``, no subprotocol; TLS on the TCP listeners, plain over the local Unix
   socket;
 * every inbound message, text or binary, is read as UTF-8 text holding one request
-  envelope (:mod:`sysadmd.envelope`); invalid UTF-8 or JSON gets a 400 reply, the
+  envelope (:mod:`sysadmd.wire.envelope`); invalid UTF-8 or JSON gets a 400 reply, the
   connection stays open;
 * every reply and event is one text frame; replies may come in any order (match ``id``);
 * a message larger than ``MAX_MESSAGE_BYTES`` closes the connection with 1009, and so
@@ -20,7 +20,7 @@ Wire protocol (upstream-compatible):
 * a client that reads too slowly: while the socket's send buffer is full, messages wait
   in a queue; past ``MAX_SESSION_BUFFER_BYTES`` the connection is closed (1008) rather
   than growing the daemon's memory; and while the send buffer is full the connection is
-  not read either, so replies and pongs cannot pile up (see :mod:`sysadmd.wsbase`).
+  not read either, so replies and pongs cannot pile up (see :mod:`sysadmd.wire.wsbase`).
 """
 
 from __future__ import annotations
@@ -35,9 +35,10 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from sysadmd import envelope
-from sysadmd.session import CLOSE_POLICY, Session
-from sysadmd.wsbase import LeanServerMixin
+from sysadmd.wire import envelope
+from sysadmd.session import Session
+from sysadmd.wire.close import CLOSE_INTERNAL, CLOSE_POLICY
+from sysadmd.wire.wsbase import LeanServerMixin
 
 
 @implementer(IPushProducer)
@@ -108,7 +109,7 @@ class SysadmServerProtocol(LeanServerMixin, WebSocketServerProtocol):
         except Exception:
             # autobahn swallows exceptions from onOpen; log and close instead.
             self._log.failure("failed to open a session")
-            self.close_with(1011, "internal error")
+            self.close_with(CLOSE_INTERNAL, "internal error")
 
     def message_limit(self) -> int:
         session = self.session

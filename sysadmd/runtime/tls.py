@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 from twisted.internet import ssl
 
-from sysadmd.crypto import generate_private_key, private_pem
-from sysadmd.statedir import write_private_file
+from sysadmd.runtime.crypto import generate_private_key, private_pem
+from sysadmd.runtime.statedir import write_private_file
 
 
 def make_self_signed(common_name: str, organization: str = "SysAdm") -> Tuple[bytes, bytes]:

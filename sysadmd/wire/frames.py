@@ -3,7 +3,7 @@
 autobahn does the opening handshake; after it sysadmd and the bridge read frames with
 :class:`FrameReader` and write them with :func:`frame_header`, because autobahn's
 per-frame machinery (frame objects, callbacks, futures, maskers) cost more CPU than
-handling the message itself (see :class:`sysadmd.wsbase.LeanServerMixin`).
+handling the message itself (see :class:`sysadmd.wire.wsbase.LeanServerMixin`).
 
 Wire format (RFC 6455 §5.2), as read from a client:
 
@@ -31,6 +31,8 @@ from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
+from sysadmd.wire.close import CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG
+
 try:  # autobahn's vectorised XOR masker (C, from autobahn 24.4); pure Python without it
     from autobahn.websocket import USES_NVX
     from autobahn.websocket.xormasker import create_xor_masker
@@ -44,9 +46,6 @@ BINARY = 0x2
 CLOSE = 0x8
 PING = 0x9
 PONG = 0xA
-
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_TOO_BIG = 1009
 
 _KNOWN = frozenset((CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG))
 # Above this size a vectorised XOR (autobahn's NVX, in C) or, without it, byte-translation

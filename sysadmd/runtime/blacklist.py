@@ -16,9 +16,23 @@ from typing import Callable, List, Optional, Tuple
 
 from twisted.internet.interfaces import IReactorTime
 
-from sysadmd import migrations
-from sysadmd.db import ensure
+from sysadmd.runtime.db import Schema, ensure
 
+# The blacklist's tables as the first release made them.  Both databases' first migration
+# creates them (sysadmd/migrations/m0001_initial.py, bridge/migrations/m0001_initial.py):
+# released, never edit; a change is a new migration in each database that has them.
+BLACKLIST_STATEMENTS = """
+CREATE TABLE IF NOT EXISTS auth_failures (
+    address TEXT PRIMARY KEY,
+    count INTEGER NOT NULL,
+    last_failure REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blacklist (
+    address TEXT PRIMARY KEY,
+    blocked_at REAL NOT NULL,
+    until REAL NOT NULL
+);
+"""
 
 UNLIMITED = 1 << 30  # remaining() of an exempt address
 
@@ -43,7 +57,10 @@ def is_loopback(address: str) -> bool:
 class Blacklist:
     def __init__(self, db: sqlite3.Connection, clock: IReactorTime, *, limit: int, reset_minutes: float,
                  block_minutes: float, exempt_loopback: bool = True,
-                 on_block: Optional[Callable[[str], None]] = None):
+                 on_block: Optional[Callable[[str], None]] = None, schema: Optional[Schema] = None):
+        """*schema*: the schema of the database *db* belongs to (each daemon has its own);
+        given, *db* is brought to it first, as every store does.  Leave it out only when
+        *db* was opened with its schema."""
         self.db = db
         self.clock = clock
         self.limit = limit
@@ -52,7 +69,8 @@ class Blacklist:
         self.exempt_loopback = exempt_loopback
         self.on_block = on_block
         # Its tables are in both databases (sysadmd/migrations/, bridge/migrations/).
-        ensure(db, migrations.SCHEMA, shared=True)
+        if schema is not None:
+            ensure(db, schema, shared=True)
 
     def _exempt(self, address: str) -> bool:
         return not address or (self.exempt_loopback and is_loopback(address))

@@ -54,7 +54,8 @@ from autobahn.twisted.websocket import (WebSocketClientFactory, WebSocketClientP
                                         WebSocketServerProtocol)
 from twisted.logger import Logger
 
-from sysadmd import frames
+from sysadmd.wire import frames
+from sysadmd.wire.close import CLOSE_NORMAL
 
 _log = Logger()
 
@@ -277,7 +278,7 @@ _JOIN_BELOW = 16 * 1024
 
 class _FastFrames(_InputPauses, _FastWire):
     """Once autobahn has done the opening handshake, frames are read by
-    :class:`sysadmd.frames.FrameReader` and text frames written with our own header.
+    :class:`sysadmd.wire.frames.FrameReader` and text frames written with our own header.
 
     autobahn keeps the handshake, pings (its auto-ping and its answers to the peer's),
     the close handshake with its timeout and the close bookkeeping: close frames go to its
@@ -487,7 +488,7 @@ class _FastServer(_FastFrames):
     def succeedHandshake(self, res: Any) -> None:
         super().succeedHandshake(res)
         if self.state == self.STATE_OPEN:
-            from sysadmd.listeners import handshake_finished
+            from sysadmd.runtime.listeners import handshake_finished
 
             handshake_finished(self.transport)
 
@@ -516,7 +517,7 @@ class _FastClient(_FastFrames):
 
 
 # --- autobahn's public data path (the fallback) ----------------------------------------
-_CLOSE_CODES_SENDCLOSE_TAKES = (1000,)
+_CLOSE_CODES_SENDCLOSE_TAKES = (CLOSE_NORMAL,)
 
 
 def public_close_code(code: int) -> int:
@@ -630,7 +631,7 @@ class _PublicServer(_PublicFrames):
 
     def onConnect(self, request: Any) -> Any:
         result = super().onConnect(request)
-        from sysadmd.listeners import handshake_finished
+        from sysadmd.runtime.listeners import handshake_finished
 
         handshake_finished(self.transport)
         return result

@@ -12,10 +12,10 @@ from typing import Any, Callable, Mapping, Optional, Tuple
 
 from twisted.logger import Logger
 
-from sysadmd import tls
-from sysadmd.configfile import ConfigError
-from sysadmd.db import SchemaError
-from sysadmd.listeners import raise_descriptor_limit
+from sysadmd.runtime import tls
+from sysadmd.runtime.configfile import ConfigError
+from sysadmd.runtime.db import SchemaError
+from sysadmd.runtime.listeners import raise_descriptor_limit
 
 log = Logger()
 
