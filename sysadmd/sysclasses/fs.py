@@ -32,7 +32,7 @@ import json
 import os
 import pwd
 import sys
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from twisted.internet import defer
 
@@ -45,9 +45,13 @@ MAX_USER_CHARS = 256
 LIST_TIMEOUT = 20.0
 OUTPUT_LIMIT = 64 * 1024 * 1024  # a full listing of names and link targets fits many times
 
-# The child program (standard library only; run with python -I -S, so no module of the
-# daemon's is imported under the caller's uid).  argv: directory, max entries.
-# Exit codes: 0 listing on stdout, 3 permission denied, 4 missing/not a directory.
+# The child program (standard library only; run with python -I -S: no environment, no
+# site directories).  argv: directory, max entries, uid, gid, user name (uid -1: stay as
+# is).  The interpreter starts with the daemon's ids (the caller may not be allowed to
+# run it: it may live in root's home) and the program drops to the caller's uid, gid and
+# groups before it touches the directory.
+# Exit codes: 0 listing on stdout, 3 permission denied, 4 missing/not a directory,
+# 5 the ids could not be switched.
 LISTER = r"""
 import grp, heapq, json, os, pwd, stat, sys
 
@@ -59,8 +63,21 @@ def name_of(table, key, cache):
             cache[key] = str(key)
     return cache[key]
 
+def become(uid, gid, user):
+    os.setgroups(os.getgrouplist(user, gid))
+    os.setgid(gid)
+    os.setuid(uid)
+    if os.getuid() != uid or os.geteuid() != uid or os.getgid() != gid or os.getegid() != gid:
+        raise OSError("ids did not change")
+
 def main():
-    path, limit = sys.argv[1], int(sys.argv[2])
+    path, limit, uid, gid, user = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+    if uid >= 0:
+        try:
+            become(uid, gid, user)
+        except OSError as e:
+            sys.stderr.write("cannot switch to uid %d: %s" % (uid, e))
+            return 5
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:
@@ -123,8 +140,8 @@ class DirList:
         table.add("dirlist", self.dirlist, wrap=False)
         return table
 
-    def _ids(self, session: Session) -> Dict[str, Any]:
-        """spawnProcess uid/gid for the caller (empty: run as the daemon)."""
+    def _ids(self, session: Session) -> List[str]:
+        """The lister's uid, gid and user arguments for the caller (uid -1: as the daemon)."""
         user = session.identity.user if session.identity else ""
         if not user or len(user) > MAX_USER_CHARS:
             raise ApiError("403", "dirlist needs a logged-in user")
@@ -133,20 +150,20 @@ class DirList:
         except KeyError:
             raise ApiError("403", f"user {user} has no account on this host; dirlist reads as the caller") from None
         if entry.pw_uid == os.geteuid():
-            return {}
+            return ["-1", "-1", user]
         if os.geteuid() != 0:
             raise ApiError("403", f"this daemon runs as uid {os.geteuid()} and cannot read as {user}; "
                                   "it lists directories only for its own user")
-        return {"uid": entry.pw_uid, "gid": entry.pw_gid}
+        return [str(entry.pw_uid), str(entry.pw_gid), user]
 
     def dirlist(self, session: Session, args: Dict[str, Any]) -> defer.Deferred:
         path = text_arg(args, "dir", max_chars=MAX_PATH_CHARS)
         if not path.startswith("/"):
             raise ApiError("400", f"'dir' must be an absolute path (starting with /), got {path[:64]!r}")
         ids = self._ids(session)
-        argv = [sys.executable, "-I", "-S", "-c", LISTER, path, str(self.max_entries)]
+        argv = [sys.executable, "-I", "-S", "-c", LISTER, path, str(self.max_entries)] + ids
         d = spawn(self.reactor, argv, timeout=LIST_TIMEOUT, env={"LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin"},
-                  output_limit=OUTPUT_LIMIT, path="/", **ids)
+                  output_limit=OUTPUT_LIMIT, path="/")
         return d.addCallback(self._reply, path)
 
     def _reply(self, result: Any, path: str) -> Dict[str, Any]:
@@ -156,6 +173,8 @@ class DirList:
             raise ApiError("403", f"cannot read {path}: {reason}")
         if code == 4:
             raise ApiError("400", f"cannot list {path}: {reason}")
+        if code == 5:
+            raise ApiError("500", f"listing {path} failed: {reason}")
         if code != 0:
             status = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with {code}"
             raise ApiError("500", f"listing {path} failed: the lister {status}: {reason}")
