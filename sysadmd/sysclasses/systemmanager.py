@@ -373,7 +373,7 @@ class SystemManager:
         if pid <= 1:
             raise ApiError("403", f"killproc refuses pid {pid}: it is init (or every process)")
         if pid == self.own_pid:
-            raise ApiError("403", f"killproc refuses pid {pid}: it is sysadmd itself (stop it through its service)")
+            raise ApiError("403", f"killproc refuses pid {pid}: it is this daemon's own process (stop the service instead)")
         try:
             os.kill(pid, SIGNALS[name])
         except ProcessLookupError:
