@@ -96,10 +96,6 @@ class WiringIsExplicit(unittest.TestCase):
         server = assembly.build_server(make_config(state), db, task.Clock(), passwords=FakePasswords({}))
         self.addCleanup(server.logs.flush)
         routes = sorted(f"{r.namespace}/{r.name}" for r in server.api.routes.values())
-        # sysadm/* classes depend on the host (issue 12): exactly the ones assembly routed.
-        self.assertEqual([r for r in routes if r.startswith("sysadm/")],
-                         sorted(f"sysadm/{name}" for name in daemon.sysclasses))
-        routes = [r for r in routes if not r.startswith("sysadm/")]
         self.assertEqual(routes, ["rpc/auth", "rpc/auth_clear", "rpc/auth_token", "rpc/identify", "rpc/query"])
         self.assertFalse(hasattr(server, "subsystems"))
         self.assertEqual(server.events.names(), ["dispatcher", "life-preserver", "system-state"])
