@@ -124,6 +124,17 @@ class SystemManagerOverWss(unittest.TestCase):
         for bad in ("kernel.no_such_thing", "../../etc/shadow", "kernel/ostype", "x" * 400, ["a..b"], [], 5):
             reply = yield self.sm(self.root, action="getsysctl", sysctl=bad)
             self.assertEqual(error_code(reply), "400", bad)
+        # Root-only settings (mode 0600) are not shown to limited users (the daemon reads as root).
+        limited = yield self.login("daemon", "pw2")
+        secret = "kernel.cad_pid"
+        if os.path.exists("/proc/sys/kernel/cad_pid") and not os.stat("/proc/sys/kernel/cad_pid").st_mode & 0o004:
+            got = ok_args(self, (yield self.sm(self.root, action="getsysctl", sysctl=secret)), "getsysctl")
+            self.assertEqual(list(got), [secret])
+            reply = yield self.sm(limited, action="getsysctl", sysctl=secret)
+            self.assertEqual(error_code(reply), "400")
+            listed = ok_args(self, (yield self.sm(limited, action="sysctllist")), "sysctllist")
+            self.assertNotIn(secret, listed)
+            self.assertIn("vm.swappiness", listed)
         listed = ok_args(self, (yield self.sm(self.root, action="sysctllist")), "sysctllist")
         self.assertNotIn("kernel.ostype", listed)  # read-only: upstream lists writable settings only
         some = next(iter(listed.values()))
@@ -131,7 +142,6 @@ class SystemManagerOverWss(unittest.TestCase):
         # setsysctl: writes the current value back (harmless), when /proc/sys is writable here.
         with open("/proc/sys/vm/swappiness") as f:
             current = f.read().strip()
-        limited = yield self.login("daemon", "pw2")
         reply = yield self.sm(limited, action="setsysctl", sysctl="vm.swappiness", value=current)
         self.assertEqual(error_code(reply), "403")
         for args in ({"sysctl": "vm..swappiness", "value": "1"}, {"sysctl": "vm.swappiness"},

@@ -89,14 +89,19 @@ def sysctl_path(name: str, root: str = SYSCTL_ROOT) -> str:
     return os.path.join(root, *parts)
 
 
-def _read_value(path: str) -> Optional[str]:
-    """The value of one setting (whitespace runs made single spaces), or None."""
+def _read_value(path: str, public_only: bool = False) -> Optional[str]:
+    """The value of one setting (whitespace runs made single spaces), or None.
+
+    *public_only*: only settings every local user may read (mode o+r); the daemon reads
+    as root, and a limited user must not learn more than ``sysctl`` would tell them.
+    """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except OSError:
         return None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode) or (public_only and not mode & stat.S_IROTH):
             return None
         data = os.read(fd, MAX_SYSCTL_VALUE)
     except OSError:
@@ -110,7 +115,8 @@ def sysctl_type(value: str) -> str:
     return "integer" if value and all(re.fullmatch(r"-?\d+", v) for v in value.split()) else "string"
 
 
-def list_sysctls(root: str = SYSCTL_ROOT, limit: int = MAX_SYSCTL_LIST) -> Dict[str, Dict[str, str]]:
+def list_sysctls(root: str = SYSCTL_ROOT, limit: int = MAX_SYSCTL_LIST,
+                 public_only: bool = False) -> Dict[str, Dict[str, str]]:
     """Every writable, readable setting under *root* (one file system: not binfmt_misc)."""
     out: Dict[str, Dict[str, str]] = {}
     device = os.stat(root).st_dev
@@ -129,7 +135,7 @@ def list_sysctls(root: str = SYSCTL_ROOT, limit: int = MAX_SYSCTL_LIST) -> Dict[
                 continue
             if not (stat.S_ISREG(mode) and mode & 0o200 and mode & 0o444):
                 continue
-            value = _read_value(path)
+            value = _read_value(path, public_only)
             if value is None:
                 continue
             out[prefix + name] = {"value": value, "type": sysctl_type(value)}
@@ -276,6 +282,10 @@ def battery_info(root: str = POWER_SUPPLY_ROOT) -> Dict[str, str]:
     return out
 
 
+def _full_access(session: Session) -> bool:
+    return session.identity is not None and session.identity.full_access
+
+
 # --- the class --------------------------------------------------------------------------------
 
 class SystemManager:
@@ -335,8 +345,9 @@ class SystemManager:
     def getsysctl(self, session: Session, args: Dict[str, Any]) -> Dict[str, str]:
         names = names_arg(args, "sysctl", max_items=MAX_SYSCTL_NAMES, max_chars=MAX_SYSCTL_NAME)
         out: Dict[str, str] = {}
+        public_only = not _full_access(session)
         for name in names:
-            value = _read_value(sysctl_path(name, self.sysctl_root))
+            value = _read_value(sysctl_path(name, self.sysctl_root), public_only)
             if value is not None:
                 out[name] = value
         if not out:
@@ -345,7 +356,8 @@ class SystemManager:
         return out
 
     def sysctllist(self, session: Session, args: Dict[str, Any]) -> defer.Deferred:
-        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), list_sysctls, self.sysctl_root)
+        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), list_sysctls, self.sysctl_root,
+                                         MAX_SYSCTL_LIST, not _full_access(session))
 
     def setsysctl(self, session: Session, args: Dict[str, Any]) -> Dict[str, str]:
         name = text_arg(args, "sysctl", max_chars=MAX_SYSCTL_NAME)
