@@ -6,6 +6,8 @@ import signal
 import sys
 from types import SimpleNamespace
 
+import hypothesis
+from hypothesis import strategies as st
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
@@ -261,3 +263,17 @@ class KillprocArgTests(unittest.TestCase):
                 table(session_of(), request(dict(args, action="killproc")))
             self.assertEqual(caught.exception.code, code, args)
         self.assertEqual(systemmanager.SIGNALS["TERM"], signal.SIGTERM)
+
+
+class SysctlNameProperty(unittest.TestCase):
+    @hypothesis.settings(max_examples=300, deadline=None)
+    @hypothesis.given(st.text(max_size=300))
+    def test_any_name_is_refused_or_stays_under_proc_sys(self, name):
+        try:
+            path = systemmanager.sysctl_path(name)
+        except ApiError as e:
+            self.assertEqual(e.code, "400")
+            return
+        self.assertEqual(os.path.normpath(path), path)
+        self.assertTrue(path.startswith("/proc/sys/"), path)
+        self.assertNotIn("..", path.split("/"))
