@@ -14,7 +14,9 @@ const fs = require("fs");
 const [url, conns, inflight, seconds, keyFile] = process.argv.slice(2);
 const N = parseInt(conns, 10), K = parseInt(inflight, 10), D = parseFloat(seconds);
 const key = keyFile ? fs.readFileSync(keyFile) : null;
-const request = (id) => JSON.stringify({namespace: "rpc", name: "query", id: id, args: {}});
+// LOADGEN_REQUEST='{"namespace":…,"name":…,"args":…}' replaces the default rpc/query.
+const shape = process.env.LOADGEN_REQUEST ? JSON.parse(process.env.LOADGEN_REQUEST) : {namespace: "rpc", name: "query", args: {}};
+const request = (id) => JSON.stringify(Object.assign({}, shape, {id: id}));
 
 let done = 0, errors = 0, measuring = false, stopAt = 0;
 const latencies = [];

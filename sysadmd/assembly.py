@@ -16,7 +16,8 @@ Read top to bottom, :func:`build` is the whole daemon::
         ├─ SettingsActions → rpc/settings                            add_settings
         ├─ KeyStore, SignatureChecker, KeyLogin → rpc/auth_ssl,
         │  key actions, RevokedKeyWatcher                            add_key_login
-        └─ BridgeLinks (BridgeLinkStore, KeyStore) → bridge actions  add_bridge_links
+        ├─ BridgeLinks (BridgeLinkStore, KeyStore) → bridge actions  add_bridge_links
+        └─ sysadm/* classes available on this host (HostReadings)  add_sysadm_classes
     └── listeners: wss+https, rest, unix socket                      add_listeners
 
 Every part is also an attribute of the :class:`Daemon` (``daemon.dispatcher``,
@@ -66,6 +67,9 @@ from sysadmd.server import Server
 from sysadmd.session import SessionRegistry
 from sysadmd.runtime.startup import tls_files
 from sysadmd.runtime.statedir import ensure_private_dir
+from sysadmd.sysclasses import fs as sys_fs
+from sysadmd.sysclasses import systemmanager as sys_systemmanager
+from sysadmd.sysclasses.readings import HostReadings
 from sysadmd.transports.rest import RestResource
 from sysadmd.transports.site import make_site
 from sysadmd.transports.unixsocket import make_unix_listener
@@ -88,6 +92,7 @@ class Daemon(service.MultiService):
         self.keys: Optional[KeyStore] = None
         self.key_login: Optional[keyauth.KeyLogin] = None
         self.bridge_links: Optional[BridgeLinks] = None
+        self.sysclasses: Dict[str, Any] = {}  # sysadm/<class> name -> its actions object
 
     def add_listener(self, name: str, listener: Listener) -> None:
         self.listeners[name] = listener
@@ -110,6 +115,7 @@ def build(cfg: Config, reactor: Any, *, passwords: Optional[Any] = None,
     daemon.settings = add_settings(server)
     daemon.keys, daemon.key_login = add_key_login(server, daemon.settings)
     daemon.bridge_links = add_bridge_links(server, daemon.keys, daemon.settings)
+    daemon.sysclasses = add_sysadm_classes(server)  # J: sysadm/* classes (issue 12)
     add_listeners(daemon)
     return daemon
 
@@ -212,6 +218,20 @@ def add_bridge_links(server: Server, keys: KeyStore, settings: SettingsActions) 
     links.setServiceParent(server)
     bridge_settings.add_actions(settings, server, links, store)
     return links
+
+
+# --- J: the sysadm/* classes (issue 12) ------------------------------------------------------
+def add_sysadm_classes(server: Server) -> Dict[str, Any]:
+    """``sysadm/<class>`` for each class whose backend this host has (``available``);
+    the others stay out of ``rpc/query`` and answer 404."""
+    config, reactor = server.config, server.reactor
+    routed: Dict[str, Any] = {}
+    if sys_systemmanager.available(config):
+        host = HostReadings(reactor, config.sysinfo_cache_seconds)
+        routed["systemmanager"] = sys_systemmanager.route(server.api, host, reactor, config)
+    if sys_fs.available(config):
+        routed["fs"] = sys_fs.route(server.api, reactor, config)
+    return routed
 
 
 def add_listeners(daemon: Daemon) -> None:

@@ -111,6 +111,10 @@ KEYS: List[Key] = [
     Key("MAX_UNAUTH_MESSAGE_BYTES", "int", 64 * 1024, "Largest WebSocket message accepted before the connection has logged\nin (bytes); larger ones close it with code 1009 as soon as their\nlength is known.", minimum=1024),
     Key("MAX_CONNECTIONS_PER_ADDRESS", "int", 64, "Simultaneous TCP connections from one IP address, counted from the\nmoment they are accepted (loopback included). 0: no cap.", minimum=0),
     Key("HANDSHAKE_TIMEOUT", "float", 15.0, "Seconds a new connection has, from being accepted, to finish TLS and\nthe WebSocket upgrade or its HTTP request, however slowly its bytes\narrive; then it is closed.", minimum=0.1),
+    # --- J: sysadm/systemmanager and sysadm/fs --------------------------------------
+    Key("ALLOW_POWER_OFF", "bool", False, "true: sysadm/systemmanager halt and reboot (full access) run\n`shutdown -h now` / `shutdown -r now`. false: they are refused, so\ntests and demos cannot power the machine off."),
+    Key("SYSINFO_CACHE_SECONDS", "float", 1.0, "Seconds a systeminfo, memorystats, cpupercentage or procinfo reading\nis shared by every client before /proc is read again.", minimum=0.1, maximum=60),
+    Key("DIRLIST_MAX_ENTRIES", "int", 5000, "Entries sysadm/fs dirlist returns at most (the first by name); the\nreply says how many were left out.", minimum=10, maximum=100000),
 ]
 
 KEY_NAMES = [k.name for k in KEYS]

@@ -17,7 +17,7 @@ from typing import Any, List, Optional
 from twisted.internet import defer, task
 
 from sysadmd import __version__
-from sysadmd.client import calls, eventtail, jobs, keyverbs
+from sysadmd.client import calls, eventtail, info, jobs, keyverbs
 from sysadmd.client.connect import BRIDGE_PORT, SERVER_PORT, default_socket, login, open_tls, open_unix, parse_url, resolve_credentials
 from sysadmd.client.context import Context
 from sysadmd.client.errors import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, ClientError
@@ -37,6 +37,7 @@ EXAMPLES = """\
 examples:
   sysadm identify
   sysadm --url wss://nas.lan --user alice query
+  sysadm info
   sysadm call rpc dispatcher '{"action":"list"}'
   echo '{"action":"list_ssl_certs"}' | sysadm call rpc settings -
   sysadm run 'make -C /src' 'make -C /src install'
@@ -145,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     verb("query", calls.query, "list the APIs this server offers and your access to each")
     verb("identify", calls.identify, "show the server's host name and type (no login needed)")
+    verb("info", info.info, "the machine at a glance: host, OS, kernel, uptime, CPU, memory, disks")  # J
     verb("peers", None, "with --bridge: list the servers the bridge offers you")
 
     keys = verb("keys", None, "manage the keys that may log in with rpc/auth_ssl")
