@@ -16,6 +16,7 @@ from sysadmd.config import Config
 from sysadmd import migrations
 from sysadmd.db import database_path, open_database
 from sysadmd.events import subscriptions as event_subscriptions
+from sysadmd.jobs import rpc as jobs_rpc
 from sysadmd.listeners import Listener, guard_for
 from sysadmd.rpc import logs as rpc_logs
 from sysadmd.rpc import keyauth
@@ -71,7 +72,9 @@ def build(cfg: Config, reactor: Any, **server_kwargs: Any) -> Daemon:
 
 def install_subsystems(server: Server, reactor: Any) -> None:
     """Attach the subsystems (settings, dispatcher, events, logs, bridge links)."""
-    dispatcher.install(server, reactor)
+    # --- the job table and core/* (issue 10, helper D): built first, the dispatcher writes into it.
+    jobs = jobs_rpc.install(server, reactor)
+    jobs.dispatcher = dispatcher.install(server, reactor, jobs=jobs.table)
     event_subscriptions.install(server)
     rpc_logs.install(server)
     keyauth.install(server)

@@ -120,6 +120,8 @@ KEYS: List[Key] = [
     Key("MAX_UNAUTH_MESSAGE_BYTES", "int", 64 * 1024, "Largest WebSocket message accepted before the connection has logged\nin (bytes); larger ones close it with code 1009 as soon as their\nlength is known.", minimum=1024),
     Key("MAX_CONNECTIONS_PER_ADDRESS", "int", 64, "Simultaneous TCP connections from one IP address, counted from the\nmoment they are accepted (loopback included). 0: no cap.", minimum=0),
     Key("HANDSHAKE_TIMEOUT", "float", 15.0, "Seconds a new connection has, from being accepted, to finish TLS and\nthe WebSocket upgrade or its HTTP request, however slowly its bytes\narrive; then it is closed.", minimum=0.1),
+    # --- ours: the job store (helper D, issue 10) -----------------------------------
+    Key("JOB_STORE_MAX_BYTES", "int", 2 * 1024 * 1024 * 1024, "Bytes finished jobs may take together (their rows and output files);\nbeyond it the oldest finished jobs are deleted, rows and files, even\nbefore JOB_RETENTION_DAYS.", minimum=1024 * 1024),
 ]
 
 KEY_NAMES = [k.name for k in KEYS]

@@ -45,6 +45,8 @@ from sysadmd.dispatcher.job import NO_QUEUE
 from sysadmd.dispatcher.service import Dispatcher
 from sysadmd.dispatcher.service import SURROGATE
 from sysadmd.dispatcher.store import JobStore, LiveOutput, UnknownLayout
+from sysadmd.jobs.model import Owner
+from sysadmd.jobs.store import JobTable
 from sysadmd.untrusted import clean, has_surrogate
 from sysadmd.envelope import ApiError, encode, require_action, type_name
 
@@ -101,7 +103,8 @@ class DispatcherApi:
                 skipped[key] = f"expected a command string or an array of them, got {type_name(value)}"
         if not jobs and not skipped:
             raise ApiError("400", "nothing to run: give each job as \"<job id>\": \"<command>\" or [\"<command>\", …]")
-        started = self.dispatcher.submit_many(jobs, queue=NO_QUEUE, origin=f"{identity.user}@{session.peer}")
+        started = self.dispatcher.submit_many(jobs, queue=NO_QUEUE, origin=f"{identity.user}@{session.peer}",
+                                              owner=Owner.of(session))
         ids = sorted(job.id for job in started)
         if ids:
             self.server.logs.hostinfo(f"Client Launched Processes[{session.peer}]: {','.join(ids)}")
@@ -179,9 +182,10 @@ def _integer(args: Dict[str, Any], name: str, default: Optional[int], low: int, 
     return value
 
 
-def install(server: Any, reactor: Any) -> Dispatcher:
-    """Create the dispatcher as a child service of *server* and route ``rpc/dispatcher``."""
-    store = JobStore(server.db, server.state_dir)
+def install(server: Any, reactor: Any, jobs: Optional[JobTable] = None) -> Dispatcher:
+    """Create the dispatcher as a child service of *server* and route ``rpc/dispatcher``;
+    its jobs are rows of the job table *jobs* too."""
+    store = JobStore(server.db, server.state_dir, jobs)
     dispatcher = Dispatcher(
         server.config, store, reactor,
         publish=lambda args, keep: server.events.publish("dispatcher", args, store=keep),

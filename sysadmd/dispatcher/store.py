@@ -271,9 +271,11 @@ class JobStore:
                 self.db.execute(
                     f"UPDATE dispatcher_jobs SET state = 'finished', finished = ?, current = -1, killed = 1"
                     f" WHERE seq IN ({marks})", (finished, *chunk))
-                self.db.execute(
-                    f"UPDATE jobs SET state = 'ABORTED', outcome = 'killed', error = 'killed on request',"
-                    f" time_finished = ? WHERE id IN ({marks})", (finished, *chunk))
+            # Their job rows in one statement: the waiting dispatcher jobs just finished.
+            self.db.execute(
+                "UPDATE jobs SET state = 'ABORTED', outcome = 'killed', error = 'killed on request', time_finished = ?"
+                " WHERE state = 'WAITING' AND EXISTS (SELECT 1 FROM dispatcher_jobs d WHERE d.seq = jobs.id"
+                " AND d.state = 'finished')", (finished,))
         self.jobs.dispatcher_finished([r.seq for r in records])
 
     def unfinished(self) -> List[JobRecord]:
@@ -372,8 +374,9 @@ class JobStore:
                     break
             with self.transaction():
                 self.db.executemany("UPDATE dispatcher_jobs SET log_file = '', cut = cut + ? WHERE seq = ?", done)
-                self.db.executemany("UPDATE jobs SET logs_path = NULL, stored_bytes = MAX(0, stored_bytes - ?)"
-                                    " WHERE id = ?", done)
+                # Measured again by the job table's retention (sysadmd.jobs.store).
+                self.db.executemany("UPDATE jobs SET logs_path = NULL, stored_bytes = 0 WHERE id = ?",
+                                    [(seq,) for _, seq in done])
         return freed
 
     def open_output(self, record: JobRecord):

@@ -19,7 +19,9 @@ from sysadmd.session import Session, SessionRegistry
 
 log = Logger()
 
-EVENT_TYPES = ("dispatcher", "life-preserver", "system-state")
+# "jobs" (issue 10, helper D): the job table's added/changed events (sysadmd/jobs/service.py);
+# not cached, not stored in an events log.
+EVENT_TYPES = ("dispatcher", "life-preserver", "system-state", "jobs")
 CACHED_TYPES = ("life-preserver", "system-state")
 LOG_NAMES = {"dispatcher": "events-dispatcher", "life-preserver": "events-lifepreserver", "system-state": "events-state"}
 

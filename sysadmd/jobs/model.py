@@ -60,6 +60,14 @@ COLUMNS: Dict[str, Column] = {
     "error": Column("error", "text"),
 }
 
+# Fields options.select may name: every top-level field, and the nested ones.
+SELECTABLE = frozenset({
+    "id", "method", "arguments", "logs_path", "logs_excerpt", "progress", "result", "error", "exception", "exc_info",
+    "state", "time_created", "time_started", "time_finished", "owner", "queue", "dispatcher_id", "commands",
+    "return_codes", "outcome", "progress.percent", "progress.description", "progress.extra", "owner.user",
+    "owner.via", "owner.from",
+})
+
 
 @dataclass(frozen=True)
 class Owner:

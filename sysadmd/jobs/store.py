@@ -137,7 +137,6 @@ class JobTable:
         if cur.rowcount == 0:
             raise UnknownJob(f"no job {job_id}")
         if finished:
-            self._set_stored_bytes([job_id])
             self.watcher.finished(job_id)
         else:
             self.watcher.changed(job_id)
@@ -160,12 +159,14 @@ class JobTable:
             " return_codes = ?, logs_excerpt = COALESCE(?, logs_excerpt) WHERE id = ?",
             (state, outcome, error, started, finished, dumps(list(return_codes)), excerpt, job_id))
 
-    def _set_stored_bytes(self, ids: Sequence[int]) -> None:
-        """Record what finished jobs take (row texts and output file), for the size cap."""
-        for at in range(0, len(ids), BATCH):
-            chunk = list(ids[at:at + BATCH])
-            marks = ",".join("?" for _ in chunk)
-            rows = self.db.execute(f"SELECT id, logs_path FROM jobs WHERE id IN ({marks})", chunk).fetchall()
+    def _measure(self) -> None:
+        """Record what each newly finished job takes (row texts and output file), for the
+        size cap; done by retention, off the path that finishes jobs."""
+        while True:
+            rows = self.db.execute("SELECT id, logs_path FROM jobs WHERE stored_bytes = 0 AND time_finished IS NOT NULL"
+                                   " AND state IN ('SUCCESS','FAILED','ABORTED') LIMIT ?", (BATCH,)).fetchall()
+            if not rows:
+                return
             sizes = [(file_size(r["logs_path"]), r["id"]) for r in rows]
             self.db.executemany(
                 "UPDATE jobs SET stored_bytes = ? + " + str(ROW_OVERHEAD) + " + length(arguments) + length(commands)"
@@ -174,7 +175,6 @@ class JobTable:
 
     def dispatcher_finished(self, ids: Sequence[int]) -> None:
         """The dispatcher finished these jobs (its transaction is committed)."""
-        self._set_stored_bytes(ids)
         for job_id in ids:
             self.watcher.finished(job_id)
 
@@ -191,6 +191,7 @@ class JobTable:
             if not rows:
                 break
             deleted += self._delete(rows)
+        self._measure()
         total = self.db.execute("SELECT COALESCE(SUM(stored_bytes), 0) FROM jobs WHERE time_finished IS NOT NULL"
                                 " AND state IN ('SUCCESS','FAILED','ABORTED')").fetchone()[0]
         while total > max_bytes:
