@@ -1,6 +1,7 @@
 """Filters and options of ``core/get_jobs`` compiled to SQL (a small version).
 
-This module supports the operators ``=`` and ``in``, and the options ``order_by``,
+This module supports the operators ``=``, ``!=``, ``>``, ``>=``, ``<``, ``<=`` and
+``in``, and the options ``order_by``,
 ``limit``, ``offset``, ``count``, ``get`` and ``select``; the interface (names and
 signatures of :class:`Column`, :class:`QueryError`, :class:`Query`, :func:`compile_query`
 and :func:`install_regexp`) is the one the full compiler provides.
@@ -21,7 +22,8 @@ MAX_TERMS = 64  # filter terms per query
 MAX_LIST = 1000  # values of one "in"
 MAX_TEXT = 4096  # characters of one string value
 MAX_REGEX = 256  # characters of a REGEXP pattern (REGEXP is registered for the full compiler)
-OPERATORS = ("=", "in")
+OPERATORS = ("=", "!=", ">", ">=", "<", "<=", "in")
+COMPARISONS = {"!=": "!=", ">": ">", ">=": ">=", "<": "<", "<=": "<="}
 OPTIONS = ("order_by", "limit", "offset", "count", "get", "select")
 
 
@@ -90,6 +92,16 @@ def compile_query(filters: Any, options: Any, columns: Mapping[str, Column]) -> 
                 clauses.append(f"{column.sql} IS NULL")
             else:
                 clauses.append(f"{column.sql} = ?")
+                params.append(value)
+        elif op in COMPARISONS:
+            value = _value(f"{where} value", value, column)
+            if value is None:
+                clauses.append(f"{column.sql} IS NOT NULL" if op == "!=" else "0")
+            elif op == "!=":
+                clauses.append(f"({column.sql} IS NULL OR {column.sql} != ?)")
+                params.append(value)
+            else:
+                clauses.append(f"{column.sql} {COMPARISONS[op]} ?")
                 params.append(value)
         else:
             if not isinstance(value, list):
