@@ -33,7 +33,8 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 def register(verb: Any, common: argparse.ArgumentParser) -> Any:
     """Add ``jobs`` and ``job …``; returns the ``job`` sub-actions (``attach`` joins them there)."""
-    p = verb("jobs", jobs_list, "list jobs: id, state, progress, owner, started, duration, command")
+    p = verb("jobs", jobs_list, "list jobs: id, name (the dispatcher's job id), state, progress, owner, started, "
+             "duration, command")
     p.add_argument("--state", metavar="STATE[,STATE]", help="only these states: " + ", ".join(s.lower() for s in STATES)
                    + " (or 'active' for waiting,running; 'finished' for the last three)")
     p.add_argument("--since", metavar="WHEN", help="only jobs created since WHEN: 30m, 2h, 3d, an ISO date/time or "
@@ -171,7 +172,7 @@ def command_text(job: Dict[str, Any]) -> str:
 
 
 def job_rows(jobs: List[Dict[str, Any]], now: float) -> List[List[str]]:
-    return [[str(j.get("id")), str(j.get("state", "?")).lower(), progress_bar(j), owner_text(j),
+    return [[str(j.get("id")), j.get("dispatcher_id") or "-", str(j.get("state", "?")).lower(), progress_bar(j), owner_text(j),
              when(j.get("time_started"), now), duration(j, now), command_text(j)] for j in jobs]
 
 
@@ -191,7 +192,7 @@ async def jobs_list(ctx: Context) -> int:
     if not jobs:
         ctx.say("no jobs" + (" match" if filters else ""))
         return EXIT_OK
-    for line in tables.render(["id", "state", "progress", "owner", "started", "duration", "command"],
+    for line in tables.render(["id", "name", "state", "progress", "owner", "started", "duration", "command"],
                               job_rows(list(reversed(jobs)), now)):
         ctx.say(line)
     return EXIT_OK
