@@ -100,6 +100,20 @@ class JobTableTests(unittest.TestCase):
         job_id = table.create("x", [], ALICE)
         self.assertRaises(ValueError, table.finish, job_id, "done")
 
+    def test_a_restart_finishes_leftover_jobs_as_interrupted_but_not_dispatcher_ones(self):
+        table, service, _, clock, state_dir = make_table(self)
+        store = JobStore(table.db, state_dir, table)
+        running = table.create("x", [], ALICE)
+        table.started(running)
+        waiting = table.create("x", [], ALICE)
+        pending = store.add("d", "no_queue", ["true"], "a@b", clock.seconds())
+        service.startService()
+        self.addCleanup(service.stopService)
+        for job_id in (running, waiting):
+            job = table.get(job_id)
+            self.assertEqual((job["state"], job["outcome"]), ("ABORTED", "interrupted"))
+        self.assertEqual(table.get(pending.seq)["state"], "WAITING")  # the dispatcher runs it again
+
     def test_events_are_not_built_without_subscribers(self):
         table, service, published, *_ = make_table(self)
         published.subscribed = 0

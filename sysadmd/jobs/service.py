@@ -8,6 +8,8 @@
 * ``core/job_wait`` and ``core/job_log`` with ``follow`` park a Deferred here, fired when
   the job finishes (or its output grows), never by polling; a session has at most
   :data:`MAX_WAITS_PER_SESSION` of them, each with a timeout, and they end with it;
+* at start, jobs of other producers than the dispatcher that a previous run left
+  unfinished are finished ``interrupted`` (their work ended with that run);
 * retention: at start and every :data:`RETENTION_INTERVAL` seconds, finished jobs older
   than ``JOB_RETENTION_DAYS`` go, then the oldest finished jobs while they take more than
   ``JOB_STORE_MAX_BYTES`` (rows and output files together).
@@ -60,6 +62,9 @@ class JobsService(service.Service, JobWatcher):
     # --- service --------------------------------------------------------------------------
     def startService(self) -> None:
         super().startService()
+        left = self.table.interrupt_leftovers()
+        if left:
+            log.info("{count} jobs were unfinished when the daemon stopped; marked interrupted", count=left)
         self._retention = task.LoopingCall(self.prune)
         self._retention.clock = self.clock
         self._retention.start(RETENTION_INTERVAL, now=True)

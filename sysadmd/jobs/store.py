@@ -73,7 +73,10 @@ class JobTable:
     def create(self, method: str, arguments: Any, owner: Owner, *, queue: str = "", commands: Sequence[str] = (),
                logs: bool = False, abort: Optional[Callable[[], Any]] = None) -> int:
         """A new WAITING job; its id.  *logs*: give it an output file (:meth:`append_log`);
-        *abort*: called by ``core/job_abort`` while the job is unfinished."""
+        *abort*: called by ``core/job_abort`` while the job is unfinished: it stops the
+        work, which then finishes the job (outcome ``killed``).  Such a job lives in this
+        process only: one found unfinished at the next start is finished ``interrupted``
+        (:meth:`interrupt_leftovers`)."""
         cur = self.db.execute(
             "INSERT INTO jobs (method, arguments, state, owner_user, owner_via, owner_from, queue, commands,"
             " time_created) VALUES (?, ?, 'WAITING', ?, ?, ?, ?, ?, ?)",
@@ -140,6 +143,16 @@ class JobTable:
             self.watcher.finished(job_id)
         else:
             self.watcher.changed(job_id)
+
+    def interrupt_leftovers(self) -> int:
+        """Finish the non-dispatcher jobs a previous run of the daemon left unfinished (their
+        work died with it) as ``interrupted``; how many.  Dispatcher jobs are the
+        dispatcher's: it runs pending ones again and finishes running ones itself."""
+        cur = self.db.execute(
+            "UPDATE jobs SET state = 'ABORTED', outcome = 'interrupted', error = 'interrupted: the daemon stopped"
+            " while it ran', time_finished = ? WHERE state IN ('WAITING', 'RUNNING') AND dispatcher_id IS NULL",
+            (self.seconds(),))
+        return cur.rowcount
 
     # --- the dispatcher's rows (written inside its own transactions) ----------------------
     def insert_dispatcher(self, dispatcher_id: str, queue: str, commands: Sequence[str], owner: Owner,
