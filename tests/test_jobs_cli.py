@@ -57,10 +57,18 @@ class JobVerbsTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_follow_until_the_end_and_abort(self):
-        job_id = yield self.start_job("ticker", ['sh -c "for i in 1 2 3 4 5; do echo tick $i; sleep 0.2; done"'])
-        followed = yield self.local("job", "log", "--follow", str(job_id))
+        # The job prints its first line, then waits (at most 20 s) until the client shows it.
+        gate = os.path.join(self.home, "gate")
+        job_id = yield self.start_job("ticker", [f'sh -c "echo tick 1; for i in $(seq 200); do [ -e {gate} ] && break;'
+                                                 f' sleep 0.1; done; for i in 2 3 4 5; do echo tick $i; done"'])
+
+        def seen(proto, text):
+            if "tick 1" in text and not os.path.exists(gate):
+                open(gate, "w").close()
+
+        followed = yield self.local("job", "log", "--follow", str(job_id), on_out=seen)
         self.assertEqual(followed.out, "".join(f"tick {i}\n" for i in range(1, 6)))
-        self.assertGreater(len(followed.chunks), 1)  # printed as it came
+        self.assertGreater(len(followed.chunks), 1)  # printed as it came, then waited for the rest
         sleeper = yield self.start_job("sleeper", ["sleep 30"])
         aborted = yield self.local("job", "abort", str(sleeper))
         self.assertEqual(aborted.code, 0, aborted.err)

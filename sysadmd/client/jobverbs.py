@@ -41,6 +41,8 @@ def register(verb: Any, common: argparse.ArgumentParser) -> Any:
                    "epoch seconds")
     p.add_argument("--owner", metavar="USER", help="only jobs started by USER")
     p.add_argument("--limit", metavar="N", type=int, default=50, help="newest N jobs (default 50, at most 1000)")
+    p.add_argument("--all", action="store_true", help="jobs in every state: the default without --state (accepted "
+                   "for scripts written for the older `sysadm jobs --all`)")
     job = verb("job", None, "one job of the jobs API: show, log, wait, abort")
     actions = job.add_subparsers(dest="job_verb", metavar="ACTION")
     actions.required = True
