@@ -60,6 +60,9 @@ from sysadmd.events.systemstate import SystemStateService, Thresholds, ZpoolRead
 from sysadmd.runtime.listeners import Listener, guard_for
 from sysadmd.logstore import LogRetention, LogStore
 from sysadmd.rpc import basic, keyauth, login
+from sysadmd.jobs import rpc as jobs_rpc
+from sysadmd.jobs.service import JobsService
+from sysadmd.jobs.store import JobTable
 from sysadmd.rpc import logs as rpc_logs
 from sysadmd.rpc import settings as rpc_settings
 from sysadmd.rpc.settings import SettingsActions
@@ -109,7 +112,8 @@ def build(cfg: Config, reactor: Any, *, passwords: Optional[Any] = None,
     daemon = Daemon(server)
     server.setServiceParent(daemon)
     # The order below is the order the subsystems start in (and the reverse of their stop).
-    daemon.dispatcher = add_dispatcher(server)
+    daemon.jobs = add_jobs(server)  # before the dispatcher, whose jobs are rows of its table
+    daemon.dispatcher = add_dispatcher(server, daemon.jobs)
     daemon.system_state, daemon.life_preserver = add_event_producers(server)
     daemon.log_retention = add_logs(server)
     daemon.settings = add_settings(server)
@@ -151,9 +155,23 @@ def build_server(cfg: Config, db: sqlite3.Connection, reactor: Any, *, passwords
     return server
 
 
-def add_dispatcher(server: Server) -> Dispatcher:
-    """The job dispatcher (a child service of *server*) and ``rpc/dispatcher``."""
-    store = JobStore(server.db, server.state_dir)
+def add_jobs(server: Server) -> JobsService:
+    """The job table every long-running piece of work is a row of, its service (events,
+    waiters, log followers, retention) and ``core/*``."""
+    table = JobTable(server.db, server.state_dir, server.reactor)
+    publish = server.events.publisher("jobs")
+    jobs = JobsService(table, server.reactor, lambda name, args: publish(args, store=False),
+                       server.events.subscriber_count, retention_days=server.config.job_retention_days,
+                       max_bytes=server.config.job_store_max_bytes)
+    jobs.setServiceParent(server)
+    jobs_rpc.route(server.api, jobs_rpc.CoreApi(jobs))
+    return jobs
+
+
+def add_dispatcher(server: Server, jobs: JobsService) -> Dispatcher:
+    """The job dispatcher (a child service of *server*) and ``rpc/dispatcher``; its jobs
+    are rows of the job table too."""
+    store = JobStore(server.db, server.state_dir, jobs.table)
     publish = server.events.publisher("dispatcher")
     dispatcher = Dispatcher(
         server.config, store, server.reactor,
@@ -161,6 +179,7 @@ def add_dispatcher(server: Server) -> Dispatcher:
         finished_log_sink=lambda event: server.logs.append("dispatcher", encode(event)),
     )
     dispatcher.setServiceParent(server)
+    jobs.dispatcher = dispatcher  # core/job_abort of a dispatcher job kills it there
     dispatcher_rpc.route(server.api, dispatcher_rpc.DispatcherApi(server, dispatcher))
     return dispatcher
 

@@ -115,6 +115,8 @@ KEYS: List[Key] = [
     Key("ALLOW_POWER_OFF", "bool", False, "true: sysadm/systemmanager halt and reboot (full access) run\n`shutdown -h now` / `shutdown -r now`. false: they are refused, so\ntests and demos cannot power the machine off."),
     Key("SYSINFO_CACHE_SECONDS", "float", 1.0, "Seconds a systeminfo, memorystats, cpupercentage or procinfo reading\nis shared by every client before /proc is read again.", minimum=0.1, maximum=60),
     Key("DIRLIST_MAX_ENTRIES", "int", 5000, "Entries sysadm/fs dirlist returns at most (the first by name); the\nreply says how many were left out.", minimum=10, maximum=100000),
+    # --- ours: the job store (helper D, issue 10) -----------------------------------
+    Key("JOB_STORE_MAX_BYTES", "int", 2 * 1024 * 1024 * 1024, "Bytes finished jobs may take together (their rows and output files);\nbeyond it the oldest finished jobs are deleted, rows and files, even\nbefore JOB_RETENTION_DAYS.", minimum=1024 * 1024),
 ]
 
 KEY_NAMES = [k.name for k in KEYS]

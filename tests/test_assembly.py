@@ -109,12 +109,13 @@ class DaemonNamesEveryPart(unittest.TestCase):
     def test_every_part_is_an_attribute_and_is_wired_to_the_others(self):
         running = yield start_daemon(self, passwords=FakePasswords({"root": "pw"}))
         daemon = running.daemon
-        for name in ("dispatcher", "system_state", "life_preserver", "log_retention", "settings", "keys",
+        for name in ("jobs", "dispatcher", "system_state", "life_preserver", "log_retention", "settings", "keys",
                      "key_login", "bridge_links"):
             self.assertIsNotNone(getattr(daemon, name), name)
         server = daemon.server
         self.assertIs(daemon.bridge_links.keys, daemon.keys)  # explicit, not looked up by name
         self.assertIs(daemon.key_login.keys, daemon.keys)
+        self.assertIs(daemon.jobs.dispatcher, daemon.dispatcher)  # core/job_abort reaches dispatcher jobs
         self.assertEqual(sorted(daemon.settings), ["add_bridge", "list_bridges", "list_ssl_certs",
                                                    "list_ssl_checksums", "register_ssl_cert", "remove_bridge",
                                                    "revoke_ssl_cert"])
@@ -123,12 +124,12 @@ class DaemonNamesEveryPart(unittest.TestCase):
         self.assertEqual([r for r in routes if r.startswith("sysadm/")],
                          sorted(f"sysadm/{name}" for name in daemon.sysclasses))
         routes = [r for r in routes if not r.startswith("sysadm/")]
-        self.assertEqual(routes, ["events/subscribe", "events/unsubscribe", "rpc/auth", "rpc/auth_clear",
+        self.assertEqual(routes, ["core/get_jobs", "core/job_abort", "core/job_log", "core/job_wait", "events/subscribe", "events/unsubscribe", "rpc/auth", "rpc/auth_clear",
                                   "rpc/auth_ssl", "rpc/auth_token", "rpc/dispatcher", "rpc/identify", "rpc/logs",
                                   "rpc/query", "rpc/settings"])
         # The subsystems with timers are children of the server, so they stop with it.
         children = list(server)
-        for part in (daemon.dispatcher, daemon.system_state, daemon.life_preserver, daemon.log_retention,
+        for part in (daemon.jobs, daemon.dispatcher, daemon.system_state, daemon.life_preserver, daemon.log_retention,
                      daemon.bridge_links):
             self.assertIn(part, children)
 
@@ -175,7 +176,7 @@ class OneRegistrationPerEventType(unittest.TestCase):
         with self.assertRaises(UnknownEventType) as cm:
             assembly.build(cfg, reactor, passwords=FakePasswords({}), event_types=(DISPATCHER, LIFE_PRESERVER))
         message = str(cm.exception)
-        self.assertIn("'system-state' is not registered", message)
+        self.assertIn("'jobs' is not registered", message)
         self.assertIn("registered: dispatcher, life-preserver", message)
         self.assertIn("EventHub.register(EventType(...))", message)
         self.assertIn("sysadmd/assembly.py", message)

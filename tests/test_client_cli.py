@@ -311,9 +311,9 @@ class RunTests(CliTestCase):
         self.assertIn('[2/3] sh -c "echo two; exit 7"', result.err)
         self.assertNotIn("[3/3]", result.err)
         self.assertIn("1 command(s) not run", result.err)
-        history = yield self.local("--json", "jobs", "--all")
-        finished = json.loads(history.out)["history"]["history"]
-        self.assertIn("chain-1", [job["process_id"] for job in finished])
+        history = yield self.local("--json", "jobs", "--state", "finished")
+        finished = json.loads(history.out)
+        self.assertIn("chain-1", [job["dispatcher_id"] for job in finished])
 
     @defer.inlineCallbacks
     def test_command_that_cannot_start_is_255(self):
@@ -333,9 +333,9 @@ class RunTests(CliTestCase):
         self.assertIn("detached from job sleeper", result.err)
         self.assertIn("sysadm kill sleeper", result.err)
         self.assertNotIn("Traceback", result.err)
-        listing = yield self.local("--json", "jobs")
-        running = json.loads(listing.out)["jobs"]["no_queue"]
-        self.assertEqual(running["sleeper"]["state"], "running")
+        listing = yield self.local("--json", "jobs", "--state", "active")
+        running = {job["dispatcher_id"]: job for job in json.loads(listing.out)}
+        self.assertEqual(running["sleeper"]["state"], "RUNNING")
         yield self.local("kill", "sleeper")
 
     @defer.inlineCallbacks

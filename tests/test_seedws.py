@@ -100,8 +100,10 @@ SEED_RESPONSE = {"id": "d8e715be-6bc7-11e6-8c28-00e04d680384", "msg": "result", 
 
 
 def install_job_table(server, jobs):
-    """A core/get_jobs route for this test (the job store comes from another branch): the
-    seed's filters compiled by sysadmd.jobs.query against a real SQLite table."""
+    """Serve a controlled job list as core/get_jobs, so the seed's literal reply can be
+    compared byte for byte: the seed's filters are compiled by sysadmd.jobs.query against a
+    real SQLite table holding exactly the seed's job (the daemon's own core/get_jobs, with
+    our extra fields, is tested through /websocket in SeedWireRealJobs)."""
     db = sqlite3.connect(":memory:")
     install_regexp(db)
     db.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY, method TEXT, state TEXT, body TEXT)")
@@ -120,6 +122,7 @@ def install_job_table(server, jobs):
         found = [json.loads(r[0]) for r in rows]
         return len(found) if q.count else found
 
+    del server.api.routes[("core", "get_jobs")]
     server.api.add("core", "get_jobs", get_jobs)
 
 
@@ -335,6 +338,42 @@ class SeedWireTests(unittest.TestCase):
         self.assertEqual(reply["msg"], "connected")
 
 
+class SeedWireRealJobs(unittest.TestCase):
+    """The daemon's own job store through /websocket: a dispatcher job started on the seed's
+    wire is announced as ``added``/``changed``, found by core.get_jobs with the seed's
+    filters, and core.job_wait returns it finished, with times in the seed's form."""
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_a_dispatcher_job_through_the_seed_wire(self):
+        running = yield start_daemon(self, passwords=FakePasswords({"root": "pw"}))
+        client = yield seed_connect(self, running)
+        reply = yield client.exchange({"msg": "connect", "version": "1", "support": ["1"]})
+        self.assertEqual(reply["msg"], "connected")
+        reply = yield client.exchange({"id": "l", "msg": "method", "method": "auth.login", "params": ["root", "pw"]})
+        self.assertEqual(reply["result"], True)
+        reply = yield client.exchange({"msg": "sub", "id": "s", "name": "core.get_jobs"})
+        self.assertEqual(reply, {"msg": "ready", "subs": ["s"]})
+        reply = yield client.exchange({"id": "r", "msg": "method", "method": "rpc.dispatcher",
+                                       "params": [{"action": "run", "seedjob": ["echo from-the-seed-wire"]}]})
+        self.assertNotIn("error", reply)
+        added = yield client.wait(lambda m: m.get("msg") == "added")
+        job_id = added["id"]
+        self.assertEqual((added["collection"], added["fields"]["dispatcher_id"]), ("core.get_jobs", "seedjob"))
+        reply = yield client.exchange({"id": "w", "msg": "method", "method": "core.job_wait", "params": [job_id]})
+        finished = reply["result"]
+        self.assertEqual((finished["id"], finished["state"], finished["outcome"]), (job_id, "SUCCESS", "succeeded"))
+        self.assertEqual(sorted(finished["time_finished"]), ["$date"])
+        reply = yield client.exchange({"id": "q", "msg": "method", "method": "core.get_jobs",
+                                       "params": [[["dispatcher_id", "=", "seedjob"], ["state", "in", ["SUCCESS"]]],
+                                                  {"select": ["id", "state", "owner"]}]})
+        self.assertEqual(reply["result"], [{"id": job_id, "state": "SUCCESS",
+                                            "owner": {"user": "root", "via": "password", "from": "127.0.0.1"}}])
+        changed = yield client.wait(lambda m: m.get("msg") == "changed" and m["fields"]["state"] == "SUCCESS")
+        self.assertEqual(changed["id"], job_id)
+
+
 class SeedWireLimitTests(unittest.TestCase):
     timeout = 30
 
@@ -443,6 +482,22 @@ class HubListenerTests(unittest.TestCase):
         hub.publish("jobs", {"kind": "changed", "job": {"id": 1}})
         self.assertEqual(got, [{"kind": "added", "job": {"id": 1}}])
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+
+
+class ListenerDemandTests(unittest.TestCase):
+    def test_a_listener_counts_as_a_subscriber_only_while_it_wants_events(self):
+        from sysadmd.events.hub import JOBS, EventHub
+        from sysadmd.session import SessionRegistry
+
+        hub = EventHub(SessionRegistry())
+        hub.register(JOBS)
+        watchers = set()
+        stop = hub.listen("jobs", lambda args: None, wanted=lambda: bool(watchers))
+        self.assertEqual(hub.subscriber_count("jobs"), 0)  # producers skip building events
+        watchers.add("a seed session")
+        self.assertEqual(hub.subscriber_count("jobs"), 1)
+        stop()
+        self.assertEqual(hub.subscriber_count("jobs"), 0)
 
 
 class ParserProperties(unittest.TestCase):

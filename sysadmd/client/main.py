@@ -17,7 +17,7 @@ from typing import Any, List, Optional
 from twisted.internet import defer, task
 
 from sysadmd import __version__
-from sysadmd.client import calls, eventtail, info, jobs, keyverbs
+from sysadmd.client import calls, eventtail, info, jobs, jobverbs, keyverbs
 from sysadmd.client.connect import BRIDGE_PORT, SERVER_PORT, default_socket, login, open_tls, open_unix, parse_url, resolve_credentials
 from sysadmd.client.context import Context
 from sysadmd.client.errors import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, ClientError
@@ -133,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("commands", metavar="CMD", nargs="+", help="one command line per argument (split by the server, no shell)")
     p.add_argument("--id", metavar="ID", help="job id (default cli-<user>-<time>-<random>)")
 
-    p = verb("jobs", jobs.jobs, "list pending and running jobs")
-    p.add_argument("--all", action="store_true", help="also list finished jobs, when the server keeps a history")
+    # --- the jobs API (issue 10, helper D): `sysadm jobs`, `sysadm job show|log|wait|abort`;
+    # register() returns the `job` verb's sub-actions (`job attach` joins them there).
+    jobverbs.register(verb, common)
 
     p = verb("kill", jobs.kill, "kill pending or running jobs")
     p.add_argument("job_ids", metavar="ID", nargs="+")

@@ -45,6 +45,7 @@ from sysadmd.dispatcher.job import NO_QUEUE
 from sysadmd.dispatcher.service import Dispatcher
 from sysadmd.dispatcher.service import SURROGATE
 from sysadmd.dispatcher.store import LiveOutput, UnknownLayout
+from sysadmd.jobs.model import Owner
 from sysadmd.untrusted import clean, has_surrogate
 from sysadmd.wire.envelope import ApiError, require_action, type_name
 
@@ -101,7 +102,8 @@ class DispatcherApi:
                 skipped[key] = f"expected a command string or an array of them, got {type_name(value)}"
         if not jobs and not skipped:
             raise ApiError("400", "nothing to run: give each job as \"<job id>\": \"<command>\" or [\"<command>\", …]")
-        started = self.dispatcher.submit_many(jobs, queue=NO_QUEUE, origin=f"{identity.user}@{session.peer}")
+        started = self.dispatcher.submit_many(jobs, queue=NO_QUEUE, origin=f"{identity.user}@{session.peer}",
+                                              owner=Owner.of(session))
         ids = sorted(job.id for job in started)
         if ids:
             self.server.logs.hostinfo(f"Client Launched Processes[{session.peer}]: {','.join(ids)}")

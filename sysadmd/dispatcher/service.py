@@ -45,6 +45,7 @@ from sysadmd.dispatcher.output import CommandOutput
 from sysadmd.dispatcher.queues import JobQueue
 from sysadmd.dispatcher.runner import CannotStart, ProcessTracker, spawn
 from sysadmd.dispatcher.store import JobStore, JobRecord, ranges_closed
+from sysadmd.jobs.model import Owner
 from sysadmd.untrusted import clean, has_surrogate
 from sysadmd.wire.envelope import ApiError
 
@@ -188,12 +189,15 @@ class Dispatcher(service.Service):
                     self._finish(job)
 
     # --- requests -----------------------------------------------------------------------
-    def submit(self, job_id: str, commands: Sequence[Any], queue: str = NO_QUEUE, origin: str = "") -> Job:
+    def submit(self, job_id: str, commands: Sequence[Any], queue: str = NO_QUEUE, origin: str = "",
+               owner: Optional[Owner] = None) -> Job:
         """Queue a job; raises ApiError 400 if the id is pending or running, or a command is bad."""
-        return self.submit_many({job_id: commands}, queue=queue, origin=origin)[0]
+        return self.submit_many({job_id: commands}, queue=queue, origin=origin, owner=owner)[0]
 
-    def submit_many(self, jobs: Dict[str, Sequence[Any]], queue: str = NO_QUEUE, origin: str = "") -> List[Job]:
-        """Queue several jobs at once: all of them, or (on any error) none."""
+    def submit_many(self, jobs: Dict[str, Sequence[Any]], queue: str = NO_QUEUE, origin: str = "",
+                    owner: Optional[Owner] = None) -> List[Job]:
+        """Queue several jobs at once: all of them, or (on any error) none.  Each is also a
+        job of the job table (``record.seq`` is its id), owned by *owner* (default: from *origin*)."""
         if not isinstance(queue, str) or not queue:
             raise ApiError("400", "the queue name must be a non-empty string")
         if has_surrogate(queue):
@@ -205,7 +209,7 @@ class Dispatcher(service.Service):
             raise ApiError("400", "job id already pending or running: " + ", ".join(busy))
         created = []
         now = self.reactor.seconds()
-        records = self.store.add_many([(job_id, queue, checked[job_id], origin, now) for job_id in sorted(checked)])
+        records = self.store.add_many([(job_id, queue, checked[job_id], origin, now, owner) for job_id in sorted(checked)])
         for record in records:
             job = Job(record, self.cap)
             self._enqueue(job)
@@ -333,6 +337,7 @@ class Dispatcher(service.Service):
                                 on_output=lambda data: self._output(job, token, data),
                                 on_ended=lambda code: self._ended(job, token, code))
         except (CannotStart, CommandError) as e:
+            record.start_error = str(e)  # the job model's outcome: not_started
             self._output(job, token, f"{e}\n".encode("utf-8", "replace"))
             self._command_ended(job, -1)
 

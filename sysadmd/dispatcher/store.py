@@ -22,6 +22,12 @@ end), or ``-1`` for a command with no gap.  :meth:`JobStore.read_output` serves 
 range of a command's output from that layout (and, while it runs, from memory).
 A job's ``marker`` is the value of ``SYSADMD_JOB`` its processes carry (:mod:`.procscan`).
 
+Every dispatcher job is also a row of the general job table ``jobs``
+(:mod:`sysadmd.jobs.store`): its ``seq`` here is its ``id`` there, both rows are written
+in one transaction, and the job table's watcher hears of every change (events, waiters,
+log followers).  :func:`dispatcher_state` turns a record into the job model's state,
+outcome and error.
+
 Every text that reaches a row or a reply can be encoded as UTF-8: lone surrogates are
 refused on the way in (:func:`has_surrogate`) and replaced when an older row is read
 back (:func:`clean`); a row that cannot be decoded at all is skipped with a warning.
@@ -37,13 +43,16 @@ import secrets
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from twisted.logger import Logger
 
 from sysadmd import migrations
 from sysadmd.runtime.db import ensure
 from sysadmd.dispatcher.output import _skip_continuation, _whole_prefix, render
+from sysadmd.jobs import model as job_model
+from sysadmd.jobs.model import Owner
+from sysadmd.jobs.store import EXCERPT_BYTES, JobTable, read_tail
 from sysadmd.untrusted import clean
 from sysadmd.runtime.statedir import ensure_private_dir
 
@@ -78,6 +87,7 @@ class JobRecord:
     marker: str = ""  # SYSADMD_JOB of its processes (set when it starts)
     cut: int = 0  # bytes of its output not kept in its file
     gaps: List[int] = field(default_factory=list)  # per range: file offset of its gap, or -1
+    start_error: str = ""  # why its last command could not start (not stored: the outcome says it)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "JobRecord":
@@ -116,6 +126,53 @@ def _gaps(row: sqlite3.Row) -> List[int]:
     return gaps
 
 
+def owner_from_origin(origin: str) -> Owner:
+    """The owner of a job submitted without one: ``origin`` is ``user@address``."""
+    user, _, peer = origin.rpartition("@")
+    return Owner(user, None, peer)
+
+
+def dispatcher_state(record: JobRecord) -> Tuple[str, Optional[str], Optional[str]]:
+    """``(state, outcome, error)`` of a dispatcher job in the job model."""
+    if record.state == "pending":
+        return job_model.WAITING, None, None
+    if record.state == "running":
+        return job_model.RUNNING, None, None
+    if record.killed:
+        return job_model.ABORTED, job_model.KILLED, "killed on request"
+    if record.interrupted:
+        return job_model.ABORTED, job_model.INTERRUPTED, "interrupted: the daemon stopped while it ran"
+    codes = record.return_codes
+    if record.start_error and codes and codes[-1] == -1:
+        index = len(codes) - 1
+        return (job_model.FAILED, job_model.NOT_STARTED,
+                f"command {index + 1} ({record.commands[index]!r}) could not start: {record.start_error}")
+    if codes and len(codes) == len(record.commands) and all(c == 0 for c in codes):
+        return job_model.SUCCESS, job_model.SUCCEEDED, None
+    index = next((i for i, c in enumerate(codes) if c != 0), len(codes) - 1)
+    if index < 0:
+        return job_model.FAILED, job_model.FAILED_OUTCOME, "no command ran"
+    code = codes[index]
+    how = f"exited with code {code}" if code >= 0 else "was ended by a signal"
+    return job_model.FAILED, job_model.FAILED_OUTCOME, f"command {index + 1} ({record.commands[index]!r}) {how}"
+
+
+class _WatchedFile:
+    """A job's output file that tells the job table when it grows (``core/job_log`` follow)."""
+
+    def __init__(self, f: Any, grew: Callable[[], None]):
+        self._f = f
+        self._grew = grew
+
+    def write(self, data: bytes) -> int:
+        n = self._f.write(data)
+        self._grew()
+        return n
+
+    def close(self) -> None:
+        self._f.close()
+
+
 def safe_file_name(job_id: str) -> str:
     """A file name for *job_id* that is unique, short, and still readable."""
     readable = re.sub(r"[^A-Za-z0-9._-]+", "_", job_id)[:40].strip("._") or "job"
@@ -124,15 +181,20 @@ def safe_file_name(job_id: str) -> str:
 
 
 class JobStore:
-    def __init__(self, db: sqlite3.Connection, state_dir: str):
+    def __init__(self, db: sqlite3.Connection, state_dir: str, jobs: Optional[JobTable] = None):
         self.db = db
         self.jobs_dir = os.path.join(state_dir, "jobs")
         ensure_private_dir(self.jobs_dir)
         ensure(db, migrations.SCHEMA)  # the table is made by sysadmd/migrations/
+        self.jobs = jobs if jobs is not None else JobTable(db, state_dir)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """Several statements as one commit (the connection is in autocommit mode)."""
+        """Several statements as one commit (the connection is in autocommit mode); inside
+        another such block, simply part of it."""
+        if self.db.in_transaction:
+            yield
+            return
         self.db.execute("BEGIN")
         try:
             yield
@@ -151,31 +213,54 @@ class JobStore:
         return records
 
     # --- rows ---------------------------------------------------------------------------
-    def add(self, job_id: str, queue: str, commands: Sequence[str], origin: str, created: float) -> JobRecord:
+    def add(self, job_id: str, queue: str, commands: Sequence[str], origin: str, created: float,
+            owner: Optional[Owner] = None) -> JobRecord:
         """Insert a pending job; its texts must be encodable (see :func:`has_surrogate`)."""
+        return self.add_many([(job_id, queue, commands, origin, created, owner)])[0]
+
+    def _insert(self, job_id: str, queue: str, commands: Sequence[str], origin: str, created: float,
+                owner: Optional[Owner] = None) -> JobRecord:
         log_file = safe_file_name(job_id)
         origin = clean(origin)
-        cur = self.db.execute(
-            "INSERT INTO dispatcher_jobs (id, queue, commands, origin, state, created, log_file)"
-            " VALUES (?, ?, ?, ?, 'pending', ?, ?)",
-            (job_id, queue, json.dumps(list(commands)), origin, created, log_file),
+        owner = owner if owner is not None else owner_from_origin(origin)
+        # The job table hands out the number: a dispatcher job's seq is its job id.
+        seq = self.jobs.insert_dispatcher(job_id, queue, commands, owner, created, os.path.join(self.jobs_dir, log_file))
+        self.db.execute(
+            "INSERT INTO dispatcher_jobs (seq, id, queue, commands, origin, state, created, log_file)"
+            " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+            (seq, job_id, queue, json.dumps(list(commands)), origin, created, log_file),
         )
-        return JobRecord(cur.lastrowid, job_id, queue, list(commands), origin, "pending", created, log_file=log_file)
+        return JobRecord(seq, job_id, queue, list(commands), origin, "pending", created, log_file=log_file)
 
-    def add_many(self, jobs: Sequence[Tuple[str, str, Sequence[str], str, float]]) -> List[JobRecord]:
-        """:meth:`add` for several jobs in one transaction."""
+    def add_many(self, jobs: Sequence[Tuple[Any, ...]]) -> List[JobRecord]:
+        """:meth:`add` for several jobs in one transaction (tuples of its arguments)."""
         with self.transaction():
-            return [self.add(*job) for job in jobs]
+            records = [self._insert(*job) for job in jobs]
+        for record in records:
+            self.jobs.watcher.added(record.seq)
+        return records
 
     def save(self, record: JobRecord) -> None:
-        """Write the record's changing fields (state, times, codes, ranges, gaps, flags, marker, cut)."""
-        self.db.execute(
-            "UPDATE dispatcher_jobs SET state = ?, started = ?, finished = ?, current = ?, return_codes = ?,"
-            " ranges = ?, killed = ?, interrupted = ?, marker = ?, cut = ?, gaps = ? WHERE seq = ?",
-            (record.state, record.started, record.finished, record.current, json.dumps(record.return_codes),
-             json.dumps(record.ranges), int(record.killed), int(record.interrupted), record.marker, record.cut,
-             json.dumps(record.gaps), record.seq),
-        )
+        """Write the record's changing fields (state, times, codes, ranges, gaps, flags, marker,
+        cut), here and in the job table, in one transaction."""
+        state, outcome, error = dispatcher_state(record)
+        done = record.state == "finished"
+        excerpt = read_tail(self.log_path(record), EXCERPT_BYTES) if done and record.log_file else None
+        codes = json.dumps(record.return_codes)
+        with self.transaction():
+            self.db.execute(
+                "UPDATE dispatcher_jobs SET state = ?, started = ?, finished = ?, current = ?, return_codes = ?,"
+                " ranges = ?, killed = ?, interrupted = ?, marker = ?, cut = ?, gaps = ? WHERE seq = ?",
+                (record.state, record.started, record.finished, record.current, codes,
+                 json.dumps(record.ranges), int(record.killed), int(record.interrupted), record.marker, record.cut,
+                 json.dumps(record.gaps), record.seq),
+            )
+            self.jobs.update_dispatcher(record.seq, state, outcome, error, record.started, record.finished,
+                                        record.return_codes, excerpt)
+        if done:
+            self.jobs.dispatcher_finished([record.seq])
+        else:
+            self.jobs.watcher.changed(record.seq)
 
     def save_killed_pending(self, records: Sequence[JobRecord], finished: float) -> None:
         """Store pending jobs as finished and killed: a few statements for any number of them."""
@@ -186,6 +271,12 @@ class JobStore:
                 self.db.execute(
                     f"UPDATE dispatcher_jobs SET state = 'finished', finished = ?, current = -1, killed = 1"
                     f" WHERE seq IN ({marks})", (finished, *chunk))
+            # Their job rows in one statement: the waiting dispatcher jobs just finished.
+            self.db.execute(
+                "UPDATE jobs SET state = 'ABORTED', outcome = 'killed', error = 'killed on request', time_finished = ?"
+                " WHERE state = 'WAITING' AND EXISTS (SELECT 1 FROM dispatcher_jobs d WHERE d.seq = jobs.id"
+                " AND d.state = 'finished')", (finished,))
+        self.jobs.dispatcher_finished([r.seq for r in records])
 
     def unfinished(self) -> List[JobRecord]:
         """Pending and running jobs in submission order (unreadable rows are closed)."""
@@ -196,6 +287,8 @@ class JobStore:
         if bad:
             marks = ",".join("?" for _ in bad)
             self.db.execute(f"UPDATE dispatcher_jobs SET state = 'finished', interrupted = 1 WHERE seq IN ({marks})", bad)
+            self.db.execute(f"UPDATE jobs SET state = 'ABORTED', outcome = 'interrupted', error = 'the stored job"
+                            f" could not be read' WHERE id IN ({marks})", bad)
         return records
 
     def leftover_markers(self) -> dict:
@@ -227,7 +320,12 @@ class JobStore:
         ).fetchall()
         for row in rows:
             self._unlink(row["log_file"])
-        self.db.execute("DELETE FROM dispatcher_jobs WHERE state = 'finished' AND finished < ?", (finished_before,))
+        with self.transaction():
+            for at in range(0, len(rows), BATCH):
+                chunk = [row["seq"] for row in rows[at:at + BATCH]]
+                marks = ",".join("?" for _ in chunk)
+                self.db.execute(f"DELETE FROM jobs WHERE id IN ({marks})", chunk)
+            self.db.execute("DELETE FROM dispatcher_jobs WHERE state = 'finished' AND finished < ?", (finished_before,))
         return len(rows)
 
     # --- output files -------------------------------------------------------------------
@@ -276,12 +374,16 @@ class JobStore:
                     break
             with self.transaction():
                 self.db.executemany("UPDATE dispatcher_jobs SET log_file = '', cut = cut + ? WHERE seq = ?", done)
+                # Measured again by the job table's retention (sysadmd.jobs.store).
+                self.db.executemany("UPDATE jobs SET logs_path = NULL, stored_bytes = 0 WHERE id = ?",
+                                    [(seq,) for _, seq in done])
         return freed
 
     def open_output(self, record: JobRecord):
         """The job's output file, opened for appending without user-space buffering."""
         fd = os.open(self.log_path(record), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        return os.fdopen(fd, "ab", buffering=0)
+        seq, jobs = record.seq, self.jobs
+        return _WatchedFile(os.fdopen(fd, "ab", buffering=0), lambda: jobs.watcher.output(seq))
 
     def output_size(self, record: JobRecord) -> int:
         try:

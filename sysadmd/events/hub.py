@@ -67,15 +67,22 @@ class EventHub:
         self.types: Dict[str, EventType] = {}
         self._subscribers: Dict[str, Dict[str, Session]] = {}
         self._listeners: Dict[str, List[Callable[[Any], None]]] = {}
+        self._listener_demand: Dict[Callable[[Any], None], Callable[[], bool]] = {}
 
-    def listen(self, name: str, callback: Callable[[Any], None]) -> Callable[[], None]:
-        """Call *callback(args)* for every *name* event published; returns the undo."""
+    def listen(self, name: str, callback: Callable[[Any], None], *,
+               wanted: Callable[[], bool] = lambda: True) -> Callable[[], None]:
+        """Call *callback(args)* for every *name* event published; returns the undo.
+        *wanted()* says whether the listener has anyone to pass events on to right now:
+        it counts in :meth:`subscriber_count`, which producers use to skip work nobody
+        would receive."""
         self._listeners.setdefault(name, []).append(callback)
+        self._listener_demand[callback] = wanted
 
         def stop() -> None:
             callbacks = self._listeners.get(name, [])
             if callback in callbacks:
                 callbacks.remove(callback)
+                self._listener_demand.pop(callback, None)
 
         return stop
 
@@ -159,7 +166,9 @@ class EventHub:
         session.subscriptions.discard(name)
 
     def subscriber_count(self, name: str) -> int:
-        return len(self._subscribers.get(name, ()))
+        """Sessions subscribed to *name*, plus in-process listeners that want it now."""
+        listening = sum(1 for callback in self._listeners.get(name, ()) if self._listener_demand[callback]())
+        return len(self._subscribers.get(name, ())) + listening
 
     def _forget(self, session: Session) -> None:
         for subs in self._subscribers.values():

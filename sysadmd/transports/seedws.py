@@ -391,7 +391,7 @@ class SeedServerFactory(SysadmServerFactory):
     def __init__(self, server: Any, *, reactor: Any = None):
         super().__init__(server, "wss", reactor=reactor)
         self.watchers: Set[SeedServerProtocol] = set()
-        self.stop_listening = server.events.listen("jobs", self.job_event)
+        self.stop_listening = server.events.listen("jobs", self.job_event, wanted=lambda: bool(self.watchers))
 
     def job_event(self, args: Any) -> None:
         if not self.watchers or not isinstance(args, dict):
