@@ -109,6 +109,7 @@ def build(cfg: Config, reactor: Any, *, passwords: Optional[Any] = None,
     daemon.settings = add_settings(server)
     daemon.keys, daemon.key_login = add_key_login(server, daemon.settings)
     daemon.bridge_links = add_bridge_links(server, daemon.keys, daemon.settings)
+    add_system_classes_k(server)
     add_listeners(daemon)
     return daemon
 
@@ -211,6 +212,20 @@ def add_bridge_links(server: Server, keys: KeyStore, settings: SettingsActions) 
     links.setServiceParent(server)
     bridge_settings.add_actions(settings, server, links, store)
     return links
+
+
+def add_system_classes_k(server: Server) -> None:
+    """``sysadm/users``, ``sysadm/services``, ``sysadm/network`` (helper K's block): each
+    routed only when this host has its backend, so a missing one is absent from rpc/query."""
+    from sysadmd.sysclasses import network, services, users
+
+    cfg, reactor = server.config, server.reactor
+    if users.available(cfg):
+        users.route(server.api, reactor, cfg)
+    if services.available(cfg):
+        services.route(server.api, reactor, cfg)
+    if network.available(cfg):
+        network.route(server.api, reactor, cfg)
 
 
 def add_listeners(daemon: Daemon) -> None:
