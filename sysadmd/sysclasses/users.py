@@ -13,7 +13,7 @@ Actions and replies (unwrapped, as upstream's users class answers)::
     groupmod    (name, one of users | add_users | remove_users)
     personacrypt_init, personacrypt_listdevs → 400 (a TrueOS feature)
 
-Rights (docs/protocol.md §6.7): limited users see only their own account in ``usershow``
+Rights (docs/protocol.md §6.10): limited users see only their own account in ``usershow``
 and only themselves among group members in ``groupshow``; the only change they may make
 is ``usermod`` on themselves, and there only ``password``, ``comment`` and ``shell``
 (upstream let them change any field of their own account, including groups and uid).
