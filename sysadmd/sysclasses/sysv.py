@@ -95,12 +95,16 @@ class _Exit(protocol.ProcessProtocol):
 
 
 @defer.inlineCallbacks
-def run_script(reactor: Any, argv: List[str], timeout: float):
-    """Run *argv* with its stdout and stderr in a temporary file; ``(code, output tail)``."""
+def run_script(reactor: Any, argv: List[str], timeout: float, cwd: Optional[str] = "/"):
+    """Run *argv* with its stdout and stderr in a temporary file; ``(code, output tail)``.
+
+    *cwd* ``None`` keeps the daemon's own directory, which lets Twisted use
+    ``posix_spawn`` instead of ``fork`` (several times cheaper for a large daemon):
+    status checks, run a thousand at a time, use it; actions run in ``/``."""
     with tempfile.TemporaryFile() as out, open(os.devnull, "rb") as null:
         done: defer.Deferred = defer.Deferred()
         try:
-            transport = reactor.spawnProcess(_Exit(done), argv[0], argv, env=dict(TOOL_ENV), path="/",
+            transport = reactor.spawnProcess(_Exit(done), argv[0], argv, env=dict(TOOL_ENV), path=cwd,
                                              childFDs={0: null.fileno(), 1: out.fileno(), 2: out.fileno()})
         except OSError as e:
             raise ApiError("500", f"cannot run {argv[0]}: {e.strerror or e}") from None
@@ -174,7 +178,7 @@ class SysvBackend:
         return any(link.startswith("S") for link in links.get(name, []))
 
     def running(self, script: Script) -> defer.Deferred:
-        d = self._status_slots.run(run_script, self.reactor, [script.path, "status"], STATUS_TIMEOUT)
+        d = self._status_slots.run(run_script, self.reactor, [script.path, "status"], STATUS_TIMEOUT, None)
         return d.addCallback(lambda result: result[0] == 0)
 
     def list(self) -> defer.Deferred:
