@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings, strategies as st
 from twisted.internet import defer
 from twisted.trial import unittest
 
@@ -138,3 +139,25 @@ class NetworkOverWss(unittest.TestCase):
         reply = yield client.call("sysadm", "network", {"action": "set-settings"})
         self.assertEqual(reply["args"]["code"], "400")
         self.assertIn("list-devices", reply["args"]["detail"])
+
+
+class SettingsProperties(unittest.TestCase):
+    """Configuration files are read, never trusted: any text gives entries of the right shape."""
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(st.sampled_from(["iface eth0 inet dhcp", "iface br0 inet static", "address 10.0.0.1/8",
+                                     "address ::1/300", "netmask x", "gateway", "source ../../../etc/passwd",
+                                     "source-directory /nonexistent", "bridge_ports", "[Match]", "Name=*",
+                                     "[Network]", "Address=", "DHCP=yes", "#", "\x00"]) | st.text(max_size=30),
+                    max_size=12))
+    def test_any_interfaces_file_gives_well_formed_entries(self, lines):
+        root = short_tempdir(self)
+        for path in ("etc/network/interfaces", "etc/systemd/network/a.network",
+                     "etc/NetworkManager/system-connections/c.nmconnection"):
+            full = os.path.join(root, path)
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+            with open(full, "w", encoding="utf-8", errors="surrogatepass") as f:
+                f.write("\n".join(lines))
+        for entry in network.list_settings(root).values():
+            self.assertTrue(SETTING_KEYS <= set(entry))
+            self.assertTrue(all(isinstance(v, str) for v in entry.values()))

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 
 import pytest
+from hypothesis import given, settings, strategies as st
 from twisted.internet import defer
 from twisted.trial import unittest
 
@@ -278,3 +279,42 @@ class UsersOverWss(unittest.TestCase):
         self.assertEqual(pwd.getpwnam("root"), root_before)
         self.assertEqual(pwd.getpwnam(me).pw_uid, my_uid)
         self.assertNotIn("root", [g.gr_name for g in grp.getgrall() if me in g.gr_mem])
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=80),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                           max_leaves=8)
+
+
+class CheckProperties(unittest.TestCase):
+    """Whatever JSON a request carries, the checks either return a safe value or raise a 400."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(JSON_VALUES)
+    def test_every_check_returns_a_safe_value_or_a_400(self, value):
+        checks = (accounts.user_name, lambda v: accounts.id_number(v, "uid"), accounts.comment_text, accounts.home_path,
+                  lambda v: accounts.name_list(v, "users"), accounts.expire_date, lambda v: accounts.group_ref(v, "group"),
+                  lambda v: accounts.shell_path(v, "/etc/shells"), lambda v: accounts.password_input("bob", v))
+        option_like_is_fine = (checks[2], checks[5], checks[8])  # values that follow their own option
+        for check in checks:
+            try:
+                out = check(value)
+            except ApiError as e:
+                self.assertEqual(e.code, "400")
+                continue
+            text = out.decode() if isinstance(out, bytes) else ",".join(out) if isinstance(out, list) else str(out)
+            self.assertNotIn("\x00", text)
+            if check is not checks[-1]:
+                self.assertNotIn("\n", text)
+            if check not in option_like_is_fine:
+                self.assertFalse(text.startswith("-"), text)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.text(max_size=60))
+    def test_a_valid_name_is_only_portable_characters(self, text):
+        try:
+            name = accounts.user_name(text)
+        except ApiError:
+            return
+        self.assertRegex(name, r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\Z")
+        self.assertFalse(name.isdigit())
