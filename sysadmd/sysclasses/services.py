@@ -16,16 +16,17 @@ that worked).
 **Backends** (:data:`Services.backends`, tried in order; the first that has a service
 owns it): SysV init scripts (:mod:`sysadmd.sysclasses.sysv`) when systemd does not run
 the host.  This is the seam for more: the programs of sysadmd's own supervisor are meant
-to join as another backend with the same four methods (``present``, ``list``, ``owns``,
-``act``).  There is no systemd or OpenRC backend yet: on a host run by systemd the class
-is not routed (absent from ``rpc/query``) rather than listing scripts systemd ignores.
+to join as another backend with the methods of :class:`ServiceBackend` (``list``,
+``owns``, ``act``), added to :func:`backends_for`.  There is no systemd or OpenRC
+backend yet: on a host run by systemd the class is not routed (absent from
+``rpc/query``) rather than listing scripts systemd ignores.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Protocol
 
 from twisted.internet import defer
 
@@ -41,6 +42,22 @@ VERBS = {"start": "services_started", "stop": "services_stopped", "restart": "se
 MAX_SERVICES = 64
 
 
+class ServiceBackend(Protocol):
+    """What a backend gives :class:`Services` (SysV scripts now; supervisor programs next)."""
+
+    name: str  # shown in logs and tests: "sysv", …
+
+    def list(self) -> defer.Deferred:
+        """Fires with ``{name: {name,tag,path,description,is_enabled,is_running}}``."""
+
+    def owns(self, name: str) -> bool:
+        """Whether *name* is one of this backend's services (asked before any change)."""
+
+    def act(self, verb: str, name: str) -> defer.Deferred:
+        """Run *verb* (start, stop, restart, enable, disable); fails with an ApiError
+        carrying the tool's message."""
+
+
 def systemd_runs() -> bool:
     return os.path.isdir(SYSTEMD_RUNNING)
 
@@ -54,7 +71,8 @@ def backends_for(reactor: Any, config: Any) -> List[Any]:
 
 
 def available(config: Any) -> bool:
-    return not systemd_runs() and SysvBackend.present(config.services_initd_dir)
+    """Routed when at least one backend serves this host."""
+    return bool(backends_for(None, config))
 
 
 def service_names(args: Dict[str, Any]) -> List[str]:
@@ -67,7 +85,7 @@ def service_names(args: Dict[str, Any]) -> List[str]:
 
 
 class Services:
-    def __init__(self, backends: List[Any]):
+    def __init__(self, backends: List[ServiceBackend]):
         self.backends = backends
 
     @defer.inlineCallbacks
