@@ -150,14 +150,15 @@ def names_arg(args: Dict[str, Any], field: str, *, max_items: int = MAX_NAMES,
 class _Collect(protocol.ProcessProtocol):
     """stdout and stderr (each bounded) and the exit code of one child."""
 
-    def __init__(self, done: defer.Deferred):
+    def __init__(self, done: defer.Deferred, limit: int = TOOL_OUTPUT_LIMIT):
         self.done = done
+        self.limit = limit
         self.out: List[bytes] = []
         self.err: List[bytes] = []
         self.sizes = [0, 0]
 
     def _keep(self, which: int, into: List[bytes], data: bytes) -> None:
-        room = TOOL_OUTPUT_LIMIT - self.sizes[which]
+        room = self.limit - self.sizes[which]
         if room > 0:
             into.append(data[:room])
             self.sizes[which] += min(room, len(data))
@@ -178,15 +179,19 @@ class _Collect(protocol.ProcessProtocol):
 
 
 def spawn(reactor: Any, argv: Sequence[str], *, timeout: float = TOOL_TIMEOUT,
-          env: Optional[Dict[str, str]] = None) -> defer.Deferred:
+          env: Optional[Dict[str, str]] = None, output_limit: int = TOOL_OUTPUT_LIMIT,
+          path: Optional[str] = None, uid: Optional[int] = None, gid: Optional[int] = None) -> defer.Deferred:
     """Run *argv* (no shell); fires with ``(exit code, stdout, stderr)``.
 
-    The exit code is negative for a signal (``-9`` after the *timeout* kill).  Raises
-    :class:`ApiError` (500) when the program cannot be started.
+    The exit code is negative for a signal (``-9`` after the *timeout* kill).  Each stream
+    keeps its first *output_limit* bytes.  *path* is the child's working directory;
+    *uid*/*gid* run it as that user (with the user's supplementary groups; needs root).
+    Raises :class:`ApiError` (500) when the program cannot be started.
     """
     done: defer.Deferred = defer.Deferred()
     try:
-        transport = reactor.spawnProcess(_Collect(done), argv[0], list(argv), env=dict(env or TOOL_ENV))
+        transport = reactor.spawnProcess(_Collect(done, output_limit), argv[0], list(argv),
+                                         env=dict(env or TOOL_ENV), path=path, uid=uid, gid=gid)
     except OSError as e:
         raise ApiError("500", f"cannot run {argv[0]}: {e.strerror or e}") from None
     killer = reactor.callLater(timeout, _kill, transport)
