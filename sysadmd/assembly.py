@@ -71,6 +71,9 @@ from sysadmd.session import SessionRegistry
 from sysadmd.runtime.startup import tls_files
 from sysadmd.runtime.statedir import ensure_private_dir
 from sysadmd.sysclasses import fs as sys_fs
+from sysadmd.sysclasses import network as sys_network
+from sysadmd.sysclasses import services as sys_services
+from sysadmd.sysclasses import users as sys_users
 from sysadmd.sysclasses import systemmanager as sys_systemmanager
 from sysadmd.sysclasses.readings import HostReadings
 from sysadmd.transports.rest import RestResource
@@ -250,6 +253,9 @@ def add_sysadm_classes(server: Server) -> Dict[str, Any]:
         routed["systemmanager"] = sys_systemmanager.route(server.api, host, reactor, config)
     if sys_fs.available(config):
         routed["fs"] = sys_fs.route(server.api, reactor, config)
+    for name, module in (("users", sys_users), ("services", sys_services), ("network", sys_network)):
+        if module.available(config):
+            routed[name] = module.route(server.api, reactor, config)
     return routed
 
 

@@ -117,6 +117,9 @@ KEYS: List[Key] = [
     Key("DIRLIST_MAX_ENTRIES", "int", 5000, "Entries sysadm/fs dirlist returns at most (the first by name); the\nreply says how many were left out.", minimum=10, maximum=100000),
     # --- ours: the job store (helper D, issue 10) -----------------------------------
     Key("JOB_STORE_MAX_BYTES", "int", 2 * 1024 * 1024 * 1024, "Bytes finished jobs may take together (their rows and output files);\nbeyond it the oldest finished jobs are deleted, rows and files, even\nbefore JOB_RETENTION_DAYS.", minimum=1024 * 1024),
+    Key("HANDSHAKE_TIMEOUT", "float", 15.0, "Seconds a new connection has, from being accepted, to finish TLS and\nthe WebSocket upgrade or its HTTP request, however slowly its bytes\narrive; then it is closed.", minimum=0.1),    # K: sysadm/users and sysadm/services
+    Key("USERS_PREFIX", "path", "", "sysadm/users: directory holding the etc/passwd, etc/group and etc/shadow\nto manage (passed to the shadow tools as --prefix). Empty: the system's\nown. Passwords can only be set on the system's own database."),
+    Key("SERVICES_INITD_DIR", "path", "/etc/init.d", "sysadm/services: the SysV init script directory; the runlevel links\nare in rc?.d beside it. Used when systemd does not run the host."),
 ]
 
 KEY_NAMES = [k.name for k in KEYS]

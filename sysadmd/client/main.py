@@ -17,7 +17,7 @@ from typing import Any, List, Optional
 from twisted.internet import defer, task
 
 from sysadmd import __version__
-from sysadmd.client import calls, eventtail, info, jobs, jobverbs, keyverbs
+from sysadmd.client import calls, eventtail, info, jobs, jobverbs, keyverbs, sysverbs
 from sysadmd.client.connect import BRIDGE_PORT, SERVER_PORT, default_socket, login, open_tls, open_unix, parse_url, resolve_credentials
 from sysadmd.client.context import Context
 from sysadmd.client.errors import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, ClientError
@@ -45,6 +45,8 @@ examples:
   sysadm keys add ~/.ssh/sysadm.pub --nickname laptop
   sysadm --bridge wss://relay.example.org --key ~/.config/sysadm/id.pem peers
   sysadm --profile office query
+  sysadm services list
+  sysadm users add alice --groups sudo
 """
 
 PROFILES_HELP = """\
@@ -180,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     bp = bv.add_parser("remove", parents=[common], help="remove a bridge link")
     bp.add_argument("nickname", metavar="NICK")
     bp.set_defaults(func=keyverbs.bridges_remove)
+
+    sysverbs.register(verbs, common, verb)  # users …, services … (sysadm/users, sysadm/services)
 
     hosts = verb("known-hosts", None, "list or forget pinned certificates", local=True)
     hv = hosts.add_subparsers(dest="hosts_verb", metavar="ACTION")
