@@ -53,6 +53,7 @@ log = Logger()
 
 PROGRESS_FD = 3  # the child's descriptor of its progress pipe (SYSADM_PROGRESS_FD)
 
+LEADERS_KEPT = 1024  # leader pids a probe skips (ProcessTracker.leaders)
 POLL_INTERVAL = 0.5  # seconds between /proc scans while a command waits on processes it left
 DRAIN_MAX = 1 << 20  # bytes read from a held-open pipe before our end is closed
 
@@ -99,6 +100,12 @@ class CommandProcess(protocol.ProcessProtocol):
         self.on_progress = on_progress
         self.progress = progress.ProgressParser()
         self.command: Optional["RunningCommand"] = None
+        self.pid = 0  # the leader's: Twisted forgets it when it reaps a leader inside spawnProcess
+        self.early_exit: Optional[int] = None
+
+    def makeConnection(self, transport: Any) -> None:
+        self.pid = getattr(transport, "pid", None) or 0
+        super().makeConnection(transport)
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD == PROGRESS_FD:
@@ -126,6 +133,8 @@ class CommandProcess(protocol.ProcessProtocol):
     def processExited(self, reason: Failure) -> None:
         if self.command is not None:
             self.command.leader_exited(exit_code(reason))
+        else:  # reaped inside spawnProcess (a leader that exits at once): told when attached
+            self.early_exit = exit_code(reason)
 
     def processEnded(self, reason: Failure) -> None:
         if self.command is not None:
@@ -149,7 +158,18 @@ class ProcessTracker:
         self.reactor = reactor
         self.interval = interval
         self.waiting: Dict[str, "RunningCommand"] = {}  # by marker
+        self.pids = procscan.PidCounter()
+        # The latest leaders made, with the fork count of the mark each was made after:
+        # probes need not read those made after their own mark (PidCounter.probe).
+        self.leaders: Dict[int, int] = {}
         self._call: Optional[IDelayedCall] = None
+
+    def add_leader(self, pid: int, mark: Optional[procscan.Mark]) -> None:
+        if pid > 0:
+            self.leaders.pop(pid, None)
+            self.leaders[pid] = mark[0] if mark is not None else -1
+            if len(self.leaders) > LEADERS_KEPT:
+                del self.leaders[next(iter(self.leaders))]
 
     def watch(self, command: "RunningCommand") -> None:
         self.waiting[command.marker] = command
@@ -184,12 +204,14 @@ class RunningCommand:
     """
 
     def __init__(self, reactor: Any, transport: Any, marker: str, tracker: ProcessTracker,
-                 on_ended: EndedCallback):
+                 on_ended: EndedCallback, started_mark: Optional[procscan.Mark] = None, leader: int = 0):
         self.reactor = reactor
         self.transport = transport
-        self.pgid = transport.pid or 0
+        self.pgid = leader or transport.pid or 0
         self.marker = marker
         self.tracker = tracker
+        # Where the pid counter stood before the leader was made (see procscan.PidCounter).
+        self.started_mark = started_mark
         self.on_ended = on_ended
         self.code = -1
         self.leader_gone = False
@@ -197,6 +219,7 @@ class RunningCommand:
         self.over = False
         self.killing = False
         self.escalated = False
+        self.closed_clean = False  # our ends of the pipes were closed after a scan found nothing
         self._escalation: Optional[IDelayedCall] = None
         self._check_call: Optional[IDelayedCall] = None
 
@@ -225,7 +248,14 @@ class RunningCommand:
         self._check_call = None
         if self.over or not self.leader_gone:
             return
-        self.marked(procscan.scan([self.marker]).get(self.marker, []) if self.marker else [])
+        if not self.marker or (self.closed_clean and self.pipes_done):
+            # No marker, or the pipes closed because we closed them just after a scan found
+            # nothing: no process of the job was left to start another one since.
+            self.marked([])
+            return
+        # Cheap when it can be: only the pids handed out since the leader's are read.
+        pids = self.tracker.pids.probe(self.marker, self.started_mark, skip=self.tracker.leaders)
+        self.marked(pids if pids is not None else procscan.scan([self.marker]).get(self.marker, []))
 
     def marked(self, pids: List[int]) -> None:
         """The processes carrying the marker now are *pids*."""
@@ -238,6 +268,7 @@ class RunningCommand:
             return
         self.tracker.unwatch(self)
         if not self.pipes_done:
+            self.closed_clean = True
             self._close_pipes()  # processEnded follows, and calls check() again
             if not self.pipes_done:
                 return
@@ -357,6 +388,7 @@ def spawn(reactor: Any, argv: List[str], *, job_path: str, workdir: str, marker:
     if marker:
         env[procscan.ENV_NAME] = marker
     env[progress.ENV_NAME] = str(PROGRESS_FD)
+    mark = tracker.pids.before_spawn()
     try:
         if newsession.available(reactor):
             transport = newsession.spawn(reactor, proto, program, [program] + list(argv[1:]), env, workdir, fds)
@@ -365,8 +397,11 @@ def spawn(reactor: Any, argv: List[str], *, job_path: str, workdir: str, marker:
             transport = reactor.spawnProcess(proto, full[0], full, env=env, path=workdir, usePTY=False, childFDs=fds)
     except Exception as e:  # bad bytes in argv, fork failure, …
         raise CannotStart(f"cannot start {argv[0]!r}: {e}") from None
-    command = RunningCommand(reactor, transport, marker, tracker, on_ended)
+    command = RunningCommand(reactor, transport, marker, tracker, on_ended, mark, leader=proto.pid)
+    tracker.add_leader(command.pgid, mark)
     proto.command = command
+    if proto.early_exit is not None:
+        command.leader_exited(proto.early_exit)  # it only schedules a check: nothing ends inside spawn
     return command
 
 
