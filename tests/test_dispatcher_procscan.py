@@ -132,6 +132,27 @@ class PidCounterTests(unittest.TestCase):
         self.assertEqual(counter.probe(MARKER, mark), [])
         self.assertEqual(counter.current, (proc.forks, 1002))
 
+    def test_an_environment_read_across_an_exec_is_read_again(self):
+        proc = self.make()
+        proc.process(1002, MARKER)
+        reads = []
+        real_open = open
+
+        def racing_open(path, mode="r", *args):
+            handle = real_open(path, mode, *args)
+            reads.append(path)
+            if path.endswith("/1002/environ") and len(reads) == 1:  # the old memory, released
+                handle.read()
+            return handle
+
+        procscan.open = racing_open
+        self.addCleanup(delattr, procscan, "open")
+        self.assertEqual(procscan.markers_in(procscan.read_environ(1002, proc.root)), [MARKER])
+        self.assertEqual(len(reads), 2)
+        os.makedirs(f"{proc.root}/1003")
+        open(f"{proc.root}/1003/environ", "wb").close()  # a zombie: empty for good
+        self.assertEqual(procscan.read_environ(1003, proc.root), b"")
+
     def test_a_proc_of_another_pid_namespace_is_not_used(self):
         proc = self.make()
         os.remove(f"{proc.root}/self")

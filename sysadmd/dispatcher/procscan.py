@@ -73,11 +73,22 @@ def markers_in(environ: bytes) -> List[str]:
 
 
 def read_environ(pid: int, proc: str = PROC) -> Optional[bytes]:
-    try:
-        with open(f"{proc}/{pid}/environ", "rb") as f:
-            return f.read()
-    except OSError:  # gone, not ours (non-root), or a kernel thread
-        return None
+    """The environment block of *pid*; ``None`` if it cannot be read.
+
+    A read that comes back empty is tried again (twice): opened before an ``execve``
+    and read after it, the file reads the old, released memory and gives nothing, and
+    a freshly forked child of a job is often just exec'ing.  Zombies, kernel threads and
+    ``env -i`` processes stay empty."""
+    path = f"{proc}/{pid}/environ"
+    for _ in range(3):
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:  # gone, not ours (non-root), or a kernel thread
+            return None
+        if data:
+            return data
+    return data
 
 
 def scan(markers: Iterable[str], proc: str = PROC) -> Dict[str, List[int]]:
