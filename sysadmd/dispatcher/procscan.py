@@ -28,6 +28,10 @@ not of the daemon's pid namespace) the full scan runs, as before.
 Limits: a process that rewrites or clears its environment (``env -i``) before it
 detaches escapes the marker; under systemd the unit's cgroup still takes it down with
 the daemon (``conf/systemd``).  Zombies have an empty environment and count as gone.
+The cheap look at a command's end sees only processes made after its leader: one that
+chose its own pid (``clone3`` with ``set_tid``, which needs ``CAP_CHECKPOINT_RESTORE``),
+or an older process that learnt the marker and exec'd itself with it, is seen by the
+full scans only (the tracker's, and every kill's).
 """
 
 from __future__ import annotations
