@@ -12,7 +12,11 @@ share the machine state of the same run:
     of one-command ``true`` jobs submitted at once to ``no_queue`` of a real in-process
     sysadmd (SQLite rows, output files, events through the hub and the events log, the
     ``setsid`` wrapper), timed until the last ``finished`` event.  Reported: jobs/s, the
-    ratio (target >= 0.7) and this process's CPU time per job in each phase.  Twisted
+    ratio (target >= 0.7) and this process's CPU time per job in each phase.  The
+    dispatcher runs twice: as it is (a command's end reads only the pids handed out since
+    its leader, :class:`sysadmd.dispatcher.procscan.PidCounter`) and with that fast path
+    off (``full_scan``: every end reads every process's environment, as before issue 10),
+    so both ratios come from the same run.  Twisted
     spawns with ``fork`` unless the child's directory is the parent's own (then
     ``posix_spawn``, much cheaper): both cases are measured, bare and ours alike.
 (c) kill latency of a running job whose command forked a ``sleep`` grandchild: from
@@ -166,12 +170,21 @@ def main(args):
             yield bare_spawns(20, parallel, cfg.job_workdir)  # warm-up
             yield dispatcher_jobs(daemon, 20)
             # Alternate the two, twice each, and keep each one's best run: the machine is shared.
-            bare_runs, disp_runs = [], []
+            pids = daemon.dispatcher.runner.tracker.pids
+            fast_path = pids.usable
+            bare_runs, disp_runs, full_runs = [], [], []
+            probed = declined = 0
             for _ in range(2):
                 bare_runs.append((yield bare_spawns(args.jobs, parallel, cfg.job_workdir)))
+                pids.usable = False
+                full_runs.append((yield dispatcher_jobs(daemon, args.jobs)))
+                pids.usable = fast_path
+                before = pids.probed, pids.declined
                 disp_runs.append((yield dispatcher_jobs(daemon, args.jobs)))
+                probed, declined = probed + pids.probed - before[0], declined + pids.declined - before[1]
             bare_s, bare_cpu = min(bare_runs)
             disp_s, disp_cpu = min(disp_runs)
+            full_s, full_cpu = min(full_runs)
             history = daemon.dispatcher.history(limit=args.jobs)
             assert all(h["return_codes/true"] == "0" for h in history), "a benchmark job failed"
             results[f"throughput_{mode}"] = {
@@ -180,6 +193,9 @@ def main(args):
                 "ratio": round(bare_s / disp_s, 3),
                 "bare_cpu_ms_per_job": round(1000 * bare_cpu / args.jobs, 2),
                 "dispatcher_cpu_ms_per_job": round(1000 * disp_cpu / args.jobs, 2),
+                "full_scan_per_s": round(args.jobs / full_s, 1), "full_scan_ratio": round(bare_s / full_s, 3),
+                "full_scan_cpu_ms_per_job": round(1000 * full_cpu / args.jobs, 2),
+                "command_ends_probed": probed, "command_ends_full_scan": declined,
             }
         os.chdir(REPO)
         kills = []

@@ -180,6 +180,7 @@ def add_dispatcher(server: Server, jobs: JobsService) -> Dispatcher:
         server.config, store, server.reactor,
         publish=lambda args, keep: publish(args, store=keep),
         finished_log_sink=lambda event: server.logs.append("dispatcher", encode(event)),
+        on_progress=jobs.dispatcher_progress,  # SYSADM_PROGRESS_FD lines → the job's row and jobs events
     )
     dispatcher.setServiceParent(server)
     jobs.dispatcher = dispatcher  # core/job_abort of a dispatcher job kills it there

@@ -38,7 +38,8 @@ class FakeProcessReactor(Clock):
     def spawnProcess(self, proto, executable, args, env=None, path=None, usePTY=False, childFDs=None):
         transport = FakeTransport()
         proto.makeConnection(transport)
-        self.spawned.append({"proto": proto, "args": args, "env": env, "path": path, "transport": transport})
+        self.spawned.append({"proto": proto, "args": args, "env": env, "path": path, "transport": transport,
+                             "child_fds": childFDs})
         return transport
 
 
@@ -86,8 +87,10 @@ class DispatcherServiceTests(unittest.TestCase):
         self.assertTrue(spawned["args"][-3].endswith("/echo"))
         self.assertEqual(spawned["args"][-2:], ["a b", "c"])
         self.assertIn("setsid", spawned["args"][0] + " ".join(spawned["args"][1:3]))
-        self.assertEqual(sorted(spawned["env"]), ["HOME", "LANG", "PATH", "SHELL", "SYSADMD_JOB"])
+        self.assertEqual(sorted(spawned["env"]), ["HOME", "LANG", "PATH", "SHELL", "SYSADMD_JOB", "SYSADM_PROGRESS_FD"])
         self.assertEqual(spawned["env"]["PATH"], "/usr/bin:/bin")
+        self.assertEqual(spawned["env"]["SYSADM_PROGRESS_FD"], "3")
+        self.assertEqual(spawned["child_fds"], {0: "w", 1: "r", 2: "r", 3: "r"})
         self.assertEqual(spawned["path"], "/tmp")
         self.assertTrue(spawned["transport"].stdin_closed)
         exit_with(spawned["proto"], 0)

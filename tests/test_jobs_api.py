@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import sys
 import time
 
@@ -198,6 +199,26 @@ class JobsApiTests(unittest.TestCase):
         self.assertIn(("changed", "RUNNING"), mine)
         self.assertEqual(mine[-1], ("changed", "SUCCESS"))
         self.assertEqual([e for e in events if e["job"]["id"] == job["id"]][-1]["job"]["outcome"], "succeeded")
+
+    @defer.inlineCallbacks
+    def test_progress_from_the_progress_fd_is_stored_and_sent_as_events(self):
+        events = []
+        self.client.event_listeners.append(lambda m: events.append(m["args"]) if m.get("name") == "jobs" else None)
+        yield self.client.call("events", "subscribe", ["jobs"])
+        script = os.path.join(short_tempdir(self), "progress.sh")
+        with open(script, "w") as f:
+            f.write('echo "25 unpacking" >&$SYSADM_PROGRESS_FD; sleep 0.4\n'
+                    'echo "pmstatus:libc6:amd64:80:Installing libc6" >&$SYSADM_PROGRESS_FD; sleep 0.4\n')
+        job = yield self.start_job("progressing", [f"sh {script}"])
+        done = yield self.ok("job_wait", [job["id"], {"timeout": 20}])
+        self.assertEqual(done["outcome"], "succeeded", done)
+        self.assertEqual((done["progress"]["percent"], done["progress"]["description"]), (80.0, "Installing libc6"))
+        [stored] = yield self.ok("get_jobs", [[["id", "=", job["id"]], ["progress.percent", ">=", 80]]])
+        self.assertEqual(stored["progress"], done["progress"])
+        seen = [e["job"]["progress"]["percent"] for e in events
+                if e["job"]["id"] == job["id"] and e["kind"] == "changed"]
+        self.assertIn(25.0, seen)  # each report reached subscribers while the job ran
+        self.assertIn(80.0, seen)
 
     @defer.inlineCallbacks
     def test_local_socket_owner_is_local_uid(self):

@@ -41,10 +41,11 @@ if os.fork() == 0:
         if sys.argv[1:] == ['ignore-term']:
             import signal
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if sys.argv[1:] == ['daemon']:  # let go of the job's output, like a daemon
+        if sys.argv[1:] == ['daemon']:  # let go of the job's output and progress pipe, like a daemon
             null = os.open(os.devnull, os.O_WRONLY)
             os.dup2(null, 1)
             os.dup2(null, 2)
+            os.close(int(os.environ['SYSADM_PROGRESS_FD']))
         time.sleep(1000)
     os._exit(0)
 os.wait()

@@ -27,7 +27,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
 
 from sysadmd.dispatcher.output import CommandOutput
-from sysadmd.dispatcher.runner import RunningCommand
+from sysadmd.dispatcher.backend import CommandHandle
 from sysadmd.dispatcher.store import JobRecord
 
 NO_QUEUE = "no_queue"
@@ -90,7 +90,7 @@ class Job:
         self.cap = cap
         self.logs: List[str] = []  # capped output of each command that ended
         self.output: Optional[CommandOutput] = None  # the running command's output
-        self.process: Optional[RunningCommand] = None
+        self.process: Optional[CommandHandle] = None
         self.command_token: Optional[object] = None  # identifies the running command's callbacks
         self.file = None  # the job's output file while it runs (opened with the first output)
         self.file_failed = False
@@ -98,6 +98,12 @@ class Job:
         self.dropped_after_write = 0  # bytes not written since the last write (see Dispatcher._save_tail)
         self.last_update = float("-inf")
         self.update_timer: Optional[IDelayedCall] = None
+        # Progress (Dispatcher._progress): the last delivered report, the one waiting for
+        # its turn, when the last went out, the timer of the next.
+        self.progress: Optional[Dict[str, Any]] = None
+        self.progress_pending: Optional[Dict[str, Any]] = None
+        self.last_progress = float("-inf")
+        self.progress_timer: Optional[IDelayedCall] = None
         self.kill_requested = False
         self.stopping = False  # the daemon is stopping: the job ends interrupted
         self.done: defer.Deferred = defer.Deferred()  # fires with the finished log

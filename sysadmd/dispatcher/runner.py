@@ -21,6 +21,15 @@ if something unmarked still holds them, so no process can keep a job running by 
 its output open.  A normal exit gives its code; death by a signal, or a kill, gives
 ``-1``.  Kill = SIGTERM to the group and every marked process, SIGKILL after the grace
 period.
+
+Progress: each command also gets a pipe on descriptor :data:`PROGRESS_FD`, announced as
+``SYSADM_PROGRESS_FD`` in its environment; its lines are parsed by
+:mod:`.progress` and handed on as reports.  Like stdout and stderr it is the child's
+only: Twisted creates every pipe close-on-exec and closes the child's end in the daemon
+right after the spawn, and our end is closed with the others when the command is over.
+
+This module is the first :class:`~sysadmd.dispatcher.backend.CommandRunner`:
+:class:`ProcessGroupRunner`.
 """
 
 from __future__ import annotations
@@ -30,26 +39,26 @@ import pwd
 import shutil
 import signal
 import sys
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from twisted.internet import protocol
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sysadmd.dispatcher import newsession, procscan
+from sysadmd.dispatcher import newsession, procscan, progress
+from sysadmd.dispatcher.backend import CannotStart, EndedCallback, OutputCallback, ProgressCallback
 
 log = Logger()
 
+PROGRESS_FD = 3  # the child's descriptor of its progress pipe (SYSADM_PROGRESS_FD)
+
+LEADERS_KEPT = 1024  # leader pids a probe skips (ProcessTracker.leaders)
 POLL_INTERVAL = 0.5  # seconds between /proc scans while a command waits on processes it left
 DRAIN_MAX = 1 << 20  # bytes read from a held-open pipe before our end is closed
 
 SETSID = shutil.which("setsid", path="/usr/bin:/bin:/usr/sbin:/sbin")
 PYTHON_SETSID = [sys.executable, "-c", "import os,sys; os.setsid(); os.execv(sys.argv[1], sys.argv[1:])"]
-
-
-class CannotStart(Exception):
-    """The command could not be started; the message is shown in its output."""
 
 
 def group_prefix() -> List[str]:
@@ -58,7 +67,8 @@ def group_prefix() -> List[str]:
 
 
 def job_environment(job_path: str, marker: str = "") -> Dict[str, str]:
-    """The whole environment of a dispatcher command: nothing leaks from the daemon."""
+    """The whole environment of a dispatcher command: nothing leaks from the daemon (the
+    runner adds ``SYSADM_PROGRESS_FD``)."""
     try:
         home = pwd.getpwuid(os.geteuid()).pw_dir
     except KeyError:
@@ -83,11 +93,33 @@ def resolve_program(program: str, job_path: str, workdir: str) -> str:
 
 
 class CommandProcess(protocol.ProcessProtocol):
-    """Hands output, the leader's exit and the pipes' end of one child to its watcher."""
+    """Hands output, progress, the leader's exit and the pipes' end of one child to its watcher."""
 
-    def __init__(self, on_output: Callable[[bytes], None]):
+    def __init__(self, on_output: OutputCallback, on_progress: Optional[ProgressCallback] = None):
         self.on_output = on_output
+        self.on_progress = on_progress
+        self.progress = progress.ProgressParser()
         self.command: Optional["RunningCommand"] = None
+        self.pid = 0  # the leader's: Twisted forgets it when it reaps a leader inside spawnProcess
+        self.early_exit: Optional[int] = None
+
+    def makeConnection(self, transport: Any) -> None:
+        self.pid = getattr(transport, "pid", None) or 0
+        super().makeConnection(transport)
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == PROGRESS_FD:
+            report = self.progress.feed(data)
+            if report is not None and self.on_progress is not None:
+                self.on_progress(report)
+        else:
+            self.on_output(data)
+
+    def childConnectionLost(self, childFD: int) -> None:
+        if childFD == PROGRESS_FD:
+            report = self.progress.finish()
+            if report is not None and self.on_progress is not None:
+                self.on_progress(report)
 
     def connectionMade(self) -> None:
         # Commands get no input; a command that reads stdin sees end-of-file at once.
@@ -101,6 +133,8 @@ class CommandProcess(protocol.ProcessProtocol):
     def processExited(self, reason: Failure) -> None:
         if self.command is not None:
             self.command.leader_exited(exit_code(reason))
+        else:  # reaped inside spawnProcess (a leader that exits at once): told when attached
+            self.early_exit = exit_code(reason)
 
     def processEnded(self, reason: Failure) -> None:
         if self.command is not None:
@@ -124,7 +158,18 @@ class ProcessTracker:
         self.reactor = reactor
         self.interval = interval
         self.waiting: Dict[str, "RunningCommand"] = {}  # by marker
+        self.pids = procscan.PidCounter()
+        # The latest leaders made, with the fork count of the mark each was made after:
+        # probes need not read those made after their own mark (PidCounter.probe).
+        self.leaders: Dict[int, int] = {}
         self._call: Optional[IDelayedCall] = None
+
+    def add_leader(self, pid: int, mark: Optional[procscan.Mark]) -> None:
+        if pid > 0:
+            self.leaders.pop(pid, None)
+            self.leaders[pid] = mark[0] if mark is not None else -1
+            if len(self.leaders) > LEADERS_KEPT:
+                del self.leaders[next(iter(self.leaders))]
 
     def watch(self, command: "RunningCommand") -> None:
         self.waiting[command.marker] = command
@@ -159,12 +204,14 @@ class RunningCommand:
     """
 
     def __init__(self, reactor: Any, transport: Any, marker: str, tracker: ProcessTracker,
-                 on_ended: Callable[[int], None]):
+                 on_ended: EndedCallback, started_mark: Optional[procscan.Mark] = None, leader: int = 0):
         self.reactor = reactor
         self.transport = transport
-        self.pgid = transport.pid or 0
+        self.pgid = leader or transport.pid or 0
         self.marker = marker
         self.tracker = tracker
+        # Where the pid counter stood before the leader was made (see procscan.PidCounter).
+        self.started_mark = started_mark
         self.on_ended = on_ended
         self.code = -1
         self.leader_gone = False
@@ -172,6 +219,7 @@ class RunningCommand:
         self.over = False
         self.killing = False
         self.escalated = False
+        self.closed_clean = False  # our ends of the pipes were closed after a scan found nothing
         self._escalation: Optional[IDelayedCall] = None
         self._check_call: Optional[IDelayedCall] = None
 
@@ -200,7 +248,14 @@ class RunningCommand:
         self._check_call = None
         if self.over or not self.leader_gone:
             return
-        self.marked(procscan.scan([self.marker]).get(self.marker, []) if self.marker else [])
+        if not self.marker or (self.closed_clean and self.pipes_done):
+            # No marker, or the pipes closed because we closed them just after a scan found
+            # nothing: no process of the job was left to start another one since.
+            self.marked([])
+            return
+        # Cheap when it can be: only the pids handed out since the leader's are read.
+        pids = self.tracker.pids.probe(self.marker, self.started_mark, skip=self.tracker.leaders)
+        self.marked(pids if pids is not None else procscan.scan([self.marker]).get(self.marker, []))
 
     def marked(self, pids: List[int]) -> None:
         """The processes carrying the marker now are *pids*."""
@@ -213,6 +268,7 @@ class RunningCommand:
             return
         self.tracker.unwatch(self)
         if not self.pipes_done:
+            self.closed_clean = True
             self._close_pipes()  # processEnded follows, and calls check() again
             if not self.pipes_done:
                 return
@@ -220,7 +276,7 @@ class RunningCommand:
 
     def _close_pipes(self) -> None:
         pipes = getattr(self.transport, "pipes", None) or {}
-        held = [fd for fd in (1, 2) if fd in pipes]
+        held = [fd for fd in (1, 2, PROGRESS_FD) if fd in pipes]
         if held:
             log.info("process group {pgid}: its leader exited and no process of the job is left, but its output pipe "
                      "is still held open; closing it", pgid=self.pgid)
@@ -292,6 +348,12 @@ class RunningCommand:
             return 0
         return self._signal_marked(procscan.scan([self.marker]).get(self.marker, []), signum)
 
+    def signal(self, signum: int) -> bool:
+        """*signum* to the group and every marked process; ``False`` when nothing got it."""
+        group = self.signal_group(signum)
+        marked = self._signal_marked(procscan.scan([self.marker]).get(self.marker, []), signum) if self.marker else 0
+        return group or marked > 0
+
     def terminate(self, grace: float) -> None:
         """SIGTERM everything of the command now, SIGKILL after *grace* seconds unless it is over."""
         if self.killing or self.over:
@@ -312,14 +374,21 @@ class RunningCommand:
 
 
 def spawn(reactor: Any, argv: List[str], *, job_path: str, workdir: str, marker: str, tracker: ProcessTracker,
-          on_output: Callable[[bytes], None], on_ended: Callable[[int], None]) -> RunningCommand:
-    """Start *argv* in a new process group with the job's marker; raises :class:`CannotStart`."""
+          on_output: OutputCallback, on_ended: EndedCallback, on_progress: Optional[ProgressCallback] = None,
+          environment: Optional[Dict[str, str]] = None) -> RunningCommand:
+    """Start *argv* in a new process group with the job's marker and a progress pipe;
+    raises :class:`CannotStart`.  *environment* (default :func:`job_environment`) gets the
+    marker and ``SYSADM_PROGRESS_FD`` added."""
     program = resolve_program(argv[0], job_path, workdir)
     if not os.path.isdir(workdir):
         raise CannotStart(f"cannot start {argv[0]!r}: working directory {workdir} (JOB_WORKDIR) does not exist")
-    proto = CommandProcess(on_output)
-    fds = {0: "w", 1: "r", 2: "r"}
-    env = job_environment(job_path, marker)
+    proto = CommandProcess(on_output, on_progress)
+    fds = {0: "w", 1: "r", 2: "r", PROGRESS_FD: "r"}
+    env = dict(environment) if environment is not None else job_environment(job_path)
+    if marker:
+        env[procscan.ENV_NAME] = marker
+    env[progress.ENV_NAME] = str(PROGRESS_FD)
+    mark = tracker.pids.before_spawn()
     try:
         if newsession.available(reactor):
             transport = newsession.spawn(reactor, proto, program, [program] + list(argv[1:]), env, workdir, fds)
@@ -328,6 +397,34 @@ def spawn(reactor: Any, argv: List[str], *, job_path: str, workdir: str, marker:
             transport = reactor.spawnProcess(proto, full[0], full, env=env, path=workdir, usePTY=False, childFDs=fds)
     except Exception as e:  # bad bytes in argv, fork failure, …
         raise CannotStart(f"cannot start {argv[0]!r}: {e}") from None
-    command = RunningCommand(reactor, transport, marker, tracker, on_ended)
+    command = RunningCommand(reactor, transport, marker, tracker, on_ended, mark, leader=proto.pid)
+    tracker.add_leader(command.pgid, mark)
     proto.command = command
+    if proto.early_exit is not None:
+        command.leader_exited(proto.early_exit)  # it only schedules a check: nothing ends inside spawn
     return command
+
+
+class ProcessGroupRunner:
+    """The :class:`~sysadmd.dispatcher.backend.CommandRunner` of real local processes: each
+    command leads its own process group, carries its job's marker, and is over only when
+    no marked process is left (see the module docstring)."""
+
+    def __init__(self, reactor: Any):
+        self.reactor = reactor
+        self.instance = procscan.new_instance()
+        self.tracker = ProcessTracker(reactor)
+
+    def new_marker(self, seq: int) -> str:
+        return procscan.new_marker(self.instance, seq)
+
+    def start(self, argv: List[str], *, command: str, environment: Mapping[str, str], workdir: str, marker: str,
+              on_output: OutputCallback, on_progress: ProgressCallback, on_ended: EndedCallback) -> RunningCommand:
+        return spawn(self.reactor, argv, job_path=environment.get("PATH", ""), workdir=workdir, marker=marker,
+                     tracker=self.tracker, on_output=on_output, on_ended=on_ended, on_progress=on_progress,
+                     environment=dict(environment))
+
+    def signal_leftovers(self, markers: Mapping[str, str], signum: int) -> Dict[str, List[int]]:
+        found = procscan.scan(markers)
+        return {marker: [pid for pid in pids if procscan.signal_marked(pid, marker, signum)]
+                for marker, pids in found.items()}

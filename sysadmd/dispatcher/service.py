@@ -38,12 +38,13 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from sysadmd.dispatcher import procscan
+from sysadmd.dispatcher.backend import CannotStart, CommandRunner
 from sysadmd.dispatcher.commands import CommandError, split_command
 from sysadmd.dispatcher.job import NO_QUEUE, Job, finished_log
 from sysadmd.dispatcher.output import CommandOutput
 from sysadmd.dispatcher.queues import JobQueue
-from sysadmd.dispatcher.runner import CannotStart, ProcessTracker, spawn
+from sysadmd.dispatcher.progress import in_chain
+from sysadmd.dispatcher.runner import ProcessGroupRunner, job_environment
 from sysadmd.dispatcher.store import JobStore, JobRecord, ranges_closed
 from sysadmd.jobs.model import Owner
 from sysadmd.untrusted import clean, has_surrogate
@@ -52,11 +53,13 @@ from sysadmd.wire.envelope import ApiError
 log = Logger()
 
 UPDATE_INTERVAL = 0.25  # seconds: at most 4 output updates per second per job
+PROGRESS_INTERVAL = 0.25  # seconds: at most 4 progress deliveries per second per job
 STOP_SLACK = 2.0  # seconds stopService waits beyond the kill grace period
 QUIET_KILL = 10  # a kill of more pending jobs than this logs one summary line, not one per job
 SURROGATE = "a lone UTF-16 surrogate (U+D800-U+DFFF), which cannot be stored or sent back; send valid Unicode"
 
 Publish = Callable[[Dict[str, Any], bool], None]  # (event args, store in the events log)
+OnProgress = Callable[[Job, Dict[str, Any]], None]  # (job, {"percent", "description", "extra"})
 
 
 def check_commands(job_id: str, commands: Sequence[Any]) -> List[str]:
@@ -85,7 +88,11 @@ class Dispatcher(service.Service):
     name = "dispatcher"
 
     def __init__(self, config: Any, store: JobStore, reactor: Any, publish: Publish,
-                 finished_log_sink: Optional[Callable[[Dict[str, Any]], None]] = None):
+                 finished_log_sink: Optional[Callable[[Dict[str, Any]], None]] = None,
+                 runner: Optional[CommandRunner] = None, on_progress: Optional[OnProgress] = None):
+        """*runner* starts the commands (default: local process groups,
+        :class:`~sysadmd.dispatcher.runner.ProcessGroupRunner`); *on_progress* gets each
+        job's progress, at most 4 times a second per job (see :meth:`_progress`)."""
         self.config = config
         self.store = store
         self.reactor = reactor
@@ -98,8 +105,8 @@ class Dispatcher(service.Service):
         self._nothing_to_free = False  # no finished job has a file left to delete
         self.queues: Dict[str, JobQueue] = {}
         self.active: Dict[str, Job] = {}  # pending and running jobs by id
-        self.instance = procscan.new_instance()
-        self.tracker = ProcessTracker(reactor)
+        self.runner: CommandRunner = runner if runner is not None else ProcessGroupRunner(reactor)
+        self.on_progress = on_progress
         self._pump_call: Optional[IDelayedCall] = None
         self._leftover_call: Optional[IDelayedCall] = None
         self._pumping = False
@@ -133,11 +140,10 @@ class Dispatcher(service.Service):
 
     def _end_leftovers(self, markers: Dict[str, str]) -> None:
         """SIGTERM the processes of jobs cut off by a crash; SIGKILL what is left after the grace."""
-        found = procscan.scan(markers)
+        found = self.runner.signal_leftovers(markers, signal.SIGTERM) if markers else {}
         if not found:
             return
-        for marker, pids in found.items():
-            sent = [pid for pid in pids if procscan.signal_marked(pid, marker, signal.SIGTERM)]
+        for marker, sent in found.items():
             log.warn("job {id} was cut off by a crash and left {n} processes running (pids {pids}); sent them SIGTERM",
                      id=markers[marker], n=len(sent), pids=",".join(map(str, sent)))
         left = {marker: markers[marker] for marker in found}
@@ -145,9 +151,8 @@ class Dispatcher(service.Service):
 
     def _kill_leftovers(self, markers: Dict[str, str]) -> None:
         self._leftover_call = None
-        found = procscan.scan(markers)
-        for marker, pids in found.items():
-            sent = [pid for pid in pids if procscan.signal_marked(pid, marker, signal.SIGKILL)]
+        found = self.runner.signal_leftovers(markers, signal.SIGKILL)
+        for marker, sent in found.items():
             log.warn("job {id}: {n} of its left-over processes outlived SIGTERM (pids {pids}); sent them SIGKILL",
                      id=markers[marker], n=len(sent), pids=",".join(map(str, sent)))
         if not found:
@@ -309,7 +314,7 @@ class Dispatcher(service.Service):
         record = job.record
         record.state = "running"
         record.started = self.reactor.seconds()
-        record.marker = procscan.new_marker(self.instance, record.seq)  # stored before anything is spawned
+        record.marker = self.runner.new_marker(record.seq)  # stored before anything is spawned
         job.size = 0  # a job only ever runs once: a restart finishes running jobs
         self._next_command(job)
 
@@ -332,10 +337,12 @@ class Dispatcher(service.Service):
         token = job.command_token = object()
         try:
             argv = split_command(command)
-            job.process = spawn(self.reactor, argv, job_path=self.config.job_path, workdir=self.config.job_workdir,
-                                marker=record.marker, tracker=self.tracker,
-                                on_output=lambda data: self._output(job, token, data),
-                                on_ended=lambda code: self._ended(job, token, code))
+            job.process = self.runner.start(
+                argv, command=command, environment=job_environment(self.config.job_path),
+                workdir=self.config.job_workdir, marker=record.marker,
+                on_output=lambda data: self._output(job, token, data),
+                on_progress=lambda report: self._progress(job, token, report),
+                on_ended=lambda code: self._ended(job, token, code))
         except (CannotStart, CommandError) as e:
             record.start_error = str(e)  # the job model's outcome: not_started
             self._output(job, token, f"{e}\n".encode("utf-8", "replace"))
@@ -435,6 +442,43 @@ class Dispatcher(service.Service):
             # Progress updates are many and small: they go to subscribers, not the events log.
             self._publish(job.update_event(text), False)
 
+    # --- progress -------------------------------------------------------------------------
+    def _progress(self, job: Job, token: object, report: Dict[str, Any]) -> None:
+        """A report of the running command, as the job's progress (:func:`.progress.in_chain`:
+        command i of n covers the job's percent range [i, i+1] * 100 / n).  Delivered at once
+        when the last delivery is 0.25 s old, else when it is (the latest report wins);
+        a pending one is delivered when the command ends."""
+        if job.command_token is not token:
+            return
+        job.progress_pending = in_chain(report, job.record.current, len(job.commands))
+        if job.progress_timer is not None and job.progress_timer.active():
+            return
+        delay = job.last_progress + PROGRESS_INTERVAL - self.reactor.seconds()
+        if delay <= 0:
+            self._deliver_progress(job)
+        else:
+            job.progress_timer = self.reactor.callLater(delay, self._deliver_progress, job)
+
+    def _deliver_progress(self, job: Job) -> None:
+        job.progress_timer = None
+        report, job.progress_pending = job.progress_pending, None
+        if report is None:
+            return
+        job.progress = report
+        job.last_progress = self.reactor.seconds()
+        if self.on_progress is not None:
+            try:
+                self.on_progress(job, report)
+            except Exception:
+                log.failure("the progress hook failed for job {id}", id=job.id)
+
+    def _flush_progress(self, job: Job) -> None:
+        if job.progress_timer is not None and job.progress_timer.active():
+            job.progress_timer.cancel()
+        job.progress_timer = None
+        if job.progress_pending is not None:
+            self._deliver_progress(job)
+
     def _ended(self, job: Job, token: object, code: int) -> None:
         # The runner reports -1 for a killed command.
         if job.command_token is not token:
@@ -443,6 +487,7 @@ class Dispatcher(service.Service):
         self._command_ended(job, code)
 
     def _command_ended(self, job: Job, code: int) -> None:
+        self._flush_progress(job)
         if job.update_timer is not None and job.update_timer.active():
             job.update_timer.cancel()
             # The last piece goes out now, so a command's updates add up to its output.
