@@ -52,6 +52,8 @@ class RealPeerTests(unittest.TestCase):
         self.assertEqual(client.peer_fingerprint(), fingerprint_der(der))
         code, _ = yield client.close()
         self.assertEqual(code, 1000)
+        with self.assertRaises(wsclient.ConnectionLost):  # at once, not never
+            yield client.call("rpc", "identify", "")
 
     @defer.inlineCallbacks
     def test_unix_socket_handshake_and_a_large_fragmented_request(self):
@@ -115,6 +117,9 @@ class Scripted(Protocol):
             for waiter in list(self.factory.waiters):
                 waiter(frame)
 
+    def connectionLost(self, reason=None):
+        self.lost = True
+
     def upgrade(self, extra: str = "", accept: str = None):
         self.transport.write((f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                               f"Sec-WebSocket-Accept: {accept or accept_for(self.request)}\r\n{extra}\r\n").encode())
@@ -159,7 +164,8 @@ class ScriptedServerCase(unittest.TestCase):
 
     def cleanup_server_side(self):
         for conn in self.factory.connections:
-            conn.transport.abortConnection()
+            if not getattr(conn, "lost", False):
+                conn.transport.abortConnection()
 
 
 class HandshakeRefusalTests(ScriptedServerCase):
@@ -336,3 +342,29 @@ class ImportTests(unittest.TestCase):
                               cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertEqual(done.stdout.strip(), "[]")
+
+
+class CliRefusalTests(ScriptedServerCase):
+    """What a user sees when a TLS server answers the upgrade with something else."""
+
+    timeout = 40
+
+    @defer.inlineCallbacks
+    def test_sysadm_names_the_refused_upgrade_and_exits_4(self):
+        from tests.test_client_cli import run_cli
+        from sysadmd.tls import ensure_certificate, server_context
+
+        home = short_tempdir(self, "wsc")
+        cert, key, _ = ensure_certificate(home, "server")
+        factory = Factory.forProtocol(Scripted)
+        factory.script = lambda s, req: s.upgrade(accept="AAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+        factory.connections, factory.waiters = [], []
+        port = reactor.listenSSL(0, factory, server_context(cert, key), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.factory = factory
+        self.addCleanup(self.cleanup_server_side)
+        result = yield run_cli(home, "--url", f"wss://127.0.0.1:{port.getHost().port}", "identify")
+        self.assertEqual(result.code, 4, result.err)
+        self.assertIn(f"cannot connect to 127.0.0.1:{port.getHost().port}: the handshake reply's "
+                      "Sec-WebSocket-Accept 'AAAAAAAAAAAAAAAAAAAAAAAAAAA=' is wrong", result.err)
+        self.assertNotIn("Traceback", result.err)

@@ -315,6 +315,8 @@ class ApiConnection(Protocol):
         """Send a request; fires with the reply envelope (success or error)."""
         if request_id is None:
             request_id = f"c{next(self._ids)}"
+        if self.closed.called or self._close_sent or self._close_received:
+            return defer.fail(ConnectionLost(f"connection closed ({self.close_code}: {self.close_reason})"))
         d = defer.Deferred()
         self.pending[request_id] = d
         self.send_text(encode({"namespace": namespace, "name": name, "id": request_id, "args": {} if args is None else args}))
