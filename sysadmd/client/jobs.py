@@ -94,7 +94,8 @@ class Interrupts:
         try:
             answer = self.ctx.stdin.readline()
         except KeyboardInterrupt:
-            self.ctx.note(f"\nsysadm: leaving job {job} running (`sysadm kill {job}` stops it)")
+            self.ctx.note(f"\nsysadm: leaving job {job} running (`sysadm job attach {job}` follows it again, "
+                          f"`sysadm kill {job}` stops it)")
             self.stop.callback(EXIT_INTERRUPTED)
             return
         finally:
@@ -232,7 +233,7 @@ async def run(ctx: Context) -> int:
         reason = value[1][1] if isinstance(value[1], tuple) else value[1]
         raise ClientError(
             f"connection lost while job {job_id} was running ({reason or 'closed'}); it goes on on the server:\n"
-            f"  `sysadm jobs` shows it, `sysadm kill {job_id}` stops it", EXIT_CONNECT)
+            f"  `sysadm job attach {job_id}` follows it again, `sysadm kill {job_id}` stops it", EXIT_CONNECT)
     if isinstance(value, tuple) and value and value[0] == "failed":
         value[1].raiseException()  # e.g. a read of the stored output that got no reply
     return int(value)
