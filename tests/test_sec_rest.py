@@ -11,12 +11,11 @@ import base64
 import json
 import os
 
-from autobahn.twisted.websocket import connectWS
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from sysadmd import config as configmod
-from sysadmd.client.wsclient import ApiConnectionFactory, insecure_client_tls
+from sysadmd.client.wsclient import connect
 from sysadmd.runtime.configfile import ConfigError
 from tests.support import FakePasswords, http_client, make_config, short_tempdir, start_daemon
 
@@ -181,10 +180,7 @@ class RestBrowserTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_websocket_on_the_same_port_accepts_any_origin(self):
-        factory = ApiConnectionFactory(f"wss://127.0.0.1:{self.running.port}/", reactor)
-        factory.origin = "https://evil.example"
-        connectWS(factory, insecure_client_tls(), timeout=10)
-        client = yield factory.opened
+        client = yield connect(reactor, f"wss://127.0.0.1:{self.running.port}/", timeout=10, origin="https://evil.example")
         self.addCleanup(client.close)
         reply = yield client.call("rpc", "identify", "")
         self.assertEqual(reply["args"]["type"], "server")

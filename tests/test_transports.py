@@ -10,13 +10,12 @@ import stat
 import sys
 import time
 
-from autobahn.twisted.websocket import connectWS
 import pytest
 from twisted.internet import defer, reactor, task, utils
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from sysadmd.client.wsclient import ApiConnectionFactory, insecure_client_tls
+from sysadmd.client.wsclient import connect
 from sysadmd.session import Identity, Session
 from sysadmd.wire.close import CLOSE_GOING_AWAY, CLOSE_POLICY
 from tests.support import FakePasswords, RecordingChannel, make_config, open_client, short_tempdir, start_daemon
@@ -67,10 +66,7 @@ class WebSocketLimitTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_any_path_and_any_origin_are_accepted(self):
         url = f"wss://127.0.0.1:{self.running.port}/some/deep/path?x=1"
-        factory = ApiConnectionFactory(url, reactor)
-        factory.setSessionParameters(url=url, origin="https://elsewhere.example")
-        connectWS(factory, insecure_client_tls(), timeout=10)
-        client = yield factory.opened
+        client = yield connect(reactor, url, timeout=10, origin="https://elsewhere.example")
         self.addCleanup(client.close)
         reply = yield client.call("rpc", "identify", "")
         self.assertEqual(reply["name"], "response")

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 from twisted.internet import defer
 
-from sysadmd.runtime import crypto, paths
+from sysadmd.runtime import paths
 from sysadmd.client import wsclient
 from sysadmd.client.errors import (
     EXIT_AUTH, EXIT_CONNECT, EXIT_USAGE, ClientError, connection_lost, describe_connect_failure, error_fields, is_error,
@@ -99,6 +99,8 @@ def read_key_bytes(path: str) -> bytes:
 
 def read_key_file(path: str, loader: Any) -> Any:
     """*loader* applied to the bytes of *path*; unreadable or unusable files are usage errors."""
+    from sysadmd.runtime import crypto  # imported when needed: cryptography costs ~25 ms of start-up
+
     data = read_key_bytes(path)
     try:
         return loader(data)
@@ -139,6 +141,8 @@ def load_key(path: str, stdin: Any = None, err: Any = None, environ: Any = None)
     """The RSA private key in *path* (for auth_ssl): PEM (PKCS#1 or PKCS#8) or OpenSSH
     format; encrypted keys are opened with :func:`passphrase_for`."""
     import sys
+
+    from sysadmd.runtime import crypto
 
     stdin = sys.stdin if stdin is None else stdin
     err = sys.stderr if err is None else err
@@ -263,6 +267,8 @@ async def login(conn: Any, reactor: Any, creds: Credentials, timeout: Optional[f
         challenge = first.get("args", {}).get("test_string") if isinstance(first.get("args"), dict) else None
         if not isinstance(challenge, str):
             raise ClientError(f"login with key {creds.key_path}: the server sent no challenge", EXIT_AUTH)
+        from sysadmd.runtime import crypto
+
         answer = crypto.sign_challenge(creds.key, challenge)
         reply = await request(conn, reactor, "rpc", "auth_ssl", {"encrypted_string": answer}, timeout, target)
         _check_login(reply, f"login with key {creds.key_path}")

@@ -1,4 +1,5 @@
-"""``sysadm run``, ``sysadm jobs``, ``sysadm kill``: dispatcher jobs from the terminal.
+"""``sysadm run``, ``sysadm job attach``, ``sysadm jobs``, ``sysadm kill``: dispatcher jobs
+from the terminal.
 
 ``run`` subscribes to ``dispatcher`` events *before* it submits the job, prints the
 output as the ``running`` updates arrive and exits with the job's last return code.
@@ -8,6 +9,11 @@ printed, in order (bytes the server did not keep are counted on stderr).  Ctrl-C
 terminal asks whether to kill the job (a second Ctrl-C leaves it running and exits);
 without a terminal to ask on, Ctrl-C detaches: the job goes on on the server and
 ``sysadm`` exits 130.
+
+``run --detach`` submits the job, prints its id and returns.  ``job attach ID`` prints a
+pending, running or finished job's output from its first byte by reading the stored
+output alone (:class:`~sysadmd.client.jobwatch.StoredOutputReader`), follows it while it
+runs and exits with the job's code, like ``run`` would have.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from sysadmd.client import tables
 from sysadmd.client.context import Context
 from sysadmd.client.errors import (EXIT_CONNECT, EXIT_ERROR_REPLY, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ClientError,
                                    ErrorReply)
-from sysadmd.client.jobwatch import FetchUnavailable, JobFollower
+from sysadmd.client.jobwatch import FetchUnavailable, JobFollower, StoredOutputReader
 
 
 def new_job_id(user: Optional[str] = None) -> str:
@@ -78,7 +84,7 @@ class Interrupts:
             # Nobody to ask: a script's Ctrl-C (SIGINT) must not destroy work it may
             # not own. Leave the job running and say how to find it again.
             self.ctx.note(f"\nsysadm: detached from job {job}; it goes on on the server:\n"
-                          f"  `sysadm events dispatcher` follows its output, `sysadm jobs` lists it, "
+                          f"  `sysadm job attach {job}` follows it again (from its first byte), "
                           f"`sysadm kill {job}` stops it")
             self.stop.callback(EXIT_INTERRUPTED)
             return
@@ -88,7 +94,8 @@ class Interrupts:
         try:
             answer = self.ctx.stdin.readline()
         except KeyboardInterrupt:
-            self.ctx.note(f"\nsysadm: leaving job {job} running (`sysadm kill {job}` stops it)")
+            self.ctx.note(f"\nsysadm: leaving job {job} running (`sysadm job attach {job}` follows it again, "
+                          f"`sysadm kill {job}` stops it)")
             self.stop.callback(EXIT_INTERRUPTED)
             return
         finally:
@@ -152,17 +159,25 @@ class OutputPrinter:
             self.finished.callback(("failed", failure))
 
     async def fetch(self, index: int, offset: int, length: int) -> Any:
-        request = {"action": "read_output", "job_id": self.follower.job_id, "command": index, "offset": offset,
-                   "length": length}
-        try:
-            return await self.ctx.ask("rpc", "dispatcher", request, what="reading the job's stored output")
-        except ErrorReply as e:
-            raise FetchUnavailable(f"error {e.code} {e.text}" + (f": {e.detail}" if e.detail else "")) from None
+        return await read_output(self.ctx, self.follower.job_id, index, offset, length)
 
     def write(self, stream: str, text: str) -> None:
-        target = self.ctx.out if stream == "out" else self.ctx.err
-        target.write(text)
-        target.flush()
+        write(self.ctx, stream, text)
+
+
+async def read_output(ctx: Context, job_id: str, index: int, offset: int, length: int) -> Any:
+    """One ``read_output`` reply; a refusal raises :class:`FetchUnavailable`."""
+    request = {"action": "read_output", "job_id": job_id, "command": index, "offset": offset, "length": length}
+    try:
+        return await ctx.ask("rpc", "dispatcher", request, what="reading the job's stored output")
+    except ErrorReply as e:
+        raise FetchUnavailable(f"error {e.code} {e.text}" + (f": {e.detail}" if e.detail else "")) from None
+
+
+def write(ctx: Context, stream: str, text: str) -> None:
+    target = ctx.out if stream == "out" else ctx.err
+    target.write(text)
+    target.flush()
 
 
 def _is_tty(stream: Any) -> bool:
@@ -178,16 +193,22 @@ async def run(ctx: Context) -> int:
     if empty:
         raise ClientError(f"command {empty[0]} is empty; each CMD is one command line such as 'ls -l /tmp'", EXIT_USAGE)
     job_id = ctx.options.id or new_job_id(ctx.options.user)
+    spec: Any = commands[0] if len(commands) == 1 else commands
+    if getattr(ctx.options, "detach", False):
+        await _submit(ctx, job_id, spec)
+        if ctx.json_output:
+            ctx.emit_json({"job_id": job_id}, compact=True)
+        else:
+            ctx.say(job_id)
+        ctx.note(f"sysadm: job {job_id} runs on the server; `sysadm job attach {job_id}` follows its output "
+                 f"and exits with its code")
+        return EXIT_OK
     follower = JobFollower(job_id, commands)
     finished: defer.Deferred = defer.Deferred()
     printer = OutputPrinter(ctx, follower, finished)
     ctx.conn.event_listeners.append(printer.on_event)
     await ctx.ask("events", "subscribe", ["dispatcher"], what="subscribing to dispatcher events")
-    spec: Any = commands[0] if len(commands) == 1 else commands
-    started = await ctx.ask("rpc", "dispatcher", {"action": "run", job_id: spec}, what="submitting the job")
-    names = started.get("started") if isinstance(started, dict) else None
-    if not isinstance(names, list) or job_id not in names:
-        raise ClientError(f"the server did not start job {job_id} (reply: {started!r})", EXIT_ERROR_REPLY)
+    await _submit(ctx, job_id, spec)
     if ctx.json_output:
         ctx.note(f"job {job_id} submitted")
 
@@ -212,10 +233,101 @@ async def run(ctx: Context) -> int:
         reason = value[1][1] if isinstance(value[1], tuple) else value[1]
         raise ClientError(
             f"connection lost while job {job_id} was running ({reason or 'closed'}); it goes on on the server:\n"
-            f"  `sysadm jobs` shows it, `sysadm kill {job_id}` stops it", EXIT_CONNECT)
+            f"  `sysadm job attach {job_id}` follows it again, `sysadm kill {job_id}` stops it", EXIT_CONNECT)
     if isinstance(value, tuple) and value and value[0] == "failed":
         value[1].raiseException()  # e.g. a read of the stored output that got no reply
     return int(value)
+
+
+async def _submit(ctx: Context, job_id: str, spec: Any) -> None:
+    started = await ctx.ask("rpc", "dispatcher", {"action": "run", job_id: spec}, what="submitting the job")
+    names = started.get("started") if isinstance(started, dict) else None
+    if not isinstance(names, list) or job_id not in names:
+        raise ClientError(f"the server did not start job {job_id} (reply: {started!r})", EXIT_ERROR_REPLY)
+
+
+# --- sysadm job attach ---------------------------------------------------------------------
+
+ATTACH_POLL = 2.0  # seconds between looks at a job that sends no events (see StoredOutputReader)
+
+
+async def attach(ctx: Context) -> int:
+    """Follow a pending, running or finished dispatcher job from its first byte; its exit code."""
+    job_id: str = ctx.options.job_id
+    finished_log: List[dict] = []
+    probe = JobFollower(job_id)
+    reader: List[StoredOutputReader] = []
+
+    def on_event(message: dict) -> None:
+        args = message.get("args")
+        if message.get("name") != "dispatcher" or not probe.concerns(args):
+            return
+        log = args if "process_id" in args else args.get("process_details")
+        if isinstance(log, dict) and log.get("state") == "finished":
+            finished_log[:] = [log]
+        if reader:
+            reader[0].nudge()
+
+    ctx.conn.event_listeners.append(on_event)
+    await ctx.ask("events", "subscribe", ["dispatcher"], what="subscribing to dispatcher events")
+    commands = await _job_commands(ctx, job_id)
+
+    async def fetch(index: int, offset: int, length: int) -> Any:
+        return await read_output(ctx, job_id, index, offset, length)
+
+    async def sleep(seconds: float, wake: defer.Deferred) -> None:
+        done: defer.Deferred = defer.Deferred()
+        timer = ctx.reactor.callLater(seconds, lambda: done.called or done.callback(None))
+        wake.addCallback(lambda _: done.called or done.callback(None))
+        try:
+            await done
+        finally:
+            if timer.active():
+                timer.cancel()
+
+    reader.append(StoredOutputReader(job_id, commands, fetch, lambda stream, text: write(ctx, stream, text), sleep,
+                                     ATTACH_POLL))
+    try:
+        await reader[0].read_all()
+    except FetchUnavailable as e:
+        raise ClientError(f"cannot read job {job_id}'s stored output ({e})", EXIT_ERROR_REPLY) from None
+    log = finished_log[0] if finished_log else await _finished_log(ctx, job_id)
+    follower = JobFollower(job_id, commands)
+    for stream, text in follower.finish(log):
+        write(ctx, stream, text)
+    return follower.exit_code if follower.exit_code is not None else 255
+
+
+async def _job_commands(ctx: Context, job_id: str) -> List[str]:
+    """The commands of the pending or running job *job_id*, else of the newest finished one."""
+    listing = await ctx.ask("rpc", "dispatcher", {"action": "list"}, what="listing jobs")
+    queues = listing.get("jobs") if isinstance(listing, dict) else None
+    for jobs_in_queue in (queues.values() if isinstance(queues, dict) else ()):
+        info = jobs_in_queue.get(job_id) if isinstance(jobs_in_queue, dict) else None
+        if isinstance(info, dict) and isinstance(info.get("commands"), list):
+            return [str(c) for c in info["commands"]]
+    entry = await _history_entry(ctx, job_id)
+    if entry is None:
+        raise ClientError(f"no job {job_id} is pending, running or in the server's history "
+                          f"(`sysadm jobs --all` lists them)", EXIT_ERROR_REPLY)
+    commands = entry.get("cmd_list")
+    if not isinstance(commands, list):
+        raise ClientError(f"the server's history entry of job {job_id} has no command list", EXIT_ERROR_REPLY)
+    return [str(c) for c in commands]
+
+
+async def _history_entry(ctx: Context, job_id: str) -> Optional[dict]:
+    reply = await ctx.ask("rpc", "dispatcher", {"action": "history", "job_id": job_id, "limit": 1},
+                          what="reading the job history")
+    entries = reply.get("history") if isinstance(reply, dict) else None
+    return entries[0] if isinstance(entries, list) and entries and isinstance(entries[0], dict) else None
+
+
+async def _finished_log(ctx: Context, job_id: str) -> dict:
+    entry = await _history_entry(ctx, job_id)
+    if entry is None:
+        raise ClientError(f"job {job_id} ended but the server's history has no entry for it", EXIT_ERROR_REPLY)
+    return entry
 
 
 async def jobs(ctx: Context) -> int:

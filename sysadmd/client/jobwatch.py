@@ -212,6 +212,15 @@ class JobFollower:
             if until is None and next_offset >= size and (finished or not final):
                 return
 
+    def finish(self, args: Dict[str, Any]) -> List[Output]:
+        """Take the exit code from the job's finished process log *args*; notes for stderr."""
+        if self.done:
+            return []
+        cmd_list = args.get("cmd_list")
+        if isinstance(cmd_list, list) and all(isinstance(c, str) for c in cmd_list):
+            self.commands = cmd_list
+        return self._finish(args)
+
     def _finish(self, args: Dict[str, Any]) -> List[Output]:
         """The job's result: its first non-zero return code (a chain stops there), else 0.
 
@@ -256,3 +265,79 @@ def _reply_fields(reply: Any) -> Tuple[int, str, int, int, bool]:
             and isinstance(data, str) and isinstance(finished, bool)):
         raise FetchUnavailable(f"unexpected reply {reply!r:.80}")
     return missing, data, next_offset, size, finished
+
+
+class StoredOutputReader:
+    """A job's output from its first byte, read from the server's stored output alone.
+
+    ``sysadm job attach`` starts after the job did, so the events it sees carry neither
+    the beginning nor positions it can trust; it reads every command's output with
+    ``read_output`` in order instead, and uses the job's events only as a signal that
+    there may be more (:meth:`nudge`).  Without an event it looks again every
+    :attr:`poll` seconds (events may be dropped for a slow reader; a half character
+    waits for the rest).  Bytes the server did not keep are counted on stderr.
+    """
+
+    def __init__(self, job_id: str, commands: List[str], fetch: Fetch, emit: Emit,
+                 sleep: Callable[[float, "Any"], Awaitable[Any]], poll: float = 2.0):
+        self.job_id = job_id
+        self.commands = list(commands)
+        self.fetch = fetch
+        self.emit = emit
+        self.sleep = sleep  # (seconds, wake Deferred-like) -> awaitable that ends at either
+        self.poll = poll
+        self.nudges = 0  # events seen for the job (a counter, so none is lost between a read and a wait)
+        self.job_state = "pending"
+        self._wake: Any = None
+
+    def nudge(self) -> None:
+        """Something happened to the job (one of its events arrived)."""
+        self.nudges += 1
+        wake, self._wake = self._wake, None
+        if wake is not None and not wake.called:
+            wake.callback(None)
+
+    async def _wait(self, mark: int) -> None:
+        if self.nudges != mark:
+            return
+        from twisted.internet import defer
+
+        self._wake = defer.Deferred()
+        await self.sleep(self.poll, self._wake)
+
+    async def read_all(self) -> None:
+        """Print every command's output in order, returning once the last one has ended
+        and the job is finished."""
+        if not self.commands:
+            return
+        for index, command in enumerate(self.commands):
+            offset = 0
+            announced = False
+            while True:
+                mark = self.nudges
+                reply = await self.fetch(index, offset, READ_LENGTH)
+                missing, data, next_offset, size, finished = _reply_fields(reply)
+                state = reply.get("job_state")
+                self.job_state = state if isinstance(state, str) else self.job_state
+                if (data or missing) and not announced and len(self.commands) > 1:
+                    announced = True
+                    self.emit("err", f"[{index + 1}/{len(self.commands)}] {command}\n")
+                if missing:
+                    self.emit("err", missing_note(missing, command))
+                if data:
+                    self.emit("out", data)
+                progressed = next_offset > offset
+                offset = max(offset, next_offset)
+                if finished and offset >= size:
+                    break
+                if not progressed:
+                    await self._wait(mark)
+        while self.job_state != "finished":  # the last command ended; the job ends right after
+            mark = self.nudges
+            reply = await self.fetch(len(self.commands) - 1, 0, 1)
+            state = reply.get("job_state") if isinstance(reply, dict) else None
+            if not isinstance(state, str):
+                raise FetchUnavailable(f"unexpected reply {reply!r:.80}")
+            self.job_state = state
+            if state != "finished":
+                await self._wait(mark)

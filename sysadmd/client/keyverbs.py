@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
-from sysadmd.runtime import crypto
 from sysadmd.client import tables
 from sysadmd.client.context import Context
 from sysadmd.client.errors import EXIT_ERROR_REPLY, EXIT_OK, EXIT_USAGE, ClientError
@@ -28,6 +27,8 @@ def _description_fields(text: str) -> Dict[str, str]:
 
 
 def _checksum(pub_key: str) -> str:
+    from sysadmd.runtime import crypto  # imported when needed: cryptography costs ~25 ms of start-up
+
     try:
         return crypto.md5_checksum(crypto.pem_from_stored(pub_key))
     except crypto.KeyFormatError:
@@ -63,6 +64,8 @@ async def keys_list(ctx: Context) -> int:
 def public_key_text(path: str, ctx: Optional[Context] = None) -> str:
     """SPKI PEM of the key in *path* (public key, certificate, ``ssh-rsa`` line, or a
     private key: only its public half is ever sent, and a note says so)."""
+    from sysadmd.runtime import crypto
+
     data = read_key_bytes(path)
     if crypto.private_key_kind(data) is not None:
         stdin, err = (ctx.stdin, ctx.err) if ctx is not None else (None, None)
@@ -79,6 +82,8 @@ def prepare_keys_add(ctx: Context) -> None:
 
 
 async def keys_add(ctx: Context) -> int:
+    from sysadmd.runtime import crypto
+
     pem = ctx.extras.get("pem") or public_key_text(ctx.options.file, ctx)
     nickname = ctx.options.nickname or os.path.splitext(os.path.basename(ctx.options.file))[0]
     args = {"action": "register_ssl_cert", "pub_key": crypto.stored_form(pem), "nickname": nickname,
@@ -102,6 +107,8 @@ def _find_key(listing: Any, handle: str, owner: Optional[str]) -> List[Tuple[str
 
 
 async def keys_revoke(ctx: Context) -> int:
+    from sysadmd.runtime import crypto
+
     handle, owner = ctx.options.handle, ctx.options.owner
     if os.path.isfile(handle):
         handle = crypto.stored_form(public_key_text(handle, ctx))

@@ -41,6 +41,7 @@ examples:
   sysadm call rpc dispatcher '{"action":"list"}'
   echo '{"action":"list_ssl_certs"}' | sysadm call rpc settings -
   sysadm run 'make -C /src' 'make -C /src install'
+  sysadm run --detach 'make -C /src'   then   sysadm job attach ID
   sysadm events system-state --pretty
   sysadm keys add ~/.ssh/sysadm.pub --nickname laptop
   sysadm --bridge wss://relay.example.org --key ~/.config/sysadm/id.pem peers
@@ -134,13 +135,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("run", jobs.run, "run commands as one dispatcher job, streaming its output; exits with its return code")
     p.add_argument("commands", metavar="CMD", nargs="+", help="one command line per argument (split by the server, no shell)")
     p.add_argument("--id", metavar="ID", help="job id (default cli-<user>-<time>-<random>)")
+    p.add_argument("--detach", action="store_true",
+                   help="print the job id and return at once (`sysadm job attach ID` follows it later)")
 
     # --- the jobs API (issue 10, helper D): `sysadm jobs`, `sysadm job show|log|wait|abort`;
     # register() returns the `job` verb's sub-actions (`job attach` joins them there).
-    jobverbs.register(verb, common)
+    job_actions = jobverbs.register(verb, common)
 
     p = verb("kill", jobs.kill, "kill pending or running jobs")
     p.add_argument("job_ids", metavar="ID", nargs="+")
+
+    # --- job attach (sysadmd/client/jobs.py) ---
+    jp = job_actions.add_parser("attach", parents=[common],
+                                help="print a dispatcher job's output from its first byte, follow it while it runs, "
+                                     "and exit with its code", description="print a dispatcher job's output from "
+                                     "its first byte, follow it while it runs, and exit with its code (Ctrl-C "
+                                     "detaches; the job goes on)")
+    jp.add_argument("job_id", metavar="ID", help="the dispatcher job id (as `sysadm run --detach` printed it)")
+    jp.set_defaults(func=jobs.attach)
+    # --- end job attach ---
 
     p = verb("events", eventtail.events, "subscribe to events and print them as they come")
     p.add_argument("names", metavar="NAME", nargs="+", help="dispatcher, life-preserver, system-state")

@@ -18,6 +18,7 @@ CLOSE_POLICY = 1008  # refused by policy: not logged in in time, address blocked
 CLOSE_TOO_BIG = 1009  # a message over the size or fragment limit
 CLOSE_INTERNAL = 1011  # an unexpected error of ours while handling the connection's message
 CLOSE_TRY_AGAIN = 1013  # too busy (MAX_CONNECTIONS reached): come back later
+CLOSE_ABNORMAL = 1006  # reported locally when no close frame came; never sent on the wire
 
 ALL = (CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_PROTOCOL_ERROR, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_INTERNAL,
-       CLOSE_TRY_AGAIN)
+       CLOSE_TRY_AGAIN, CLOSE_ABNORMAL)

@@ -33,12 +33,23 @@ from typing import List, Optional, Tuple
 
 from sysadmd.wire.close import CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG
 
-try:  # autobahn's vectorised XOR masker (C, from autobahn 24.4); pure Python without it
-    from autobahn.websocket import USES_NVX
-    from autobahn.websocket.xormasker import create_xor_masker
-except ImportError:
-    USES_NVX = False
-    create_xor_masker = None
+_nvx_masker: "object | None" = None  # autobahn's vectorised XOR masker, looked up on first use
+
+
+def _vector_masker() -> "object | bool":
+    """autobahn's vectorised XOR masker (C, from autobahn 24.4), or False without it.
+
+    Imported on the first large payload, not with this module: the ``sysadm`` client
+    uses this codec and must start without importing autobahn (about 0.1 s)."""
+    global _nvx_masker
+    if _nvx_masker is None:
+        try:
+            from autobahn.websocket import USES_NVX
+            from autobahn.websocket.xormasker import create_xor_masker
+        except ImportError:
+            USES_NVX = False
+        _nvx_masker = create_xor_masker if USES_NVX else False
+    return _nvx_masker
 
 CONTINUATION = 0x0
 TEXT = 0x1
@@ -80,8 +91,9 @@ def unmask(payload: "bytes | memoryview", key: bytes) -> bytes:
             return b""
         stream = (key * ((n >> 2) + 1))[:n]
         return (int.from_bytes(payload, "little") ^ int.from_bytes(stream, "little")).to_bytes(n, "little")
-    if USES_NVX:
-        return bytes(create_xor_masker(key, n).process(payload))
+    masker = _nvx_masker if _nvx_masker is not None else _vector_masker()
+    if masker:
+        return bytes(masker(key, n).process(payload))
     src = bytes(payload)
     out = bytearray(src)
     for i in range(4):
