@@ -88,8 +88,8 @@ class JobsApiTests(unittest.TestCase):
         self.assertEqual(one, {"id": ids[0], "state": "SUCCESS", "owner": {"user": "root"}})
         missing = yield self.core("get_jobs", [[["id", "=", 10 ** 9]], {"get": True}])
         self.assertEqual(missing["args"]["code"], "404")
-        for args, part in [([[["id", "=", 1], ["colour", "=", "red"]]], "filters[1]: unknown field 'colour'"),
-                           ([[["state", "~~", "x"]]], "filters[0]: unknown operator"),
+        for args, part in [([[["id", "=", 1], ["colour", "=", "red"]]], "filters[1][0]: unknown field 'colour'"),
+                           ([[["state", "~~", "x"]]], "filters[0][1]: unknown operator"),
                            ([[], {"order_by": ["-nope"]}], "options.order_by[0]"),
                            ([[], {"limit": 5000}], "options.limit"),
                            ([[], {"select": ["secret"]}], "options.select"),
