@@ -22,6 +22,8 @@ from sysadmd.rpc import logs as rpc_logs
 from sysadmd.rpc import keyauth
 from sysadmd.server import Server
 from sysadmd.startup import tls_files
+from sysadmd.transfers import backup as transfers_backup
+from sysadmd.transfers import service as transfers_service
 from sysadmd.statedir import ensure_private_dir
 from sysadmd.transports.rest import RestResource
 from sysadmd.transports.site import make_site
@@ -46,6 +48,10 @@ class Daemon(service.MultiService):
 
 def build(cfg: Config, reactor: Any, **server_kwargs: Any) -> Daemon:
     ensure_private_dir(cfg.state_dir)
+    # A restore staged by config.upload (issue 10, helper G) is applied before the database opens.
+    restored = transfers_backup.apply_pending(cfg.state_dir, getattr(cfg, "source", "") or "")
+    if restored:
+        log.info("applied the restore staged by config.upload; the replaced files are in {path}", path=restored)
     db = open_database(database_path(cfg.state_dir), migrations.SCHEMA)
     server = Server(cfg, db, reactor, **server_kwargs)
     daemon = Daemon(server)
@@ -75,6 +81,7 @@ def install_subsystems(server: Server, reactor: Any) -> None:
     # --- the job table and core/* (issue 10, helper D): built first, the dispatcher writes into it.
     jobs = jobs_rpc.install(server, reactor)
     jobs.dispatcher = dispatcher.install(server, reactor, jobs=jobs.table)
+    transfers_service.install(server, reactor, jobs.table)  # core/download, /_download, /_upload (helper G)
     event_subscriptions.install(server)
     rpc_logs.install(server)
     keyauth.install(server)

@@ -18,6 +18,7 @@ from autobahn.twisted.resource import WebSocketResource
 from twisted.web import http, resource, server as web_server
 
 from sysadmd.listeners import handshake_finished, handshake_started
+from sysadmd.transfers.web import TransferRequest, TransferResource, is_transfer_path
 from sysadmd.transports.rest import limit_request_bodies
 
 TOO_LARGE_HEAD = (b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\n"
@@ -32,11 +33,14 @@ class SysadmRoot(resource.Resource):
         super().__init__()
         self.ws = WebSocketResource(ws_factory) if ws_factory is not None else None
         self.rest = rest
+        self.transfers: Any = None  # /_download/<id> and /_upload (issue 10, helper G; see make_site)
 
     def render(self, request):
         upgrade = (request.getHeader(b"upgrade") or b"").lower()
         if self.ws is not None and upgrade == b"websocket":
             return self.ws.render(request)
+        if self.transfers is not None and is_transfer_path(request.path):
+            return self.transfers.render(request)
         return self.rest.render(request)
 
 
@@ -78,4 +82,11 @@ def make_site(ws_factory: Any, rest: resource.Resource, *, timeout: float = 60) 
     max_body = getattr(rest, "max_body_bytes", None)
     if max_body is not None:
         limit_request_bodies(site, max_body)
+    # --- transfers (issue 10 items 5-6, helper G): GET /_download/<id>, POST /_upload; the
+    # request class streams upload bodies to the spool instead of memory.
+    transfers = getattr(getattr(rest, "server", None), "transfers", None)
+    if transfers is not None:
+        site.resource.transfers = TransferResource(transfers)
+        site.requestFactory = TransferRequest
+        site.transfers = transfers
     return site

@@ -1,0 +1,298 @@
+"""core/download, GET /_download/<job> and POST /_upload end to end: an in-process daemon
+on loopback, real HTTPS (treq and the curl binary), real SQLite, real files."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import tarfile
+
+from twisted.internet import defer, reactor, threads
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.http_headers import Headers
+from twisted.trial import unittest
+
+from sysadmd import envelope
+from sysadmd.session import Identity
+from sysadmd.transfers import backup
+from tests.support import FakePasswords, PinnedPolicy, RecordingChannel, http_client, make_config, open_client, server_cert, short_tempdir, \
+    start_daemon
+
+BASIC = "Basic " + base64.b64encode(b"root:pw").decode()
+
+
+def multipart(fields, boundary=b"XyZzY-boundary"):
+    body = b""
+    for name, value, filename in fields:
+        disp = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        body += b"--" + boundary + b"\r\nContent-Disposition: " + disp.encode() + b"\r\n\r\n" + value + b"\r\n"
+    return body + b"--" + boundary + b"--\r\n", b"multipart/form-data; boundary=" + boundary
+
+
+class TransferTests(unittest.TestCase):
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.dir = short_tempdir(self)
+        cfg = make_config(os.path.join(self.dir, "state"), DOWNLOAD_TOKEN_TTL=60, UPLOAD_MAX_BYTES=4 * 1024 * 1024)
+        self.running = yield start_daemon(self, cfg, passwords=FakePasswords({"root": "pw"}))
+        self.server = self.running.server
+        self.client = yield open_client(self, self.running)
+        auth = yield self.client.call("rpc", "auth", {"username": "root", "password": "pw"})
+        self.assertEqual(auth["name"], "response", auth)
+        self.http = http_client(self, self.running)
+        self.base = f"https://127.0.0.1:{self.running.port}"
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.agent = Agent(reactor, contextFactory=PinnedPolicy(server_cert(self.running)), pool=pool)
+
+    @defer.inlineCallbacks
+    def download(self, method, params, filename="out.bin", client=None):
+        reply = yield (client or self.client).call("core", "download", [method, params, filename])
+        self.assertEqual(reply["name"], "response", reply)
+        job_id, url = reply["args"]
+        self.assertTrue(url.startswith(f"/_download/{job_id}?auth_token="), url)
+        return job_id, url
+
+    @defer.inlineCallbacks
+    def get(self, url, headers=None):
+        # A bare Agent: treq's gzip decoder rewrites Content-Length/Content-Encoding.
+        response = yield self.agent.request(b"GET", (self.base + url).encode(), Headers(headers or {}))
+        body = yield readBody(response)
+        return response, body
+
+    @defer.inlineCallbacks
+    def test_filesystem_get_download_resume_with_range_and_sha_header(self):
+        path = os.path.join(self.dir, "payload.bin")
+        data = os.urandom(3 * 1024 * 1024 + 17)
+        with open(path, "wb") as f:
+            f.write(data)
+        job_id, url = yield self.download("filesystem.get", [path], 'we"ird\nname.bin')
+        response, body = yield self.get(url)  # waits for the job if it still runs
+        self.assertEqual(response.code, 200, body[:300])
+        self.assertEqual(body, data)
+        h = response.headers
+        self.assertEqual(response.length, len(data))  # from Content-Length (the client takes it out of headers)
+        self.assertEqual(h.getRawHeaders(b"x-content-sha256"), [hashlib.sha256(data).hexdigest().encode()])
+        self.assertEqual(h.getRawHeaders(b"content-type"), [b"application/octet-stream"])
+        self.assertIn(b'filename="we_ird_name.bin"', h.getRawHeaders(b"content-disposition")[0])
+        # Resume: the same token again, from byte 1,000,000.
+        response, body = yield self.get(url, {b"Range": [b"bytes=1000000-"]})
+        self.assertEqual(response.code, 206)
+        self.assertEqual(body, data[1000000:])
+        self.assertEqual(response.headers.getRawHeaders(b"content-range"),
+                         [f"bytes 1000000-{len(data) - 1}/{len(data)}".encode()])
+        response, body = yield self.get(url, {b"Range": [b"bytes=%d-" % (len(data) + 5)]})
+        self.assertEqual(response.code, 416)
+        job = (yield self.client.call("core", "get_jobs", [[["id", "=", job_id]]]))["args"][0]
+        self.assertEqual((job["method"], job["state"], job["result"]["sha256"], job["result"]["size"]),
+                         ("filesystem.get", "SUCCESS", hashlib.sha256(data).hexdigest(), len(data)))
+
+    @defer.inlineCallbacks
+    def test_wrong_job_other_user_and_expired_tokens_get_401(self):
+        path = os.path.join(self.dir, "a.txt")
+        with open(path, "wb") as f:
+            f.write(b"hello\n")
+        job_a, url_a = yield self.download("filesystem.get", [path])
+        job_b, url_b = yield self.download("job.log", [job_a])
+        token_a = url_a.split("auth_token=")[1]
+        response, _ = yield self.get(f"/_download/{job_b}?auth_token={token_a}")  # token of another job
+        self.assertEqual(response.code, 401)
+        response, _ = yield self.get(f"/_download/{job_a}?auth_token=not-a-token")
+        self.assertEqual(response.code, 401)
+        response, body = yield self.get(url_a)
+        self.assertEqual((response.code, body), (200, b"hello\n"))
+        # The right token presented by another user (their own Bearer login) is refused.
+        other = self.server.tokens.issue(Identity("op", True, "password"))
+        response, _ = yield self.get(url_a, {b"Authorization": [b"Bearer " + other.encode()]})
+        self.assertEqual(response.code, 401)
+        response, _ = yield self.get(url_a, {b"Authorization": [BASIC.encode()]})  # the owner: fine
+        self.assertEqual(response.code, 200)
+        # Expiry: DOWNLOAD_TOKEN_TTL (60 s) later the token is refused, and the spool goes.
+        grants = self.server.transfers.tokens
+        for grant in grants._grants.values():
+            grant.expires -= 61
+        response, _ = yield self.get(url_a)
+        self.assertEqual(response.code, 401)
+        dl = self.server.transfers.downloads[job_a]
+        self.server.transfers.sweep()
+        self.assertFalse(os.path.exists(dl.path))
+
+    @defer.inlineCallbacks
+    def test_filesystem_get_refuses_links_fifos_and_limited_users(self):
+        link = os.path.join(self.dir, "link")
+        os.symlink("/etc/hostname", link)
+        fifo = os.path.join(self.dir, "fifo")
+        os.mkfifo(fifo)
+        for path, words in ((link, "symbolic link"), (fifo, "not a regular file")):
+            job_id, url = yield self.download("filesystem.get", [path])
+            response, body = yield self.get(url)
+            self.assertEqual(response.code, 409, body)
+            self.assertIn(words, json.loads(body)["args"]["detail"])
+            job = (yield self.client.call("core", "job_wait", [job_id, {"timeout": 10}]))["args"]
+            self.assertEqual(job["state"], "FAILED")
+            self.assertIn(words, job["error"])
+        session = self.server.open_session("test", "limited-peer", RecordingChannel(),
+                                           identity=Identity("op", False, "password"), timers=False)
+        self.addCleanup(session.lost)
+        for method, params in (("filesystem.get", ["/etc/hostname"]), ("config.save", [])):
+            reply = yield self.server.api.handle(session, envelope.parse(json.dumps(
+                {"namespace": "core", "name": "download", "id": "x", "args": [method, params, "h"]})))
+            self.assertEqual(reply["args"]["code"], "403", reply)
+            self.assertIn("full access", reply["args"]["detail"])
+
+    @defer.inlineCallbacks
+    def test_upload_with_the_real_curl_binary_as_the_seed_writes_it(self):
+        if shutil.which("curl") is None:
+            raise unittest.SkipTest("no curl binary")
+        src = os.path.join(self.dir, "src.bin")
+        data = os.urandom(1024 * 1024 + 3)
+        with open(src, "wb") as f:
+            f.write(data)
+        target = os.path.join(self.dir, "x")
+        cert = os.path.join(self.running.config.state_dir, "server.crt")
+        cmd = ["curl", "-sS", "--cacert", cert, "--resolve", f"localhost:{self.running.port}:127.0.0.1",
+               "-F", 'data={"method":"filesystem.put","params":["%s",{"mode":493}]}' % target,
+               "-F", f"file=@{src}", "-u", "root:pw", f"https://localhost:{self.running.port}/_upload"]
+        out = yield threads.deferToThread(subprocess.run, cmd, capture_output=True, timeout=20)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        job_id = json.loads(out.stdout)["job_id"]
+        job = (yield self.client.call("core", "job_wait", [job_id, {"timeout": 10}]))["args"]
+        self.assertEqual((job["state"], job["method"], job["owner"]["user"]), ("SUCCESS", "filesystem.put", "root"), job)
+        with open(target, "rb") as f:
+            self.assertEqual(f.read(), data)
+        self.assertEqual(os.stat(target).st_mode & 0o7777, 493)
+        self.assertEqual(os.listdir(self.server.transfers.spool_dir), [])
+
+    @defer.inlineCallbacks
+    def upload(self, fields, auth=BASIC, boundary=b"XyZzY-boundary"):
+        body, ctype = multipart(fields, boundary)
+        response = yield self.http.post(self.base + "/_upload", data=body,
+                                        headers={b"Content-Type": [ctype], b"Authorization": [auth.encode()]})
+        text = yield response.content()
+        return response.code, json.loads(text)
+
+    @defer.inlineCallbacks
+    def test_upload_order_size_cap_auth_and_append(self):
+        target = os.path.join(self.dir, "t.txt")
+        put = json.dumps({"method": "filesystem.put", "params": [target]}).encode()
+        code, body = yield self.upload([("file", b"abc", "f"), ("data", put, None)])
+        self.assertEqual(code, 400)
+        self.assertIn("field 'file' came before field 'data'", body["args"]["detail"])
+        code, body = yield self.upload([("data", put, None), ("file", b"x" * (5 * 1024 * 1024), "f")])
+        self.assertEqual(code, 413)
+        self.assertIn("UPLOAD_MAX_BYTES", body["args"]["detail"])
+        code, body = yield self.upload([("data", put, None), ("file", b"abc", "f")], auth="Basic " +
+                                       base64.b64encode(b"root:wrong").decode())
+        self.assertEqual(code, 401)
+        code, body = yield self.upload([("data", put, None), ("file", b"abc", "f")], auth="Bearer nope")
+        self.assertEqual(code, 401)
+        self.assertFalse(os.path.exists(target))
+        token = (yield self.client.call("rpc", "auth", {"username": "root", "password": "pw"}))["args"][0]
+        code, body = yield self.upload([("data", put, None), ("file", b"one\r\n--", "f")], auth="Bearer " + token)
+        self.assertEqual(code, 200, body)
+        yield self.client.call("core", "job_wait", [body["job_id"], {"timeout": 10}])
+        append = json.dumps({"method": "filesystem.put", "params": [target, {"append": True}]}).encode()
+        code, body = yield self.upload([("data", append, None), ("file", b"two", "f")])
+        job = (yield self.client.call("core", "job_wait", [body["job_id"], {"timeout": 10}]))["args"]
+        self.assertEqual(job["state"], "SUCCESS", job)
+        with open(target, "rb") as f:
+            self.assertEqual(f.read(), b"one\r\n--two")
+        self.assertEqual(os.listdir(self.server.transfers.spool_dir), [])
+        self.assertEqual(self.server.transfers.uploads_receiving, 0)
+
+    @defer.inlineCallbacks
+    def test_failed_put_leaves_the_old_file_intact(self):
+        target = os.path.join(self.dir, "keep.txt")
+        with open(target, "wb") as f:
+            f.write(b"old contents")
+        # A body cut short (no closing boundary): nothing is written.
+        body, ctype = multipart([("data", json.dumps({"method": "filesystem.put", "params": [target]}).encode(), None),
+                                 ("file", b"new" * 1000, "f")])
+        response = yield self.http.post(self.base + "/_upload", data=body[:-30],
+                                        headers={b"Content-Type": [ctype], b"Authorization": [BASIC.encode()]})
+        self.assertEqual(response.code, 400)
+        self.assertIn("closing boundary", (yield response.json())["args"]["detail"])
+        # A job that fails while writing (aborted mid-copy by a read-only directory swap is
+        # racy; a target that became a directory is not): the old file stays whole.
+        sub = os.path.join(self.dir, "sub")
+        os.mkdir(sub)
+        code, reply = yield self.upload([("data", json.dumps({"method": "filesystem.put", "params": [sub]}).encode(),
+                                          None), ("file", b"zzz", "f")])
+        job = (yield self.client.call("core", "job_wait", [reply["job_id"], {"timeout": 10}]))["args"]
+        self.assertEqual(job["state"], "FAILED")
+        self.assertIn("not a regular file", job["error"])
+        with open(target, "rb") as f:
+            self.assertEqual(f.read(), b"old contents")
+        self.assertEqual([n for n in os.listdir(self.dir) if "sysadmd-upload" in n], [])
+
+    @defer.inlineCallbacks
+    def test_config_save_then_config_upload_round_trip_applied_at_next_start(self):
+        db = self.server.db
+        job_id, url = yield self.download("config.save", [{}], "backup.tar")
+        response, archive = yield self.get(url)
+        self.assertEqual(response.code, 200, archive[:200])
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            names = tar.getnames()
+        self.assertEqual(names[0], "MANIFEST.json")
+        self.assertIn("db/sysadmd.sqlite", names)
+        self.assertIn("keys/server.key", names)
+        # Something changes after the backup; restoring brings the saved state back.
+        jobs_before = db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+        code, reply = yield self.upload([("data", b'{"method":"config.upload","params":[]}', None),
+                                         ("file", archive, "backup.tar")])
+        self.assertEqual(code, 200, reply)
+        job = (yield self.client.call("core", "job_wait", [reply["job_id"], {"timeout": 10}]))["args"]
+        self.assertEqual(job["state"], "SUCCESS", job)
+        state = self.running.config.state_dir
+        self.assertTrue(os.path.isfile(os.path.join(state, "restore", "pending", "READY")))
+        kept = backup.apply_pending(state)  # what the next start does before opening the database
+        self.assertTrue(os.path.isfile(os.path.join(kept, "db__sysadmd.sqlite")))
+        restored = sqlite3.connect(os.path.join(state, "sysadmd.sqlite"))
+        self.assertEqual(restored.execute("PRAGMA integrity_check").fetchone()[0], "ok")
+        count = restored.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+        restored.close()
+        self.assertLess(count, jobs_before + 1)
+
+    @defer.inlineCallbacks
+    def test_config_upload_refuses_foreign_members_and_bad_databases(self):
+        def tar_of(members):
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as tar:
+                for name, data in members:
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+            return buf.getvalue()
+
+        manifest = json.dumps({"format": "sysadmd-backup", "version": 1, "files": {}}).encode()
+        cases = [
+            (tar_of([("MANIFEST.json", manifest), ("../etc/passwd", b"x")]), "is not part of a config.save archive"),
+            (tar_of([("MANIFEST.json", manifest), ("db/sysadmd.sqlite", b"garbage" * 100)]), "does not match MANIFEST"),
+            (b"not a tar at all", "not a config.save archive"),
+        ]
+        for archive, words in cases:
+            code, reply = yield self.upload([("data", b'{"method":"config.upload","params":[]}', None),
+                                             ("file", archive, "b.tar")])
+            job = (yield self.client.call("core", "job_wait", [reply["job_id"], {"timeout": 10}]))["args"]
+            self.assertEqual(job["state"], "FAILED")
+            self.assertIn(words, job["error"])
+        self.assertFalse(os.path.exists(os.path.join(self.running.config.state_dir, "restore", "pending")))
+
+    @defer.inlineCallbacks
+    def test_job_log_download_of_a_dispatcher_job(self):
+        reply = yield self.client.call("rpc", "dispatcher", {"action": "run", "lg": ["seq 1 20000"]})
+        self.assertEqual(reply["args"]["started"], ["lg"], reply)
+        [job] = (yield self.client.call("core", "get_jobs", [[["dispatcher_id", "=", "lg"]]]))["args"]
+        yield self.client.call("core", "job_wait", [job["id"], {"timeout": 20}])
+        _, url = yield self.download("job.log", [job["id"]], "lg.log")
+        response, body = yield self.get(url)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(body, "".join(f"{i}\n" for i in range(1, 20001)).encode())
+
