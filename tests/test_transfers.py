@@ -9,7 +9,6 @@ import io
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import tarfile
 
@@ -20,7 +19,7 @@ from twisted.trial import unittest
 
 from sysadmd import envelope
 from sysadmd.session import Identity
-from sysadmd.transfers import backup
+from sysadmd.transfers import web
 from tests.support import FakePasswords, PinnedPolicy, RecordingChannel, http_client, make_config, open_client, server_cert, short_tempdir, \
     start_daemon
 
@@ -250,15 +249,30 @@ class TransferTests(unittest.TestCase):
         self.assertEqual(code, 200, reply)
         job = (yield self.client.call("core", "job_wait", [reply["job_id"], {"timeout": 10}]))["args"]
         self.assertEqual(job["state"], "SUCCESS", job)
+        self.assertIn("next start", job["result"]["applied"])
         state = self.running.config.state_dir
         self.assertTrue(os.path.isfile(os.path.join(state, "restore", "pending", "READY")))
-        kept = backup.apply_pending(state)  # what the next start does before opening the database
-        self.assertTrue(os.path.isfile(os.path.join(kept, "db__sysadmd.sqlite")))
-        restored = sqlite3.connect(os.path.join(state, "sysadmd.sqlite"))
-        self.assertEqual(restored.execute("PRAGMA integrity_check").fetchone()[0], "ok")
-        count = restored.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
-        restored.close()
-        self.assertLess(count, jobs_before + 1)
+        with open(os.path.join(state, "server.key"), "rb") as f:
+            key_before = f.read()
+        # The next start applies it, before the database is opened: a real restart.
+        yield self.client.close()
+        yield self.running.daemon.stopService()
+        self.running.server.db.close()
+        with open(os.path.join(state, "server.key"), "wb") as f:
+            f.write(b"a key made after the backup")
+        again = yield start_daemon(self, self.running.config, passwords=FakePasswords({"root": "pw"}))
+        self.assertFalse(os.path.exists(os.path.join(state, "restore", "pending")))
+        [kept] = [n for n in os.listdir(os.path.join(state, "restore")) if n.startswith("replaced-")]
+        with open(os.path.join(state, "restore", kept, "keys__server.key"), "rb") as f:
+            self.assertEqual(f.read(), b"a key made after the backup")
+        with open(os.path.join(state, "server.key"), "rb") as f:
+            self.assertEqual(f.read(), key_before)
+        # The restored database is the one saved: the config.upload job that came later is
+        # not in it; the config.save job (running when it was saved) ends "interrupted".
+        rows = again.server.db.execute("SELECT method, outcome FROM jobs ORDER BY id").fetchall()
+        self.assertEqual(len(rows), jobs_before)
+        self.assertEqual([tuple(r) for r in rows][-1], ("config.save", "interrupted"))
+        self.assertEqual(again.server.db.execute("PRAGMA integrity_check").fetchone()[0], "ok")
 
     @defer.inlineCallbacks
     def test_config_upload_refuses_foreign_members_and_bad_databases(self):
@@ -296,3 +310,52 @@ class TransferTests(unittest.TestCase):
         self.assertEqual(response.code, 200)
         self.assertEqual(body, "".join(f"{i}\n" for i in range(1, 20001)).encode())
 
+
+    @defer.inlineCallbacks
+    def test_a_get_while_the_job_runs_waits_for_it_then_answers_425(self):
+        self.patch(web, "DOWNLOAD_WAIT", 0.3)
+        transfers = self.server.transfers
+        session = self.server.open_session("test", "127.0.0.1", RecordingChannel(),
+                                           identity=Identity("root", True, "password"), timers=False)
+        self.addCleanup(session.lost)
+
+        def pending():
+            from sysadmd.jobs.model import Owner
+            from sysadmd.transfers.service import Download
+            job_id = self.server.transfers.table.create("job.log", [1], Owner.of(session))
+            dl = Download(job_id, transfers.spool_path("dl"), "slow.bin")
+            transfers.downloads[job_id] = dl
+            return dl, f"/_download/{job_id}?auth_token={transfers.tokens.issue(job_id, 'root')}"
+
+        dl, url = pending()
+        response, body = yield self.get(url)
+        self.assertEqual(response.code, 425, body)
+        self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"5"])
+        # Finishing while a GET waits answers that GET with the file.
+        dl, url = pending()
+        self.patch(web, "DOWNLOAD_WAIT", 10)
+        got = self.get(url)
+        with open(dl.path, "wb") as f:
+            f.write(b"ready now")
+        dl.size, dl.sha256 = 9, hashlib.sha256(b"ready now").hexdigest()
+        reactor.callLater(0.2, transfers._download_done, {"size": 9}, dl)
+        response, body = yield got
+        self.assertEqual((response.code, body), (200, b"ready now"))
+
+    @defer.inlineCallbacks
+    def test_the_spool_cap_fails_downloads_and_refuses_uploads_naming_the_key(self):
+        self.server.transfers.spool_max = 1024 * 1024
+        path = os.path.join(self.dir, "big.bin")
+        with open(path, "wb") as f:
+            f.write(b"x" * (2 * 1024 * 1024))
+        job_id, url = yield self.download("filesystem.get", [path])
+        job = (yield self.client.call("core", "job_wait", [job_id, {"timeout": 10}]))["args"]
+        self.assertEqual(job["state"], "FAILED")
+        self.assertIn("TRANSFER_SPOOL_MAX_BYTES", job["error"])
+        response, _ = yield self.get(url)
+        self.assertEqual(response.code, 409)
+        put = json.dumps({"method": "filesystem.put", "params": [os.path.join(self.dir, "t")]}).encode()
+        code, body = yield self.upload([("data", put, None), ("file", b"y" * (2 * 1024 * 1024), "f")])
+        self.assertEqual(code, 507)
+        self.assertIn("TRANSFER_SPOOL_MAX_BYTES", body["args"]["detail"])
+        self.assertEqual(os.listdir(self.server.transfers.spool_dir), [])
