@@ -15,6 +15,8 @@ import tarfile
 from twisted.internet import defer, reactor, threads
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from zope.interface import implementer
 from twisted.trial import unittest
 
 from sysadmd import envelope
@@ -32,6 +34,30 @@ def multipart(fields, boundary=b"XyZzY-boundary"):
         disp = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
         body += b"--" + boundary + b"\r\nContent-Disposition: " + disp.encode() + b"\r\n\r\n" + value + b"\r\n"
     return body + b"--" + boundary + b"--\r\n", b"multipart/form-data; boundary=" + boundary
+
+
+@implementer(IBodyProducer)
+class _Chunked:
+    """A body of unknown length: the client sends it chunked."""
+
+    length = UNKNOWN_LENGTH
+
+    def __init__(self, data):
+        self.data = data
+
+    def startProducing(self, consumer):
+        for i in range(0, len(self.data), 65536):
+            consumer.write(self.data[i:i + 65536])
+        return defer.succeed(None)
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+    def stopProducing(self):
+        pass
 
 
 class TransferTests(unittest.TestCase):
@@ -358,4 +384,12 @@ class TransferTests(unittest.TestCase):
         code, body = yield self.upload([("data", put, None), ("file", b"y" * (2 * 1024 * 1024), "f")])
         self.assertEqual(code, 507)
         self.assertIn("TRANSFER_SPOOL_MAX_BYTES", body["args"]["detail"])
+        # Without a Content-Length (chunked), the spool cap is checked as the bytes come.
+        mp, ctype = multipart([("data", put, None), ("file", b"y" * (2 * 1024 * 1024), "f")])
+        response = yield self.agent.request(
+            b"POST", (self.base + "/_upload").encode(),
+            Headers({b"Content-Type": [ctype], b"Authorization": [BASIC.encode()]}), _Chunked(mp))
+        reply = json.loads((yield readBody(response)))
+        self.assertEqual(response.code, 507, reply)
+        self.assertIn("TRANSFER_SPOOL_MAX_BYTES", reply["args"]["detail"])
         self.assertEqual(os.listdir(self.server.transfers.spool_dir), [])

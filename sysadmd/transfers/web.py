@@ -48,6 +48,10 @@ def is_transfer_path(path: bytes) -> bool:
     return path.startswith(b"/_download/") or path in UPLOAD_PATHS
 
 
+class SpoolFull(Exception):
+    pass
+
+
 class _DataSink:
     def __init__(self) -> None:
         self.data = bytearray()
@@ -70,7 +74,9 @@ class UploadBody:
         self.spool: Optional[str] = None
         self.size = 0
         self.error: Optional[str] = None
+        self.error_code = "400"
         self.handed_over = False
+        self.room = transfers.spool_max - transfers.spool_used()  # a body without Content-Length is bounded here
 
     def _part(self, name: str, filename: Optional[str], headers: dict) -> Any:
         if name == "data":
@@ -97,6 +103,9 @@ class UploadBody:
             return
         try:
             self.parser.feed(block)
+        except SpoolFull as e:
+            self.error, self.error_code = str(e), "507"
+            self.discard()
         except MultipartError as e:
             self.error = str(e)
             self.discard()
@@ -107,6 +116,8 @@ class UploadBody:
     # the sink of the 'file' part
     def _file_write(self, block: bytes) -> None:
         self.size += len(block)
+        if self.size > self.room:
+            raise SpoolFull(f"the upload does not fit in the spool ({self.room} bytes free; TRANSFER_SPOOL_MAX_BYTES)")
         self.file.write(block)
 
     def finish(self) -> None:
@@ -383,7 +394,7 @@ class TransferResource(resource.Resource):
             return self._error(request, "400", "POST /_upload needs a multipart/form-data body (fields data, then file)")
         try:
             if body.error is not None:
-                return self._error(request, "400", f"POST /_upload: {body.error}")
+                return self._error(request, body.error_code, f"POST /_upload: {body.error}")
             try:
                 data = json.loads(bytes(body.data.data).decode("utf-8"))
             except (ValueError, UnicodeDecodeError) as e:
