@@ -393,3 +393,24 @@ class TransferTests(unittest.TestCase):
         self.assertEqual(response.code, 507, reply)
         self.assertIn("TRANSFER_SPOOL_MAX_BYTES", reply["args"]["detail"])
         self.assertEqual(os.listdir(self.server.transfers.spool_dir), [])
+
+    @defer.inlineCallbacks
+    def test_the_login_is_checked_before_any_byte_of_the_body_is_spooled(self):
+        transfers = self.server.transfers
+        spooled = []
+        real = transfers.spool_path
+        self.patch(transfers, "spool_path", lambda prefix: spooled.append(prefix) or real(prefix))
+        put = json.dumps({"method": "filesystem.put", "params": [os.path.join(self.dir, "never")]}).encode()
+        big = b"z" * (3 * 1024 * 1024)
+        code, body = yield self.upload([("data", put, None), ("file", big, "f")],
+                                       auth="Basic " + base64.b64encode(b"root:wrong").decode())
+        self.assertEqual(code, 401, body)
+        limited = self.server.tokens.issue(Identity("op", False, "password"))
+        code, body = yield self.upload([("data", put, None), ("file", big, "f")], auth="Bearer " + limited)
+        self.assertEqual(code, 403, body)
+        self.assertIn("full access", body["args"]["detail"])
+        code, body = yield self.upload([("data", put, None), ("file", big, "f")], auth="Digest x")
+        self.assertEqual(code, 401, body)
+        self.assertEqual(spooled, [])  # no upload file was ever opened
+        self.assertEqual(transfers.uploads_receiving, 0)
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "never")))

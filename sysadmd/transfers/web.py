@@ -12,10 +12,11 @@ whole file), ``Content-Disposition: attachment`` with the sanitised file name,
 Upload: :class:`TransferRequest` diverts the body of ``POST /_upload`` from memory: it
 is parsed as it arrives (:mod:`sysadmd.transfers.multipart`); ``data`` (JSON, at most
 :data:`DATA_MAX` bytes) must come first, ``file`` is written straight to a spool file.
-Bodies over ``UPLOAD_MAX_BYTES`` are answered 413 at once.  A request without an
-Authorization header (or with an unknown Bearer token) is answered 401 as soon as its
-headers are in; Basic passwords are checked when the body is in, through the REST
-transport's own login path (blacklist, rate limits).
+Bodies over ``UPLOAD_MAX_BYTES`` are answered 413 at once.  The login is checked as soon
+as the headers are in, through the REST transport's own login path (blacklist, password
+check limits, tokens), with the connection's reading paused meanwhile: a client that
+cannot log in (or lacks full access, which every upload method needs) is answered
+401/403 before any byte of its body is spooled.
 """
 
 from __future__ import annotations
@@ -27,14 +28,16 @@ from urllib.parse import quote
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.web import resource, server as web_server, static
+from twisted.web import http, resource, server as web_server, static
 
 from sysadmd import envelope
+from sysadmd.api import require_full_access
 from sysadmd.envelope import ApiError
 from sysadmd.listeners import handshake_finished
 from sysadmd.transfers.multipart import MultipartError, MultipartParser, boundary_of
+from sysadmd.transfers.service import MAX_UPLOADS
 from sysadmd.transports.rest import JSON_TYPE, RestChannel, RestRequest, RestResource, _error_body, _finish_error, \
-    _write_error, _write_json
+    _status, _write_error, _write_json
 
 log = Logger()
 
@@ -173,6 +176,9 @@ class TransferRequest(RestRequest):
     whose body goes to :class:`UploadBody` up to ``UPLOAD_MAX_BYTES``."""
 
     upload: Optional[UploadBody] = None
+    upload_session: Any = None  # the upload's logged-in one-shot session (TransferResource closes it)
+    _auth_pending = False
+    _waiting: Any = None  # requestReceived's arguments while the login is being checked
 
     def _limit(self) -> Optional[int]:
         if self.upload is not None:
@@ -199,20 +205,66 @@ class TransferRequest(RestRequest):
         self._transfers = transfers
         self._counted = True
         self.content = self.upload
-        if channel.transport is not None:
-            handshake_finished(channel.transport)  # a long body is no slow handshake; the idle timeout still runs
+        # The login is checked before the body is read: no byte of it reaches the disk
+        # for a client that cannot log in.  Bytes that came with the headers are parsed;
+        # the request waits for the check (requestReceived) if they were all of it.
+        self._auth_pending = True
+        channel.transport.pauseProducing()
+        d = self._log_in(transfers)
+        d.addErrback(lambda f: log.failure("checking the login of an upload failed", f))
+
+    @defer.inlineCallbacks
+    def _log_in(self, transfers: Any):
+        server = transfers.server
+        peer = self.getClientAddress().host
+        session = server.open_session("rest", peer, RestChannel(4096), timers=False)
+        try:
+            yield RestResource(server)._authenticate(self, session)
+            if session.identity is None:
+                raise ApiError("401", "POST /_upload needs Authorization: Basic (user:password) or Bearer (token)")
+            require_full_access(session, "uploading files")
+        except Exception as e:
+            session.token = None
+            session.lost()
+            self._auth_pending = False
+            if not isinstance(e, ApiError):
+                log.failure("checking the login of an upload from {peer} failed", peer=peer)
+                e = ApiError("500", "internal error while checking the login; the server log has the details")
+            self.upload.discard()
+            self._uncount()
+            if self.channel is None or self.channel.transport is None:
+                return
+            status = _status(e.code)
+            self._reject(status, http.RESPONSES.get(status, b"Error").decode("latin-1"), e.code, e.detail)
+            self._resume()
+            return
+        self._auth_pending = False
+        if self.channel is None or self.channel.transport is None:
+            session.token = None
+            session.lost()
+            return
+        self.upload_session = session
+        handshake_finished(self.channel.transport)  # a long body is no slow handshake; the idle timeout still runs
+        self._resume()
+
+    def _resume(self) -> None:
+        self.channel.transport.resumeProducing()
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            self.requestReceived(*waiting)
 
     def _precheck(self, transfers: Any, length: Optional[int]):
         server = transfers.server
         peer = self.channel.transport.getPeer().host if self.channel.transport is not None else ""
         if server.blacklist.blocked_for(peer) > 0:
             return 403, "Forbidden", "403", server.connection_allowed(peer) or "address blocked"
+        refusal = server.connection_allowed(peer)
+        if refusal is not None:
+            return 503, "Service Unavailable", "503", refusal
         raw = (self.requestHeaders.getRawHeaders(b"authorization") or [b""])[0].decode("latin-1").strip()
         scheme, _, credentials = raw.partition(" ")
         if scheme.lower() not in ("basic", "bearer"):
             return 401, "Unauthorized", "401", "POST /_upload needs Authorization: Basic (user:password) or Bearer (token)"
-        if scheme.lower() == "bearer" and server.tokens.check(credentials.strip()) is None:
-            return 401, "Unauthorized", "401", "Bearer token unknown or expired; get one with rpc/auth"
         try:
             self._boundary = boundary_of((self.requestHeaders.getRawHeaders(b"content-type") or [None])[0])
         except MultipartError as e:
@@ -220,8 +272,8 @@ class TransferRequest(RestRequest):
         limit = transfers.upload_max
         if length is not None and length > limit:
             return 413, "Payload Too Large", "413", f"upload is {length} bytes; the limit is {limit} (UPLOAD_MAX_BYTES)"
-        if transfers.uploads_receiving >= 4:
-            return 503, "Service Unavailable", "503", "too many uploads at once (4); try again shortly"
+        if transfers.uploads_receiving >= MAX_UPLOADS:
+            return 503, "Service Unavailable", "503", f"too many uploads at once ({MAX_UPLOADS}); try again shortly"
         room = transfers.spool_max - transfers.spool_used()
         if length is not None and length > room:
             return 507, "Insufficient Storage", "507", (f"upload is {length} bytes; the spool has room for {room} "
@@ -259,6 +311,9 @@ class TransferRequest(RestRequest):
             self._transfers.uploads_receiving -= 1
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._auth_pending:
+            self._waiting = (command, path, version)  # the whole body came with the headers
+            return
         if self.upload is not None and not self._refused:
             self.upload.finish()
             self._uncount()
@@ -268,6 +323,10 @@ class TransferRequest(RestRequest):
         if self.upload is not None and self._counted:
             self.upload.discard()  # cut off mid-body: the spool goes
             self._uncount()
+        if self.upload_session is not None and not getattr(self, "upload_done", False):
+            self.upload_session.token = None
+            self.upload_session.lost()
+            self.upload_session = None
         super().connectionLost(reason)
 
 
@@ -312,7 +371,7 @@ class TransferResource(resource.Resource):
             if method != b"POST":
                 request.setHeader(b"allow", b"POST")
                 return _finish_error(request, "405", "POST /_upload takes multipart/form-data (fields data, then file)")
-            d = self._upload(request, peer)
+            d = defer.maybeDeferred(self._upload, request, peer)
         else:
             if method not in (b"GET", b"HEAD"):
                 request.setHeader(b"allow", b"GET, HEAD")
@@ -387,8 +446,7 @@ class TransferResource(resource.Resource):
         _write_error(request, envelope.error(code, detail)["args"])
 
     # --- upload -----------------------------------------------------------------------------
-    @defer.inlineCallbacks
-    def _upload(self, request: web_server.Request, peer: str):
+    def _upload(self, request: web_server.Request, peer: str) -> None:
         body = getattr(request, "upload", None)
         if body is None:
             return self._error(request, "400", "POST /_upload needs a multipart/form-data body (fields data, then file)")
@@ -399,23 +457,23 @@ class TransferResource(resource.Resource):
                 data = json.loads(bytes(body.data.data).decode("utf-8"))
             except (ValueError, UnicodeDecodeError) as e:
                 return self._error(request, "400", f"field 'data' is not valid JSON: {e}")
-            session = self.server.open_session("rest", peer, RestChannel(4096), timers=False)
+            session = request.upload_session
+            if session is None:
+                return self._error(request, "401", "POST /_upload needs Authorization: Basic or Bearer")
             try:
-                try:
-                    yield self.rest._authenticate(request, session)
-                    if session.identity is None:
-                        raise ApiError("401", "POST /_upload needs Authorization: Basic or Bearer")
-                    job_id = self.transfers.start_upload(session, data, body.spool, body.size)
-                    body.handed_over = True
-                except ApiError as e:
-                    return self._error(request, e.code, e.detail)
-            finally:
-                session.token = None
-                session.lost()
+                job_id = self.transfers.start_upload(session, data, body.spool, body.size)
+                body.handed_over = True
+            except ApiError as e:
+                return self._error(request, e.code, e.detail)
             if request.channel is not None:
                 _write_json(request, 200, {"job_id": job_id})
         finally:
             body.discard()
+            request.upload_done = True
+            if request.upload_session is not None:
+                request.upload_session.token = None
+                request.upload_session.lost()
+                request.upload_session = None
 
 
 class _SpoolFile(static.File):
