@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import tarfile
 
-from twisted.internet import defer, reactor, threads
+from twisted.internet import defer, reactor, task, threads
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
@@ -194,6 +194,16 @@ class TransferTests(unittest.TestCase):
             self.assertEqual(f.read(), data)
         self.assertEqual(os.stat(target).st_mode & 0o7777, 493)
         self.assertEqual(os.listdir(self.server.transfers.spool_dir), [])
+        # The seed's other form: -X POST, an explicit multipart Content-Type, /_upload/.
+        cmd = ["curl", "-sS", "--cacert", cert, "--resolve", f"localhost:{self.running.port}:127.0.0.1",
+               "-X", "POST", "-u", "root:pw", "-H", "Content-Type: multipart/form-data",
+               "-F", 'data={"method": "filesystem.put", "params": ["%s", {"append": true}]}' % target,
+               "-F", f"file=@{src}", f"https://localhost:{self.running.port}/_upload/"]
+        out = yield threads.deferToThread(subprocess.run, cmd, capture_output=True, timeout=20)
+        job_id = json.loads(out.stdout)["job_id"]
+        job = (yield self.client.call("core", "job_wait", [job_id, {"timeout": 10}]))["args"]
+        self.assertEqual(job["state"], "SUCCESS", job)
+        self.assertEqual(os.path.getsize(target), 2 * len(data))
 
     @defer.inlineCallbacks
     def upload(self, fields, auth=BASIC, boundary=b"XyZzY-boundary"):
@@ -414,3 +424,60 @@ class TransferTests(unittest.TestCase):
         self.assertEqual(spooled, [])  # no upload file was ever opened
         self.assertEqual(transfers.uploads_receiving, 0)
         self.assertFalse(os.path.exists(os.path.join(self.dir, "never")))
+
+    @defer.inlineCallbacks
+    def test_head_single_ranges_and_multi_range_requests(self):
+        path = os.path.join(self.dir, "r.bin")
+        data = bytes(range(256)) * 40
+        with open(path, "wb") as f:
+            f.write(data)
+        _, url = yield self.download("filesystem.get", [path], "r.bin")
+        response = yield self.agent.request(b"HEAD", (self.base + url).encode(), Headers({}))
+        yield readBody(response)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders(b"x-content-sha256"), [hashlib.sha256(data).hexdigest().encode()])
+        response, body = yield self.get(url, {b"Range": [b"bytes=0-9"]})
+        self.assertEqual((response.code, body), (206, data[:10]))
+        response, body = yield self.get(url, {b"Range": [b"bytes=-16"]})
+        self.assertEqual((response.code, body), (206, data[-16:]))
+        response, body = yield self.get(url, {b"Range": [b"bytes=0-1,5-6"]})  # several ranges: the whole file
+        self.assertEqual((response.code, body), (200, data))
+        response, body = yield self.get(url.replace("/_download/", "/_download/x"))
+        self.assertEqual(response.code, 401)
+        response = yield self.agent.request(b"POST", (self.base + url).encode(), Headers({}))
+        yield readBody(response)
+        self.assertEqual(response.code, 405)
+
+    @defer.inlineCallbacks
+    def test_core_job_abort_stops_a_download_job_and_drops_its_spool(self):
+        path = os.path.join(self.dir, "sparse.bin")
+        with open(path, "wb") as f:
+            f.truncate(64 * 1024 ** 3)  # 64 GiB of holes: the copy runs long enough to abort
+        self.server.transfers.spool_max = 128 * 1024 ** 3
+        job_id, url = yield self.download("filesystem.get", [path])
+        reply = yield self.client.call("core", "job_abort", [job_id])
+        self.assertEqual(reply["args"], {"id": job_id, "aborted": "aborted"}, reply)
+        job = (yield self.client.call("core", "job_wait", [job_id, {"timeout": 20}]))["args"]
+        self.assertEqual((job["state"], job["outcome"]), ("ABORTED", "killed"), job)
+        self.assertEqual(os.listdir(self.server.transfers.spool_dir), [])
+        response, _ = yield self.get(url)
+        self.assertEqual(response.code, 409)
+
+    @defer.inlineCallbacks
+    def test_a_daemon_stop_ends_running_transfer_threads_promptly(self):
+        path = os.path.join(self.dir, "sparse.bin")
+        with open(path, "wb") as f:
+            f.truncate(64 * 1024 ** 3)
+        transfers = self.server.transfers
+        transfers.spool_max = 128 * 1024 ** 3
+        job_id, _ = yield self.download("filesystem.get", [path])
+        yield self.client.close()
+        yield self.running.daemon.stopService()
+        dl = transfers.downloads[job_id]
+        for _ in range(100):
+            if dl.done:
+                break
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        self.assertTrue(dl.done)
+        row = transfers.table.row(job_id)
+        self.assertEqual((row["state"], row["outcome"]), ("ABORTED", "interrupted"))

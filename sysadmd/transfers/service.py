@@ -72,17 +72,25 @@ class Download:
     waiters: List[defer.Deferred] = field(default_factory=list)
 
 
+def new_box() -> Dict[str, Any]:
+    """What a transfer job's worker thread shares with the reactor: its job id, the event
+    ``core/job_abort`` (or the daemon's stop) sets, and the SHA-256 of what it wrote."""
+    return {"job": None, "abort": threading.Event(), "hash": hashlib.sha256()}
+
+
 class Copier:
     """Copies in a worker thread, hashing, bounded, abortable, reporting progress."""
 
-    def __init__(self, reactor: Any, table: JobTable, job_id: int, total: Optional[int], limit: int, what: str):
-        self.reactor, self.table, self.job_id = reactor, table, job_id
+    def __init__(self, reactor: Any, table: JobTable, box: Dict[str, Any], total: Optional[int], limit: int, what: str):
+        self.reactor, self.table, self.job_id = reactor, table, box["job"]
         self.total, self.limit, self.what = total, limit, what
-        self.abort = threading.Event()
+        self.abort = box["abort"]
+        self.hash = box["hash"]
         self.copied = 0
         self._last = 0.0
 
-    def copy(self, src: Any, dst: Any, h: Optional[Any] = None) -> None:
+    def copy(self, src: Any, dst: Any) -> None:
+        h = self.hash
         while True:
             if self.abort.is_set():
                 raise Aborted()
@@ -93,8 +101,7 @@ class Copier:
             if self.copied > self.limit:
                 raise TransferFailed(f"{self.what} is larger than the {self.limit} bytes the spool has room for "
                                      "(TRANSFER_SPOOL_MAX_BYTES)")
-            if h is not None:
-                h.update(block)
+            h.update(block)
             dst.write(block)
             now = time.monotonic()
             if now - self._last >= PROGRESS_INTERVAL:
@@ -151,6 +158,8 @@ class TransferService(service.Service):
         self.tokens = DownloadTokens(reactor, cfg.download_token_ttl)
         self.downloads: Dict[int, Download] = {}
         self.uploads_receiving = 0
+        self.stopping = False
+        self.active: List[Dict[str, Any]] = []  # boxes of transfer jobs whose worker thread runs
         self._sweep: Optional[task.LoopingCall] = None
 
     # --- service --------------------------------------------------------------------------
@@ -169,6 +178,9 @@ class TransferService(service.Service):
         super().stopService()
         if self._sweep is not None and self._sweep.running:
             self._sweep.stop()
+        self.stopping = True
+        for box in self.active:
+            box["abort"].set()  # worker threads end within a chunk; their jobs end "interrupted" at the next start
 
     def sweep(self) -> None:
         """Delete spool files no live token serves any more."""
@@ -209,9 +221,8 @@ class TransferService(service.Service):
         run = self._prepare_download(session, method, margs)
         identity = session.identity
         path = self.spool_path("dl")
-        copier_box: Dict[str, Copier] = {}
-        job_id = self.table.create(method, margs, Owner.of(session),
-                                   abort=lambda: copier_box["c"].abort.set() if "c" in copier_box else None)
+        copier_box = new_box()
+        job_id = self.table.create(method, margs, Owner.of(session), abort=copier_box["abort"].set)
         copier_box["job"] = job_id
         try:
             token = self.tokens.issue(job_id, identity.user)
@@ -221,7 +232,9 @@ class TransferService(service.Service):
         dl = Download(job_id, path, sanitize_filename(filename))
         self.downloads[job_id] = dl
         self.table.started(job_id)
+        self.active.append(copier_box)
         d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self._produce, run, dl, copier_box)
+        d.addBoth(lambda r: (self.active.remove(copier_box), r)[1])
         d.addBoth(self._download_done, dl)
         return [job_id, f"/_download/{job_id}?auth_token={token}"]
 
@@ -252,11 +265,9 @@ class TransferService(service.Service):
         with os.fdopen(fd, "wb") as out:
             extra = run(out, box) or {}
             out.flush()
-        h = hashlib.sha256()
-        with open(dl.path, "rb") as f:
-            for block in iter(lambda: f.read(CHUNK), b""):
-                h.update(block)
-        dl.sha256 = h.hexdigest()
+        if box["abort"].is_set():
+            raise Aborted()
+        dl.sha256 = box["hash"].hexdigest()
         dl.size = os.path.getsize(dl.path)
         return dict(extra, size=dl.size, sha256=dl.sha256, filename=dl.filename)
 
@@ -281,8 +292,7 @@ class TransferService(service.Service):
                 raise TransferFailed(f"{path} is {st.st_size} bytes; the spool has room for {room} "
                                      "(TRANSFER_SPOOL_MAX_BYTES)")
             os.set_blocking(fd, True)
-            copier = box["c"] = Copier(self.reactor, self.table, box_job(box, self), st.st_size, room, path)
-            copier.copy(src, out)
+            Copier(self.reactor, self.table, box, st.st_size, room, path).copy(src, out)
         return {"path": path}
 
     def _get_log(self, job_id: int, source: Optional[str], out: Any, box: Dict[str, Any]) -> Dict[str, Any]:
@@ -293,9 +303,7 @@ class TransferService(service.Service):
                 src = None
             if src is not None:
                 with src:
-                    copier = box["c"] = Copier(self.reactor, self.table, box_job(box, self), None, self._room(),
-                                               f"job {job_id}'s output")
-                    copier.copy(src, out)
+                    Copier(self.reactor, self.table, box, None, self._room(), f"job {job_id}'s output").copy(src, out)
         return {"job": job_id}
 
     def _config_save(self, out: Any, box: Dict[str, Any]) -> Dict[str, Any]:
@@ -306,9 +314,7 @@ class TransferService(service.Service):
             info = backup.save(database_path(self.server.state_dir), self.server.state_dir, self.config_path, tmp,
                                self.spool_dir)
             with open(tmp, "rb") as src:
-                copier = box["c"] = Copier(self.reactor, self.table, box_job(box, self), os.path.getsize(tmp),
-                                           self._room(), "the backup")
-                copier.copy(src, out)
+                Copier(self.reactor, self.table, box, os.path.getsize(tmp), self._room(), "the backup").copy(src, out)
         finally:
             _unlink(tmp)
         return info
@@ -322,7 +328,7 @@ class TransferService(service.Service):
                 _unlink(dl.path)
                 if outcome.check(Aborted):
                     dl.error = "aborted"
-                    self.table.finish(dl.job_id, "killed", error="aborted by core/job_abort")
+                    self._aborted(dl.job_id)
                 elif outcome.check(TransferFailed):
                     dl.error = str(outcome.value)
                     self.table.finish(dl.job_id, "failed", error=dl.error)
@@ -337,6 +343,12 @@ class TransferService(service.Service):
             waiters, dl.waiters = dl.waiters, []
             for d in waiters:
                 d.callback(dl)
+
+    def _aborted(self, job_id: int) -> None:
+        if self.stopping:
+            self.table.finish(job_id, "interrupted", error="interrupted: the daemon stopped while it ran")
+        else:
+            self.table.finish(job_id, "killed", error="aborted by core/job_abort")
 
     def wait_download(self, dl: Download, timeout: float) -> defer.Deferred:
         """Fires with *dl* when its job has finished, or after *timeout* seconds."""
@@ -376,12 +388,13 @@ class TransferService(service.Service):
             if margs not in ([], [{}]):
                 raise ApiError("400", "config.upload params must be [] or [{}] (it takes no options)")
             run = self._config_upload
-        box: Dict[str, Any] = {}
-        job_id = self.table.create(method, margs, Owner.of(session),
-                                   abort=lambda: box["c"].abort.set() if "c" in box else None)
+        box = new_box()
+        job_id = self.table.create(method, margs, Owner.of(session), abort=box["abort"].set)
         box["job"] = job_id
         self.table.started(job_id)
+        self.active.append(box)
         d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), run, spool, size, box)
+        d.addBoth(lambda r: (self.active.remove(box), r)[1])
         d.addBoth(self._upload_done, job_id, spool)
         return job_id
 
@@ -408,8 +421,8 @@ class TransferService(service.Service):
         return lambda spool, size, box: self._put(path, mode, append, spool, size, box)
 
     def _put(self, path: str, mode: int, append: bool, spool: str, size: int, box: Dict[str, Any]) -> Dict[str, Any]:
-        copier = box["c"] = Copier(self.reactor, self.table, box["job"], size, size + 1, "the upload")
-        h = hashlib.sha256()
+        copier = Copier(self.reactor, self.table, box, size, size + 1, "the upload")
+        h = box["hash"]
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -423,7 +436,7 @@ class TransferService(service.Service):
                 except OSError as e:
                     raise TransferFailed(f"cannot open {path} for appending: {e.strerror}") from None
                 with os.fdopen(fd, "ab") as out:
-                    copier.copy(src, out, h)
+                    copier.copy(src, out)
                     out.flush()
                     os.fsync(out.fileno())
                 return {"path": path, "size": size, "sha256": h.hexdigest(), "appended": True}
@@ -435,7 +448,7 @@ class TransferService(service.Service):
                 raise TransferFailed(f"cannot create a temporary file in {parent}: {e.strerror}") from None
             try:
                 with os.fdopen(fd, "wb") as out:
-                    copier.copy(src, out, h)
+                    copier.copy(src, out)
                     out.flush()
                     os.fchmod(out.fileno(), mode)
                     os.fsync(out.fileno())
@@ -465,7 +478,7 @@ class TransferService(service.Service):
         _unlink(spool)
         if isinstance(outcome, Failure):
             if outcome.check(Aborted):
-                self.table.finish(job_id, "killed", error="aborted by core/job_abort")
+                self._aborted(job_id)
             elif outcome.check(TransferFailed):
                 self.table.finish(job_id, "failed", error=str(outcome.value))
             else:
@@ -474,10 +487,6 @@ class TransferService(service.Service):
                                   exception=type(outcome.value).__name__)
         else:
             self.table.finish(job_id, "succeeded", result=outcome)
-
-
-def box_job(box: Dict[str, Any], service: TransferService) -> int:
-    return box["job"]
 
 
 def _unlink(path: str) -> None:
