@@ -19,7 +19,8 @@ binary for both, so the servers are what is measured:
   vs the same ``curl -F`` to the floor;
 * the daemon's peak RSS (``/proc/<pid>/status``, sampled every 50 ms) during its upload.
 
-Reported: median MB/s of ``--runs`` runs each, the ratio (target >= 0.8), the RSS growth.
+Reported: median MB/s of ``--runs`` runs each, the ratio (target >= 0.8), the RSS growth;
+also written to bench/results/transfer_bench.json.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import sys
 import threading
 import time
 
-from bench.common import Child, tempdir, twistd_argv
+from bench.common import REPO, Child, tempdir, twistd_argv
 
 MIB = 1024 * 1024
 
@@ -208,6 +209,11 @@ def main() -> None:
               f"ratio {med['upload'] / med['upload floor']:.2f}  (target >= 0.8; body on disk when answered)")
         print(f"  upload job (filesystem.put copy to the target, after the reply) {med['upload job']:8.1f}")
         print(f"  daemon RSS growth during a {opts.size_mib} MiB upload: {peak_growth / MIB:.1f} MiB (target < 50)")
+        out = os.path.join(REPO, "bench", "results")
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "transfer_bench.json"), "w") as f:
+            json.dump({"size_mib": opts.size_mib, "runs": opts.runs, "mb_per_s": results, "median": med,
+                       "rss_growth_bytes": peak_growth}, f, indent=2)
     finally:
         daemon.stop()
         floor.stop()
