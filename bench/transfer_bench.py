@@ -17,7 +17,8 @@ binary for both, so the servers are what is measured:
 * upload: ``curl -F data=… -F file=@…`` to ``/_upload`` (``filesystem.put``; timed until
   the reply, i.e. the body is on disk; the job's copy to the target is timed apart) —
   vs the same ``curl -F`` to the floor;
-* the daemon's peak RSS (``/proc/<pid>/status``, sampled every 50 ms) during its upload.
+* the daemon's peak RSS (``/proc/<pid>/status``, sampled every 50 ms) during its upload;
+* each server's CPU seconds per GiB uploaded (steadier than MB/s on a shared machine).
 
 Reported: median MB/s of ``--runs`` runs each, the ratio (target >= 0.8), the RSS growth;
 also written to bench/results/transfer_bench.json.
@@ -159,7 +160,8 @@ def main() -> None:
                    files], "floor")
     try:
         token = key_login_token(daemon.port, key)
-        results = {"download": [], "download floor": [], "upload": [], "upload floor": [], "upload job": []}
+        results = {"download": [], "download floor": [], "upload": [], "upload floor": [], "upload job": [],
+                   "upload cpu s/GiB": [], "upload floor cpu s/GiB": []}
         peak_growth = 0
         for run in range(opts.runs):
             # download
@@ -170,43 +172,62 @@ def main() -> None:
             results["download"].append(size / MIB / t)
             t, _ = timed(lambda: curl(["-o", "/dev/null", f"https://localhost:{floor.port}/payload.bin"], cert, floor.port))
             results["download floor"].append(size / MIB / t)
-            # upload
+            # upload (the order alternates between runs: page-cache writeback from one upload
+            # must not always land on the same server)
             target = os.path.join(files, f"uploaded-{run}.bin")
             data = json.dumps({"method": "filesystem.put", "params": [target, {"mode": 0o600}]})
-            before = rss(daemon.proc.pid)
-            peak = [before]
-            sampling = threading.Event()
 
-            def sample():
-                while not sampling.is_set():
-                    peak[0] = max(peak[0], rss(daemon.proc.pid))
-                    time.sleep(0.05)
+            def ours():
+                before = rss(daemon.proc.pid)
+                peak = [before]
+                sampling = threading.Event()
 
-            sampler = threading.Thread(target=sample)
-            sampler.start()
-            try:
-                t, out = timed(lambda: curl(["-H", f"Authorization: Bearer {token}", "-F", f"data={data}",
-                                             "-F", f"file=@{src}", f"https://localhost:{daemon.port}/_upload"],
-                                            cert, daemon.port))
-                up_id = json.loads(out)["job_id"]
-                tj, job = timed(lambda: rest("/core/job_wait", [up_id, {"timeout": 300}], token, cert, daemon.port))
-            finally:
-                sampling.set()
-                sampler.join()
-            assert job["state"] == "SUCCESS", job
-            os.unlink(target)
-            peak_growth = max(peak_growth, peak[0] - before)
-            results["upload"].append(size / MIB / t)
-            results["upload job"].append(size / MIB / tj)
-            t, _ = timed(lambda: curl(["-F", "data={}", "-F", f"file=@{src}", f"https://localhost:{floor.port}/upload"],
-                                      cert, floor.port))
-            results["upload floor"].append(size / MIB / t)
+                def sample():
+                    while not sampling.is_set():
+                        peak[0] = max(peak[0], rss(daemon.proc.pid))
+                        time.sleep(0.05)
+
+                sampler = threading.Thread(target=sample)
+                sampler.start()
+                cpu = daemon.cpu_seconds()
+                try:
+                    t, out = timed(lambda: curl(["-H", f"Authorization: Bearer {token}", "-F", f"data={data}",
+                                                 "-F", f"file=@{src}", f"https://localhost:{daemon.port}/_upload"],
+                                                cert, daemon.port))
+                    cpu = daemon.cpu_seconds() - cpu
+                    up_id = json.loads(out)["job_id"]
+                    tj, job = timed(lambda: rest("/core/job_wait", [up_id, {"timeout": 300}], token, cert, daemon.port))
+                finally:
+                    sampling.set()
+                    sampler.join()
+                assert job["state"] == "SUCCESS", job
+                os.unlink(target)
+                results["upload"].append(size / MIB / t)
+                results["upload cpu s/GiB"].append(cpu * 1024 / opts.size_mib)
+                results["upload job"].append(size / MIB / tj)
+                return peak[0] - before
+
+            def floor_upload():
+                cpu = floor.cpu_seconds()
+                t, _ = timed(lambda: curl(["-F", "data={}", "-F", f"file=@{src}", f"https://localhost:{floor.port}/upload"],
+                                          cert, floor.port))
+                results["upload floor cpu s/GiB"].append((floor.cpu_seconds() - cpu) * 1024 / opts.size_mib)
+                results["upload floor"].append(size / MIB / t)
+
+            if run % 2:
+                floor_upload()
+                peak_growth = max(peak_growth, ours())
+            else:
+                peak_growth = max(peak_growth, ours())
+                floor_upload()
         med = {k: statistics.median(v) for k, v in results.items()}
         print(f"transfer benchmark: {opts.size_mib} MiB, {opts.runs} runs each, median MB/s (MiB/s)")
         print(f"  download  sysadmd {med['download']:8.1f}   floor {med['download floor']:8.1f}   "
               f"ratio {med['download'] / med['download floor']:.2f}  (target >= 0.8)")
         print(f"  upload    sysadmd {med['upload']:8.1f}   floor {med['upload floor']:8.1f}   "
               f"ratio {med['upload'] / med['upload floor']:.2f}  (target >= 0.8; body on disk when answered)")
+        print(f"  upload server CPU s/GiB: sysadmd {med['upload cpu s/GiB']:.2f}   floor "
+              f"{med['upload floor cpu s/GiB']:.2f}")
         print(f"  upload job (filesystem.put copy to the target, after the reply) {med['upload job']:8.1f}")
         print(f"  daemon RSS growth during a {opts.size_mib} MiB upload: {peak_growth / MIB:.1f} MiB (target < 50)")
         out = os.path.join(REPO, "bench", "results")

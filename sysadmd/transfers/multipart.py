@@ -53,7 +53,22 @@ class MultipartParser:
         self.parts = 0
 
     def feed(self, data: bytes) -> None:
-        self.buffer += data
+        delim = self.delimiter
+        if self.state == "body" and len(self.buffer) < len(delim):
+            # The hot path inside a large part: one copy (held-back tail + new bytes), one
+            # search, and the part's bytes handed on as a view, not copied again.
+            chunk = bytes(self.buffer) + data
+            if chunk.find(delim) < 0:
+                keep = len(delim) - 1
+                if len(chunk) > keep:
+                    self.sink.write(memoryview(chunk)[:-keep])
+                    self.buffer = bytearray(chunk[-keep:])
+                else:
+                    self.buffer = bytearray(chunk)
+                return
+            self.buffer = bytearray(chunk)
+        else:
+            self.buffer += data
         while self._step():
             pass
 

@@ -44,6 +44,7 @@ log = Logger()
 DOWNLOAD_WAIT = 30.0
 RETRY_AFTER = b"5"
 DATA_MAX = 64 * 1024
+SPOOL_BUFFER = 256 * 1024  # write buffer of an upload's spool file
 UPLOAD_PATHS = (b"/_upload", b"/_upload/")
 
 
@@ -97,7 +98,7 @@ class UploadBody:
                 raise MultipartError("field 'file' appears twice")
             self.spool = self.transfers.spool_path("up")
             fd = os.open(self.spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            self.file = os.fdopen(fd, "wb", buffering=0)
+            self.file = os.fdopen(fd, "wb", buffering=SPOOL_BUFFER)
             return _FileSink(self)
         raise MultipartError(f"unknown field {name[:40]!r} (expected data, then file)")
 
