@@ -442,6 +442,15 @@ class TransferTests(unittest.TestCase):
         self.assertEqual((response.code, body), (206, data[-16:]))
         response, body = yield self.get(url, {b"Range": [b"bytes=0-1,5-6"]})  # several ranges: the whole file
         self.assertEqual((response.code, body), (200, data))
+        # A link followed from another site's page works (the token is the only credential)...
+        response, body = yield self.get(url, {b"Sec-Fetch-Site": [b"cross-site"], b"Range": [b"bytes=0-1"]})
+        self.assertEqual((response.code, body), (206, data[:2]))
+        # ... but an upload from another site's page is refused like any REST call.
+        mp, ctype = multipart([("data", b'{"method":"filesystem.put","params":["/tmp/never"]}', None), ("file", b"x", "f")])
+        response = yield self.http.post(self.base + "/_upload", data=mp, headers={
+            b"Content-Type": [ctype], b"Authorization": [BASIC.encode()], b"Origin": [b"https://evil.example"]})
+        self.assertEqual(response.code, 403)
+        self.assertIn("evil.example", (yield response.json())["args"]["detail"])
         response, body = yield self.get(url.replace("/_download/", "/_download/x"))
         self.assertEqual(response.code, 401)
         response = yield self.agent.request(b"POST", (self.base + url).encode(), Headers({}))

@@ -262,6 +262,9 @@ class TransferRequest(RestRequest):
         refusal = server.connection_allowed(peer)
         if refusal is not None:
             return 503, "Service Unavailable", "503", refusal
+        cross_site, _ = RestResource(server)._check_origin(self)
+        if cross_site is not None:
+            return 403, "Forbidden", "403", cross_site
         raw = (self.requestHeaders.getRawHeaders(b"authorization") or [b""])[0].decode("latin-1").strip()
         scheme, _, credentials = raw.partition(" ")
         if scheme.lower() not in ("basic", "bearer"):
@@ -364,11 +367,14 @@ class TransferResource(resource.Resource):
         peer = request.getClientAddress().host
         if self.server.blacklist.blocked_for(peer) > 0:
             return _finish_error(request, "403", self.server.connection_allowed(peer) or "address blocked")
-        refusal, _ = self.rest._check_origin(request)
-        if refusal is not None:
-            return _finish_error(request, "403", refusal)
         method = request.method.upper()
         if request.path in UPLOAD_PATHS:
+            # Uploads log in like REST, so they get REST's cross-site checks.  Downloads do
+            # not: the token in the URL is the only credential (nothing ambient), and a GET
+            # changes nothing, so a link followed from another site works.
+            refusal, _ = self.rest._check_origin(request)
+            if refusal is not None:
+                return _finish_error(request, "403", refusal)
             if method != b"POST":
                 request.setHeader(b"allow", b"POST")
                 return _finish_error(request, "405", "POST /_upload takes multipart/form-data (fields data, then file)")
