@@ -125,7 +125,14 @@ class TransferTests(unittest.TestCase):
         with open(path, "wb") as f:
             f.write(b"hello\n")
         job_a, url_a = yield self.download("filesystem.get", [path])
-        job_b, url_b = yield self.download("job.log", [job_a])
+        reply = yield self.client.call("core", "download", {"method": "job.log", "params": [job_a], "filename": "a.log"})
+        job_b, url_b = reply["args"]  # the object form of the args
+        for bad, words in (({"method": "nope", "params": []}, "'method' must be one of"),
+                           (["job.log", "x"], "'params' must be a list"),
+                           (["job.log", [999999]], "no job 999999"),
+                           ({"method": "job.log", "params": [1], "extra": 1}, "unknown key 'extra'")):
+            reply = yield self.client.call("core", "download", bad)
+            self.assertIn(words, reply["args"]["detail"], reply)
         token_a = url_a.split("auth_token=")[1]
         response, _ = yield self.get(f"/_download/{job_b}?auth_token={token_a}")  # token of another job
         self.assertEqual(response.code, 401)
