@@ -76,6 +76,8 @@ from sysadmd.sysclasses import services as sys_services
 from sysadmd.sysclasses import users as sys_users
 from sysadmd.sysclasses import systemmanager as sys_systemmanager
 from sysadmd.sysclasses.readings import HostReadings
+from sysadmd.transfers import backup as transfers_backup
+from sysadmd.transfers import service as transfers_service
 from sysadmd.transports.rest import RestResource
 from sysadmd.transports.site import make_site
 from sysadmd.transports.unixsocket import make_unix_listener
@@ -90,7 +92,9 @@ class Daemon(service.MultiService):
         super().__init__()
         self.server = server
         self.listeners: Dict[str, Listener] = {}
+        self.jobs: Optional[JobsService] = None
         self.dispatcher: Optional[Dispatcher] = None
+        self.transfers: Optional[transfers_service.TransferService] = None
         self.system_state: Optional[SystemStateService] = None
         self.life_preserver: Optional[LifePreserverWatcher] = None
         self.log_retention: Optional[LogRetention] = None
@@ -110,6 +114,10 @@ def build(cfg: Config, reactor: Any, *, passwords: Optional[Any] = None,
     """The whole daemon (not started).  *passwords* replaces PAM (tests); *event_types*
     replaces the event vocabulary (:data:`sysadmd.events.hub.DAEMON_EVENT_TYPES`)."""
     ensure_private_dir(cfg.state_dir)
+    # A restore staged by config.upload (issue 10, helper G) is applied before the database opens.
+    restored = transfers_backup.apply_pending(cfg.state_dir, getattr(cfg, "source", "") or "")
+    if restored:
+        log.info("applied the restore staged by config.upload; the replaced files are in {path}", path=restored)
     db = open_database(database_path(cfg.state_dir), migrations.SCHEMA)
     server = build_server(cfg, db, reactor, passwords=passwords, event_types=event_types)
     daemon = Daemon(server)
@@ -117,6 +125,7 @@ def build(cfg: Config, reactor: Any, *, passwords: Optional[Any] = None,
     # The order below is the order the subsystems start in (and the reverse of their stop).
     daemon.jobs = add_jobs(server)  # before the dispatcher, whose jobs are rows of its table
     daemon.dispatcher = add_dispatcher(server, daemon.jobs)
+    daemon.transfers = add_transfers(server, daemon.jobs)
     daemon.system_state, daemon.life_preserver = add_event_producers(server)
     daemon.log_retention = add_logs(server)
     daemon.settings = add_settings(server)
@@ -186,6 +195,15 @@ def add_dispatcher(server: Server, jobs: JobsService) -> Dispatcher:
     jobs.dispatcher = dispatcher  # core/job_abort of a dispatcher job kills it there
     dispatcher_rpc.route(server.api, dispatcher_rpc.DispatcherApi(server, dispatcher))
     return dispatcher
+
+
+def add_transfers(server: Server, jobs: JobsService) -> transfers_service.TransferService:
+    """File transfers as jobs: ``core/download``; the HTTPS site serves ``/_download/<id>``
+    and ``/_upload`` with it (:func:`add_listeners`)."""
+    transfers = transfers_service.TransferService(server, jobs.table, server.reactor)
+    transfers.setServiceParent(server)
+    transfers_service.route(server.api, transfers)
+    return transfers
 
 
 def add_event_producers(server: Server) -> Tuple[SystemStateService, LifePreserverWatcher]:
@@ -270,10 +288,11 @@ def add_listeners(daemon: Daemon) -> None:
         context = tls.server_context(cert, key)
         ws_factory = SysadmServerFactory(server, "wss", reactor=reactor)
         rest = RestResource(server)
-        daemon.add_listener("wss", Listener(reactor, cfg.port, make_site(ws_factory, rest), label="sysadmd wss+https",
+        daemon.add_listener("wss", Listener(reactor, cfg.port, make_site(ws_factory, rest, transfers=daemon.transfers),
+                                            label="sysadmd wss+https",
                                             interface=cfg.listen_interface, tls=context, guard=guard))
         if cfg.port_rest:
-            daemon.add_listener("rest", Listener(reactor, cfg.port_rest, make_site(None, RestResource(server)),
+            daemon.add_listener("rest", Listener(reactor, cfg.port_rest, make_site(None, RestResource(server), transfers=daemon.transfers),
                                                  label="sysadmd rest", interface=cfg.listen_interface, tls=context,
                                                  guard=guard))
     else:

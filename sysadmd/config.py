@@ -120,6 +120,10 @@ KEYS: List[Key] = [
     Key("HANDSHAKE_TIMEOUT", "float", 15.0, "Seconds a new connection has, from being accepted, to finish TLS and\nthe WebSocket upgrade or its HTTP request, however slowly its bytes\narrive; then it is closed.", minimum=0.1),    # K: sysadm/users and sysadm/services
     Key("USERS_PREFIX", "path", "", "sysadm/users: directory holding the etc/passwd, etc/group and etc/shadow\nto manage (passed to the shadow tools as --prefix). Empty: the system's\nown. Passwords can only be set on the system's own database."),
     Key("SERVICES_INITD_DIR", "path", "/etc/init.d", "sysadm/services: the SysV init script directory; the runlevel links\nare in rc?.d beside it. Used when systemd does not run the host."),
+    # --- G: file transfers (issue 10 items 5-6) --------------------------------------
+    Key("DOWNLOAD_TOKEN_TTL", "int", 3600, "Seconds a core/download token stays valid (for repeated and ranged\nGETs of /_download/<job>); its spool file is deleted after that.", minimum=10, maximum=7 * 86400),
+    Key("UPLOAD_MAX_BYTES", "int", 4 * 1024 * 1024 * 1024, "Largest POST /_upload body (bytes); larger ones are answered 413\nas soon as that is known.", minimum=1024 * 1024),
+    Key("TRANSFER_SPOOL_MAX_BYTES", "int", 8 * 1024 * 1024 * 1024, "Bytes the transfer spool (<state_dir>/transfers) may hold: files\nprepared for download and uploads being received.", minimum=1024 * 1024),
 ]
 
 KEY_NAMES = [k.name for k in KEYS]

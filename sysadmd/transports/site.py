@@ -20,6 +20,7 @@ from twisted.web import http, resource, server as web_server
 
 from sysadmd.runtime.listeners import handshake_finished, handshake_started
 from sysadmd.transports.seedws import PATH as SEED_PATH, SeedServerFactory
+from sysadmd.transfers.web import TransferRequest, TransferResource, is_transfer_path
 from sysadmd.transports.rest import limit_request_bodies
 
 TOO_LARGE_HEAD = (b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\n"
@@ -38,6 +39,7 @@ class SysadmRoot(resource.Resource):
                              if ws_factory is not None else None)
         self.seed = WebSocketResource(self.seed_factory) if self.seed_factory is not None else None
         self.rest = rest
+        self.transfers: Any = None  # /_download/<id> and /_upload (issue 10, helper G; see make_site)
 
     def render(self, request):
         upgrade = (request.getHeader(b"upgrade") or b"").lower()
@@ -45,6 +47,8 @@ class SysadmRoot(resource.Resource):
             if self.seed is not None and request.path == SEED_PATH:
                 return self.seed.render(request)
             return self.ws.render(request)
+        if self.transfers is not None and is_transfer_path(request.path):
+            return self.transfers.render(request)
         return self.rest.render(request)
 
 
@@ -79,11 +83,18 @@ class QuietSite(web_server.Site):
         pass
 
 
-def make_site(ws_factory: Any, rest: resource.Resource, *, timeout: float = 60) -> web_server.Site:
+def make_site(ws_factory: Any, rest: resource.Resource, *, timeout: float = 60,
+              transfers: Any = None) -> web_server.Site:
     site = QuietSite(SysadmRoot(ws_factory, rest), timeout=timeout)
     site.noisy = False
     site.displayTracebacks = False
     max_body = getattr(rest, "max_body_bytes", None)
     if max_body is not None:
         limit_request_bodies(site, max_body)
+    # --- transfers (issue 10 items 5-6, helper G): GET /_download/<id>, POST /_upload; the
+    # request class streams upload bodies to the spool instead of memory.
+    if transfers is not None:
+        site.resource.transfers = TransferResource(transfers)
+        site.requestFactory = TransferRequest
+        site.transfers = transfers
     return site
