@@ -9,6 +9,7 @@ Screenshots go to ``tests/artifacts/console/`` (ignored by git), or to
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -26,9 +27,7 @@ ARTIFACTS = os.environ.get("SYSADMD_TEST_ARTIFACTS") or os.path.join(
 
 def missing_browser() -> str:
     """Why the browser tests cannot run here, or ""."""
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("selenium") is None:
         return "selenium is not installed (pip install '.[test]')"
     for path in (CHROMIUM, CHROMEDRIVER):
         if not os.access(path, os.X_OK):
