@@ -11,6 +11,7 @@ import time
 
 import pytest
 from twisted.internet import defer
+from twisted.trial import unittest
 
 from tests.browser_support import BrowserCase, button, elapsed, field_for, sign_in
 from tests.support import FakePasswords, make_config, short_tempdir, start_daemon
@@ -170,5 +171,59 @@ class ConsoleInBrowser(BrowserCase):
             if "Users" in query:
                 self.assertTrue(driver.find_elements(By.XPATH, "//th[text()='root']"))
             self.no_errors(driver)
+
+        yield self.b(steps, self.driver)
+
+
+class ServicesInBrowser(BrowserCase):
+    """The Services page starts, stops, enables and disables a real SysV service (a test
+    init script in a temporary init.d that runs a real process)."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        import secrets
+        import shutil
+
+        from sysadmd.sysclasses import services as services_mod
+        from tests.test_sysclass_services import SCRIPT, install, kill_quietly
+
+        super().setUp()
+        if services_mod.systemd_runs() or not shutil.which("start-stop-daemon"):
+            raise unittest.SkipTest("the SysV backend is used only without systemd, and the script needs start-stop-daemon")
+        root = short_tempdir(self)
+        initd = os.path.join(root, "etc", "init.d")
+        os.makedirs(initd)
+        self.name = f"sdcon{secrets.token_hex(3)}"
+        install(initd, self.name, SCRIPT, root)
+        self.addCleanup(kill_quietly, root, self.name)
+        cfg = make_config(short_tempdir(self), SERVICES_INITD_DIR=initd)
+        self.running = yield start_daemon(self, cfg, passwords=FakePasswords({"root": "pw"}))
+        self.url = f"https://127.0.0.1:{self.running.port}/"
+        self.driver = yield self.open_browser()
+
+    @defer.inlineCallbacks
+    def test_start_stop_enable_disable_a_service(self):
+        from selenium.webdriver.common.by import By
+
+        name = self.name
+
+        def cells(driver):  # read in one script: the table is rebuilt after each action
+            return driver.execute_script(
+                "const th = [...document.querySelectorAll('table[aria-label=Services] tbody th')]"
+                "  .find((e) => e.textContent === arguments[0]);"
+                "return th ? [...th.parentNode.querySelectorAll('td')].slice(1, 3).map((e) => e.textContent) : null;",
+                name)
+
+        def steps(driver):
+            sign_in(driver, self.url, "root", "pw")
+            self.wait_for(driver, lambda d: d.find_elements(By.LINK_TEXT, "Services"))
+            driver.find_element(By.LINK_TEXT, "Services").click()
+            self.wait_for(driver, lambda d: d.find_elements(By.XPATH, f"//th[text()='{name}']"), what="the service")
+            self.assertEqual(cells(driver), ["stopped", "disabled"])
+            for verb, expected in (("Start", ["running", "disabled"]), ("Enable", ["running", "enabled"]),
+                                   ("Stop", ["stopped", "enabled"]), ("Disable", ["stopped", "disabled"])):
+                button(driver, f"{verb} {name}").click()
+                self.wait_for(driver, lambda d: cells(d) == expected, timeout=15, what=f"{verb}: {expected}")
+            self.assertEqual(self.browser_errors(driver), [])
 
         yield self.b(steps, self.driver)

@@ -84,6 +84,16 @@ class ConsoleSignIn(BrowserCase):
         # the daemon forgets the token (as when it expires); the page is opened again
         self.running.server.tokens.revoke(token)
 
+        def live(driver):  # the open page's next call is refused: back to the sign-in, saying why
+            driver.find_element(By.LINK_TEXT, "Jobs").click()
+            self.wait_for(driver, lambda d: d.find_elements(By.ID, "login-message") and
+                          self.message(d) == "Your session has expired. Sign in again.", what="expired while open")
+            self.assertIsNone(driver.execute_script("return sessionStorage.getItem('sysadmd.token')"))
+
+        yield self.b(live, self.driver)
+        token = yield self.b(steps, self.driver)
+        self.running.server.tokens.revoke(token)
+
         def reopened(driver):
             driver.refresh()
             self.wait_for(driver, lambda d: d.find_elements(By.ID, "login-message") and
