@@ -6,7 +6,9 @@ setup(
     description="Remote system administration daemon and bridge, wire-compatible with TrueOS SysAdm",
     python_requires=">=3.10",
     packages=find_packages(include=["sysadmd", "sysadmd.*", "bridge", "bridge.*"]) + ["twisted.plugins"],
-    package_data={"twisted": ["plugins/sysadmd_plugin.py", "plugins/sysadm_bridge_plugin.py"]},
+    package_data={"twisted": ["plugins/sysadmd_plugin.py", "plugins/sysadm_bridge_plugin.py"],
+                  # the web console's files, served from the installed package (no CDN)
+                  "sysadmd.console": ["static/*.html", "static/*.js", "static/*.css", "static/*.svg"]},
     # Upper bounds: the newest releases the suite has passed on.  autobahn: sysadmd/wire/wsbase.py
     # hooks internals (its REQUIRED_INTERNALS, checked at import, with a fallback to the
     # public API); 22.12.1 is the oldest release with all of them (22.1.1 lacks
@@ -20,7 +22,9 @@ setup(
         "psutil>=5.9,<8",
         "python-pam>=2.0,<3",
     ],
-    extras_require={"test": ["pytest>=7,<10", "hypothesis>=6,<7", "treq>=22.2,<27", "pyflakes>=3.2,<5"]},
+    extras_require={"test": ["pytest>=7,<10", "hypothesis>=6,<7", "treq>=22.2,<27", "pyflakes>=3.2,<5",
+                              # the web console's browser tests drive Debian's chromium + chromium-driver
+                              "selenium>=4.15,<5"]},
     entry_points={
         "console_scripts": [
             "sysadm = sysadmd.client.main:main",

@@ -80,6 +80,7 @@ from sysadmd.transfers import backup as transfers_backup
 from sysadmd.transfers import service as transfers_service
 from sysadmd.transports.rest import RestResource
 from sysadmd.transports.site import make_site
+from sysadmd.console.site import ConsoleResource
 from sysadmd.transports.unixsocket import make_unix_listener
 from sysadmd.transports.websocket import SysadmServerFactory
 
@@ -278,6 +279,11 @@ def add_sysadm_classes(server: Server) -> Dict[str, Any]:
     return routed
 
 
+def add_console(cfg: Config) -> Optional[ConsoleResource]:
+    """The web console's files for the HTTPS listener (``CONSOLE=false``: none)."""
+    return ConsoleResource() if cfg.console else None
+
+
 def add_listeners(daemon: Daemon) -> None:
     """The TLS WebSocket + HTTPS port, the REST-only port and the local socket."""
     server = daemon.server
@@ -288,7 +294,8 @@ def add_listeners(daemon: Daemon) -> None:
         context = tls.server_context(cert, key)
         ws_factory = SysadmServerFactory(server, "wss", reactor=reactor)
         rest = RestResource(server)
-        daemon.add_listener("wss", Listener(reactor, cfg.port, make_site(ws_factory, rest, transfers=daemon.transfers),
+        daemon.add_listener("wss", Listener(reactor, cfg.port, make_site(ws_factory, rest, transfers=daemon.transfers,
+                                                                          console=add_console(cfg)),
                                             label="sysadmd wss+https",
                                             interface=cfg.listen_interface, tls=context, guard=guard))
         if cfg.port_rest:

@@ -124,6 +124,8 @@ KEYS: List[Key] = [
     Key("DOWNLOAD_TOKEN_TTL", "int", 3600, "Seconds a core/download token stays valid (for repeated and ranged\nGETs of /_download/<job>); its spool file is deleted after that.", minimum=10, maximum=7 * 86400),
     Key("UPLOAD_MAX_BYTES", "int", 4 * 1024 * 1024 * 1024, "Largest POST /_upload body (bytes); larger ones are answered 413\nas soon as that is known.", minimum=1024 * 1024),
     Key("TRANSFER_SPOOL_MAX_BYTES", "int", 8 * 1024 * 1024 * 1024, "Bytes the transfer spool (<state_dir>/transfers) may hold: files\nprepared for download and uploads being received.", minimum=1024 * 1024),
+    # Console (helper: console, issue 14)
+    Key("CONSOLE", "bool", True, "true: serve the web console (a browser UI talking to the WebSocket API)\nat https://host:PORT/ and its files under /console/. false: / is\nREST's 404."),
 ]
 
 KEY_NAMES = [k.name for k in KEYS]

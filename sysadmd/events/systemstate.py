@@ -105,6 +105,22 @@ class HostSample:
     memory: Dict[str, float]  # total, used (bytes), percent
     disks: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # mount -> figures
     uptime: int = 0
+    cpu_percent: Optional[float] = None  # busy share of all CPUs since the previous reading
+    network: Dict[str, int] = field(default_factory=dict)  # bytes_recv, bytes_sent: totals, loopback left out
+
+
+def _network() -> Dict[str, int]:
+    received = sent = 0
+    try:
+        counters = psutil.net_io_counters(pernic=True)
+    except OSError:
+        return {}
+    for name, nic in counters.items():
+        if name == "lo":
+            continue
+        received += nic.bytes_recv
+        sent += nic.bytes_sent
+    return {"bytes_recv": received, "bytes_sent": sent}
 
 
 def _uptime() -> int:
@@ -135,6 +151,8 @@ def sample_host() -> HostSample:
         memory={"total": vm.total, "used": vm.used, "percent": round(vm.percent, 1)},
         disks=disks,
         uptime=_uptime(),
+        cpu_percent=round(psutil.cpu_percent(interval=None), 1),
+        network=_network(),
     )
 
 
@@ -203,6 +221,10 @@ def state_args(sample: HostSample, zpools: Dict[str, Dict[str, str]], level: int
         "disks": {m: dict(d) for m, d in sample.disks.items()},
         "uptime": sample.uptime,
     }
+    if sample.cpu_percent is not None:
+        args["cpu"] = {"percent": sample.cpu_percent}
+    if sample.network:
+        args["network"] = dict(sample.network)
     if hostname_changed:
         args["hostnamechanged"] = "true"
     if zpools:

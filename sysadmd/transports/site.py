@@ -1,5 +1,6 @@
 """The HTTPS site on PORT: WebSocket upgrades go to the WebSocket factory, everything
-else is REST.  Any path upgrades (upstream accepts any URL path), except ``/websocket``:
+else is REST, but for the web console's ``/`` and ``/console/…`` when it is on
+(:mod:`sysadmd.console.site`).  Any path upgrades (upstream accepts any URL path), except ``/websocket``:
 upgrades there speak the seed's wire (:mod:`sysadmd.transports.seedws`).
 
 Its HTTP channel (:class:`SysadmHTTPChannel`) adds two limits to twisted.web's:
@@ -13,7 +14,7 @@ Its HTTP channel (:class:`SysadmHTTPChannel`) adds two limits to twisted.web's:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.web import http, resource, server as web_server
@@ -31,8 +32,9 @@ TOO_LARGE_HEAD = (b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type
 class SysadmRoot(resource.Resource):
     isLeaf = True
 
-    def __init__(self, ws_factory: Any, rest: resource.Resource):
+    def __init__(self, ws_factory: Any, rest: resource.Resource, console: Optional[Any] = None):
         super().__init__()
+        self.console = console  # the web console's files (sysadmd.console.site), or None
         self.ws = WebSocketResource(ws_factory) if ws_factory is not None else None
         # The seed's wire on /websocket, next to ours (one registration, here).
         self.seed_factory = (SeedServerFactory(ws_factory.app, reactor=ws_factory.reactor)
@@ -49,6 +51,8 @@ class SysadmRoot(resource.Resource):
             return self.ws.render(request)
         if self.transfers is not None and is_transfer_path(request.path):
             return self.transfers.render(request)
+        if self.console is not None and self.console.serves(request.path):
+            return self.console.render(request)
         return self.rest.render(request)
 
 
@@ -84,8 +88,8 @@ class QuietSite(web_server.Site):
 
 
 def make_site(ws_factory: Any, rest: resource.Resource, *, timeout: float = 60,
-              transfers: Any = None) -> web_server.Site:
-    site = QuietSite(SysadmRoot(ws_factory, rest), timeout=timeout)
+              transfers: Any = None, console: Optional[Any] = None) -> web_server.Site:
+    site = QuietSite(SysadmRoot(ws_factory, rest, console), timeout=timeout)
     site.noisy = False
     site.displayTracebacks = False
     max_body = getattr(rest, "max_body_bytes", None)
