@@ -12,7 +12,7 @@ import shutil
 import subprocess
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 from twisted.internet import defer
 from twisted.trial import unittest
 
@@ -291,6 +291,7 @@ class CheckProperties(unittest.TestCase):
 
     @settings(max_examples=300, deadline=None)
     @given(JSON_VALUES)
+    @example("67768036191676800")  # a time the C library cannot convert (EOVERFLOW): once a crash
     def test_every_check_returns_a_safe_value_or_a_400(self, value):
         checks = (accounts.user_name, lambda v: accounts.id_number(v, "uid"), accounts.comment_text, accounts.home_path,
                   lambda v: accounts.name_list(v, "users"), accounts.expire_date, lambda v: accounts.group_ref(v, "group"),

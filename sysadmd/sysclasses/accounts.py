@@ -134,7 +134,7 @@ def expire_date(value: Any) -> str:
         if text.isdigit():
             return datetime.datetime.fromtimestamp(int(text), datetime.timezone.utc).strftime("%Y-%m-%d")
         return datetime.date.fromisoformat(text).isoformat()
-    except (ValueError, OverflowError):
+    except (ValueError, OverflowError, OSError):  # OSError: EOVERFLOW from the C library for huge times
         raise ApiError("400", f"'expire' {text!r} must be \"0\" (never), seconds since the epoch or a date YYYY-MM-DD") from None
 
 
