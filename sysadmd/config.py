@@ -111,20 +111,20 @@ KEYS: List[Key] = [
     Key("MAX_UNAUTH_MESSAGE_BYTES", "int", 64 * 1024, "Largest WebSocket message accepted before the connection has logged\nin (bytes); larger ones close it with code 1009 as soon as their\nlength is known.", minimum=1024),
     Key("MAX_CONNECTIONS_PER_ADDRESS", "int", 64, "Simultaneous TCP connections from one IP address, counted from the\nmoment they are accepted (loopback included). 0: no cap.", minimum=0),
     Key("HANDSHAKE_TIMEOUT", "float", 15.0, "Seconds a new connection has, from being accepted, to finish TLS and\nthe WebSocket upgrade or its HTTP request, however slowly its bytes\narrive; then it is closed.", minimum=0.1),
-    # --- J: sysadm/systemmanager and sysadm/fs --------------------------------------
+    # --- sysadm/systemmanager and sysadm/fs (issue 12) ------------------------------
     Key("ALLOW_POWER_OFF", "bool", False, "true: sysadm/systemmanager halt and reboot (full access) run\n`shutdown -h now` / `shutdown -r now`. false: they are refused, so\ntests and demos cannot power the machine off."),
     Key("SYSINFO_CACHE_SECONDS", "float", 1.0, "Seconds a systeminfo, memorystats, cpupercentage or procinfo reading\nis shared by every client before /proc is read again.", minimum=0.1, maximum=60),
     Key("DIRLIST_MAX_ENTRIES", "int", 5000, "Entries sysadm/fs dirlist returns at most (the first by name); the\nreply says how many were left out.", minimum=10, maximum=100000),
-    # --- ours: the job store (helper D, issue 10) -----------------------------------
+    # --- ours: the job store (issue 10) ---------------------------------------------
     Key("JOB_STORE_MAX_BYTES", "int", 2 * 1024 * 1024 * 1024, "Bytes finished jobs may take together (their rows and output files);\nbeyond it the oldest finished jobs are deleted, rows and files, even\nbefore JOB_RETENTION_DAYS.", minimum=1024 * 1024),
-    Key("HANDSHAKE_TIMEOUT", "float", 15.0, "Seconds a new connection has, from being accepted, to finish TLS and\nthe WebSocket upgrade or its HTTP request, however slowly its bytes\narrive; then it is closed.", minimum=0.1),    # K: sysadm/users and sysadm/services
+    # --- sysadm/users and sysadm/services (issue 12) --------------------------------
     Key("USERS_PREFIX", "path", "", "sysadm/users: directory holding the etc/passwd, etc/group and etc/shadow\nto manage (passed to the shadow tools as --prefix). Empty: the system's\nown. Passwords can only be set on the system's own database."),
     Key("SERVICES_INITD_DIR", "path", "/etc/init.d", "sysadm/services: the SysV init script directory; the runlevel links\nare in rc?.d beside it. Used when systemd does not run the host."),
-    # --- G: file transfers (issue 10 items 5-6) --------------------------------------
+    # --- file transfers (issue 10) ---------------------------------------------------
     Key("DOWNLOAD_TOKEN_TTL", "int", 3600, "Seconds a core/download token stays valid (for repeated and ranged\nGETs of /_download/<job>); its spool file is deleted after that.", minimum=10, maximum=7 * 86400),
     Key("UPLOAD_MAX_BYTES", "int", 4 * 1024 * 1024 * 1024, "Largest POST /_upload body (bytes); larger ones are answered 413\nas soon as that is known.", minimum=1024 * 1024),
     Key("TRANSFER_SPOOL_MAX_BYTES", "int", 8 * 1024 * 1024 * 1024, "Bytes the transfer spool (<state_dir>/transfers) may hold: files\nprepared for download and uploads being received.", minimum=1024 * 1024),
-    # Console (helper: console, issue 14)
+    # --- the web console (issue 14) --------------------------------------------------
     Key("CONSOLE", "bool", True, "true: serve the web console (a browser UI talking to the WebSocket API)\nat https://host:PORT/ and its files under /console/. false: / is\nREST's 404."),
 ]
 
