@@ -29,6 +29,8 @@ class SampleFileTests(unittest.TestCase):
             text = f.read()
         shown = re.findall(r"^#([A-Z_]+)=(.*)$", text, re.MULTILINE)
         self.assertEqual([k for k, _ in shown], configmod.KEY_NAMES)
+        doubled = sorted({k for k in configmod.KEY_NAMES if configmod.KEY_NAMES.count(k) > 1})
+        self.assertEqual(doubled, [], "keys defined twice in the key table")
         # Uncommenting every key gives exactly the defaults.
         path = os.path.join(short_tempdir(self), "all.conf")
         with open(path, "w", encoding="utf-8") as f:
