@@ -120,6 +120,8 @@ KEYS: List[Key] = [
     Key("HANDSHAKE_TIMEOUT", "float", 15.0, "Seconds a new connection has, from being accepted, to finish TLS and\nthe WebSocket upgrade or its HTTP request, however slowly its bytes\narrive; then it is closed.", minimum=0.1),    # K: sysadm/users and sysadm/services
     Key("USERS_PREFIX", "path", "", "sysadm/users: directory holding the etc/passwd, etc/group and etc/shadow\nto manage (passed to the shadow tools as --prefix). Empty: the system's\nown. Passwords can only be set on the system's own database."),
     Key("SERVICES_INITD_DIR", "path", "/etc/init.d", "sysadm/services: the SysV init script directory; the runlevel links\nare in rc?.d beside it. Used when systemd does not run the host."),
+    # --- W: sysadm/firewall ---------------------------------------------------------
+    Key("FIREWALL_NFT", "str", "nft", "sysadm/firewall: the nft program (a path, or a name looked up in\n/usr/sbin:/usr/bin:/sbin:/bin). The class is routed only when it exists."),
 ]
 
 KEY_NAMES = [k.name for k in KEYS]
