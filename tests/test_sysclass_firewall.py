@@ -10,7 +10,9 @@ really let through.  The backend that ran is printed (``pytest -s`` shows it).
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -25,6 +27,7 @@ from sysadmd.sysclasses import firewall as fw
 from sysadmd.wire.envelope import ApiError
 from tests.keys_support import error_code
 from tests.support import FakePasswords, make_config, open_client, short_tempdir, start_daemon
+from tests.test_client_cli import run_cli
 from tests.test_twistd import ROOT, SOCKET_LISTENING, TWISTD, DaemonProcess, child_env
 
 ADMIN_PORT = 12150
@@ -86,7 +89,7 @@ class Units(unittest.TestCase):
         lines = script.splitlines()
         self.assertEqual(lines[:3], ["table inet sysadmd", "delete table inet sysadmd", "table inet sysadmd {"])
         self.assertIn("policy drop;", script)
-        self.assertIn('tcp dport { 12150 } accept comment "sysadmd itself"', script)
+        self.assertIn('tcp dport { 12150 } accept comment "admin port"', script)
         self.assertIn("tcp dport { 22, 8000-8010 } accept", script)
         self.assertIn("udp dport { 53 } accept", script)
         self.assertEqual(fw.stopped_script(), "table inet sysadmd\ndelete table inet sysadmd\n")
@@ -293,13 +296,45 @@ class InNamespaces(unittest.TestCase):
         self.assertEqual((yield self.ok("list_open")), {"openports": ["22/tcp", "8082/tcp", "5000-5010/udp"]})
 
     @defer.inlineCallbacks
+    def test_the_cli_verbs(self):
+        home = short_tempdir(self, "cli")
+
+        def cli(*argv):
+            return run_cli(home, "--socket", self.socket, "firewall", *argv)
+
+        result = yield cli("status")
+        self.assertEqual((result.code, result.out.strip()), (0, "firewall stopped, not enabled at start (backend nftables)"),
+                         result.err)
+        result = yield cli("open", "8081/tcp", "53/udp")
+        self.assertEqual((result.code, result.out.strip()), (0, "opened 8081/tcp, 53/udp"), result.err)
+        result = yield cli("list")
+        self.assertEqual(result.code, 0, result.err)
+        self.assertTrue(result.out.startswith("PORT"), result.out)
+        self.assertIn("8081/tcp", result.out)
+        self.assertRegex(result.out, r"22/tcp +ssh")
+        result = yield cli("start")
+        self.assertEqual((result.code, result.out.strip()), (0, "started the firewall"), result.err)
+        self.assertTrue(self.ns.reaches(8081) and not self.ns.reaches(8082))
+        result = yield cli("close", "8081/tcp")
+        self.assertEqual(result.code, 0, result.err)
+        self.assertFalse(self.ns.reaches(8081))
+        result = yield cli("open", "8082")
+        self.assertEqual(result.code, 1)
+        self.assertIn("N/tcp, N/udp or N-M/tcp", result.err)
+        result = yield cli("--json", "status")
+        self.assertEqual(json.loads(result.out)["is_running"], "true")
+        result = yield cli("stop")
+        self.assertEqual((result.code, result.out.strip()), (0, "stopped the firewall"), result.err)
+        self.assertIsNone(self.ns.nft_table())
+
+    @defer.inlineCallbacks
     def test_enabled_rules_are_applied_when_the_daemon_starts(self):
         yield self.ok("open", ports="8081/tcp")
         self.assertEqual((yield self.ok("enable")), {"result": "success"})
         self.assertIsNone(self.ns.nft_table(), "enable alone applies nothing until start")
         yield self.stop_daemon()
         yield self.start_daemon()
-        yield self.daemon.wait_for(__import__("re").compile(r"firewall started \(nftables"))
+        yield self.daemon.wait_for(re.compile(r"firewall started \(nftables"))
         self.assertIn("tcp dport { 22, 8081 } accept", self.ns.nft_table())
         self.assertEqual((yield self.ok("status")), {"is_running": "true", "is_enabled": "true", "backend": "nftables"})
         self.assertTrue(self.ns.reaches(8081) and not self.ns.reaches(8082))

@@ -165,7 +165,7 @@ def running_script(open_ports: Sequence[str], admin_ports: Sequence[int]) -> str
         "    meta l4proto { icmp, ipv6-icmp } accept",
     ]
     if admin_ports:
-        lines.append(f"    tcp dport {_set(str(p) for p in admin_ports)} accept comment \"sysadmd itself\"")
+        lines.append(f"    tcp dport {_set(str(p) for p in admin_ports)} accept comment \"admin port\"")
     open_tcp = tcp[len(admin_ports):]
     if open_tcp:
         lines.append(f"    tcp dport {_set(open_tcp)} accept")
@@ -288,7 +288,7 @@ class Firewall(service.Service):
     def _refuse_if_managed(self, what: str) -> None:
         manager = self.manager()
         if manager:
-            raise ApiError("409", f"{manager} manages this host's firewall; sysadmd will not {what} beside it "
+            raise ApiError("409", f"{manager} manages this host's firewall; this daemon will not {what} beside it "
                                   f"(use {manager} itself, or turn it off first)")
 
     def _locked(self, work):
