@@ -124,6 +124,34 @@ class Units(unittest.TestCase):
             self.assertIn("ufw manages this host's firewall", e.exception.detail)
         self.assertFalse(os.path.exists(os.path.join(d, fw.STATE_FILE)))
 
+    def test_an_unreadable_state_file_is_kept_aside_and_the_daemon_still_starts(self):
+        d = short_tempdir(self)
+        with open(os.path.join(d, fw.STATE_FILE), "w") as f:
+            f.write('{"open": ["22/tcp; flush ruleset"], "enabled": true}')
+        firewall = fw.Firewall(reactor, "/nonexistent/nft", d, lambda: [12150])
+        self.assertEqual((firewall.open_ports, firewall.enabled), (["22/tcp"], False))
+        with open(os.path.join(d, fw.STATE_FILE + ".unreadable")) as f:
+            self.assertIn("flush ruleset", f.read())
+        self.assertFalse(os.path.exists(os.path.join(d, fw.STATE_FILE)))
+        self.flushLoggedErrors()
+
+    @defer.inlineCallbacks
+    def test_status_reports_nft_failures_instead_of_not_running(self):
+        d = short_tempdir(self)
+        nft = os.path.join(d, "nft")
+        with open(nft, "w") as f:  # what nft says to an unprivileged caller
+            f.write("#!/bin/sh\necho 'Error: Could not process rule: Operation not permitted' >&2\nexit 1\n")
+        os.chmod(nft, 0o755)
+        firewall = fw.Firewall(reactor, nft, d, lambda: [12150], manager=lambda: None)
+        with self.assertRaises(ApiError) as e:
+            yield firewall.status(None, {})
+        self.assertEqual(e.exception.code, "400")
+        self.assertIn("Operation not permitted", e.exception.detail)
+        with open(nft, "w") as f:  # nft's answer when the table does not exist
+            f.write("#!/bin/sh\necho 'Error: No such file or directory; did you mean table' >&2\nexit 1\n")
+        self.assertEqual((yield firewall.status(None, {})),
+                         {"is_running": "false", "is_enabled": "false", "backend": "nftables"})
+
 
 @pytest.mark.slow  # a real daemon
 class Rights(unittest.TestCase):
@@ -132,7 +160,7 @@ class Rights(unittest.TestCase):
     @defer.inlineCallbacks
     def test_limited_users_read_but_get_403_on_changes(self):
         if not fw.available(make_config(short_tempdir(self))):
-            raise unittest.SkipTest("nft is not installed")
+            raise unittest.SkipTest("nft is not installed, or not root")
         cfg = make_config(short_tempdir(self), LIMITED_ACCESS_GROUPS="daemon")
         running = yield start_daemon(self, cfg, passwords=FakePasswords({"daemon": "pw"}))
         client = yield open_client(self, running)

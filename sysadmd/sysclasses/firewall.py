@@ -216,8 +216,9 @@ def nft_path(config: Any) -> Optional[str]:
 
 
 def available(config: Any) -> bool:
-    """Routed when nft is installed (sysadmd then owns its table)."""
-    return nft_path(config) is not None
+    """Routed when nft is installed and the daemon runs as root (only root may change
+    the rules; sysadmd then owns its table)."""
+    return nft_path(config) is not None and os.geteuid() == 0
 
 
 class Firewall(service.Service):
@@ -247,7 +248,15 @@ class Firewall(service.Service):
         except FileNotFoundError:
             return list(DEFAULT_OPEN), False
         except (OSError, ValueError, KeyError, TypeError, ApiError) as e:
-            raise RuntimeError(f"cannot read the firewall state {self.state_path}: {getattr(e, 'detail', e)}") from None
+            # Kept aside for the administrator; the daemon still starts (it is the way in).
+            aside = f"{self.state_path}.unreadable"
+            try:
+                os.replace(self.state_path, aside)
+            except OSError:
+                aside = "(could not be moved)"
+            log.error("firewall state {path} unreadable ({why}); moved to {aside}; starting with {ports}, not enabled",
+                      path=self.state_path, why=getattr(e, "detail", e), aside=aside, ports=", ".join(DEFAULT_OPEN))
+            return list(DEFAULT_OPEN), False
 
     def _save(self, ports: List[str], enabled: bool) -> None:
         write_private_file(self.state_path, json.dumps({"open": ports, "enabled": enabled}, indent=1).encode())
@@ -282,8 +291,20 @@ class Firewall(service.Service):
 
     @defer.inlineCallbacks
     def is_running(self):
-        code, out, _ = yield self.nft_run(["list", "table", FAMILY, TABLE])
-        return code == 0 and "chain input" in out
+        argv = ["list", "table", FAMILY, TABLE]
+        code, out, err = yield self.nft_run(argv)
+        if code == 0:
+            return "chain input" in out
+        if "No such file or directory" in err:  # nft's words for a table that does not exist
+            return False
+        raise ApiError("400", tool_message([self.nft, *argv], (code, out, err)))
+
+    def running_script(self) -> str:
+        ports = self.admin_ports()
+        if not ports:
+            log.warn("firewall: no fixed TCP port of sysadmd to keep open (PORT is 0, a socket or bridge-only); "
+                     "only the local socket and bridge links will reach sysadmd while the rules run")
+        return running_script(self.open_ports, ports)
 
     def _refuse_if_managed(self, what: str) -> None:
         manager = self.manager()
@@ -303,7 +324,7 @@ class Firewall(service.Service):
         if manager:
             log.warn("firewall enabled but {manager} manages this host: sysadmd's rules not applied", manager=manager)
             return
-        d = self._locked(lambda: self.apply(running_script(self.open_ports, self.admin_ports())))
+        d = self._locked(lambda: self.apply(self.running_script()))
         d.addCallback(lambda _: log.info("firewall started ({backend}, table {family} {table}): open {ports}",
                                          backend=self.backend, family=FAMILY, table=TABLE,
                                          ports=", ".join(self.open_ports) or "nothing"))
@@ -348,8 +369,7 @@ class Firewall(service.Service):
 
     def start(self, session: Session, args: Dict[str, Any]):
         self._refuse_if_managed("start its rules")
-        return self._locked(lambda: self.apply(running_script(self.open_ports, self.admin_ports()))
-                            .addCallback(lambda _: dict(SUCCESS)))
+        return self._locked(lambda: self.apply(self.running_script()).addCallback(lambda _: dict(SUCCESS)))
 
     def stop(self, session: Session, args: Dict[str, Any]):
         self._refuse_if_managed("stop its rules")
