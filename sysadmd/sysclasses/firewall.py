@@ -302,8 +302,8 @@ class Firewall(service.Service):
     def running_script(self) -> str:
         ports = self.admin_ports()
         if not ports:
-            log.warn("firewall: no fixed TCP port of sysadmd to keep open (PORT is 0, a socket or bridge-only); "
-                     "only the local socket and bridge links will reach sysadmd while the rules run")
+            log.warn("firewall: no fixed TCP port of this daemon to keep open (PORT is 0, a socket or bridge-only); "
+                     "only the local socket and bridge links reach it while the rules run")
         return running_script(self.open_ports, ports)
 
     def _refuse_if_managed(self, what: str) -> None:
