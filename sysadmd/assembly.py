@@ -75,6 +75,8 @@ from sysadmd.sysclasses import network as sys_network
 from sysadmd.sysclasses import services as sys_services
 from sysadmd.sysclasses import users as sys_users
 from sysadmd.sysclasses import systemmanager as sys_systemmanager
+from sysadmd.sysclasses import firewall as sys_firewall
+from sysadmd.sysclasses import zfs as sys_zfs
 from sysadmd.sysclasses.readings import HostReadings
 from sysadmd.transfers import backup as transfers_backup
 from sysadmd.transfers import service as transfers_service
@@ -276,6 +278,12 @@ def add_sysadm_classes(server: Server) -> Dict[str, Any]:
     for name, module in (("users", sys_users), ("services", sys_services), ("network", sys_network)):
         if module.available(config):
             routed[name] = module.route(server.api, reactor, config)
+    # W: sysadm/firewall (nftables; a child service: applies the rules at start when enabled), sysadm/zfs
+    if sys_firewall.available(config):
+        routed["firewall"] = sys_firewall.route(server.api, reactor, config)
+        routed["firewall"].setServiceParent(server)
+    if sys_zfs.available(config):
+        routed["zfs"] = sys_zfs.route(server.api, reactor, config)
     return routed
 
 

@@ -126,6 +126,8 @@ KEYS: List[Key] = [
     Key("TRANSFER_SPOOL_MAX_BYTES", "int", 8 * 1024 * 1024 * 1024, "Bytes the transfer spool (<state_dir>/transfers) may hold: files\nprepared for download and uploads being received.", minimum=1024 * 1024),
     # --- the web console (issue 14) --------------------------------------------------
     Key("CONSOLE", "bool", True, "true: serve the web console (a browser UI talking to the WebSocket API)\nat https://host:PORT/ and its files under /console/. false: / is\nREST's 404."),
+    # --- sysadm/firewall (issue 12) -------------------------------------------------
+    Key("FIREWALL_NFT", "str", "nft", "sysadm/firewall: the nft program (a path, or a name looked up in\n/usr/sbin:/usr/bin:/sbin:/bin). The class is routed only when it exists."),
 ]
 
 KEY_NAMES = [k.name for k in KEYS]
