@@ -17,7 +17,8 @@ Read top to bottom, :func:`build` is the whole daemon::
         ├─ KeyStore, SignatureChecker, KeyLogin → rpc/auth_ssl,
         │  key actions, RevokedKeyWatcher                            add_key_login
         ├─ BridgeLinks (BridgeLinkStore, KeyStore) → bridge actions  add_bridge_links
-        └─ sysadm/* classes available on this host (HostReadings)  add_sysadm_classes
+        ├─ sysadm/* classes available on this host (HostReadings)  add_sysadm_classes
+        └─ sysadm/pkg, sysadm/update (apt; jobs in pkg_queue)       add_package_classes
     └── listeners: wss+https, rest, unix socket                      add_listeners
 
 Every part is also an attribute of the :class:`Daemon` (``daemon.dispatcher``,
@@ -72,6 +73,8 @@ from sysadmd.runtime.startup import tls_files
 from sysadmd.runtime.statedir import ensure_private_dir
 from sysadmd.sysclasses import fs as sys_fs
 from sysadmd.sysclasses import network as sys_network
+from sysadmd.sysclasses import pkg as sys_pkg
+from sysadmd.sysclasses import update as sys_update
 from sysadmd.sysclasses import services as sys_services
 from sysadmd.sysclasses import users as sys_users
 from sysadmd.sysclasses import systemmanager as sys_systemmanager
@@ -123,6 +126,7 @@ def build(cfg: Config, reactor: Any, *, passwords: Optional[Any] = None,
     daemon.keys, daemon.key_login = add_key_login(server, daemon.settings)
     daemon.bridge_links = add_bridge_links(server, daemon.keys, daemon.settings)
     daemon.sysclasses = add_sysadm_classes(server)  # J: sysadm/* classes (issue 12)
+    daemon.sysclasses.update(add_package_classes(server, daemon.dispatcher))  # P: sysadm/pkg, sysadm/update
     add_listeners(daemon)
     return daemon
 
@@ -257,6 +261,17 @@ def add_sysadm_classes(server: Server) -> Dict[str, Any]:
     for name, module in (("users", sys_users), ("services", sys_services), ("network", sys_network)):
         if module.available(config):
             routed[name] = module.route(server.api, reactor, config)
+    return routed
+
+
+# --- P: sysadm/pkg and sysadm/update (issue 12) -------------------------------------------
+def add_package_classes(server: Server, dispatcher: Dispatcher) -> Dict[str, Any]:
+    """``sysadm/pkg`` and ``sysadm/update`` where apt is installed; their changes are jobs
+    of *dispatcher*'s ``pkg_queue``."""
+    routed: Dict[str, Any] = {}
+    for name, module in (("pkg", sys_pkg), ("update", sys_update)):
+        if module.available(server.config):
+            routed[name] = module.route(server.api, server.reactor, server.config, dispatcher)
     return routed
 
 

@@ -120,6 +120,10 @@ KEYS: List[Key] = [
     Key("HANDSHAKE_TIMEOUT", "float", 15.0, "Seconds a new connection has, from being accepted, to finish TLS and\nthe WebSocket upgrade or its HTTP request, however slowly its bytes\narrive; then it is closed.", minimum=0.1),    # K: sysadm/users and sysadm/services
     Key("USERS_PREFIX", "path", "", "sysadm/users: directory holding the etc/passwd, etc/group and etc/shadow\nto manage (passed to the shadow tools as --prefix). Empty: the system's\nown. Passwords can only be set on the system's own database."),
     Key("SERVICES_INITD_DIR", "path", "/etc/init.d", "sysadm/services: the SysV init script directory; the runlevel links\nare in rc?.d beside it. Used when systemd does not run the host."),
+    # --- P: sysadm/pkg and sysadm/update (apt) --------------------------------------
+    Key("PKG_APT_CONFIG", "path", "", "sysadm/pkg and sysadm/update: an apt configuration file given to every\napt tool the daemon runs (as APT_CONFIG), e.g. to use other sources or\nlist directories. Empty: apt's own configuration."),
+    Key("PKG_SEARCH_MAX", "int", 200, "Packages sysadm/pkg pkg_search returns at most (exact name first, then\nnames starting with the term, names holding it, descriptions).", minimum=1, maximum=10000),
+    Key("PKG_LOG_READ_MAX", "int", 1024 * 1024, "Bytes of each apt log sysadm/update readlogs returns at most (its last\nbytes).", minimum=4096, maximum=64 * 1024 * 1024),
 ]
 
 KEY_NAMES = [k.name for k in KEYS]
