@@ -63,7 +63,7 @@ class Units(unittest.TestCase):
         self.assertEqual(aptmod.regex_literal("g++.x"), r"g\+\+\.x")
 
 
-def build_package(build, repo, name, version, depends=""):
+def build_package(build, repo, name, version, depends="", postinst=""):
     root = os.path.join(build, f"{name}-{version}")
     os.makedirs(os.path.join(root, "DEBIAN"))
     os.makedirs(os.path.join(root, "usr", "share", "doc", name))
@@ -74,6 +74,11 @@ def build_package(build, repo, name, version, depends=""):
                + f"Description: sysadmd test package {name}\n built by tests/test_sysclass_pkg.py\n")
     with open(os.path.join(root, "DEBIAN", "control"), "w") as f:
         f.write(control)
+    if postinst:
+        path = os.path.join(root, "DEBIAN", "postinst")
+        with open(path, "w") as f:
+            f.write("#!/bin/sh\n" + postinst + "\n")
+        os.chmod(path, 0o755)
     subprocess.run(["dpkg-deb", "-Zgzip", "--build", root, repo], check=True, capture_output=True)
 
 
@@ -94,34 +99,54 @@ def held():
     return set(subprocess.run(["apt-mark", "showhold"], capture_output=True, text=True).stdout.split())
 
 
+def usable() -> bool:
+    return aptmod.present() and bool(shutil.which("dpkg-scanpackages")) and bool(shutil.which("apt-ftparchive")) \
+        and os.geteuid() == 0
+
+
+def make_local_repo(testcase):
+    """A file: repository (sdpkgt-lib 1.0, sdpkgt-a 1.0 needing it, sdpkgt-b 1.0) and a
+    private apt configuration using only it; the test packages are purged at cleanup.
+    Returns ``(root, repo, build dir, apt.conf path)``."""
+    if installed():
+        raise unittest.SkipTest(f"test packages already installed: {installed()}")
+    root = short_tempdir(testcase)
+    repo, build = os.path.join(root, "repo"), os.path.join(root, "build")
+    for d in ("repo", "build", "lists/partial", "cache/archives/partial", "log", "parts"):
+        os.makedirs(os.path.join(root, d))
+    build_package(build, repo, "sdpkgt-lib", "1.0")
+    # Configuring 1.0 takes a moment, so a client sees the job running with its progress.
+    build_package(build, repo, "sdpkgt-a", "1.0", "sdpkgt-lib", postinst="sleep 1.5")
+    build_package(build, repo, "sdpkgt-b", "1.0")
+    index_repo(repo)
+    with open(os.path.join(root, "sources.list"), "w") as f:
+        f.write(f"deb [trusted=yes] file:{repo} ./\n")
+    apt_conf = os.path.join(root, "apt.conf")
+    with open(apt_conf, "w") as f:
+        f.write(f'Dir::Etc::sourcelist "{root}/sources.list";\nDir::Etc::sourceparts "{root}/parts";\n'
+                f'Dir::State::Lists "{root}/lists";\nDir::Cache "{root}/cache";\nDir::Log "{root}/log";\n')
+    testcase.addCleanup(purge, apt_conf)
+    return root, repo, build, apt_conf
+
+
+def purge(apt_conf):
+    subprocess.run(["apt-mark", "unhold", *NAMES], capture_output=True)
+    left = sorted(installed())
+    if left:
+        subprocess.run(["apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=120", "purge", *left],
+                       env=dict(os.environ, APT_CONFIG=apt_conf, DEBIAN_FRONTEND="noninteractive"),
+                       capture_output=True)
+
+
 @pytest.mark.slow  # a real daemon, apt and dpkg
 class AptOverWss(unittest.TestCase):
     timeout = 240
 
     @defer.inlineCallbacks
     def setUp(self):
-        if not aptmod.present() or not shutil.which("dpkg-scanpackages") or not shutil.which("apt-ftparchive") \
-                or os.geteuid() != 0:
+        if not usable():
             raise unittest.SkipTest("needs root, apt, dpkg-dev and apt-utils (a Debian host)")
-        if installed():
-            raise unittest.SkipTest(f"test packages already installed: {installed()}")
-        root = short_tempdir(self)
-        self.root = root
-        self.repo = os.path.join(root, "repo")
-        self.build = os.path.join(root, "build")
-        for d in ("repo", "build", "lists/partial", "cache/archives/partial", "log", "parts"):
-            os.makedirs(os.path.join(root, d))
-        build_package(self.build, self.repo, "sdpkgt-lib", "1.0")
-        build_package(self.build, self.repo, "sdpkgt-a", "1.0", "sdpkgt-lib")
-        build_package(self.build, self.repo, "sdpkgt-b", "1.0")
-        index_repo(self.repo)
-        with open(os.path.join(root, "sources.list"), "w") as f:
-            f.write(f"deb [trusted=yes] file:{self.repo} ./\n")
-        self.apt_conf = os.path.join(root, "apt.conf")
-        with open(self.apt_conf, "w") as f:
-            f.write(f'Dir::Etc::sourcelist "{root}/sources.list";\nDir::Etc::sourceparts "{root}/parts";\n'
-                    f'Dir::State::Lists "{root}/lists";\nDir::Cache "{root}/cache";\nDir::Log "{root}/log";\n')
-        self.addCleanup(self.purge)
+        self.root, self.repo, self.build, self.apt_conf = make_local_repo(self)
         cfg = make_config(short_tempdir(self), PKG_APT_CONFIG=self.apt_conf)
         self.running = yield start_daemon(self, cfg, passwords=FakePasswords({"root": "pw"}))
         self.client = yield open_client(self, self.running)
@@ -131,14 +156,6 @@ class AptOverWss(unittest.TestCase):
         self.client.event_listeners.append(lambda m: self.events.append(m["args"]) if m.get("name") == "jobs" else None)
         yield self.client.call("events", "subscribe", ["jobs"])
         print("\nsysadm/pkg backend that ran: apt (Debian; dnf not present on this host)")
-
-    def purge(self):
-        subprocess.run(["apt-mark", "unhold", *NAMES], capture_output=True)
-        left = sorted(installed())
-        if left:
-            subprocess.run(["apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=120", "purge", *left],
-                           env=dict(os.environ, APT_CONFIG=self.apt_conf, DEBIAN_FRONTEND="noninteractive"),
-                           capture_output=True)
 
     def ok(self, reply):
         self.assertEqual(reply["name"], "response", reply)
