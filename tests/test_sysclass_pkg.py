@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from types import SimpleNamespace
 
 import pytest
 from twisted.internet import defer
@@ -19,6 +20,7 @@ from sysadmd.dispatcher.commands import split_command
 from sysadmd.sysclasses import apt as aptmod
 from sysadmd.sysclasses import pkg as pkgmod
 from sysadmd.wire.envelope import ApiError
+from tests.test_sysclasses_units import request, session_of
 from tests.support import FakePasswords, make_config, open_client, short_tempdir, start_daemon
 
 NAMES = ("sdpkgt-a", "sdpkgt-b", "sdpkgt-lib")
@@ -61,6 +63,51 @@ class Units(unittest.TestCase):
                          [{"name": "a", "installed": "1.0", "version": "2.0",
                            "origin": "Debian-Security:12/stable-security [all]"}])
         self.assertEqual(aptmod.regex_literal("g++.x"), r"g\+\+\.x")
+
+
+class Rights(unittest.TestCase):
+    """Changes need full access and are jobs of pkg_queue; nothing reaches the dispatcher
+    for a limited user or a bad name."""
+
+    def setUp(self):
+        self.submitted = []
+        test = self
+
+        class Dispatcher:
+            active = {}
+
+            def submit(self, job_id, commands, queue, owner, origin):
+                test.submitted.append((job_id, commands, queue, owner))
+                return SimpleNamespace(record=SimpleNamespace(seq=7))
+
+        class Api:
+            def add(self, namespace, name, handler, limited):
+                test.table = handler
+
+        cfg = make_config(short_tempdir(self))
+        self.packages = pkgmod.route(Api(), None, cfg, Dispatcher())
+
+    def test_limited_users_cannot_change_packages(self):
+        for action in ("pkg_install", "pkg_remove", "pkg_lock", "pkg_unlock", "pkg_update", "pkg_upgrade",
+                       "pkg_check_upgrade", "pkg_autoremove", "pkg_audit"):
+            with self.assertRaises(ApiError) as e:
+                self.table(session_of("alice", full=False), request({"action": action, "pkg_origins": "curl"}))
+            self.assertEqual(e.exception.code, "403", action)
+        self.assertEqual(self.submitted, [])
+
+    def test_a_change_is_one_pkg_queue_job_in_upstreams_reply_shape(self):
+        reply = self.table(session_of(), request({"action": "pkg_install", "pkg_origins": ["curl", "jq"]}))
+        queued = reply["pkg_install"]
+        self.assertEqual(set(queued), JOB_REPLY_KEYS)
+        self.assertEqual((queued["status"], queued["id"]), ("pending", 7))
+        [(job_id, commands, queue, owner)] = self.submitted
+        self.assertEqual((job_id, queue, commands), (queued["proc_id"], "pkg_queue", [queued["proc_cmd"]]))
+        self.assertRegex(job_id, r"^sysadm_pkg_install-\{[0-9a-f-]{36}\}$")
+        self.assertEqual(owner.user, "root")
+        with self.assertRaises(ApiError) as e:
+            self.table(session_of(), request({"action": "pkg_install", "pkg_origins": "curl; rm -rf /"}))
+        self.assertIn("not a Debian package name", e.exception.detail)
+        self.assertEqual(len(self.submitted), 1)
 
 
 def build_package(build, repo, name, version, depends="", postinst=""):
