@@ -305,3 +305,10 @@ class AptOverWss(unittest.TestCase):
         self.assertEqual(done["state"], "SUCCESS", done)
         status = self.ok((yield self.client.call("sysadm", "update", {"action": "checkupdates"})))["checkupdates"]
         self.assertEqual(status["status"], "noupdates", status)
+        forced = yield self.client.call("sysadm", "update", {"action": "checkupdates", "force": "true"})
+        self.assertEqual(self.ok(forced)["checkupdates"], {"status": "checkingforupdates"})
+        [check] = self.ok((yield self.client.call("core", "get_jobs",
+                                                  [[["dispatcher_id", "=", "sysadm_update_checkupdates"]]])))
+        self.assertEqual(check["queue"], "pkg_queue")
+        done = self.ok((yield self.client.call("core", "job_wait", [check["id"], {"timeout": 60}])))
+        self.assertEqual(done["state"], "SUCCESS", done)

@@ -97,8 +97,10 @@ class PackageJobs:
     def __init__(self, dispatcher: Any):
         self.dispatcher = dispatcher
 
-    def submit(self, session: Optional[Session], prefix: str, command: str, *, separator: str = "-") -> Dict[str, Any]:
-        job_id = f"{prefix}{separator}{{{uuid.uuid4()}}}"
+    def submit(self, session: Optional[Session], prefix: str, command: str, *, separator: Optional[str] = "-") -> Dict[str, Any]:
+        """Queue *command* as job ``<prefix><separator>{uuid}`` (``separator=None``: the id
+        is *prefix* itself, as upstream's one ``sysadm_update_checkupdates``)."""
+        job_id = prefix if separator is None else f"{prefix}{separator}{{{uuid.uuid4()}}}"
         owner = Owner.of(session) if session is not None else None
         origin = f"{owner.user}@{owner.origin}" if owner is not None else ""
         job = self.dispatcher.submit(job_id, [command], queue=QUEUE, owner=owner, origin=origin)

@@ -90,7 +90,7 @@ class Updates:
             return {"status": "rebootrequired", "details": details}
         if force:
             require_full_access(session, "sysadm/update checkupdates with force")
-            self.jobs.submit(session, CHECK_JOB, self.apt.update(), separator="")
+            self.jobs.submit(session, CHECK_JOB, self.apt.update(), separator=None)
             return {"status": "checkingforupdates"}
         text = yield self._run(*self.apt.argv("apt-get", "-s", "-q", "upgrade"))
         upgrades = aptmod.upgrades_from_simulation(text)
