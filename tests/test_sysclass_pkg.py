@@ -63,6 +63,8 @@ class Units(unittest.TestCase):
                          [{"name": "a", "installed": "1.0", "version": "2.0",
                            "origin": "Debian-Security:12/stable-security [all]"}])
         self.assertEqual(aptmod.regex_literal("g++.x"), r"g\+\+\.x")
+        self.assertEqual(aptmod.regex_literal("-oDir=x"), "[-]oDir=x")  # never an apt-cache option
+        self.assertEqual(aptmod.regex_literal("a-b"), "a-b")
 
 
 class Rights(unittest.TestCase):
@@ -242,6 +244,7 @@ class AptOverWss(unittest.TestCase):
         self.assertEqual(found["results_order"], ["sdpkgt-a", "sdpkgt-lib"])
         self.assertEqual(found["sdpkgt-a"], {"name": "sdpkgt-a", "origin": "sdpkgt-a",
                                              "comment": "sysadmd test package sdpkgt-a"})
+        self.assertIn("sdpkgt-lib", (yield self.pkg("pkg_search", search_term="-lib"))["results_order"])
         self.assertIn("sdtest", (yield self.pkg("list_categories")))
         info = (yield self.pkg("pkg_info", pkg_origins="sdpkgt-a"))["sdpkgt-a"]
         self.assertEqual((info["version"], info["installed"], info["dependencies"], info["categories"]),

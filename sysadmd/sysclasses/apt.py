@@ -80,8 +80,11 @@ class Apt:
             words.append(f"APT_CONFIG={self.apt_config}")
         words.append(self.paths[tool])
         if tool == "apt-get":
+            # No question may wait for an answer nobody gives: changed configuration files
+            # keep the administrator's version (dpkg's confdef/confold).
             words += ["-q", "-o", f"APT::Status-Fd={PROGRESS_FD}", "-o", "Dpkg::Use-Pty=0",
-                      "-o", f"DPkg::Lock::Timeout={LOCK_WAIT}"]
+                      "-o", f"DPkg::Lock::Timeout={LOCK_WAIT}",
+                      "-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold"]
         words += list(args)
         return " ".join(quote(w) for w in words)
 
@@ -156,7 +159,9 @@ def installed_state(text: str) -> Dict[str, Tuple[str, str]]:
 
 
 def is_installed(status: str) -> bool:
-    return len(status) >= 2 and status[1] in "iUFWt" and status[1] != "n"
+    """From dpkg's status abbreviation (``ii``, ``hi``, ``rc``…): unpacked or further, not
+    only configuration files left (``c``) or absent (``n``)."""
+    return len(status) >= 2 and status[1] in "iUFWtH"
 
 
 POLICY_LINE = re.compile(r"^\s*-?\d+\s+(\S+)\s+(\S+)\s+(\S+\s+)?Packages$")
@@ -202,7 +207,9 @@ def upgrades_from_simulation(text: str) -> List[Dict[str, str]]:
 
 def regex_literal(term: str) -> str:
     """*term* as a POSIX regular expression matching it literally (apt-cache search)."""
-    return re.sub(r"([\\.\[\]()*+?{}|^$])", r"\\\1", term)
+    escaped = re.sub(r"([\\.\[\]()*+?{}|^$])", r"\\\1", term)
+    # A leading "-" would make the term an option of apt-cache: "[-]" is the same match.
+    return "[-]" + escaped[1:] if escaped.startswith("-") else escaped
 
 
 def log_dir_from_shell(text: str) -> Optional[str]:
