@@ -17,7 +17,8 @@ Read top to bottom, :func:`build` is the whole daemon::
         ├─ KeyStore, SignatureChecker, KeyLogin → rpc/auth_ssl,
         │  key actions, RevokedKeyWatcher                            add_key_login
         ├─ BridgeLinks (BridgeLinkStore, KeyStore) → bridge actions  add_bridge_links
-        └─ sysadm/* classes available on this host (HostReadings)  add_sysadm_classes
+        ├─ sysadm/* classes available on this host (HostReadings)  add_sysadm_classes
+        └─ sysadm/pkg, sysadm/update (apt; jobs in pkg_queue)       add_package_classes
     └── listeners: wss+https, rest, unix socket                      add_listeners
 
 Every part is also an attribute of the :class:`Daemon` (``daemon.dispatcher``,
@@ -72,6 +73,8 @@ from sysadmd.runtime.startup import tls_files
 from sysadmd.runtime.statedir import ensure_private_dir
 from sysadmd.sysclasses import fs as sys_fs
 from sysadmd.sysclasses import network as sys_network
+from sysadmd.sysclasses import pkg as sys_pkg
+from sysadmd.sysclasses import update as sys_update
 from sysadmd.sysclasses import services as sys_services
 from sysadmd.sysclasses import users as sys_users
 from sysadmd.sysclasses import systemmanager as sys_systemmanager
@@ -134,7 +137,8 @@ def build(cfg: Config, reactor: Any, *, passwords: Optional[Any] = None,
     daemon.settings = add_settings(server)
     daemon.keys, daemon.key_login = add_key_login(server, daemon.settings)
     daemon.bridge_links = add_bridge_links(server, daemon.keys, daemon.settings)
-    daemon.sysclasses = add_sysadm_classes(server)  # J: sysadm/* classes (issue 12)
+    daemon.sysclasses = add_sysadm_classes(server)  # sysadm/* classes this host has a backend for
+    daemon.sysclasses.update(add_package_classes(server, daemon.dispatcher))  # their changes are dispatcher jobs
     add_listeners(daemon)
     return daemon
 
@@ -290,6 +294,15 @@ def add_sysadm_classes(server: Server) -> Dict[str, Any]:
 def add_console(cfg: Config) -> Optional[ConsoleResource]:
     """The web console's files for the HTTPS listener (``CONSOLE=false``: none)."""
     return ConsoleResource() if cfg.console else None
+# --- P: sysadm/pkg and sysadm/update (issue 12) -------------------------------------------
+def add_package_classes(server: Server, dispatcher: Dispatcher) -> Dict[str, Any]:
+    """``sysadm/pkg`` and ``sysadm/update`` where apt is installed; their changes are jobs
+    of *dispatcher*'s ``pkg_queue``."""
+    routed: Dict[str, Any] = {}
+    for name, module in (("pkg", sys_pkg), ("update", sys_update)):
+        if module.available(server.config):
+            routed[name] = module.route(server.api, server.reactor, server.config, dispatcher)
+    return routed
 
 
 def add_listeners(daemon: Daemon) -> None:

@@ -128,6 +128,10 @@ KEYS: List[Key] = [
     Key("CONSOLE", "bool", True, "true: serve the web console (a browser UI talking to the WebSocket API)\nat https://host:PORT/ and its files under /console/. false: / is\nREST's 404."),
     # --- sysadm/firewall (issue 12) -------------------------------------------------
     Key("FIREWALL_NFT", "str", "nft", "sysadm/firewall: the nft program (a path, or a name looked up in\n/usr/sbin:/usr/bin:/sbin:/bin). The class is routed only when it exists."),
+    # --- sysadm/pkg and sysadm/update (issue 12) ------------------------------------
+    Key("PKG_APT_CONFIG", "path", "", "sysadm/pkg and sysadm/update: an apt configuration file given to every\napt tool the daemon runs (as APT_CONFIG), e.g. to use other sources or\nlist directories. Empty: apt's own configuration."),
+    Key("PKG_SEARCH_MAX", "int", 200, "Packages sysadm/pkg pkg_search returns at most (exact name first, then\nnames starting with the term, names holding it, descriptions).", minimum=1, maximum=10000),
+    Key("PKG_LOG_READ_MAX", "int", 1024 * 1024, "Bytes of each apt log sysadm/update readlogs returns at most (its last\nbytes).", minimum=4096, maximum=64 * 1024 * 1024),
 ]
 
 KEY_NAMES = [k.name for k in KEYS]
