@@ -61,7 +61,7 @@ def register(verb: Any, common: argparse.ArgumentParser) -> None:
     p = actions.add_parser("emit", parents=[common], help="send event KEY with JSON data to AGENT (A,B for several); "
                            "stored while an agent is offline")
     p.add_argument("agent", metavar="AGENT")
-    p.add_argument("key", metavar="KEY")
+    p.add_argument("event_key", metavar="KEY")  # dest "key" is --key FILE
     p.add_argument("data", metavar="JSON")
     p.add_argument("--ttl", metavar="SECONDS", type=float, default=DEFAULT_TTL)
     p.add_argument("--wait", metavar="SECONDS", type=float, default=3.0,
@@ -280,7 +280,7 @@ async def emit(ctx: Context) -> int:
                 done.callback(None)
 
     ctx.conn.event_listeners.append(listener)
-    payload = json.dumps({"key": opts.key, "data": data}, separators=(",", ":"), sort_keys=True)
+    payload = json.dumps({"key": opts.event_key, "data": data}, separators=(",", ":"), sort_keys=True)
     reply = await _ask(ctx, "emit", {"agents": [a["id"] for a in targets], "payload": payload, "ttl": opts.ttl})
     event_id.append(reply["id"])
     if opts.wait > 0 and len(delivered) < len(targets):
