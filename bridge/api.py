@@ -45,7 +45,7 @@ ENVELOPE_KEYS = ("namespace", "name", "args", "id")
 class BridgeApi:
     def __init__(self, directory: PeerDirectory, keys: KeyStore, blacklist: Any, clock: Any, *,
                  hostname: str, challenge_ttl: float,
-                 on_authenticated: Optional[Callable[[Peer], None]] = None):
+                 on_authenticated: Optional[Callable[[Peer], None]] = None, fleet: Optional[Any] = None):
         self.directory = directory
         self.keys = keys
         self.blacklist = blacklist
@@ -53,6 +53,7 @@ class BridgeApi:
         self.hostname = hostname
         self.challenge_ttl = challenge_ttl
         self.on_authenticated = on_authenticated
+        self.fleet = fleet  # bridge.fleet.Fleet: fleet/* messages (issue 13)
         self._challenges: Dict[str, Tuple[str, float]] = {}
 
     def greet(self, peer: Peer) -> None:
@@ -97,6 +98,8 @@ class BridgeApi:
             self._reply(peer, ident, request_id, "response", namespace)
         elif ns == "rpc" and verb == "auth_ssl":
             self._auth_ssl(peer, request_id, namespace, obj["args"])
+        elif ns == "fleet" and peer.authenticated and self.fleet is not None:
+            self.fleet.handle(peer, verb, request_id, obj["args"])
         else:
             # Upstream's answer to everything else: args null; "error" until authenticated.
             self._reply(peer, None, request_id, "response" if peer.authenticated else "error", namespace)
@@ -123,6 +126,8 @@ class BridgeApi:
                 log.warn("{peer}: malformed list_ssl_checksums reply ignored (expected args.md5_keys, a list of strings)", peer=peer.id)
                 return
             self.directory.set_keys(peer, md5s)
+            if self.fleet is not None and peer.role == SERVER:
+                self.fleet.keys_changed(peer)
         # Any other response is not for us (upstream read every id as a key list).
 
     # --- auth_ssl ------------------------------------------------------------------------

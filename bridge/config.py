@@ -48,6 +48,8 @@ KEYS: List[Key] = [
     # --- connection limits ----------------------------------------------------------
     Key("MAX_CONNECTIONS_PER_ADDRESS", "int", 64, "Simultaneous connections from one IP address, counted from the moment\nthey are accepted (loopback included). 0: no cap.", minimum=0),
     Key("HANDSHAKE_TIMEOUT", "float", 15.0, "Seconds a new connection has, from being accepted, to finish TLS and\nthe WebSocket upgrade, however slowly its bytes arrive; then it is closed.", minimum=0.1),
+    # --- fleet (issue 13, helper fleet) ------------------------------------------------
+    Key("FLEET_PING_INTERVAL", "float", 5.0, "Seconds between the fleet pings that measure each agent's round-trip\ntime (fleet agents). 0: no pings.", minimum=0),
 ]
 
 KEY_NAMES = [k.name for k in KEYS]

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from bridge import migrations
 from bridge.api import BridgeApi
 from bridge.config import BridgeConfig
+from bridge.fleet import Fleet, SqliteFleetStore
 from bridge.keys import KeyStore, database_path
 from bridge.protocol import BridgeServerFactory
 from bridge.relay import CLIENT, Peer, PeerDirectory
@@ -51,9 +52,10 @@ class Bridge(service.Service):
         self.keys = KeyStore(db)
         self.blacklist = open_blacklist(db, clock, cfg)
         self.directory = PeerDirectory()
+        self.fleet = Fleet(SqliteFleetStore(db), clock, key_pem=self._key_pem, ping_interval=cfg.fleet_ping_interval)
         self.api = BridgeApi(self.directory, self.keys, self.blacklist, clock,
                              hostname=hostname or socket.gethostname() or "localhost",
-                             challenge_ttl=cfg.challenge_ttl)
+                             challenge_ttl=cfg.challenge_ttl, fleet=self.fleet)
         self._loops = []
 
     # --- service ---------------------------------------------------------------------------
@@ -62,9 +64,11 @@ class Bridge(service.Service):
         self._start_loop(self.check_revocations, self.config.revocation_poll_interval)
         if self.config.keys_refresh_interval > 0:
             self._start_loop(self.refresh_key_lists, self.config.keys_refresh_interval)
+        self.fleet.start()
 
     def stopService(self):
         super().stopService()
+        self.fleet.stop()
         for loop in self._loops:
             if loop.running:
                 loop.stop()
@@ -106,9 +110,14 @@ class Bridge(service.Service):
 
     def disconnected(self, peer: Peer, code: Any = None, reason: Any = None) -> None:
         self.api.forget(peer)
+        self.fleet.disconnected(peer)
         self.directory.remove(peer)
         log.info("{peer} ({role}) disconnected: {code} {reason}", peer=peer.id, role=peer.role or "no role",
                  code=code, reason=reason or "")
+
+    def _key_pem(self, nickname: str) -> Optional[str]:
+        key = self.keys.get(nickname)
+        return key.pem if key is not None else None
 
     # --- periodic jobs ---------------------------------------------------------------------
     def refresh_key_lists(self) -> None:

@@ -46,6 +46,7 @@ from sysadmd.auth.revocation import RevokedKeyWatcher
 from sysadmd.auth.rights import Rights
 from sysadmd.auth.tokens import TokenStore
 from sysadmd.bridgelink import settings as bridge_settings
+from sysadmd.bridgelink.fleet import FleetAgent
 from sysadmd.bridgelink.links import BridgeLinks
 from sysadmd.bridgelink.store import BridgeLinkStore
 from sysadmd.config import Config
@@ -108,6 +109,7 @@ class Daemon(service.MultiService):
         self.keys: Optional[KeyStore] = None
         self.key_login: Optional[keyauth.KeyLogin] = None
         self.bridge_links: Optional[BridgeLinks] = None
+        self.fleet_agent: Optional[FleetAgent] = None
         self.sysclasses: Dict[str, Any] = {}  # sysadm/<class> name -> its actions object
 
     def add_listener(self, name: str, listener: Listener) -> None:
@@ -139,6 +141,7 @@ def build(cfg: Config, reactor: Any, *, passwords: Optional[Any] = None,
     daemon.bridge_links = add_bridge_links(server, daemon.keys, daemon.settings)
     daemon.sysclasses = add_sysadm_classes(server)  # sysadm/* classes this host has a backend for
     daemon.sysclasses.update(add_package_classes(server, daemon.dispatcher))  # their changes are dispatcher jobs
+    daemon.fleet_agent = add_fleet_agent(server, daemon.jobs, daemon.keys, daemon.bridge_links)  # fleet (issue 13)
     add_listeners(daemon)
     return daemon
 
@@ -269,6 +272,15 @@ def add_bridge_links(server: Server, keys: KeyStore, settings: SettingsActions) 
 
 
 # --- J: the sysadm/* classes (issue 12) ------------------------------------------------------
+def add_fleet_agent(server: Server, jobs: JobsService, keys: KeyStore, links: BridgeLinks) -> FleetAgent:
+    """This server as a fleet agent on its bridges: stored commands run as jobs, emitted
+    events published as ``fleet`` events (sysadmd/bridgelink/fleet.py)."""
+    publish = server.events.publisher("fleet")
+    agent = FleetAgent(server, jobs, keys, lambda args: publish(args, store=False))
+    links.fleet = agent
+    return agent
+
+
 def add_sysadm_classes(server: Server) -> Dict[str, Any]:
     """``sysadm/<class>`` for each class whose backend this host has (``available``);
     the others stay out of ``rpc/query`` and answer 404."""

@@ -99,7 +99,7 @@ class WiringIsExplicit(unittest.TestCase):
         routes = sorted(f"{r.namespace}/{r.name}" for r in server.api.routes.values())
         self.assertEqual(routes, ["rpc/auth", "rpc/auth_clear", "rpc/auth_token", "rpc/identify", "rpc/query"])
         self.assertFalse(hasattr(server, "subsystems"))
-        self.assertEqual(server.events.names(), ["dispatcher", "life-preserver", "system-state", "jobs"])
+        self.assertEqual(server.events.names(), ["dispatcher", "life-preserver", "system-state", "jobs", "fleet"])
 
 
 class DaemonNamesEveryPart(unittest.TestCase):
@@ -110,10 +110,11 @@ class DaemonNamesEveryPart(unittest.TestCase):
         running = yield start_daemon(self, passwords=FakePasswords({"root": "pw"}))
         daemon = running.daemon
         for name in ("jobs", "dispatcher", "system_state", "life_preserver", "log_retention", "settings", "keys",
-                     "key_login", "bridge_links"):
+                     "key_login", "bridge_links", "fleet_agent"):
             self.assertIsNotNone(getattr(daemon, name), name)
         server = daemon.server
         self.assertIs(daemon.bridge_links.keys, daemon.keys)  # explicit, not looked up by name
+        self.assertIs(daemon.bridge_links.fleet, daemon.fleet_agent)
         self.assertIs(daemon.key_login.keys, daemon.keys)
         self.assertIs(daemon.jobs.dispatcher, daemon.dispatcher)  # core/job_abort reaches dispatcher jobs
         self.assertEqual(sorted(daemon.settings), ["add_bridge", "list_bridges", "list_ssl_certs",

@@ -13,5 +13,6 @@ SCHEMA = Schema(
     name="sysadm-bridge",
     application_id=0x53594142,  # "SYAB"
     package=__name__,
-    tables=frozenset({"bridge_keys", "auth_failures", "blacklist"}),
+    tables=frozenset({"bridge_keys", "auth_failures", "blacklist",
+                     "fleet_agents", "fleet_commands", "fleet_events", "fleet_health"}),
 )

@@ -58,6 +58,7 @@ class BridgeLink(service.MultiService):
         super().__init__()
         self.server = server
         self.keys = keys  # the KeyStore whose checksums the bridge is told (None: none)
+        self.fleet: Optional[Any] = None  # the FleetAgent (sysadmd/bridgelink/fleet.py), when built
         self.row = row
         self.nickname = row.nickname
         self.url = row.url

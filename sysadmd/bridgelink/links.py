@@ -40,6 +40,7 @@ class BridgeLinks(service.MultiService):
         self.poll_interval = poll_interval
         self.links: Dict[str, BridgeLink] = {}
         self.bridge_key: Optional[Any] = None
+        self.fleet: Optional[Any] = None  # FleetAgent: every link is a fleet agent (issue 13)
         self._loop: Optional[task.LoopingCall] = None
         self._version: Optional[int] = None
 
@@ -99,6 +100,7 @@ class BridgeLinks(service.MultiService):
 
     def _start(self, row: BridgeLinkRow) -> None:
         link = BridgeLink(self.server, row, self.store, self.bridge_key, self.reactor, keys=self.keys)
+        link.fleet = self.fleet
         self.links[row.nickname] = link
         log.info("bridge {nick}: linking to {url} (verify {verify})", nick=row.nickname, url=row.url, verify=row.verify)
         link.setServiceParent(self)

@@ -175,6 +175,10 @@ class BridgeLinkProtocol(LeanClientMixin, WebSocketClientProtocol):
             self._auth_reply(request)
         elif request.id == OWN_ID and name == "response":
             self._own_id(request.args)
+        elif namespace == "fleet" and name not in ("response", "error"):
+            fleet = self.link.fleet
+            if self.authenticated and fleet is not None:
+                fleet.from_bridge(self, name, request.args)
         elif name in ("response", "error"):
             self._log.debug("bridge link {url}: ignored a {name} for {id!r}", url=self.factory.url, name=name, id=request.id)
         elif (namespace, name) == ("rpc", "identify"):
@@ -218,8 +222,11 @@ class BridgeLinkProtocol(LeanClientMixin, WebSocketClientProtocol):
         if not self.authenticated:
             self.send_json(envelope.error("401", "authenticate first: the bridge has not accepted our key yet", request.id))
             return
+        first = self.sent_checksums is None
         self.sent_checksums = self.link.checksums()
         self.send_json(envelope.reply(request, self.sent_checksums))
+        if first and self.link.fleet is not None:
+            self.link.fleet.hello(self)  # after our key list: the bridge pairs us on it
 
     def offer_checksums(self, checksums: Dict[str, Any]) -> None:
         """Tell the bridge our key list if it changed since it last heard it.

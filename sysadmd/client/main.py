@@ -17,9 +17,7 @@ from typing import Any, List, Optional
 from twisted.internet import defer, task
 
 from sysadmd import __version__
-from sysadmd.client import calls, eventtail, info, jobs, jobverbs, keyverbs, sysverbs
-from sysadmd.client import fwverbs
-from sysadmd.client import pkgverbs  # P: sysadm pkg …
+from sysadmd.client import calls, eventtail, fleetverbs, fwverbs, info, jobs, jobverbs, keyverbs, pkgverbs, sysverbs
 from sysadmd.client.connect import BRIDGE_PORT, SERVER_PORT, default_socket, login, open_tls, open_unix, parse_url, resolve_credentials
 from sysadmd.client.context import Context
 from sysadmd.client.errors import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, ClientError
@@ -166,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     verb("identify", calls.identify, "show the server's host name and type (no login needed)")
     verb("info", info.info, "the machine at a glance: host, OS, kernel, uptime, CPU, memory, disks")  # J
     verb("peers", None, "with --bridge: list the servers the bridge offers you")
+    fleetverbs.register(verb, common)  # fleet through the bridge (issue 13)
 
     keys = verb("keys", None, "manage the keys that may log in with rpc/auth_ssl")
     kv = keys.add_subparsers(dest="keys_verb", metavar="ACTION")
@@ -284,6 +283,9 @@ def known_hosts_forget(options: Any, out: Any, err: Any) -> int:
 async def open_connection(ctx: Context) -> None:
     """Open the connection the options ask for, log in, and put it in ``ctx.conn``."""
     opts = ctx.options
+    if opts.verb == "fleet":
+        await fleetverbs.open_fleet(ctx)  # the bridge itself, not a server behind it
+        return
     if opts.bridge:
         from sysadmd.client import bridged
 
