@@ -24,6 +24,7 @@ from sysadmd.server import Server
 from sysadmd.startup import tls_files
 from sysadmd.transfers import backup as transfers_backup
 from sysadmd.transfers import service as transfers_service
+from sysadmd.transfers import wsapi as transfers_wsapi
 from sysadmd.statedir import ensure_private_dir
 from sysadmd.transports.rest import RestResource
 from sysadmd.transports.site import make_site
@@ -81,7 +82,8 @@ def install_subsystems(server: Server, reactor: Any) -> None:
     # --- the job table and core/* (issue 10, helper D): built first, the dispatcher writes into it.
     jobs = jobs_rpc.install(server, reactor)
     jobs.dispatcher = dispatcher.install(server, reactor, jobs=jobs.table)
-    transfers_service.install(server, reactor, jobs.table)  # core/download, /_download, /_upload (helper G)
+    transfers = transfers_service.install(server, reactor, jobs.table)  # core/download, /_download, /_upload (helper G)
+    transfers_wsapi.install(server, reactor, transfers)  # core/upload_*, core/download_* in chunks (helper wsxfer)
     event_subscriptions.install(server)
     rpc_logs.install(server)
     keyauth.install(server)
