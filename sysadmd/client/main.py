@@ -40,6 +40,7 @@ examples:
   sysadm call rpc dispatcher '{"action":"list"}'
   echo '{"action":"list_ssl_certs"}' | sysadm call rpc settings -
   sysadm run 'make -C /src' 'make -C /src install'
+  sysadm cp backup.tar server:/srv/backup.tar
   sysadm events system-state --pretty
   sysadm keys add ~/.ssh/sysadm.pub --nickname laptop
   sysadm --bridge wss://relay.example.org --key ~/.config/sysadm/id.pem peers
