@@ -228,6 +228,40 @@ class ApiTests(unittest.TestCase):
         self.assertNotIn(opened["upload_id"], self.ws.uploads)
 
 
+class ProgressTests(unittest.TestCase):
+    """The progress bar: drawn on a terminal, nothing otherwise."""
+
+    def ctx(self, tty):
+        import io
+
+        from sysadmd.client import cpverb
+        from sysadmd.client.context import Context
+
+        class Err(io.StringIO):
+            def isatty(self):
+                return tty
+
+        options = type("Options", (), {"json": False, "timeout": None})()
+        return Context(reactor, options, io.StringIO(), Err(), None), cpverb
+
+    def test_bar_on_a_terminal(self):
+        ctx, cpverb = self.ctx(True)
+        bar = cpverb.Progress(ctx, "f.bin", 4 * MIB, 0)
+        bar.update(MIB)
+        bar.update(4 * MIB, final=True)
+        text = ctx.err.getvalue()
+        self.assertIn("\rf.bin [" + "#" * 7 + " " * 23 + "]  25.0% 1.0 MiB/4.0 MiB", text)
+        self.assertTrue(text.endswith("\n"))
+        self.assertIn("100.0% 4.0 MiB/4.0 MiB", text)
+
+    def test_quiet_otherwise(self):
+        ctx, cpverb = self.ctx(False)
+        bar = cpverb.Progress(ctx, "f.bin", 4 * MIB, 0)
+        bar.update(MIB)
+        bar.update(4 * MIB, final=True)
+        self.assertEqual(ctx.err.getvalue(), "")
+
+
 # --- the real client ----------------------------------------------------------------------------
 
 class CpTests(unittest.TestCase):
@@ -328,6 +362,21 @@ class CpTests(unittest.TestCase):
                                                      self.running.config.socket, *argv],
                              env=cli_env(self.home), path=self.home)
         return proto.done
+
+    @defer.inlineCallbacks
+    def test_a_partial_download_of_another_file_is_caught_by_the_sha256(self):
+        back = os.path.join(self.dir, "stale.bin")
+        with open(back + ".sysadm-partial", "wb") as f:
+            f.write(os.urandom(MIB))  # left over from some other file
+        first = yield self.local("cp", "server:" + self.src, back)
+        self.assertEqual(first.code, 1, first.err)
+        self.assertIn("SHA-256", first.err)
+        self.assertIn("run the same sysadm cp again", first.err)
+        self.assertFalse(os.path.exists(back))
+        self.assertFalse(os.path.exists(back + ".sysadm-partial"))
+        second = yield self.local("cp", "server:" + self.src, back)
+        self.assertEqual(second.code, 0, second.err)
+        self.assertEqual(file_sha(back), self.digest)
 
     @defer.inlineCallbacks
     def test_failures_exit_non_zero_with_a_message(self):
