@@ -84,6 +84,7 @@ from sysadmd.sysclasses import zfs as sys_zfs
 from sysadmd.sysclasses.readings import HostReadings
 from sysadmd.transfers import backup as transfers_backup
 from sysadmd.transfers import service as transfers_service
+from sysadmd.transfers import wsapi as transfers_wsapi
 from sysadmd.transports.rest import RestResource
 from sysadmd.transports.site import make_site
 from sysadmd.console.site import ConsoleResource
@@ -102,6 +103,7 @@ class Daemon(service.MultiService):
         self.jobs: Optional[JobsService] = None
         self.dispatcher: Optional[Dispatcher] = None
         self.transfers: Optional[transfers_service.TransferService] = None
+        self.chunk_transfers: Optional[transfers_wsapi.WsTransfers] = None
         self.system_state: Optional[SystemStateService] = None
         self.life_preserver: Optional[LifePreserverWatcher] = None
         self.log_retention: Optional[LogRetention] = None
@@ -133,7 +135,7 @@ def build(cfg: Config, reactor: Any, *, passwords: Optional[Any] = None,
     # The order below is the order the subsystems start in (and the reverse of their stop).
     daemon.jobs = add_jobs(server)  # before the dispatcher, whose jobs are rows of its table
     daemon.dispatcher = add_dispatcher(server, daemon.jobs)
-    daemon.transfers = add_transfers(server, daemon.jobs)
+    daemon.transfers, daemon.chunk_transfers = add_transfers(server, daemon.jobs)
     daemon.system_state, daemon.life_preserver = add_event_producers(server)
     daemon.log_retention = add_logs(server)
     daemon.settings = add_settings(server)
@@ -207,13 +209,18 @@ def add_dispatcher(server: Server, jobs: JobsService) -> Dispatcher:
     return dispatcher
 
 
-def add_transfers(server: Server, jobs: JobsService) -> transfers_service.TransferService:
-    """File transfers as jobs: ``core/download``; the HTTPS site serves ``/_download/<id>``
-    and ``/_upload`` with it (:func:`add_listeners`)."""
+def add_transfers(server: Server, jobs: JobsService) -> Tuple[transfers_service.TransferService,
+                                                               transfers_wsapi.WsTransfers]:
+    """File transfers as jobs: ``core/download``, and ``core/upload_*`` / ``core/download_*``
+    in chunks over the API (so through a bridge too); the HTTPS site serves
+    ``/_download/<id>`` and ``/_upload`` with it (:func:`add_listeners`)."""
     transfers = transfers_service.TransferService(server, jobs.table, server.reactor)
     transfers.setServiceParent(server)
     transfers_service.route(server.api, transfers)
-    return transfers
+    chunks = transfers_wsapi.WsTransfers(transfers, server.reactor)  # the same, in chunks over the API
+    chunks.setServiceParent(server)
+    transfers_wsapi.route(server.api, chunks)
+    return transfers, chunks
 
 
 def add_event_producers(server: Server) -> Tuple[SystemStateService, LifePreserverWatcher]:

@@ -125,7 +125,9 @@ class DaemonNamesEveryPart(unittest.TestCase):
         self.assertEqual([r for r in routes if r.startswith("sysadm/")],
                          sorted(f"sysadm/{name}" for name in daemon.sysclasses))
         routes = [r for r in routes if not r.startswith("sysadm/")]
-        self.assertEqual(routes, ["core/download", "core/get_jobs", "core/job_abort", "core/job_log", "core/job_wait", "events/subscribe", "events/unsubscribe", "rpc/auth", "rpc/auth_clear",
+        self.assertEqual(routes, ["core/download", "core/download_close", "core/download_open", "core/download_read",
+                                  "core/get_jobs", "core/job_abort", "core/job_log", "core/job_wait", "core/upload_close", "core/upload_open",
+                                  "core/upload_write", "events/subscribe", "events/unsubscribe", "rpc/auth", "rpc/auth_clear",
                                   "rpc/auth_ssl", "rpc/auth_token", "rpc/dispatcher", "rpc/identify", "rpc/logs",
                                   "rpc/query", "rpc/settings"])
         # The subsystems with timers are children of the server, so they stop with it.

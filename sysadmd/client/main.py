@@ -17,7 +17,7 @@ from typing import Any, List, Optional
 from twisted.internet import defer, task
 
 from sysadmd import __version__
-from sysadmd.client import calls, eventtail, fleetverbs, fwverbs, info, jobs, jobverbs, keyverbs, pkgverbs, sysverbs
+from sysadmd.client import calls, cpverb, eventtail, fleetverbs, fwverbs, info, jobs, jobverbs, keyverbs, pkgverbs, sysverbs
 from sysadmd.client.connect import BRIDGE_PORT, SERVER_PORT, default_socket, login, open_tls, open_unix, parse_url, resolve_credentials
 from sysadmd.client.context import Context
 from sysadmd.client.errors import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, ClientError
@@ -42,6 +42,7 @@ examples:
   echo '{"action":"list_ssl_certs"}' | sysadm call rpc settings -
   sysadm run 'make -C /src' 'make -C /src install'
   sysadm run --detach 'make -C /src'   then   sysadm job attach ID
+  sysadm cp backup.tar server:/srv/backup.tar
   sysadm events system-state --pretty
   sysadm keys add ~/.ssh/sysadm.pub --nickname laptop
   sysadm --bridge wss://relay.example.org --key ~/.config/sysadm/id.pem peers
@@ -141,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     # --- the jobs API (issue 10, helper D): `sysadm jobs`, `sysadm job show|log|wait|abort`;
     # register() returns the `job` verb's sub-actions (`job attach` joins them there).
     job_actions = jobverbs.register(verb, common)
+
+    # --- files over the API (issue 10 item 7): `sysadm cp FILE server:PATH`, `sysadm cp server:PATH FILE`.
+    cpverb.register(verb)
 
     p = verb("kill", jobs.kill, "kill pending or running jobs")
     p.add_argument("job_ids", metavar="ID", nargs="+")

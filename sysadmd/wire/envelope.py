@@ -106,7 +106,10 @@ def parse(text: str) -> Request:
         raise EnvelopeError(f"invalid JSON: {e}") from None
     if not isinstance(obj, dict):
         raise EnvelopeError("a request must be a JSON object")
-    if _SURROGATE_ESCAPE.search(stripped) or _SURROGATE.search(stripped):
+    # The cheap tests first ("in" and isascii() are fast scans or O(1)): a large ASCII
+    # message without a backslash-u (a file chunk in base64) skips both regex scans.
+    if ("\\u" in stripped and _SURROGATE_ESCAPE.search(stripped)) or \
+            (not stripped.isascii() and _SURROGATE.search(stripped)):
         where = lone_surrogate_path(obj)
         if where is not None:
             rid = obj.get("id", "")
