@@ -1,0 +1,121 @@
+"""Who is at the other end of a local connection: the peer process's uid.
+
+* Unix sockets: ``SO_PEERCRED`` (the kernel's record of the connecting process).
+* TCP on loopback (Linux): the peer's own socket is a row of ``/proc/net/tcp`` (or
+  ``tcp6``) whose *local* address is the peer address we see and whose *remote*
+  address is ours; that row names its owner's uid and its inode.  A row with inode 0
+  (a socket already being torn down, or a TIME_WAIT leftover) owns nothing and is
+  skipped, and so is any row not in the ESTABLISHED state.
+
+The tables are read line by line and at most :data:`MAX_TABLE_BYTES` of each, so a
+host with very many sockets costs a bounded read per connection, never an unbounded
+one; a peer past that bound is reported as unknown (whoever asked then refuses it).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+import sys
+from typing import Iterable, Tuple
+
+PROC_TCP = "/proc/net/tcp"
+PROC_TCP6 = "/proc/net/tcp6"
+MAX_TABLE_BYTES = 16 * 1024 * 1024  # per table: ~100 000 sockets' rows
+MAX_LINE_BYTES = 512  # a row is ~150 bytes; anything longer is not a row
+ESTABLISHED = "01"
+
+
+class PeerUnknown(Exception):
+    """The peer's uid cannot be told; ``str()`` says why."""
+
+
+def unix_peer_uid(sock: socket.socket) -> int:
+    """The uid of the process that connected the Unix socket *sock* (``SO_PEERCRED``)."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError as e:
+        raise PeerUnknown(f"SO_PEERCRED failed: {e.strerror}") from None
+    _pid, uid, _gid = struct.unpack("3i", raw)
+    return uid
+
+
+def _decode_address(text: str) -> Tuple[ipaddress._BaseAddress, int]:
+    """``"0100007F:1E61"`` → ``(IPv4Address('127.0.0.1'), 7777)``: the kernel prints the
+    address as 32-bit words in host byte order, the port in hex."""
+    address_hex, _, port_hex = text.partition(":")
+    raw = bytes.fromhex(address_hex)
+    if len(raw) not in (4, 16):
+        raise ValueError(f"address of {len(raw)} bytes")
+    if sys.byteorder == "little":
+        raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    return ipaddress.ip_address(raw), int(port_hex, 16)
+
+
+def _canonical(host: str) -> ipaddress._BaseAddress:
+    address = ipaddress.ip_address(host.split("%", 1)[0])
+    mapped = getattr(address, "ipv4_mapped", None)
+    return mapped or address
+
+
+def _rows(lines: Iterable[bytes]) -> Iterable[Tuple[str, str, str, int, int]]:
+    """``(local, remote, state, uid, inode)`` of each row; the header and bad rows are skipped."""
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 10 or not fields[0].endswith(b":") or not fields[0][:-1].isdigit():
+            continue
+        try:
+            yield (fields[1].decode("ascii"), fields[2].decode("ascii"), fields[3].decode("ascii"),
+                   int(fields[7]), int(fields[9]))
+        except (UnicodeDecodeError, ValueError):
+            continue
+
+
+def _bounded_lines(path: str, limit: int) -> Iterable[bytes]:
+    read = 0
+    with open(path, "rb") as table:
+        while read < limit:
+            line = table.readline(MAX_LINE_BYTES)
+            if not line:
+                return
+            read += len(line)
+            yield line
+    raise PeerUnknown(f"{path} is longer than {limit} bytes; the peer was not within them")
+
+
+def tcp_peer_uid(peer: Tuple[str, int], local: Tuple[str, int], *,
+                 tables: Tuple[str, ...] = (PROC_TCP, PROC_TCP6), limit: int = MAX_TABLE_BYTES) -> int:
+    """The uid owning the loopback TCP socket at *peer* that is connected to our *local*
+    ``(host, port)``.  Raises :class:`PeerUnknown` when no live row matches."""
+    try:
+        peer_key = (_canonical(peer[0]), int(peer[1]))
+        local_key = (_canonical(local[0]), int(local[1]))
+    except ValueError as e:
+        raise PeerUnknown(f"not an IP address: {e}") from None
+    if not peer_key[0].is_loopback:
+        raise PeerUnknown(f"{peer[0]} is not a loopback address")
+    problems = []
+    for path in tables:
+        try:
+            for row_local, row_remote, state, uid, inode in _rows(_bounded_lines(path, limit)):
+                if state != ESTABLISHED or inode == 0:
+                    continue
+                try:
+                    address, port = _decode_address(row_local)
+                    if port != peer_key[1] or _canonical(str(address)) != peer_key[0]:
+                        continue
+                    address, port = _decode_address(row_remote)
+                    if port != local_key[1] or _canonical(str(address)) != local_key[0]:
+                        continue
+                except ValueError:
+                    continue
+                return uid
+        except FileNotFoundError:
+            continue  # no IPv6 on this host
+        except OSError as e:
+            problems.append(f"{path}: {e.strerror}")
+        except PeerUnknown as e:
+            problems.append(str(e))
+    why = "; ".join(problems) or "no established socket in the kernel's tables"
+    raise PeerUnknown(f"no owner found for {peer[0]}:{peer[1]} ({why})")
