@@ -70,6 +70,7 @@ from sysadmd.server import Server
 from sysadmd.session import SessionRegistry
 from sysadmd.runtime.startup import tls_files
 from sysadmd.runtime.statedir import ensure_private_dir
+from sysadmd.supervisor import seedwire
 from sysadmd.sysclasses import fs as sys_fs
 from sysadmd.sysclasses import network as sys_network
 from sysadmd.sysclasses import services as sys_services
@@ -280,3 +281,18 @@ def add_listeners(daemon: Daemon) -> None:
         log.info("BRIDGE_CONNECTIONS_ONLY=true: no TCP listener")
     if cfg.socket:
         daemon.add_listener("unix", make_unix_listener(server, reactor, cfg.socket, guard=guard))
+
+
+# --- S2: the seed's supervisor wire (issue 11) -------------------------------------------
+def add_supervisor_wire(daemon: Daemon) -> Tuple[Listener, ...]:
+    """The seed's ``;;`` wire to ``daemon.supervisor`` on 127.0.0.1:SUPERVISOR_PORT and on
+    SUPERVISOR_SOCKET; the peer's uid gets the rights the main local socket would give it."""
+    server = daemon.server
+    cfg = server.config
+    listeners = seedwire.build_listeners(
+        daemon.supervisor, server.rights.for_uid, server.reactor, port=cfg.supervisor_port,
+        socket_path=cfg.supervisor_socket, max_connections=cfg.supervisor_max_connections,
+        max_message=cfg.supervisor_max_message_bytes, idle_timeout=cfg.supervisor_idle_timeout)
+    for name, listener in listeners:
+        daemon.add_listener(name, listener)
+    return tuple(listener for _, listener in listeners)
