@@ -1,4 +1,4 @@
-"""The seed's supervisor wire (seed 003, "taskmaster"): JSON messages ending in ``;;``.
+"""The taskmaster supervisor wire (docs/protocol.md §2.6): JSON messages ending in ``;;``.
 
 A query is one JSON object, ``{"command":VERB,"job":B64,"data":B64};;``; an answer is
 ``{"response":KIND,...};;`` written without whitespace, its text fields base64:
