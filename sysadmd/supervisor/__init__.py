@@ -1,1 +1,1 @@
-"""Supervised named programs (issue 11, seed 003): definitions, the state machine, the verbs."""
+"""Supervised named programs: definitions, the state machine, the verbs (docs/protocol.md §6.12)."""
