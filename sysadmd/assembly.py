@@ -77,6 +77,10 @@ from sysadmd.sysclasses import services as sys_services
 from sysadmd.sysclasses import users as sys_users
 from sysadmd.sysclasses import systemmanager as sys_systemmanager
 from sysadmd.sysclasses.readings import HostReadings
+from sysadmd.supervisor import rpc as supervisor_rpc
+from sysadmd.supervisor.core import Supervisor
+from sysadmd.supervisor.spawn import ProgramRunner
+from sysadmd.supervisor.store import ProgramStore
 from sysadmd.transports.rest import RestResource
 from sysadmd.transports.site import make_site
 from sysadmd.transports.unixsocket import make_unix_listener
@@ -100,6 +104,7 @@ class Daemon(service.MultiService):
         self.key_login: Optional[keyauth.KeyLogin] = None
         self.bridge_links: Optional[BridgeLinks] = None
         self.sysclasses: Dict[str, Any] = {}  # sysadm/<class> name -> its actions object
+        self.supervisor: Optional[Supervisor] = None
 
     def add_listener(self, name: str, listener: Listener) -> None:
         self.listeners[name] = listener
@@ -124,6 +129,7 @@ def build(cfg: Config, reactor: Any, *, passwords: Optional[Any] = None,
     daemon.keys, daemon.key_login = add_key_login(server, daemon.settings)
     daemon.bridge_links = add_bridge_links(server, daemon.keys, daemon.settings)
     daemon.sysclasses = add_sysadm_classes(server)  # J: sysadm/* classes (issue 12)
+    daemon.supervisor = add_supervisor(server, daemon.jobs)  # S1: supervised programs (issue 11)
     add_listeners(daemon)
     return daemon
 
@@ -259,6 +265,19 @@ def add_sysadm_classes(server: Server) -> Dict[str, Any]:
         if module.available(config):
             routed[name] = module.route(server.api, reactor, config)
     return routed
+
+
+# --- S1: supervised programs (issue 11) --------------------------------------------------------
+def add_supervisor(server: Server, jobs: JobsService) -> Supervisor:
+    """The supervisor (its definitions in ``supervisor_programs``, each run a job of the job
+    table, ``supervisor`` events) and ``sysadm/supervisor``."""
+    publish = server.events.publisher("supervisor")
+    supervisor = Supervisor(ProgramStore(server.db, server.reactor.seconds), jobs.table,
+                            ProgramRunner(server.reactor), server.reactor, lambda args: publish(args, store=True),
+                            job_path=server.config.job_path)
+    supervisor.setServiceParent(server)
+    supervisor_rpc.route(server.api, supervisor)
+    return supervisor
 
 
 def add_listeners(daemon: Daemon) -> None:

@@ -48,7 +48,8 @@ DISPATCHER = EventType("dispatcher", cached=False, log="events-dispatcher")
 LIFE_PRESERVER = EventType("life-preserver", cached=True, log="events-lifepreserver")
 SYSTEM_STATE = EventType("system-state", cached=True, log="events-state")
 JOBS = EventType("jobs", cached=False, log=None)  # the job store's added/changed; the store itself is the record
-DAEMON_EVENT_TYPES: Tuple[EventType, ...] = (DISPATCHER, LIFE_PRESERVER, SYSTEM_STATE, JOBS)
+SUPERVISOR = EventType("supervisor", cached=False, log="events-supervisor")  # S1: program state changes (issue 11)
+DAEMON_EVENT_TYPES: Tuple[EventType, ...] = (DISPATCHER, LIFE_PRESERVER, SYSTEM_STATE, JOBS, SUPERVISOR)
 
 
 class UnknownEventType(LookupError):

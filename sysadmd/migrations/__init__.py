@@ -27,5 +27,6 @@ SCHEMA = Schema(
     name="sysadmd",
     application_id=0x53594144,  # "SYAD"
     package=__name__,
-    tables=frozenset({"dispatcher_jobs", "logs", "registered_keys", "auth_failures", "blacklist", "bridge_links", "jobs"}),
+    tables=frozenset({"dispatcher_jobs", "logs", "registered_keys", "auth_failures", "blacklist", "bridge_links", "jobs",
+                      "supervisor_programs"}),
 )
