@@ -19,6 +19,7 @@ Read top to bottom, :func:`build` is the whole daemon::
         ├─ BridgeLinks (BridgeLinkStore, KeyStore) → bridge actions  add_bridge_links
         └─ sysadm/* classes available on this host (HostReadings)  add_sysadm_classes
     └── listeners: wss+https, rest, unix socket                      add_listeners
+    └── the supervisor's ;; wire: 127.0.0.1:7777 + its socket        add_supervisor_wire
 
 Every part is also an attribute of the :class:`Daemon` (``daemon.dispatcher``,
 ``daemon.keys``…): subsystems reach each other through constructor arguments, never
@@ -131,6 +132,7 @@ def build(cfg: Config, reactor: Any, *, passwords: Optional[Any] = None,
     daemon.sysclasses = add_sysadm_classes(server)  # J: sysadm/* classes (issue 12)
     daemon.supervisor = add_supervisor(server, daemon.jobs)  # S1: supervised programs (issue 11)
     add_listeners(daemon)
+    daemon.supervisor_wire = add_supervisor_wire(daemon)  # S2: the seed's wire on 7777 (issue 11)
     return daemon
 
 
