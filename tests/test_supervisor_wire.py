@@ -161,7 +161,7 @@ class GivenPeerFactory(SeedWireFactory):
         self.peer = peer
 
     def identify(self, transport):
-        return self.peer
+        return defer.succeed(self.peer)
 
 
 FULL = Peer(1000, True, "uid 1000 via 127.0.0.1:7777")
@@ -255,6 +255,19 @@ class ProtocolTests(unittest.TestCase):
         self.clock.advance(31)
         self.assertTrue(transport.disconnecting)
 
+    def test_queries_wait_until_the_peer_is_known(self):
+        later = defer.Deferred()
+        core = self.core = FakeSupervisor()
+        factory = GivenPeerFactory(core, task.Clock(), FULL)
+        factory.identify = lambda transport: later  # the /proc lookup still running in its thread
+        proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        proto.dataReceived(b'{"command":"list"};;nonsense;;')
+        self.assertEqual((transport.value(), core.calls), (b"", []))
+        later.callback(FULL)
+        self.assertEqual([a["response"] for a in self.answers(transport)], ["list", "invalid"])
+
     def test_rights_per_peer(self):
         limited = Peer(1001, False, "uid 1001 via 127.0.0.1:7777")
         proto, transport = self.connect(limited)
@@ -292,7 +305,6 @@ class ProtocolTests(unittest.TestCase):
         self.core.hold = True
         proto.dataReceived(b'{"command":"list"};;{"command":"list"};;')
         proto.connectionLost(None)
-        proto.connected = 0
         self.core.pending.pop(0).callback(Reply("list", data=[]))
         self.assertEqual(transport.value(), b"")
         self.assertEqual(len(self.core.calls), 1)

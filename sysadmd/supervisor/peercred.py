@@ -84,33 +84,50 @@ def _bounded_lines(path: str, limit: int) -> Iterable[bytes]:
     raise PeerUnknown(f"{path} is longer than {limit} bytes; the peer was not within them")
 
 
+def _encode_address(address: ipaddress._BaseAddress, port: int) -> bytes:
+    """The inverse of :func:`_decode_address`, as the table's bytes (upper-case hex)."""
+    raw = address.packed
+    if sys.byteorder == "little":
+        raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    return f"{raw.hex().upper()}:{port:04X}".encode("ascii")
+
+
+def _needles(table: str, address: ipaddress._BaseAddress, port: int):
+    """How *address*:*port* is written in *table* (``tcp``: IPv4 only; ``tcp6``: IPv6 and
+    IPv4-mapped IPv6), or ``None`` when that table cannot hold it."""
+    if table.endswith("6"):
+        if address.version == 4:
+            address = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + address.packed)
+        return _encode_address(address, port)
+    return _encode_address(address, port) if address.version == 4 else None
+
+
 def tcp_peer_uid(peer: Tuple[str, int], local: Tuple[str, int], *,
                  tables: Tuple[str, ...] = (PROC_TCP, PROC_TCP6), limit: int = MAX_TABLE_BYTES) -> int:
     """The uid owning the loopback TCP socket at *peer* that is connected to our *local*
-    ``(host, port)``.  Raises :class:`PeerUnknown` when no live row matches."""
+    ``(host, port)``.  Raises :class:`PeerUnknown` when no live row matches.  Blocking
+    file reads: call it from a thread when the tables may be long."""
     try:
-        peer_key = (_canonical(peer[0]), int(peer[1]))
-        local_key = (_canonical(local[0]), int(local[1]))
+        peer_address, peer_port = _canonical(peer[0]), int(peer[1])
+        local_address, local_port = _canonical(local[0]), int(local[1])
     except ValueError as e:
         raise PeerUnknown(f"not an IP address: {e}") from None
-    if not peer_key[0].is_loopback:
+    if not peer_address.is_loopback:
         raise PeerUnknown(f"{peer[0]} is not a loopback address")
     problems = []
     for path in tables:
+        want_local = _needles(path, peer_address, peer_port)  # the peer's socket: its local end is the peer
+        want_remote = _needles(path, local_address, local_port)
+        if want_local is None or want_remote is None:
+            continue
         try:
-            for row_local, row_remote, state, uid, inode in _rows(_bounded_lines(path, limit)):
-                if state != ESTABLISHED or inode == 0:
+            for line in _bounded_lines(path, limit):
+                if want_local not in line:  # the cheap test first: most rows are other sockets
                     continue
-                try:
-                    address, port = _decode_address(row_local)
-                    if port != peer_key[1] or _canonical(str(address)) != peer_key[0]:
-                        continue
-                    address, port = _decode_address(row_remote)
-                    if port != local_key[1] or _canonical(str(address)) != local_key[0]:
-                        continue
-                except ValueError:
-                    continue
-                return uid
+                for row_local, row_remote, state, uid, inode in _rows((line,)):
+                    if (row_local.encode() == want_local and row_remote.encode() == want_remote
+                            and state == ESTABLISHED and inode != 0):
+                        return uid
         except FileNotFoundError:
             continue  # no IPv6 on this host
         except OSError as e:

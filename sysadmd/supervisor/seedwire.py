@@ -24,7 +24,8 @@ frames a byte stream into queries, answers them one at a time in order through
   connection is not read until they drain (back-pressure, nothing is dropped);
 * a connection idle (nothing queued or running) for ``idle_timeout`` seconds is closed.
 
-Who may do what is decided per connection from the peer's uid (:mod:`.peercred`), the
+Who may do what is decided per connection from the peer's uid (:mod:`.peercred`; over TCP
+looked up in a thread, queries wait for it), the
 way the main local socket does it (:meth:`sysadmd.auth.rights.Rights.for_uid`): full
 access for every verb, limited access for ``status``/``list``/``pull``, no access (or
 an unknown peer) ``fail`` with the reason.
@@ -41,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Deque, Optional, Tuple, Union
 
 from twisted.application import service
-from twisted.internet import defer, endpoints
+from twisted.internet import defer, endpoints, threads
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -213,9 +214,15 @@ class SeedWireProtocol(Protocol):
         self.paused = False  # reading paused: too many queries waiting
         self.write_paused = False  # answering paused: the peer does not read its answers
         self.idle_call: Any = None
-        self.peer = self.factory.identify(self.transport)
         self.transport.registerProducer(self, True)
         self.arm_idle()
+        # Queries that arrive before the peer is known wait for it (the /proc lookup runs
+        # in a thread: a host with many sockets makes the tables slow to read).
+        self.factory.identify(self.transport).addCallback(self.identified)
+
+    def identified(self, peer: Peer) -> None:
+        self.peer = peer
+        self.pump()
 
     # --- the transport's send buffer is full / drained (we are its producer) -----------
     def pauseProducing(self) -> None:
@@ -267,7 +274,7 @@ class SeedWireProtocol(Protocol):
 
     # --- answering, one query at a time, in order --------------------------------------
     def pump(self) -> None:
-        while not self.busy and not self.write_paused and self.queue and self.connected:
+        while self.peer is not None and not self.busy and not self.write_paused and self.queue and self.connected:
             item = self.queue.popleft()
             if isinstance(item, WireError):
                 self.answer(item.response, item.reason, verb=None)
@@ -334,11 +341,12 @@ class SeedWireProtocol(Protocol):
         if self.busy or self.queue:
             self.arm_idle()  # a slow command (stop waits up to stopwaitsecs) is not idleness
             return
-        log.info("supervisor wire: {actor}: closed after {t:g} s idle", actor=self.peer.actor,
+        log.info("supervisor wire: {actor}: closed after {t:g} s idle", actor=self.peer.actor if self.peer else "?",
                  t=self.factory.idle_timeout)
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
+        self.connected = 0  # late answers from the core are dropped (see write)
         if self.idle_call is not None and self.idle_call.active():
             self.idle_call.cancel()
         self.idle_call = None
@@ -359,19 +367,26 @@ class SeedWireFactory(Factory):
         self.max_message = max_message
         self.idle_timeout = idle_timeout
 
-    def identify(self, transport: Any) -> Peer:
-        where = self.where
-        try:
-            if self.unix:
+    def identify(self, transport: Any) -> defer.Deferred:
+        """A Deferred :class:`Peer` for the connection on *transport*."""
+        if self.unix:
+            try:
                 uid = unix_peer_uid(transport.getHandle())
-            else:
-                peer, host = transport.getPeer(), transport.getHost()
-                where = f"{host.host}:{host.port}"
-                uid = tcp_peer_uid((peer.host, peer.port), (host.host, host.port))
-        except PeerUnknown as e:
-            log.warn("supervisor wire: a connection via {where} cannot be identified: {e}", where=where, e=e)
-            return Peer(None, None, f"unknown peer via {where}", str(e))
-        return Peer(uid, self.access_for_uid(uid), f"uid {uid} via {where}")
+            except PeerUnknown as e:
+                return defer.succeed(self._unknown(self.where, e))
+            return defer.succeed(Peer(uid, self.access_for_uid(uid), f"uid {uid} via {self.where}"))
+        peer, host = transport.getPeer(), transport.getHost()
+        where = f"{host.host}:{host.port}"
+        d = threads.deferToThreadPool(self.clock, self.clock.getThreadPool(), tcp_peer_uid,
+                                      (peer.host, peer.port), (host.host, host.port))
+        d.addCallback(lambda uid: Peer(uid, self.access_for_uid(uid), f"uid {uid} via {where}"))
+        d.addErrback(lambda failure: self._unknown(where, failure.trap(PeerUnknown) and failure.value))
+        return d
+
+    @staticmethod
+    def _unknown(where: str, problem: Exception) -> Peer:
+        log.warn("supervisor wire: a connection via {where} cannot be identified: {e}", where=where, e=problem)
+        return Peer(None, None, f"unknown peer via {where}", str(problem))
 
 
 class WireListener(Listener):
