@@ -20,6 +20,7 @@ from typing import Any, Optional
 from twisted.internet import defer, reactor, task, threads
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from sysadmd.auth.rights import Rights
@@ -204,6 +205,18 @@ class ProtocolTests(unittest.TestCase):
         self.assertIn("not JSON", unb64(got[0]["error"]))
         self.assertIn("job: not valid base64", unb64(got[2]["error"]))
         self.assertFalse(transport.disconnecting)
+
+    def test_a_garbage_flood_is_answered_but_not_logged_line_by_line(self):
+        seen = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        proto, transport = self.connect()
+        proto.dataReceived(b"junk;;" * 500)
+        self.assertEqual(len(self.answers(transport)), 500)
+        proto.connectionLost(None)
+        lines = [e for e in seen if "supervisor wire" in (e.get("log_format") or "")]
+        self.assertEqual(len(lines), seedwire.LOGGED_BAD_QUERIES + 1)
+        self.assertEqual(lines[-1]["n"], 500)
 
     def test_a_query_without_terminator_past_the_limit_is_skipped_to_its_end(self):
         proto, transport = self.connect(max_message=4096)

@@ -57,6 +57,7 @@ TERMINATOR = b";;"
 LOOPBACK = "127.0.0.1"
 MAX_MESSAGE_BYTES = 1024 * 1024  # default bound of one query, ";;" and base64 definition included
 MAX_PIPELINE = 16  # parsed queries waiting per connection before reading pauses
+LOGGED_BAD_QUERIES = 10  # bad or refused queries logged one by one per connection
 
 VERBS = ("start", "stop", "kill", "repair", "status", "pull", "push", "delete", "list", "reload", "restart")
 NEEDS_JOB = frozenset(("start", "stop", "kill", "repair", "status", "pull", "push", "delete", "reload"))
@@ -211,6 +212,7 @@ class SeedWireProtocol(Protocol):
         self.discarding = False
         self.queue: Deque[Union[Query, WireError]] = deque()
         self.busy = False
+        self.bad = 0  # bad or refused queries so far
         self.paused = False  # reading paused: too many queries waiting
         self.write_paused = False  # answering paused: the peer does not read its answers
         self.idle_call: Any = None
@@ -281,8 +283,7 @@ class SeedWireProtocol(Protocol):
                 continue
             refusal = self.peer.refusal(item.verb)
             if refusal is not None:
-                log.info("supervisor wire: {actor}: {verb} {name}: refused: {why}", actor=self.peer.actor,
-                         verb=item.verb, name=item.name or "", why=refusal)
+                self.note_bad(f"{item.verb} {item.name or ''}: refused: {refusal}")
                 self.write(response_bytes("fail", error=refusal))
                 continue
             self.busy = True
@@ -297,8 +298,15 @@ class SeedWireProtocol(Protocol):
             self.transport.pauseProducing()
 
     def answer(self, response: str, reason: str, verb: Optional[str]) -> None:
-        log.info("supervisor wire: {actor}: {response}: {why}", actor=self.peer.actor, response=response, why=reason)
+        self.note_bad(f"{response}: {reason}")
         self.write(response_bytes(response, error=reason))
+
+    def note_bad(self, what: str) -> None:
+        """Log a bad or refused query; past :data:`LOGGED_BAD_QUERIES` on one connection, only
+        their count when it closes (a flood of garbage must not flood the log)."""
+        self.bad += 1
+        if self.bad <= LOGGED_BAD_QUERIES:
+            log.info("supervisor wire: {actor}: {what}", actor=self.peer.actor, what=what)
 
     def answered(self, reply: Any, query: Query) -> None:
         self.busy = False
@@ -347,6 +355,10 @@ class SeedWireProtocol(Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.connected = 0  # late answers from the core are dropped (see write)
+        if self.bad > LOGGED_BAD_QUERIES:
+            log.info("supervisor wire: {actor}: {n} bad or refused queries in all on this connection "
+                     "(the first {logged} were logged)", actor=self.peer.actor if self.peer else "?",
+                     n=self.bad, logged=LOGGED_BAD_QUERIES)
         if self.idle_call is not None and self.idle_call.active():
             self.idle_call.cancel()
         self.idle_call = None
