@@ -130,8 +130,7 @@ class Supervisor(service.Service):
         for program in self.programs.values():
             d = program.stop()
             if d is not None:
-                stops.append(d)
-            program.forget()
+                stops.append(d)  # stopsignal now, SIGKILL after stopwaitsecs
         return defer.DeferredList(stops)
 
     # --- what programs ask ------------------------------------------------------------------
