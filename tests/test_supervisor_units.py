@@ -141,6 +141,25 @@ class BackoffSchedule(unittest.TestCase):
         self.runner.runs[-1].end(1)  # unexpected exit from RUNNING: restarted at once
         self.assertEqual(self.sup.watch.states("flaky")[-3:], ["RUNNING", "EXITED", "STARTING"])
 
+    def test_startsecs_zero_crash_loop_restarts_at_most_once_a_second(self):
+        self.push("quick", startsecs=0, autorestart=True)
+        handled(self.sup, "start", "quick")
+        self.clock.advance(0.2)
+        self.runner.runs[-1].end(0)
+        self.assertEqual((self.sup.programs["quick"].state, len(self.runner.runs)), ("EXITED", 1))
+        self.clock.advance(0.79)
+        self.assertEqual(len(self.runner.runs), 1)
+        self.clock.advance(0.01)
+        self.assertEqual((self.sup.programs["quick"].state, len(self.runner.runs)), ("RUNNING", 2))
+        self.clock.advance(5)
+        self.runner.runs[-1].end(0)  # lived long enough: again at once
+        self.assertEqual(len(self.runner.runs), 3)
+        self.clock.advance(0.1)
+        self.runner.runs[-1].end(0)
+        self.assertEqual(self.successResultOf(handled(self.sup, "stop", "quick")).status, "success")
+        self.clock.advance(10)  # the due autorestart was cancelled by stop
+        self.assertEqual((self.sup.programs["quick"].state, len(self.runner.runs)), ("STOPPED", 3))
+
     def test_a_program_that_cannot_start_backs_off_too(self):
         self.runner.fail_start = True
         self.push("missing", startretries=1)
