@@ -41,7 +41,7 @@ def proc_status(pid: int) -> dict:
         return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
 
 
-class SupervisorApiTests(unittest.TestCase):
+class DaemonCase(unittest.TestCase):
     timeout = 40
 
     @defer.inlineCallbacks
@@ -59,6 +59,9 @@ class SupervisorApiTests(unittest.TestCase):
 
     def sup(self, client, **args):
         return client.call("sysadm", "supervisor", args)
+
+
+class SupervisorApiTests(DaemonCase):
 
     @defer.inlineCallbacks
     def test_verbs_events_and_limited_access_over_the_api(self):
@@ -188,3 +191,35 @@ class RestartTests(unittest.TestCase):
         yield revived.watch.until("stubborn", "RUNNING")
         self.assertFalse(alive(pid))  # SIGKILL after the grace, then the new run
         self.assertNotEqual(revived.programs["stubborn"].pid, pid)
+
+
+class ServicesBackendTests(DaemonCase):
+    """Supervisor programs in sysadm/services (when the class is routed on this host)."""
+
+    @defer.inlineCallbacks
+    def test_programs_are_listed_started_stopped_and_enabled_as_services(self):
+        if "services" not in self.running.daemon.sysclasses:
+            raise unittest.SkipTest("sysadm/services is not routed on this host (systemd runs it)")
+        name = "sdsvc" + secrets.token_hex(3)
+        reply = yield self.sup(self.root, action="push", job=name, data=definition(SLEEPER, startsecs=0.2))
+        self.assertEqual(reply["args"], {"result": "success"})
+        svc = lambda **args: self.root.call("sysadm", "services", args)  # noqa: E731
+        listed = (yield svc(action="list_services"))["args"]["services"][name]
+        self.assertEqual((listed["tag"], listed["is_running"], listed["is_enabled"]), ("supervisor", "false", "false"))
+        started = yield svc(action="start", services=[name])
+        self.assertEqual(started["args"], {"services_started": [name]}, started)
+        program = self.running.daemon.supervisor.programs[name]
+        self.assertIn(program.state, ("STARTING", "RUNNING"))
+        pid = program.pid
+        restarted = yield svc(action="restart", services=name)
+        self.assertEqual(restarted["args"], {"services_restarted": [name]}, restarted)
+        self.assertFalse(alive(pid))
+        enabled = yield svc(action="enable", services=name)
+        self.assertEqual(enabled["args"], {"services_enabled": [name]})
+        self.assertTrue(program.definition.autostart)
+        self.assertFalse(program.pending)  # autostart changes no running program
+        pulled = (yield self.sup(self.root, action="pull", job=name))["args"]["data"]
+        self.assertTrue(pulled["autostart"])
+        stopped = yield svc(action="stop", services=[name])
+        self.assertEqual(stopped["args"], {"services_stopped": [name]})
+        self.assertEqual(program.state, "STOPPED")
