@@ -80,6 +80,7 @@ from sysadmd.sysclasses import systemmanager as sys_systemmanager
 from sysadmd.sysclasses.readings import HostReadings
 from sysadmd.supervisor import rpc as supervisor_rpc
 from sysadmd.supervisor.core import Supervisor
+from sysadmd.supervisor.services import SupervisorBackend
 from sysadmd.supervisor.spawn import ProgramRunner
 from sysadmd.supervisor.store import ProgramStore
 from sysadmd.transports.rest import RestResource
@@ -130,7 +131,7 @@ def build(cfg: Config, reactor: Any, *, passwords: Optional[Any] = None,
     daemon.keys, daemon.key_login = add_key_login(server, daemon.settings)
     daemon.bridge_links = add_bridge_links(server, daemon.keys, daemon.settings)
     daemon.sysclasses = add_sysadm_classes(server)  # J: sysadm/* classes (issue 12)
-    daemon.supervisor = add_supervisor(server, daemon.jobs)  # S1: supervised programs (issue 11)
+    daemon.supervisor = add_supervisor(server, daemon.jobs, daemon.sysclasses.get("services"))  # S1 (issue 11)
     add_listeners(daemon)
     daemon.supervisor_wire = add_supervisor_wire(daemon)  # S2: the seed's wire on 7777 (issue 11)
     return daemon
@@ -270,15 +271,18 @@ def add_sysadm_classes(server: Server) -> Dict[str, Any]:
 
 
 # --- S1: supervised programs (issue 11) --------------------------------------------------------
-def add_supervisor(server: Server, jobs: JobsService) -> Supervisor:
+def add_supervisor(server: Server, jobs: JobsService, services: Optional[Any] = None) -> Supervisor:
     """The supervisor (its definitions in ``supervisor_programs``, each run a job of the job
-    table, ``supervisor`` events) and ``sysadm/supervisor``."""
+    table, ``supervisor`` events) and ``sysadm/supervisor``; its programs join
+    ``sysadm/services`` as a backend when that class is routed (*services*)."""
     publish = server.events.publisher("supervisor")
     supervisor = Supervisor(ProgramStore(server.db, server.reactor.seconds), jobs.table,
                             ProgramRunner(server.reactor), server.reactor, lambda args: publish(args, store=True),
                             job_path=server.config.job_path)
     supervisor.setServiceParent(server)
     supervisor_rpc.route(server.api, supervisor)
+    if services is not None:
+        services.backends.append(SupervisorBackend(supervisor))
     return supervisor
 
 

@@ -11,6 +11,7 @@ from twisted.internet import defer, reactor
 from sysadmd import migrations
 from sysadmd.jobs.store import JobTable
 from sysadmd.runtime.db import database_path, open_database
+from sysadmd.supervisor import definition as defs
 from sysadmd.supervisor.core import Supervisor
 from sysadmd.supervisor.spawn import ProgramRunner
 from sysadmd.supervisor.store import ProgramStore
@@ -64,8 +65,19 @@ def make_supervisor(testcase: Any, state_dir: Optional[str] = None, clock: Any =
     sup.state_dir = state_dir
     if start:
         sup.startService()
-        testcase.addCleanup(lambda: sup.stopService() if sup.running else None)
+        testcase.addCleanup(stop, sup, clock)
     return sup
+
+
+def stop(sup: Supervisor, clock: Any) -> Any:
+    """Stop *sup*; on a Clock, let the stop timers (SIGKILL after stopwaitsecs) run."""
+    if not sup.running:
+        return None
+    d = sup.stopService()
+    if clock is not reactor:
+        for _ in range(10):
+            clock.advance(defs.MAX_SECONDS)
+    return d
 
 
 def definition(command: Any, **fields: Any) -> Dict[str, Any]:

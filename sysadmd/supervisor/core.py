@@ -29,6 +29,7 @@ verb is ``invalid``.  Every state change is a ``supervisor`` event.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 from dataclasses import dataclass
@@ -130,8 +131,7 @@ class Supervisor(service.Service):
         for program in self.programs.values():
             d = program.stop()
             if d is not None:
-                stops.append(d)
-            program.forget()
+                stops.append(d)  # stopsignal now, SIGKILL after stopwaitsecs
         return defer.DeferredList(stops)
 
     # --- what programs ask ------------------------------------------------------------------
@@ -237,6 +237,20 @@ class Supervisor(service.Service):
             program.pending = new  # the live run keeps its definition until reload
         else:
             program.definition, program.pending = new, None
+        return Reply("success")
+
+    def set_autostart(self, name: str, autostart: bool) -> Reply:
+        """``autostart`` of *name* (stored; it changes no running program): the
+        ``enable``/``disable`` of ``sysadm/services``."""
+        program = self.programs.get(name)
+        if program is None:
+            return fail(f"no program named {name!r} (push its definition first)")
+        if program.latest.autostart == autostart:
+            return Reply("redundant")
+        program.definition = dataclasses.replace(program.definition, autostart=autostart)
+        if program.pending is not None:
+            program.pending = dataclasses.replace(program.pending, autostart=autostart)
+        self.store.save(name, program.latest.as_json())
         return Reply("success")
 
     @defer.inlineCallbacks

@@ -16,7 +16,9 @@
   timer, never a loop) and tries again; the failure after ``startretries`` retries makes
   it ``FATAL``.  Staying up ``startsecs`` clears the count (``RUNNING``).
 * A ``RUNNING`` program that exits is ``EXITED`` (its code was in ``exitcodes`` or not)
-  and is started again per ``autorestart``.
+  and is started again per ``autorestart`` (at once, or as late as
+  :data:`MIN_RUN_SPACING` after the previous start: a program with ``startsecs`` 0 that
+  crashes at once is never started in a busy loop either).
 * ``stop`` sends ``stopsignal`` to the run's process group and every process carrying
   its marker, then SIGKILL after ``stopwaitsecs``; ``kill`` sends SIGKILL at once.
   Either way the program ends ``STOPPED`` and is not restarted.
@@ -48,6 +50,7 @@ STOPPED, STARTING, RUNNING, BACKOFF, STOPPING, EXITED, FATAL = (
 STATES = (STOPPED, STARTING, RUNNING, BACKOFF, STOPPING, EXITED, FATAL)
 ALIVE = (STARTING, RUNNING, STOPPING)  # a run exists
 MAX_BACKOFF_DELAY = 60.0
+MIN_RUN_SPACING = 1.0  # seconds between the starts of two runs an autorestart chains (startsecs=0 crash loops)
 RUN_METHOD = "supervisor.run"
 
 
@@ -102,8 +105,8 @@ class Program:
     def stop(self, forced: bool = False) -> Optional[defer.Deferred]:
         """Stop (``forced``: SIGKILL at once); a Deferred fired when it is STOPPED, or
         None when there was nothing to stop."""
-        if self.state == BACKOFF:
-            self._cancel_timer()
+        if self.state == BACKOFF or (self.state == EXITED and self._timer is not None):
+            self._cancel_timer()  # the retry, or the autorestart, that was due
             self._set(STOPPED)
             return defer.succeed(None)
         if self.state not in ALIVE:
@@ -235,8 +238,11 @@ class Program:
             self._set(EXITED, expected=expected)
             restart = self.definition.autorestart
             if restart is True or (restart == "unexpected" and not expected):
-                self.restarts += 1
-                self._spawn()
+                lived = self.host.clock.seconds() - (self.time_started or 0)
+                if lived >= MIN_RUN_SPACING:
+                    self._autorestart()
+                else:
+                    self._timer = self.host.clock.callLater(MIN_RUN_SPACING - lived, self._autorestart)
 
     def _failed_start(self) -> None:
         self.failures += 1
@@ -246,6 +252,12 @@ class Program:
             self._set(FATAL)
             return
         self._timer = self.host.clock.callLater(backoff_delay(self.failures), self._retry)
+
+    def _autorestart(self) -> None:
+        self._timer = None
+        if self.state == EXITED:
+            self.restarts += 1
+            self._spawn()
 
     def _retry(self) -> None:
         self._timer = None

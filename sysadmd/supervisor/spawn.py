@@ -15,6 +15,7 @@ fork path, never ``posix_spawn`` (which has no umask or group hook).
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 from typing import Any, Dict, List, Mapping, Optional
@@ -38,6 +39,7 @@ class _ProgramProcess(newsession.NewSessionProcess):
         return False  # the umask (and any uid change) needs the fork path
 
 
+@functools.lru_cache(maxsize=None)  # at most 512 umasks
 def _process_class(mask: int) -> type:
     return type("ProgramProcess", (_ProgramProcess,), {"umask": mask})
 
