@@ -20,6 +20,7 @@ Read top to bottom, :func:`build` is the whole daemon::
         ├─ sysadm/* classes available on this host (HostReadings)  add_sysadm_classes
         └─ sysadm/pkg, sysadm/update (apt; jobs in pkg_queue)       add_package_classes
     └── listeners: wss+https, rest, unix socket                      add_listeners
+    └── the supervisor's ;; wire: 127.0.0.1:7777 + its socket        add_supervisor_wire
 
 Every part is also an attribute of the :class:`Daemon` (``daemon.dispatcher``,
 ``daemon.keys``…): subsystems reach each other through constructor arguments, never
@@ -72,6 +73,7 @@ from sysadmd.server import Server
 from sysadmd.session import SessionRegistry
 from sysadmd.runtime.startup import tls_files
 from sysadmd.runtime.statedir import ensure_private_dir
+from sysadmd.supervisor import seedwire
 from sysadmd.sysclasses import fs as sys_fs
 from sysadmd.sysclasses import network as sys_network
 from sysadmd.sysclasses import pkg as sys_pkg
@@ -85,6 +87,11 @@ from sysadmd.sysclasses.readings import HostReadings
 from sysadmd.transfers import backup as transfers_backup
 from sysadmd.transfers import service as transfers_service
 from sysadmd.transfers import wsapi as transfers_wsapi
+from sysadmd.supervisor import rpc as supervisor_rpc
+from sysadmd.supervisor.core import Supervisor
+from sysadmd.supervisor.services import SupervisorBackend
+from sysadmd.supervisor.spawn import ProgramRunner
+from sysadmd.supervisor.store import ProgramStore
 from sysadmd.transports.rest import RestResource
 from sysadmd.transports.site import make_site
 from sysadmd.console.site import ConsoleResource
@@ -113,6 +120,7 @@ class Daemon(service.MultiService):
         self.bridge_links: Optional[BridgeLinks] = None
         self.fleet_agent: Optional[FleetAgent] = None
         self.sysclasses: Dict[str, Any] = {}  # sysadm/<class> name -> its actions object
+        self.supervisor: Optional[Supervisor] = None
 
     def add_listener(self, name: str, listener: Listener) -> None:
         self.listeners[name] = listener
@@ -144,7 +152,9 @@ def build(cfg: Config, reactor: Any, *, passwords: Optional[Any] = None,
     daemon.sysclasses = add_sysadm_classes(server)  # sysadm/* classes this host has a backend for
     daemon.sysclasses.update(add_package_classes(server, daemon.dispatcher))  # their changes are dispatcher jobs
     daemon.fleet_agent = add_fleet_agent(server, daemon.jobs, daemon.keys, daemon.bridge_links)  # fleet (issue 13)
+    daemon.supervisor = add_supervisor(server, daemon.jobs, daemon.sysclasses.get("services"))  # issue 11
     add_listeners(daemon)
+    daemon.supervisor_wire = add_supervisor_wire(daemon)  # S2: the seed's wire on 7777 (issue 11)
     return daemon
 
 
@@ -324,6 +334,22 @@ def add_package_classes(server: Server, dispatcher: Dispatcher) -> Dict[str, Any
     return routed
 
 
+# --- S1: supervised programs (issue 11) --------------------------------------------------------
+def add_supervisor(server: Server, jobs: JobsService, services: Optional[Any] = None) -> Supervisor:
+    """The supervisor (its definitions in ``supervisor_programs``, each run a job of the job
+    table, ``supervisor`` events) and ``sysadm/supervisor``; its programs join
+    ``sysadm/services`` as a backend when that class is routed (*services*)."""
+    publish = server.events.publisher("supervisor")
+    supervisor = Supervisor(ProgramStore(server.db, server.reactor.seconds), jobs.table,
+                            ProgramRunner(server.reactor), server.reactor, lambda args: publish(args, store=True),
+                            job_path=server.config.job_path)
+    supervisor.setServiceParent(server)
+    supervisor_rpc.route(server.api, supervisor)
+    if services is not None:
+        services.backends.append(SupervisorBackend(supervisor))
+    return supervisor
+
+
 def add_listeners(daemon: Daemon) -> None:
     """The TLS WebSocket + HTTPS port, the REST-only port and the local socket."""
     server = daemon.server
@@ -346,3 +372,18 @@ def add_listeners(daemon: Daemon) -> None:
         log.info("BRIDGE_CONNECTIONS_ONLY=true: no TCP listener")
     if cfg.socket:
         daemon.add_listener("unix", make_unix_listener(server, reactor, cfg.socket, guard=guard))
+
+
+# --- S2: the seed's supervisor wire (issue 11) -------------------------------------------
+def add_supervisor_wire(daemon: Daemon) -> Tuple[Listener, ...]:
+    """The seed's ``;;`` wire to ``daemon.supervisor`` on 127.0.0.1:SUPERVISOR_PORT and on
+    SUPERVISOR_SOCKET; the peer's uid gets the rights the main local socket would give it."""
+    server = daemon.server
+    cfg = server.config
+    listeners = seedwire.build_listeners(
+        daemon.supervisor, server.rights.for_uid, server.reactor, port=cfg.supervisor_port,
+        socket_path=cfg.supervisor_socket, max_connections=cfg.supervisor_max_connections,
+        max_message=cfg.supervisor_max_message_bytes, idle_timeout=cfg.supervisor_idle_timeout)
+    for name, listener in listeners:
+        daemon.add_listener(name, listener)
+    return tuple(listener for _, listener in listeners)

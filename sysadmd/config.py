@@ -42,6 +42,16 @@ def normalize_origin(text: str):
     return f"{scheme}://{host}:{port}"
 
 
+def _supervisor_port(text: str):
+    """SUPERVISOR_PORT → a port number (served on 127.0.0.1 only) or ``None`` for none."""
+    value = text.strip().lower()
+    if value in ("", "none"):
+        return None
+    if not value.isdigit() or int(value) > 65535:
+        raise ValueError(f"expected a port number 0-65535 (served on 127.0.0.1 only) or none, got {text.strip()!r}")
+    return int(value)
+
+
 KEYS: List[Key] = [
     # --- upstream keys -------------------------------------------------------------
     Key("PORT", "endpoint", "12150", "WebSocket (and REST) listener: a port number or a Twisted endpoint\nstring such as tcp:12150:interface=127.0.0.1. TLS is always added."),
@@ -132,6 +142,12 @@ KEYS: List[Key] = [
     Key("PKG_APT_CONFIG", "path", "", "sysadm/pkg and sysadm/update: an apt configuration file given to every\napt tool the daemon runs (as APT_CONFIG), e.g. to use other sources or\nlist directories. Empty: apt's own configuration."),
     Key("PKG_SEARCH_MAX", "int", 200, "Packages sysadm/pkg pkg_search returns at most (exact name first, then\nnames starting with the term, names holding it, descriptions).", minimum=1, maximum=10000),
     Key("PKG_LOG_READ_MAX", "int", 1024 * 1024, "Bytes of each apt log sysadm/update readlogs returns at most (its last\nbytes).", minimum=4096, maximum=64 * 1024 * 1024),
+    # --- the supervisor's ;; wire (issue 11) -------------------------------------------
+    Key("SUPERVISOR_PORT", "str", "7777", "The seed's supervisor wire (JSON ending in ';;'): a port number served\non 127.0.0.1 only (no other address can be given), 0 for any free port,\nor none. The peer's uid decides what it may do. A busy port is logged\nand the daemon runs on without it."),
+    Key("SUPERVISOR_SOCKET", "path", "", "The same wire on a Unix socket (mode 0666, peer uid by SO_PEERCRED).\nEmpty: /run/sysadmd/supervisor.sock for the system daemon (root,\nSTATE_DIR not set), else <STATE_DIR>/supervisor.sock. 'none' disables it."),
+    Key("SUPERVISOR_MAX_CONNECTIONS", "int", 64, "Supervisor wire connections open at once (TCP and socket together);\nmore are closed at once.", minimum=1),
+    Key("SUPERVISOR_MAX_MESSAGE_BYTES", "int", 1024 * 1024, "Longest supervisor wire query, ';;' and the base64 definition included;\na longer one is answered invalid and skipped up to its ';;'.", minimum=4096),
+    Key("SUPERVISOR_IDLE_TIMEOUT", "float", 300.0, "Seconds a supervisor wire connection may sit idle (no query waiting or\nrunning) before it is closed. 0: never.", minimum=0),
 ]
 
 KEY_NAMES = [k.name for k in KEYS]
@@ -160,6 +176,16 @@ class Config(Settings):
                 raise ConfigError(f"REST_ALLOWED_ORIGINS: {text!r} is not a web origin such as https://admin.example.org:8443")
             origins.append(origin)
         values["REST_ALLOWED_ORIGINS"] = tuple(origins)
+        # S2: the supervisor wire: a loopback port or none; its socket beside the main one's default
+        try:
+            values["SUPERVISOR_PORT"] = _supervisor_port(values["SUPERVISOR_PORT"])
+        except ValueError as e:
+            raise ConfigError(f"SUPERVISOR_PORT: {e}") from None
+        if not values["SUPERVISOR_SOCKET"]:
+            values["SUPERVISOR_SOCKET"] = os.path.join(
+                os.path.dirname(SYSTEM_SOCKET) if system_daemon else values["STATE_DIR"], "supervisor.sock")
+        elif values["SUPERVISOR_SOCKET"].lower() == "none":
+            values["SUPERVISOR_SOCKET"] = ""
 
     @property
     def max_parallel_jobs(self) -> int:

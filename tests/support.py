@@ -27,7 +27,8 @@ def short_tempdir(testcase, prefix: str = "sd") -> str:
 
 
 def make_config(state_dir: str, **overrides: Any) -> configmod.Config:
-    raw: Dict[str, str] = {"PORT": "tcp:0:interface=127.0.0.1", "STATE_DIR": state_dir}
+    # SUPERVISOR_PORT 0: any free loopback port, so test daemons never contend for 7777
+    raw: Dict[str, str] = {"PORT": "tcp:0:interface=127.0.0.1", "STATE_DIR": state_dir, "SUPERVISOR_PORT": "0"}
     raw.update({k.upper(): str(v) for k, v in overrides.items()})
     return configmod.load(None, raw)
 

@@ -99,7 +99,7 @@ class WiringIsExplicit(unittest.TestCase):
         routes = sorted(f"{r.namespace}/{r.name}" for r in server.api.routes.values())
         self.assertEqual(routes, ["rpc/auth", "rpc/auth_clear", "rpc/auth_token", "rpc/identify", "rpc/query"])
         self.assertFalse(hasattr(server, "subsystems"))
-        self.assertEqual(server.events.names(), ["dispatcher", "life-preserver", "system-state", "jobs", "fleet"])
+        self.assertEqual(server.events.names(), ["dispatcher", "life-preserver", "system-state", "jobs", "fleet", "supervisor"])
 
 
 class DaemonNamesEveryPart(unittest.TestCase):
@@ -123,7 +123,8 @@ class DaemonNamesEveryPart(unittest.TestCase):
         routes = sorted(f"{r.namespace}/{r.name}" for r in server.api.routes.values())
         # sysadm/* classes depend on the host (issue 12): exactly the ones assembly routed.
         self.assertEqual([r for r in routes if r.startswith("sysadm/")],
-                         sorted(f"sysadm/{name}" for name in daemon.sysclasses))
+                         sorted([f"sysadm/{name}" for name in daemon.sysclasses] + ["sysadm/supervisor"]))
+        self.assertIs(daemon.supervisor.jobs, daemon.jobs.table)  # S1: program runs are rows of the job table
         routes = [r for r in routes if not r.startswith("sysadm/")]
         self.assertEqual(routes, ["core/download", "core/download_close", "core/download_open", "core/download_read",
                                   "core/get_jobs", "core/job_abort", "core/job_log", "core/job_wait", "core/upload_close", "core/upload_open",

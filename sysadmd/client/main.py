@@ -17,7 +17,7 @@ from typing import Any, List, Optional
 from twisted.internet import defer, task
 
 from sysadmd import __version__
-from sysadmd.client import calls, cpverb, eventtail, fleetverbs, fwverbs, info, jobs, jobverbs, keyverbs, pkgverbs, sysverbs
+from sysadmd.client import calls, cpverb, eventtail, fleetverbs, fwverbs, info, jobs, jobverbs, keyverbs, pkgverbs, svcverbs, sysverbs
 from sysadmd.client.connect import BRIDGE_PORT, SERVER_PORT, default_socket, login, open_tls, open_unix, parse_url, resolve_credentials
 from sysadmd.client.context import Context
 from sysadmd.client.errors import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, ClientError
@@ -204,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     sysverbs.register(verbs, common, verb)  # users …, services … (sysadm/users, sysadm/services)
     fwverbs.register(verb, common)  # W: firewall … (sysadm/firewall)
     pkgverbs.register(verb, common)  # P: pkg … (sysadm/pkg, package jobs with a progress bar)
+    svcverbs.register(verb, common)  # S1: svc … (sysadm/supervisor)
 
     hosts = verb("known-hosts", None, "list or forget pinned certificates", local=True)
     hv = hosts.add_subparsers(dest="hosts_verb", metavar="ACTION")

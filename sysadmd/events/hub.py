@@ -49,7 +49,8 @@ LIFE_PRESERVER = EventType("life-preserver", cached=True, log="events-lifepreser
 SYSTEM_STATE = EventType("system-state", cached=True, log="events-state")
 JOBS = EventType("jobs", cached=False, log=None)  # the job store's added/changed; the store itself is the record
 FLEET = EventType("fleet", cached=False, log=None)  # events emitted to this agent through a bridge (issue 13)
-DAEMON_EVENT_TYPES: Tuple[EventType, ...] = (DISPATCHER, LIFE_PRESERVER, SYSTEM_STATE, JOBS, FLEET)
+SUPERVISOR = EventType("supervisor", cached=False, log="events-supervisor")  # program state changes (issue 11)
+DAEMON_EVENT_TYPES: Tuple[EventType, ...] = (DISPATCHER, LIFE_PRESERVER, SYSTEM_STATE, JOBS, FLEET, SUPERVISOR)
 
 
 class UnknownEventType(LookupError):

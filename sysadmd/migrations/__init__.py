@@ -28,5 +28,5 @@ SCHEMA = Schema(
     application_id=0x53594144,  # "SYAD"
     package=__name__,
     tables=frozenset({"dispatcher_jobs", "logs", "registered_keys", "auth_failures", "blacklist", "bridge_links", "jobs",
-                     "fleet_accepted"}),
+                     "fleet_accepted", "supervisor_programs"}),
 )

@@ -1,4 +1,4 @@
-"""``sysadm/firewall``: upstream's firewall class on nftables (docs/protocol.md §6.12).
+"""``sysadm/firewall``: upstream's firewall class on nftables (docs/protocol.md §6.13).
 
 Actions and replies (unwrapped, as upstream's firewall class answers)::
 

@@ -1,4 +1,4 @@
-"""``sysadm/zfs``: pools and datasets from OpenZFS's own tools (docs/protocol.md §6.13).
+"""``sysadm/zfs``: pools and datasets from OpenZFS's own tools (docs/protocol.md §6.14).
 
 Routed only when ``zpool`` and ``zfs`` are installed (in /sbin, /usr/sbin or /usr/local/sbin);
 otherwise the class is absent from ``rpc/query``.  Both actions are read-only, open to
