@@ -19,8 +19,6 @@ from twisted.internet import defer
 from sysadmd.client import tables
 from sysadmd.client.context import Context
 from sysadmd.client.errors import EXIT_ERROR_REPLY, EXIT_OK, EXIT_USAGE, ClientError, ErrorReply, is_error
-from sysadmd.runtime import crypto
-from sysadmd.wire import fleetsig
 
 DEFAULT_TTL = 3600.0
 DEFAULT_RUN_TIMEOUT = 600.0
@@ -189,6 +187,9 @@ async def run(ctx: Context) -> int:
         raise ClientError("no agents are paired with your key on this bridge", EXIT_ERROR_REPLY)
     payload = _payload(opts)
     key = ctx.extras["bridge"].server_key
+    from sysadmd.runtime import crypto  # here, not at import: `sysadm` starts without cryptography
+    from sysadmd.wire import fleetsig
+
     md5 = crypto.md5_checksum(crypto.public_pem(key))
     commands, by_id = [], {}
     for agent in targets:
