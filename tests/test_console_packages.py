@@ -1,0 +1,127 @@
+"""The console's Packages page in a real headless Chromium (issue 14, item 5), against a
+private ``file:`` apt repository (built as tests/test_sysclass_pkg.py does, apt pointed at
+it only through PKG_APT_CONFIG): search, install from the browser with the progress bar
+following the job to 100% and its output shown, hold/unhold, then remove; the package is
+purged at cleanup.  No errors in the browser's console."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from tests.browser_support import BrowserCase, button, field_for, sign_in
+from tests.support import FakePasswords, make_config, short_tempdir, start_daemon
+from tests.test_sysclass_pkg import build_package, index_repo, usable
+
+pytestmark = pytest.mark.slow
+
+NAME = "sdconsole-pkg"  # not one of test_sysclass_pkg's names: the two may run side by side
+
+
+def installed_version():
+    out = subprocess.run(["dpkg-query", "-W", "-f", "${Version} ${db:Status-Abbrev}", NAME],
+                         capture_output=True, text=True).stdout.split()
+    return out[0] if len(out) == 2 and out[1][1:2] == "i" else None
+
+
+def purge(apt_conf):
+    subprocess.run(["apt-mark", "unhold", NAME], capture_output=True)
+    if installed_version():
+        subprocess.run(["apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=120", "purge", NAME],
+                       env=dict(os.environ, APT_CONFIG=apt_conf, DEBIAN_FRONTEND="noninteractive"),
+                       capture_output=True)
+
+
+class PackagesInBrowser(BrowserCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        super().setUp()
+        if not usable():
+            raise unittest.SkipTest("needs root, apt, dpkg-dev and apt-utils (a Debian host)")
+        if installed_version():
+            raise unittest.SkipTest(f"{NAME} is already installed on this host")
+        root = short_tempdir(self)
+        repo, build = os.path.join(root, "repo"), os.path.join(root, "build")
+        for d in ("repo", "build", "lists/partial", "cache/archives/partial", "log", "parts"):
+            os.makedirs(os.path.join(root, d))
+        # configuring takes a moment, so the page sees the job running with apt's figures
+        build_package(build, repo, NAME, "1.0", postinst="sleep 1")
+        index_repo(repo)
+        with open(os.path.join(root, "sources.list"), "w") as f:
+            f.write(f"deb [trusted=yes] file:{repo} ./\n")
+        self.apt_conf = os.path.join(root, "apt.conf")
+        with open(self.apt_conf, "w") as f:
+            f.write(f'Dir::Etc::sourcelist "{root}/sources.list";\nDir::Etc::sourceparts "{root}/parts";\n'
+                    f'Dir::State::Lists "{root}/lists";\nDir::Cache "{root}/cache";\nDir::Log "{root}/log";\n')
+        self.addCleanup(purge, self.apt_conf)
+        subprocess.run(["apt-get", "-q", "update"], env=dict(os.environ, APT_CONFIG=self.apt_conf),
+                       check=True, capture_output=True)
+        cfg = make_config(short_tempdir(self), PKG_APT_CONFIG=self.apt_conf)
+        self.running = yield start_daemon(self, cfg, passwords=FakePasswords({"root": "pw"}))
+        self.url = f"https://127.0.0.1:{self.running.port}/"
+        self.driver = yield self.open_browser()
+
+    @staticmethod
+    def row(driver):
+        """The result row's cell texts, read at once (the table is rebuilt after each change)."""
+        return driver.execute_script(
+            "const r = document.querySelector(`tr[data-pkg='${arguments[0]}']`);"
+            "return r ? [...r.cells].map((c) => c.innerText.replace(/\\s+/g, ' ').trim()) : null;", NAME)
+
+    def change(self, driver, verb):
+        """Click "<verb> NAME"; wait for its job panel to finish; the panel."""
+        from selenium.webdriver.common.by import By
+
+        button(driver, f"{verb} {NAME}").click()
+        panel = self.wait_for(driver, lambda d: d.find_elements(
+            By.CSS_SELECTOR, f"section.pkg-job[aria-label='{verb} {NAME}']"), what=f"the {verb} panel")[0]
+        self.wait_for(driver, lambda d: panel.get_attribute("data-state") in ("SUCCESS", "FAILED", "ABORTED"),
+                      timeout=60, what=f"{verb} to finish")
+        self.assertEqual(panel.get_attribute("data-state"), "SUCCESS",
+                         panel.text + "\n" + driver.find_element(By.CSS_SELECTOR, ".error-message").text)
+        return panel
+
+    @defer.inlineCallbacks
+    def test_search_install_with_progress_hold_and_remove(self):
+        from selenium.webdriver.common.by import By
+
+        def steps(driver):
+            sign_in(driver, self.url, "root", "pw")
+            self.wait_for(driver, lambda d: d.find_elements(By.LINK_TEXT, "Packages"), what="the Packages link")
+            driver.find_element(By.LINK_TEXT, "Packages").click()
+            field_for(driver, "Search packages").send_keys("sdconsole")
+            button(driver, "Search").click()
+            self.wait_for(driver, lambda d: self.row(d), timeout=30, what="the search result")
+            self.assertEqual(self.row(driver)[:4], [NAME, "1.0", "no", f"sysadmd test package {NAME}"])
+            self.screenshot(driver, "packages")
+
+            panel = self.change(driver, "Install")
+            bar = panel.find_element(By.XPATH, f".//progress[@aria-label='Progress of install {NAME}']")
+            self.assertEqual(bar.get_attribute("value"), "100")
+            shown = panel.find_element(By.CSS_SELECTOR, "pre.pkg-output")
+            self.wait_for(driver, lambda d: "Setting up" in shown.text, what="apt's output in the panel")
+            self.assertEqual(installed_version(), "1.0")
+            self.wait_for(driver, lambda d: (self.row(d) or [""] * 5)[2] == "yes", what="the row marked installed")
+            self.screenshot(driver, "packages-installed")
+
+            self.change(driver, "Hold")
+            self.wait_for(driver, lambda d: (self.row(d) or [""] * 5)[2] == "yes (held)", what="held")
+            self.change(driver, "Unhold")
+            self.wait_for(driver, lambda d: (self.row(d) or [""] * 5)[2:5:2] == ["yes", "Remove Hold"], what="unheld")
+
+            driver.execute_script("window.confirm = () => true;")  # the removal asks first
+            self.change(driver, "Remove")
+            self.wait_for(driver, lambda d: (self.row(d) or [""] * 5)[2:5:2] == ["no", "Install"], what="the row marked removed")
+            self.assertIsNone(installed_version())
+            self.assertEqual(self.browser_errors(driver), [])
+            return bar.get_attribute("data-figures")
+
+        figures = yield self.b(steps, self.driver)
+        print(f"\nconsole install progress: the bar showed {figures} distinct values, the last 100%")
+        self.assertGreaterEqual(int(figures), 2)  # apt's figures while it ran, then 100
