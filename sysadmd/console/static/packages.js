@@ -58,7 +58,11 @@ function jobPanel(ctx, action, name, jobId, done) {
   ctx.call("core", "get_jobs", [[["id", "=", jobId]], { get: true }]).then(show, (err) => {
     stateText.textContent = `Could not read job ${jobId}: ${err.message}`;
   });
-  const log = followLog(ctx, jobId, (text) => output.append(document.createTextNode(text)), (err) => {
+  const log = followLog(ctx, jobId, (text) => {
+    const atBottom = output.scrollHeight - output.scrollTop - output.clientHeight < 40;
+    output.append(document.createTextNode(text));
+    if (atBottom) output.scrollTop = output.scrollHeight;
+  }, (err) => {
     output.append(document.createTextNode(`\n[the output cannot be read: ${err.message}]\n`));
   });
   return { el, stop() { stopListening(); log.stop(); } };
@@ -123,7 +127,7 @@ export function packagesPage(ctx) {
         ["Name", "Version", "Installed", "Description", canChange ? "Actions" : null].filter(Boolean), rows) : "");
       status.textContent = names.length > shown.length
         ? `${names.length} packages match “${term}”; the first ${shown.length} are shown.`
-        : `${names.length} package${names.length === 1 ? "" : "s"} match “${term}”.`;
+        : `${names.length} package${names.length === 1 ? " matches" : "s match"} “${term}”.`;
       error.textContent = "";
     } catch (err) {
       if (mine === generation) {
