@@ -20,18 +20,26 @@ from tests.test_sysclass_pkg import build_package, index_repo, usable
 pytestmark = pytest.mark.slow
 
 NAME = "sdconsole-pkg"  # not one of test_sysclass_pkg's names: the two may run side by side
+BAD = "sdconsole-bad"  # its postinst fails
 
 
-def installed_version():
-    out = subprocess.run(["dpkg-query", "-W", "-f", "${Version} ${db:Status-Abbrev}", NAME],
+def installed_version(name=NAME):
+    out = subprocess.run(["dpkg-query", "-W", "-f", "${Version} ${db:Status-Abbrev}", name],
                          capture_output=True, text=True).stdout.split()
     return out[0] if len(out) == 2 and out[1][1:2] == "i" else None
 
 
+def present(name):
+    """Any trace of the package in dpkg's database (installed, half-configured, config files)."""
+    out = subprocess.run(["dpkg-query", "-W", "-f", "${db:Status-Abbrev}", name], capture_output=True, text=True)
+    return out.returncode == 0 and out.stdout.strip()[1:2] not in ("", "n")
+
+
 def purge(apt_conf):
     subprocess.run(["apt-mark", "unhold", NAME], capture_output=True)
-    if installed_version():
-        subprocess.run(["apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=120", "purge", NAME],
+    left = [name for name in (NAME, BAD) if present(name)]
+    if left:
+        subprocess.run(["apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=120", "purge", *left],
                        env=dict(os.environ, APT_CONFIG=apt_conf, DEBIAN_FRONTEND="noninteractive"),
                        capture_output=True)
 
@@ -44,14 +52,15 @@ class PackagesInBrowser(BrowserCase):
         super().setUp()
         if not usable():
             raise unittest.SkipTest("needs root, apt, dpkg-dev and apt-utils (a Debian host)")
-        if installed_version():
-            raise unittest.SkipTest(f"{NAME} is already installed on this host")
+        if present(NAME) or present(BAD):
+            raise unittest.SkipTest(f"{NAME} or {BAD} is already installed on this host")
         root = short_tempdir(self)
         repo, build = os.path.join(root, "repo"), os.path.join(root, "build")
         for d in ("repo", "build", "lists/partial", "cache/archives/partial", "log", "parts"):
             os.makedirs(os.path.join(root, d))
         # configuring takes a moment, so the page sees the job running with apt's figures
         build_package(build, repo, NAME, "1.0", postinst="sleep 1")
+        build_package(build, repo, BAD, "1.0", postinst="echo 'sdconsole-bad: configuration refused' >&2; exit 1")
         index_repo(repo)
         with open(os.path.join(root, "sources.list"), "w") as f:
             f.write(f"deb [trusted=yes] file:{repo} ./\n")
@@ -74,29 +83,34 @@ class PackagesInBrowser(BrowserCase):
             "const r = document.querySelector(`tr[data-pkg='${arguments[0]}']`);"
             "return r ? [...r.cells].map((c) => c.innerText.replace(/\\s+/g, ' ').trim()) : null;", NAME)
 
-    def change(self, driver, verb):
-        """Click "<verb> NAME"; wait for its job panel to finish; the panel."""
+    def change(self, driver, verb, name=NAME, state="SUCCESS"):
+        """Click "<verb> <name>"; wait for its job panel to finish in `state`; the panel."""
         from selenium.webdriver.common.by import By
 
-        button(driver, f"{verb} {NAME}").click()
+        button(driver, f"{verb} {name}").click()
         panel = self.wait_for(driver, lambda d: d.find_elements(
-            By.CSS_SELECTOR, f"section.pkg-job[aria-label='{verb} {NAME}']"), what=f"the {verb} panel")[0]
+            By.CSS_SELECTOR, f"section.pkg-job[aria-label='{verb} {name}']"), what=f"the {verb} panel")[0]
         self.wait_for(driver, lambda d: panel.get_attribute("data-state") in ("SUCCESS", "FAILED", "ABORTED"),
                       timeout=60, what=f"{verb} to finish")
-        self.assertEqual(panel.get_attribute("data-state"), "SUCCESS",
+        self.assertEqual(panel.get_attribute("data-state"), state,
                          panel.text + "\n" + driver.find_element(By.CSS_SELECTOR, ".error-message").text)
         return panel
+
+    def search(self, driver, term):
+        from selenium.webdriver.common.by import By
+
+        sign_in(driver, self.url, "root", "pw")
+        self.wait_for(driver, lambda d: d.find_elements(By.LINK_TEXT, "Packages"), what="the Packages link")
+        driver.find_element(By.LINK_TEXT, "Packages").click()
+        field_for(driver, "Search packages").send_keys(term)
+        button(driver, "Search").click()
 
     @defer.inlineCallbacks
     def test_search_install_with_progress_hold_and_remove(self):
         from selenium.webdriver.common.by import By
 
         def steps(driver):
-            sign_in(driver, self.url, "root", "pw")
-            self.wait_for(driver, lambda d: d.find_elements(By.LINK_TEXT, "Packages"), what="the Packages link")
-            driver.find_element(By.LINK_TEXT, "Packages").click()
-            field_for(driver, "Search packages").send_keys("sdconsole")
-            button(driver, "Search").click()
+            self.search(driver, "sdconsole-pkg")
             self.wait_for(driver, lambda d: self.row(d), timeout=30, what="the search result")
             self.assertEqual(self.row(driver)[:4], [NAME, "1.0", "no", f"sysadmd test package {NAME}"])
             self.screenshot(driver, "packages")
@@ -125,3 +139,29 @@ class PackagesInBrowser(BrowserCase):
         figures = yield self.b(steps, self.driver)
         print(f"\nconsole install progress: the bar showed {figures} distinct values, the last 100%")
         self.assertGreaterEqual(int(figures), 2)  # apt's figures while it ran, then 100
+
+    @defer.inlineCallbacks
+    def test_a_failed_install_and_an_empty_search_are_shown(self):
+        from selenium.webdriver.common.by import By
+
+        def steps(driver):
+            self.search(driver, "sdconsole-nothing-like-this")
+            status = driver.find_element(By.CSS_SELECTOR, "section.page > p[role=status]")
+            self.wait_for(driver, lambda d: status.text.startswith("0 packages match"), timeout=30, what="no match")
+            search = field_for(driver, "Search packages")
+            search.clear()
+            search.send_keys(BAD)
+            button(driver, "Search").click()
+            self.wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, f"tr[data-pkg='{BAD}']"), timeout=30,
+                          what=f"{BAD} found")
+            panel = self.change(driver, "Install", BAD, state="FAILED")
+            alert = driver.find_element(By.CSS_SELECTOR, "p.error-message[role=alert]").text
+            output = panel.find_element(By.CSS_SELECTOR, "pre.pkg-output")
+            self.wait_for(driver, lambda d: "configuration refused" in output.text, what="apt's message in the output")
+            self.screenshot(driver, "packages-failed")
+            self.assertEqual(self.browser_errors(driver), [])
+            return alert
+
+        alert = yield self.b(steps, self.driver)
+        print(f"\n{alert}")
+        self.assertTrue(alert.startswith(f"Install {BAD} failed (job "), alert)

@@ -104,3 +104,43 @@ class TransfersInBrowser(BrowserCase):
             self.assertEqual(f.read(), payload)
         # the digest the download job computed while spooling (its result), shown by the page
         self.assertIn(hashlib.sha256(payload).hexdigest(), status)
+
+    @defer.inlineCallbacks
+    def test_failed_transfers_say_why(self):
+        from selenium.webdriver.common.by import By
+
+        source = os.path.join(short_tempdir(self), "late.txt")
+        with open(source, "wb") as f:
+            f.write(b"late\n")
+
+        def steps(driver):
+            self.open_files(driver)
+            button(driver, "Download pipe").click()
+            status = driver.find_element(By.ID, "transfer-status")
+            self.wait_for(driver, lambda d: status.text.startswith("Could not download pipe"), timeout=20,
+                          what="the download's failure")
+            download_error = status.text
+            os.unlink(os.path.join(self.files, "pipe"))
+            os.rmdir(self.files)  # the directory shown disappears
+            field_for(driver, "File").send_keys(source)
+            button(driver, "Upload").click()
+            form = driver.find_element(By.CSS_SELECTOR, "form[aria-label='Upload a file']")
+            self.wait_for(driver, lambda d: form.get_attribute("data-state") in ("done", "failed"), timeout=20,
+                          what="the upload to end")
+            self.assertEqual(form.get_attribute("data-state"), "failed")
+            upload_error = form.find_element(By.CSS_SELECTOR, "[role=status]").text
+            self.screenshot(driver, "files-upload-failed")
+            # Chromium logs the refused request itself (a network entry); nothing else may appear
+            errors = self.browser_errors(driver)
+            self.assertEqual([e for e in errors if not (e.startswith("network: ") and "/_upload" in e
+                                                        and "status of 400" in e)], [], errors)
+            return download_error, upload_error
+
+        self.files = os.path.join(self.files, "gone")
+        os.mkdir(self.files)
+        os.mkfifo(os.path.join(self.files, "pipe"))  # not a regular file: filesystem.get refuses it
+        download_error, upload_error = yield self.b(steps, self.driver)
+        print(f"\n{download_error}\n{upload_error}")
+        self.assertIn("regular file", download_error)
+        self.assertTrue(upload_error.startswith("Could not upload late.txt: "), upload_error)
+        self.assertFalse(os.path.exists(os.path.join(self.files, "late.txt")))

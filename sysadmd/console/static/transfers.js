@@ -25,7 +25,7 @@ export async function downloadFile(ctx, path, name, say) {
   say(`Preparing ${name}…`);
   const [jobId, url] = await ctx.call("core", "download", ["filesystem.get", [path], name]);
   const job = await finished(ctx, jobId);
-  if (job.state !== "SUCCESS") throw new Error(`${name}: ${jobError(job)}`);
+  if (job.state !== "SUCCESS") throw new Error(jobError(job));
   if (typeof url !== "string" || !url.startsWith("/_download/")) throw new Error("the server answered an unexpected download address");
   const link = h("a", { href: url, download: name, hidden: true });
   document.body.append(link);
