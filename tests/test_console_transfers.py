@@ -11,7 +11,9 @@ import os
 
 import pytest
 from twisted.internet import defer
+from twisted.trial import unittest
 
+from sysadmd.sysclasses.apt import present as apt_present
 from tests.browser_support import BrowserCase, button, field_for, sign_in
 from tests.support import FakePasswords, make_config, short_tempdir, start_daemon
 
@@ -144,3 +146,59 @@ class TransfersInBrowser(BrowserCase):
         self.assertIn("regular file", download_error)
         self.assertTrue(upload_error.startswith("Could not upload late.txt: "), upload_error)
         self.assertFalse(os.path.exists(os.path.join(self.files, "late.txt")))
+
+
+class LimitedUserInBrowser(BrowserCase):
+    """A limited user (LIMITED_ACCESS_GROUPS) browses files and searches packages but is
+    offered no transfer and no package change: the API would refuse them (full access)."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        super().setUp()
+        import grp
+        import pwd
+
+        try:
+            self.group = grp.getgrgid(pwd.getpwnam("nobody").pw_gid).gr_name
+        except KeyError:
+            raise unittest.SkipTest("no 'nobody' account on this host")
+        self.dir = short_tempdir(self)
+        os.chmod(self.dir, 0o755)  # the listing runs as the caller (nobody)
+        with open(os.path.join(self.dir, "seen.txt"), "w") as f:
+            f.write("x")
+        cfg = make_config(os.path.join(self.dir, "state"), limited_access_groups=self.group, full_access_groups="")
+        self.running = yield start_daemon(self, cfg, passwords=FakePasswords({"nobody": "pw"}))
+        self.url = f"https://127.0.0.1:{self.running.port}/"
+        self.driver = yield self.open_browser()
+
+    @defer.inlineCallbacks
+    def test_no_transfer_or_change_controls_for_a_limited_user(self):
+        from selenium.webdriver.common.by import By
+
+        def steps(driver):
+            sign_in(driver, self.url, "nobody", "pw")
+            self.wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "nav a"), what="the pages")
+            links = [a.text for a in driver.find_elements(By.CSS_SELECTOR, "nav a")]
+            if "Files" in links:
+                driver.find_element(By.LINK_TEXT, "Files").click()
+                directory = field_for(driver, "Directory")
+                directory.clear()
+                directory.send_keys(self.dir)
+                button(driver, "Open").click()
+                self.wait_for(driver, lambda d: d.find_elements(By.XPATH, "//th[text()='seen.txt']"), what="the listing")
+                self.assertEqual(driver.find_elements(By.XPATH, "//label[text()='File']"), [])
+                self.assertEqual(driver.find_elements(By.XPATH, "//button[text()='Download']"), [])
+            if "Packages" in links:
+                driver.find_element(By.LINK_TEXT, "Packages").click()
+                field_for(driver, "Search packages").send_keys("dpkg")
+                button(driver, "Search").click()
+                self.wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "tr[data-pkg='dpkg']"), timeout=30,
+                              what="dpkg in the results")
+                self.assertEqual(driver.find_elements(By.CSS_SELECTOR, "td.actions button"), [])
+            self.assertEqual(self.browser_errors(driver), [])
+            return links
+
+        links = yield self.b(steps, self.driver)
+        self.assertIn("Files", links)
+        if apt_present():
+            self.assertIn("Packages", links)
