@@ -155,9 +155,12 @@ class PackagesInBrowser(BrowserCase):
             self.wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, f"tr[data-pkg='{BAD}']"), timeout=30,
                           what=f"{BAD} found")
             panel = self.change(driver, "Install", BAD, state="FAILED")
-            alert = driver.find_element(By.CSS_SELECTOR, "p.error-message[role=alert]").text
             output = panel.find_element(By.CSS_SELECTOR, "pre.pkg-output")
             self.wait_for(driver, lambda d: "configuration refused" in output.text, what="apt's message in the output")
+            # the table is searched again after the change; the failure stays in view
+            self.wait_for(driver, lambda d: d.find_elements(By.XPATH, f"//button[@aria-label='Remove {BAD}']"),
+                          what=f"{BAD} listed again (half-installed)")
+            alert = driver.find_element(By.CSS_SELECTOR, "p.error-message[role=alert]").text
             self.screenshot(driver, "packages-failed")
             self.assertEqual(self.browser_errors(driver), [])
             return alert

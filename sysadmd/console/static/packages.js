@@ -86,7 +86,8 @@ export function packagesPage(ctx) {
 
   const fail = (text) => { error.textContent = text; };
 
-  const search = async (term) => {
+  // refresh: a new listing after a change, which keeps that change's error in view
+  const search = async (term, refresh = false) => {
     const mine = ++generation;
     lastTerm = term;
     searchButton.disabled = true;
@@ -128,7 +129,7 @@ export function packagesPage(ctx) {
       status.textContent = names.length > shown.length
         ? `${names.length} packages match “${term}”; the first ${shown.length} are shown.`
         : `${names.length} package${names.length === 1 ? " matches" : "s match"} “${term}”.`;
-      error.textContent = "";
+      if (!refresh) error.textContent = "";
     } catch (err) {
       if (mine === generation) {
         status.textContent = "";
@@ -147,7 +148,7 @@ export function packagesPage(ctx) {
       if (!reply || typeof reply.id !== "number") throw new Error("the server did not say which job it queued");
       const panel = jobPanel(ctx, action, name, reply.id, (job) => {
         if (job.state !== "SUCCESS") fail(`${VERBS[action]} ${name} failed (job ${reply.id}): ${job.error || job.state}; its output is below.`);
-        if (lastTerm) search(lastTerm);
+        if (lastTerm) search(lastTerm, true);
       });
       panels.push(panel);
       jobs.prepend(panel.el);
