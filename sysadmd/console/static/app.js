@@ -6,6 +6,7 @@ import { ApiError, Connection, ConnectionClosed, socketUrl } from "./api.js";
 import { dashboardPage } from "./dashboard.js";
 import { h, field } from "./dom.js";
 import { jobPage, jobsPage } from "./jobs.js";
+import { packagesPage } from "./packages.js";
 import { filesPage, servicesPage, usersPage } from "./pages.js";
 
 const TOKEN_KEY = "sysadmd.token";
@@ -129,6 +130,7 @@ function pages() {
   const list = [["#/", "Dashboard"], ["#/jobs", "Jobs"]];
   if (has("sysadm/services")) list.push(["#/services", "Services"]);
   if (has("sysadm/users")) list.push(["#/users", "Users"]);
+  if (has("sysadm/pkg")) list.push(["#/packages", "Packages"]);
   if (has("sysadm/fs")) list.push(["#/files", "Files"]);
   return list;
 }
@@ -155,6 +157,7 @@ function context() {
     full: session.full,
     has,
     rights: (name) => session.query[name],
+    token: () => sessionStorage.getItem(TOKEN_KEY),
     call(namespace, name, args) {
       const conn = session.conn;
       if (!conn) return Promise.reject(new Error("not connected"));
@@ -185,6 +188,7 @@ function route() {
   else if (hash === "#/jobs") { page = jobsPage(ctx); current = "#/jobs"; }
   else if (hash === "#/services" && has("sysadm/services")) { page = servicesPage(ctx); current = hash; }
   else if (hash === "#/users" && has("sysadm/users")) { page = usersPage(ctx); current = hash; }
+  else if (hash === "#/packages" && has("sysadm/pkg")) { page = packagesPage(ctx); current = hash; }
   else if (hash.startsWith("#/files") && has("sysadm/fs")) {
     const dir = new URLSearchParams(hash.split("?")[1] || "").get("dir");
     page = filesPage(ctx, dir || "/");

@@ -1,6 +1,8 @@
-// Services (sysadm/services), users (sysadm/users) and files (sysadm/fs dirlist).
+// Services (sysadm/services), users (sysadm/users) and files (sysadm/fs dirlist, with
+// download and upload through transfers.js).
 
 import { h, field, formatBytes } from "./dom.js";
+import { downloadFile, uploadForm } from "./transfers.js";
 
 function table(label, columns, rows) {
   return h("div", { class: "table-wrap" }, h("table", { "aria-label": label },
@@ -124,7 +126,21 @@ export function filesPage(ctx, startDir) {
     h("button", { type: "submit" }, "Open"));
   const status = h("p", { class: "muted", role: "status" });
   const holder = h("div");
-  const el = h("section", { class: "page" }, h("h1", { tabIndex: -1 }, "Files"), form, status, holder);
+  // Transfers need full access (filesystem.get / filesystem.put) and the transfer API.
+  const transfers = ctx.full && ctx.has("core/download");
+  let shown = "/";
+  let names = new Set();
+  const upload = transfers ? uploadForm(ctx, () => shown, (name) => names.has(name), () => open(shown)) : null;
+  const transferStatus = h("p", { class: "form-message", id: "transfer-status", role: "status" });
+  const el = h("section", { class: "page" }, h("h1", { tabIndex: -1 }, "Files"), form, upload,
+    transfers ? transferStatus : null, status, holder);
+  const download = async (path, name) => {
+    try {
+      await downloadFile(ctx, path, name, (text) => { transferStatus.textContent = text; });
+    } catch (err) {
+      transferStatus.textContent = `Could not download ${name}: ${err.message}`;
+    }
+  };
 
   const open = async (dir) => {
     if (!dir.startsWith("/")) { status.textContent = "Directory: give an absolute path (starting with /)."; return; }
@@ -138,7 +154,7 @@ export function filesPage(ctx, startDir) {
       if (dir !== "/") {
         rows.push(h("tr", {}, h("th", { scope: "row" },
           h("button", { type: "button", class: "link", "aria-label": "Parent directory", onclick: () => open(parentOf(dir)) }, "..")),
-          h("td", {}, "directory"), h("td"), h("td"), h("td")));
+          h("td", {}, "directory"), h("td"), h("td"), h("td"), transfers ? h("td") : null));
       }
       for (const [name, info] of entries) {
         const path = joinPath(dir, name);
@@ -148,9 +164,14 @@ export function filesPage(ctx, startDir) {
             : name),
           h("td", {}, info.dir ? "directory" : info.symlink ? `link → ${info.target || ""}` : "file"),
           h("td", {}, info.size !== undefined ? formatBytes(Number(info.size)) : ""),
-          h("td", {}, info.owner || ""), h("td", {}, info.group || "")));
+          h("td", {}, info.owner || ""), h("td", {}, info.group || ""),
+          transfers ? h("td", {}, info.dir || info.symlink ? "" : h("button", { type: "button",
+            "aria-label": `Download ${name}`, onclick: () => download(path, name) }, "Download")) : null));
       }
-      holder.replaceChildren(table(`Contents of ${dir}`, ["Name", "Type", "Size", "Owner", "Group"], rows));
+      holder.replaceChildren(table(`Contents of ${dir}`, ["Name", "Type", "Size", "Owner", "Group",
+        transfers ? "Actions" : null].filter(Boolean), rows));
+      shown = dir;
+      names = new Set(entries.map(([name]) => name));
       const cut = reply.truncated ? ` (the first ${reply.truncated.returned} of ${reply.truncated.total})` : "";
       status.textContent = `${dir}: ${entries.length} entries${cut}`;
       el.dataset.dir = dir;
