@@ -1,5 +1,6 @@
 // Follow a job's output with core/job_log (follow from the last offset until eof), every
-// byte decoded as one UTF-8 stream.  onText(text) gets each piece, onEnd(reply) the last.
+// byte decoded as one UTF-8 stream.  onText(text) gets each piece, onChunk(reply) every
+// reply (to show whether the job still runs), onEnd(reply) the last.
 
 function base64Bytes(text) {
   const raw = atob(text);
@@ -8,7 +9,7 @@ function base64Bytes(text) {
   return bytes;
 }
 
-export function followLog(ctx, id, onText, onError, onEnd = () => {}) {
+export function followLog(ctx, id, onText, onError, onEnd = () => {}, onChunk = () => {}) {
   let stopped = false;
   const decoder = new TextDecoder();
   (async () => {
@@ -20,6 +21,7 @@ export function followLog(ctx, id, onText, onError, onEnd = () => {}) {
         if (stopped) return;
         if (chunk.data) onText(decoder.decode(base64Bytes(chunk.data), { stream: true }));
         offset = chunk.next_offset;
+        onChunk(chunk);
         if (chunk.eof) {
           const rest = decoder.decode();
           if (rest) onText(rest);

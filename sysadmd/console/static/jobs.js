@@ -3,6 +3,7 @@
 // the Command field that starts a job (rpc/dispatcher run).
 
 import { h, field, formatDuration, formatTime } from "./dom.js";
+import { followLog } from "./joblog.js";
 
 const ROW_HEIGHT = 36;
 const PAGE = 1000;
@@ -151,13 +152,6 @@ export function jobsPage(ctx) {
   };
 }
 
-function base64Bytes(text) {
-  const raw = atob(text);
-  const bytes = new Uint8Array(raw.length);
-  for (let i = 0; i < raw.length; i++) bytes[i] = raw.charCodeAt(i);
-  return bytes;
-}
-
 export function jobPage(ctx, id) {
   const facts = {};
   const names = [["state", "State"], ["outcome", "Outcome"], ["owner", "Owner"], ["command", "Command"],
@@ -207,8 +201,8 @@ export function jobPage(ctx, id) {
     }
   });
 
+  let log = null;
   let stopped = false;
-  const decoder = new TextDecoder();
   const append = (text) => {
     if (!text) return;
     const atBottom = output.scrollHeight - output.scrollTop - output.clientHeight < 40;
@@ -223,26 +217,15 @@ export function jobPage(ctx, id) {
       outputState.textContent = "";
       return;
     }
-    let offset = 0;
-    try {
-      while (!stopped) {
-        const chunk = await ctx.call("core", "job_log",
-          { id, offset, length: 262144, follow: true, timeout: 20, encoding: "base64" });
-        if (stopped) break;
-        if (chunk.data) append(decoder.decode(base64Bytes(chunk.data), { stream: true }));
-        offset = chunk.next_offset;
-        outputState.textContent = chunk.finished ? "" : "Following the output…";
-        if (chunk.eof) {
-          append(decoder.decode());
-          outputState.textContent = `End of output (${chunk.size} bytes${chunk.cut ? `, ${chunk.cut} not kept` : ""}).`;
-          output.dataset.eof = "true";
-          break;
-        }
-      }
-    } catch (err) {
-      if (!stopped) outputState.textContent = `The output cannot be read: ${err.message}`;
-    }
+    if (stopped) return;
+    log = followLog(ctx, id, append,
+      (err) => { outputState.textContent = `The output cannot be read: ${err.message}`; },
+      (chunk) => {
+        outputState.textContent = `End of output (${chunk.size} bytes${chunk.cut ? `, ${chunk.cut} not kept` : ""}).`;
+        output.dataset.eof = "true";
+      },
+      (chunk) => { if (!chunk.eof) outputState.textContent = chunk.finished ? "" : "Following the output…"; });
   })();
 
-  return { el, stop() { stopped = true; clearInterval(ticker); stopListening(); } };
+  return { el, stop() { stopped = true; if (log) log.stop(); clearInterval(ticker); stopListening(); } };
 }
