@@ -190,6 +190,8 @@ class LimitedUserInBrowser(BrowserCase):
                 self.assertEqual(driver.find_elements(By.XPATH, "//button[text()='Download']"), [])
             if "Packages" in links:
                 driver.find_element(By.LINK_TEXT, "Packages").click()
+                self.wait_for(driver, lambda d: d.find_elements(By.XPATH, "//label[normalize-space(text())='Search packages']"),
+                              what="the packages page")
                 field_for(driver, "Search packages").send_keys("dpkg")
                 button(driver, "Search").click()
                 self.wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "tr[data-pkg='dpkg']"), timeout=30,
