@@ -151,7 +151,32 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: fl
 
 
 # --- the three parties ------------------------------------------------------------------------
-class Cluster:
+class KeyFiles:
+    """Key files of tests.keys_support's named keys under ``self.base``, and the bridge's
+    admin command on ``self.bridge_state`` (shared by the process harnesses)."""
+
+    base: str
+    bridge_state: str
+
+    def key_file(self, name: str) -> str:
+        """The private key *name* (tests.keys_support) as a PEM file for the CLI."""
+        path = os.path.join(self.base, f"{name}.pem")
+        if not os.path.exists(path):
+            with open(path, "wb") as f:
+                f.write(crypto.private_pem(ks.private_key(name)))
+        return path
+
+    def public_file(self, name: str) -> str:
+        path = os.path.join(self.base, f"{name}.pub")
+        with open(path, "w") as f:
+            f.write(ks.pem_of(name))
+        return path
+
+    def bridge_admin(self, *args: str) -> defer.Deferred:
+        return run_command("-m", "bridge.admin", "--state-dir", self.bridge_state, *args)
+
+
+class Cluster(KeyFiles):
     """One sysadm-bridge and one sysadmd, real twistd children on loopback, linked."""
 
     def __init__(self, testcase: Any):
@@ -171,24 +196,7 @@ class Cluster:
         self.port: Optional[int] = None
         self._local: Any = None
 
-    # key files
-    def key_file(self, name: str) -> str:
-        """The private key *name* (tests.keys_support) as a PEM file for the CLI."""
-        path = os.path.join(self.base, f"{name}.pem")
-        if not os.path.exists(path):
-            with open(path, "wb") as f:
-                f.write(crypto.private_pem(ks.private_key(name)))
-        return path
-
-    def public_file(self, name: str) -> str:
-        path = os.path.join(self.base, f"{name}.pub")
-        with open(path, "w") as f:
-            f.write(ks.pem_of(name))
-        return path
-
     # admin commands
-    def bridge_admin(self, *args: str) -> defer.Deferred:
-        return run_command("-m", "bridge.admin", "--state-dir", self.bridge_state, *args)
 
     def sysadmd_admin(self, *args: str) -> defer.Deferred:
         return run_command("-m", "sysadmd.admin.main", "--state-dir", self.server_state, *args)

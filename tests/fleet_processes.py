@@ -17,7 +17,7 @@ from bridge.fleet import agent_id_of
 from sysadmd.runtime import crypto
 from sysadmd.client.wsclient import connect_unix, insecure_client_tls
 from tests import keys_support as ks
-from tests.bridge_processes import (BRIDGE_LISTENING, CLI, PY, ROOT, SERVER_LISTENING, TWISTD, RawPeer, bridge_reply,
+from tests.bridge_processes import (BRIDGE_LISTENING, CLI, PY, ROOT, SERVER_LISTENING, TWISTD, KeyFiles, RawPeer, bridge_reply,
                                     run_command, spawn, wait_until)
 from tests.support import short_tempdir
 
@@ -40,7 +40,7 @@ class Agent:
         return run_command("-m", "sysadmd.admin.main", "--state-dir", self.state, *args)
 
 
-class FleetCluster:
+class FleetCluster(KeyFiles):
     def __init__(self, testcase: Any, agents: int = 2):
         self.testcase = testcase
         self.base = short_tempdir(testcase, "flt")
@@ -53,22 +53,6 @@ class FleetCluster:
         self.agents = [Agent(self.base, f"agent{i + 1}") for i in range(agents)]
         self.bridge: Any = None
         self.port: Optional[int] = None
-
-    def key_file(self, name: str) -> str:
-        path = os.path.join(self.base, f"{name}.pem")
-        if not os.path.exists(path):
-            with open(path, "wb") as f:
-                f.write(crypto.private_pem(ks.private_key(name)))
-        return path
-
-    def public_file(self, name: str) -> str:
-        path = os.path.join(self.base, f"{name}.pub")
-        with open(path, "w") as f:
-            f.write(ks.pem_of(name))
-        return path
-
-    def bridge_admin(self, *args: str) -> defer.Deferred:
-        return run_command("-m", "bridge.admin", "--state-dir", self.bridge_state, *args)
 
     @defer.inlineCallbacks
     def start_bridge(self, port: int = 0):

@@ -10,27 +10,10 @@ import unittest
 
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from sysadmd.jobs.query import (MAX_DEPTH, MAX_LIST, MAX_STRING, MAX_TERMS, REGEX_SUBJECT_CHARS, Column, QueryError,
+from sysadmd.jobs.model import COLUMNS  # the job store's filterable fields; the table below is laid out the same way
+from sysadmd.jobs.query import (MAX_DEPTH, MAX_LIST, MAX_STRING, MAX_TERMS, REGEX_SUBJECT_CHARS, QueryError,
                                 compile_query, install_regexp, select_fields)
 
-# The contract's filterable fields, on a table laid out as the job store may lay it out.
-COLUMNS = {
-    "id": Column("id", "int"),
-    "method": Column("method", "text"),
-    "state": Column("state", "text"),
-    "queue": Column("queue", "text"),
-    "dispatcher_id": Column("dispatcher_id", "text"),
-    "outcome": Column("outcome", "text"),
-    "time_created": Column("time_created", "float"),
-    "time_started": Column("time_started", "float"),
-    "time_finished": Column("time_finished", "float"),
-    "progress.percent": Column("progress_percent", "float"),
-    "progress.description": Column("progress_description", "text"),
-    "owner.user": Column("owner_user", "text"),
-    "owner.via": Column("owner_via", "text"),
-    "owner.from": Column("owner_from", "text"),
-    "error": Column("error", "text"),
-}
 TEXT_FIELDS = [f for f, c in COLUMNS.items() if c.kind == "text"]
 NUM_FIELDS = [f for f, c in COLUMNS.items() if c.kind != "text" and f != "id"]
 

@@ -62,6 +62,7 @@ from functools import lru_cache
 from typing import Any, Collection, Dict, List, Mapping, Optional
 
 from sysadmd.jobs.safe_regex import RegexError, SafeRegex
+from sysadmd.wire.envelope import type_name
 
 MAX_DEPTH = 16  # arrays inside arrays, counting the outer filters array
 MAX_TERMS = 64
@@ -108,22 +109,6 @@ class Query:
     select: Optional[List[str]]
 
 
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
 def _check_string(value: str, where: str) -> None:
     if len(value) > MAX_STRING:
         raise QueryError(f"{where}: a string of {len(value)} characters; at most {MAX_STRING} are accepted")
@@ -143,7 +128,7 @@ class _Compiler:
 
     def column(self, field: Any, where: str) -> Column:
         if not isinstance(field, str):
-            raise QueryError(f"{where}: a field name must be a string, got {_type_name(field)}")
+            raise QueryError(f"{where}: a field name must be a string, got {type_name(field)}")
         column = self.columns.get(field)
         if column is None:
             shown = field if len(field) <= 64 else field[:64] + "…"
@@ -157,14 +142,14 @@ class _Compiler:
             return None
         if column.kind in NUMERIC_KINDS:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise QueryError(f"{where}: expected a number for this numeric field, got {_type_name(value)}")
+                raise QueryError(f"{where}: expected a number for this numeric field, got {type_name(value)}")
             if isinstance(value, float) and not math.isfinite(value):
                 raise QueryError(f"{where}: expected a finite number")
             if isinstance(value, int) and abs(value) > MAX_INT:
                 raise QueryError(f"{where}: the number is out of range (at most {MAX_INT} in magnitude)")
             return value
         if not isinstance(value, str):
-            raise QueryError(f"{where}: expected a string for this text field, got {_type_name(value)}")
+            raise QueryError(f"{where}: expected a string for this text field, got {type_name(value)}")
         _check_string(value, where)
         return value
 
@@ -177,7 +162,7 @@ class _Compiler:
         if depth > MAX_DEPTH:
             raise QueryError(f"{where}: filters nested more than {MAX_DEPTH} levels deep")
         if not isinstance(filters, list):
-            raise QueryError(f"{where}: expected an array of filters, got {_type_name(filters)}")
+            raise QueryError(f"{where}: expected an array of filters, got {type_name(filters)}")
         if len(filters) > MAX_TERMS:
             raise QueryError(f"{where}: {len(filters)} filters; at most {MAX_TERMS} are accepted")
         parts = [self.term(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(filters)]
@@ -190,7 +175,7 @@ class _Compiler:
             raise QueryError(f"{where}: filters nested more than {MAX_DEPTH} levels deep")
         if not isinstance(term, list):
             raise QueryError(f"{where}: expected a filter [field, operator, value], [\"OR\", [...]] or an array "
-                             f"of filters, got {_type_name(term)}")
+                             f"of filters, got {type_name(term)}")
         self.terms += 1
         if self.terms > MAX_TERMS:
             raise QueryError(f"{where}: more than {MAX_TERMS} filters in all")
@@ -199,7 +184,7 @@ class _Compiler:
             inner = f"{where}[1]"
             if not isinstance(branches, list) or not branches:
                 raise QueryError(f"{inner}: \"OR\" takes a non-empty array of branches, got "
-                                 f"{'an empty array' if branches == [] else _type_name(branches)}")
+                                 f"{'an empty array' if branches == [] else type_name(branches)}")
             if len(branches) > MAX_TERMS:
                 raise QueryError(f"{inner}: {len(branches)} branches; at most {MAX_TERMS} are accepted")
             parts = []
@@ -216,7 +201,7 @@ class _Compiler:
         field, op, value = term
         column = self.column(field, f"{where}[0]")
         if not isinstance(op, str) or op not in OPERATORS:
-            shown = repr(op) if isinstance(op, str) and len(op) <= 16 else _type_name(op)
+            shown = repr(op) if isinstance(op, str) and len(op) <= 16 else type_name(op)
             raise QueryError(f"{where}[1]: unknown operator {shown} (expected one of {' '.join(OPERATORS)})")
         return self.condition(column, op, value, f"{where}[2]", f"{where}[1]")
 
@@ -226,7 +211,7 @@ class _Compiler:
             raise QueryError(f"{op_where}: {op!r} applies to text fields only; this field is {column.kind}")
         if op in ("in", "nin"):
             if not isinstance(value, list):
-                raise QueryError(f"{where}: {op!r} takes an array of values, got {_type_name(value)}")
+                raise QueryError(f"{where}: {op!r} takes an array of values, got {type_name(value)}")
             if len(value) > MAX_LIST:
                 raise QueryError(f"{where}: an array of {len(value)} values; at most {MAX_LIST} are accepted")
             values = [self.value(v, column, f"{where}[{i}]", null_ok=True) for i, v in enumerate(value)]
@@ -277,13 +262,13 @@ def _prefix_bound(prefix: str) -> Optional[str]:
 def _non_negative_int(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value > MAX_INT:
         raise QueryError(f"{where}: expected a non-negative integer, got "
-                         f"{value if isinstance(value, int) and not isinstance(value, bool) else _type_name(value)}")
+                         f"{value if isinstance(value, int) and not isinstance(value, bool) else type_name(value)}")
     return value
 
 
 def _bool(value: Any, where: str) -> bool:
     if not isinstance(value, bool):
-        raise QueryError(f"{where}: expected true or false, got {_type_name(value)}")
+        raise QueryError(f"{where}: expected true or false, got {type_name(value)}")
     return value
 
 
@@ -298,7 +283,7 @@ def compile_query(filters: Any, options: Any, columns: Mapping[str, Column], *,
     if options is None:
         options = {}
     if not isinstance(options, dict):
-        raise QueryError(f"options: expected an object, got {_type_name(options)}")
+        raise QueryError(f"options: expected an object, got {type_name(options)}")
     for key in options:
         if key not in OPTIONS:
             shown = key if len(key) <= 32 else key[:32] + "…"
@@ -307,13 +292,13 @@ def compile_query(filters: Any, options: Any, columns: Mapping[str, Column], *,
     ordered: List[str] = []
     order_by = options.get("order_by", [])
     if not isinstance(order_by, list):
-        raise QueryError(f"options.order_by: expected an array of field names, got {_type_name(order_by)}")
+        raise QueryError(f"options.order_by: expected an array of field names, got {type_name(order_by)}")
     if len(order_by) > MAX_ORDER_FIELDS:
         raise QueryError(f"options.order_by: {len(order_by)} fields; at most {MAX_ORDER_FIELDS} are accepted")
     for i, name in enumerate(order_by):
         here = f"options.order_by[{i}]"
         if not isinstance(name, str):
-            raise QueryError(f"{here}: expected a field name (\"-\" in front for descending), got {_type_name(name)}")
+            raise QueryError(f"{here}: expected a field name (\"-\" in front for descending), got {type_name(name)}")
         descending = name.startswith("-")
         field = name[1:] if descending else name
         column = compiler.column(field, here)
@@ -342,14 +327,14 @@ def compile_query(filters: Any, options: Any, columns: Mapping[str, Column], *,
 
 def _select(value: Any, allowed: Collection[str]) -> List[str]:
     if not isinstance(value, list):
-        raise QueryError(f"options.select: expected an array of field names, got {_type_name(value)}")
+        raise QueryError(f"options.select: expected an array of field names, got {type_name(value)}")
     if len(value) > MAX_SELECT_FIELDS:
         raise QueryError(f"options.select: {len(value)} fields; at most {MAX_SELECT_FIELDS} are accepted")
     out = []
     for i, name in enumerate(value):
         here = f"options.select[{i}]"
         if not isinstance(name, str) or not name:
-            raise QueryError(f"{here}: expected a field name, got {_type_name(name)}")
+            raise QueryError(f"{here}: expected a field name, got {type_name(name)}")
         if len(name) > 128 or any(not part for part in name.split(".")):
             raise QueryError(f"{here}: expected a field name or a dotted path such as \"progress.percent\"")
         if name.split(".", 1)[0] not in allowed:
