@@ -22,7 +22,7 @@ setup(
         "psutil>=5.9,<8",
         "python-pam>=2.0,<3",
     ],
-    extras_require={"test": ["pytest>=7,<10", "hypothesis>=6,<7", "treq>=22.2,<27", "pyflakes>=3.2,<5",
+    extras_require={"test": ["pytest>=7,<10", "hypothesis>=6,<7", "treq>=22.2,<27", "pyflakes>=3.2,<5", "pytest-xdist>=3.5,<4",
                               # the web console's browser tests drive Debian's chromium + chromium-driver
                               "selenium>=4.15,<5"]},
     entry_points={

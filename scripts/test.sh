@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a virtualenv with everything the tests need, check the code with pyflakes,
-# then run the suite; arguments go to pytest (e.g. -m "not slow" for the fast inner
-# loop: tests that start real daemons or child processes are marked slow).
+# then run the suite; arguments go to pytest (e.g. -m "not slow" -n 2 for the fast
+# inner loop: tests that start real daemons or child processes are marked slow).
 #
 # The tests import the checkout itself (and put it on PYTHONPATH for the daemons they
 # start), so .venv only has to hold the dependencies: the project is (re)installed when
