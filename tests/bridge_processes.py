@@ -151,12 +151,17 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: fl
 
 
 # --- the three parties ------------------------------------------------------------------------
-class KeyFiles:
-    """Key files of tests.keys_support's named keys under ``self.base``, and the bridge's
-    admin command on ``self.bridge_state`` (shared by the process harnesses)."""
+class BridgeHarness:
+    """What the process harnesses share: key files of tests.keys_support's named keys under
+    ``self.base``, and a real sysadm-bridge (``self.bridge_state``, ``self.config``) with its
+    admin command."""
 
+    testcase: Any
     base: str
     bridge_state: str
+    config: str
+    bridge: Any
+    port: Optional[int]
 
     def key_file(self, name: str) -> str:
         """The private key *name* (tests.keys_support) as a PEM file for the CLI."""
@@ -175,8 +180,24 @@ class KeyFiles:
     def bridge_admin(self, *args: str) -> defer.Deferred:
         return run_command("-m", "bridge.admin", "--state-dir", self.bridge_state, *args)
 
+    @defer.inlineCallbacks
+    def start_bridge(self, port: int = 0):
+        """Start the bridge (on *port*, or a free one); fires when it listens."""
+        self.bridge = spawn(self.testcase, "sysadm-bridge", TWISTD + [
+            "sysadm-bridge", "--config", self.config, "--port", f"tcp:{port}:interface=127.0.0.1",
+            "--state-dir", self.bridge_state])
+        match = yield self.bridge.wait_for(BRIDGE_LISTENING)
+        self.port = int(match.group(1))
+        return self.bridge
 
-class Cluster(KeyFiles):
+    @defer.inlineCallbacks
+    def stop_bridge(self):
+        """SIGTERM, as an operator's restart does; fires when the process is gone."""
+        self.bridge.signal("TERM")
+        yield self.bridge.ended.addTimeout(20, reactor)
+
+
+class Cluster(BridgeHarness):
     """One sysadm-bridge and one sysadmd, real twistd children on loopback, linked."""
 
     def __init__(self, testcase: Any):
@@ -208,21 +229,6 @@ class Cluster(KeyFiles):
         return self.sysadmd_admin("import_ssl_file", "root", self.public_file(name), name)
 
     # processes
-    @defer.inlineCallbacks
-    def start_bridge(self, port: int = 0):
-        """Start the bridge (on *port*, or a free one); fires when it listens."""
-        self.bridge = spawn(self.testcase, "sysadm-bridge", TWISTD + [
-            "sysadm-bridge", "--config", self.config, "--port", f"tcp:{port}:interface=127.0.0.1",
-            "--state-dir", self.bridge_state])
-        match = yield self.bridge.wait_for(BRIDGE_LISTENING)
-        self.port = int(match.group(1))
-        return self.bridge
-
-    @defer.inlineCallbacks
-    def stop_bridge(self):
-        """SIGTERM, as an operator's restart does; fires when the process is gone."""
-        self.bridge.signal("TERM")
-        yield self.bridge.ended.addTimeout(20, reactor)
 
     @defer.inlineCallbacks
     def start_server(self):

@@ -17,7 +17,7 @@ from bridge.fleet import agent_id_of
 from sysadmd.runtime import crypto
 from sysadmd.client.wsclient import connect_unix, insecure_client_tls
 from tests import keys_support as ks
-from tests.bridge_processes import (BRIDGE_LISTENING, CLI, PY, ROOT, SERVER_LISTENING, TWISTD, KeyFiles, RawPeer, bridge_reply,
+from tests.bridge_processes import (CLI, PY, ROOT, SERVER_LISTENING, TWISTD, BridgeHarness, RawPeer, bridge_reply,
                                     run_command, spawn, wait_until)
 from tests.support import short_tempdir
 
@@ -40,7 +40,7 @@ class Agent:
         return run_command("-m", "sysadmd.admin.main", "--state-dir", self.state, *args)
 
 
-class FleetCluster(KeyFiles):
+class FleetCluster(BridgeHarness):
     def __init__(self, testcase: Any, agents: int = 2):
         self.testcase = testcase
         self.base = short_tempdir(testcase, "flt")
@@ -53,20 +53,6 @@ class FleetCluster(KeyFiles):
         self.agents = [Agent(self.base, f"agent{i + 1}") for i in range(agents)]
         self.bridge: Any = None
         self.port: Optional[int] = None
-
-    @defer.inlineCallbacks
-    def start_bridge(self, port: int = 0):
-        self.bridge = spawn(self.testcase, "sysadm-bridge", TWISTD + [
-            "sysadm-bridge", "--config", self.config, "--port", f"tcp:{port}:interface=127.0.0.1",
-            "--state-dir", self.bridge_state])
-        match = yield self.bridge.wait_for(BRIDGE_LISTENING)
-        self.port = int(match.group(1))
-        return self.bridge
-
-    @defer.inlineCallbacks
-    def stop_bridge(self):
-        self.bridge.signal("TERM")
-        yield self.bridge.ended.addTimeout(20, reactor)
 
     @defer.inlineCallbacks
     def setup(self, clients=("fleet-admin",), start=True):

@@ -49,8 +49,9 @@ def wait_until(predicate, timeout=15.0, what="condition"):
         yield task.deferLater(reactor, 0.1, lambda: None)
 
 
-class BridgedClientTests(unittest.TestCase):
-    timeout = 90
+class BridgedCli:
+    """Set-up for tests of `sysadm --bridge … --key …`: a real bridge, a sysadmd linked to it
+    and the client's key registered on both; :meth:`sysadm` runs the real CLI through them."""
 
     @defer.inlineCallbacks
     def setUp(self):
@@ -79,6 +80,10 @@ class BridgedClientTests(unittest.TestCase):
 
     def sysadm(self, *argv, **kw):
         return run_cli(self.home, "--bridge", self.bridge.endpoint, "--key", self.key_path, *argv, **kw)
+
+
+class BridgedClientTests(BridgedCli, unittest.TestCase):
+    timeout = 90
 
     @defer.inlineCallbacks
     def test_peers_then_call_and_run_through_the_bridge(self):
@@ -178,12 +183,9 @@ class FakeServer:
         self.peer.send(f"{dest}\n" + (base64.b64encode(text.encode()).decode() if encode64 else text))
 
 
-class ImpostorTests(unittest.TestCase):
+class ImpostorTests(BridgedCli, unittest.TestCase):
     """Issue 7 item 2 (client side) and issue 8 item 4, with scripted fake servers."""
     timeout = 90
-
-    setUp = BridgedClientTests.setUp
-    sysadm = BridgedClientTests.sysadm
 
     @defer.inlineCallbacks
     def fake_server(self, claimed, mode="own-key"):

@@ -17,8 +17,8 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from sysadmd.client.jobwatch import StoredOutputReader
+from tests.test_client_bridge import BridgedCli
 from tests.test_run_output import MARKER, MISSING, RunCase, seq
-from tests.test_client_cli import run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -108,16 +108,8 @@ class AttachCappedTests(RunCase):
         self.assertEqual(sum(int(n) for n in MISSING.findall(attached.err)), len(full) - len(attached.out))
 
 
-class BridgeAttachTests(unittest.TestCase):
+class BridgeAttachTests(BridgedCli, unittest.TestCase):
     timeout = 120
-
-    def setUp(self):
-        from tests.test_client_bridge import BridgedClientTests
-
-        return BridgedClientTests.setUp(self)
-
-    def sysadm(self, *argv, **kw):
-        return run_cli(self.home, "--bridge", self.bridge.endpoint, "--key", self.key_path, *argv, **kw)
 
     @defer.inlineCallbacks
     def test_seq_200000_detached_and_attached_through_the_bridge(self):

@@ -23,6 +23,7 @@ from sysadmd.auth.rights import Rights
 from sysadmd.client.jobwatch import FetchUnavailable, JobFollower
 from sysadmd.wire.envelope import Request
 from sysadmd.session import Identity
+from tests.test_client_bridge import BridgedCli
 from tests.support import FakePasswords, RecordingChannel, make_config, short_tempdir, start_daemon
 from tests.test_client_cli import run_cli
 from tests.test_dispatcher_durability import eventually
@@ -389,18 +390,10 @@ async def refuse(index, offset, length):
     raise FetchUnavailable("no read_output here")
 
 
-class BridgeRunTests(unittest.TestCase):
+class BridgeRunTests(BridgedCli, unittest.TestCase):
     """The same through a real bridge: the stored output is read over the relayed session."""
 
     timeout = 120
-
-    def setUp(self):
-        from tests.test_client_bridge import BridgedClientTests
-
-        return BridgedClientTests.setUp(self)
-
-    def sysadm(self, *argv, **kw):
-        return run_cli(self.home, "--bridge", self.bridge.endpoint, "--key", self.key_path, *argv, **kw)
 
     @defer.inlineCallbacks
     def test_seq_200000_through_the_bridge(self):

@@ -17,6 +17,7 @@ from twisted.trial import unittest
 from sysadmd.wire import envelope
 from sysadmd.session import Identity
 from sysadmd.transfers import wsapi
+from tests.test_client_bridge import BridgedCli
 from tests.support import FakePasswords, RecordingChannel, make_config, short_tempdir, start_daemon
 from tests.test_client_cli import run_cli
 
@@ -392,7 +393,7 @@ class CpTests(unittest.TestCase):
         self.assertNotIn("Traceback", missing.err + nodir.err + both.err)
 
 
-class BridgedCpTests(unittest.TestCase):
+class BridgedCpTests(BridgedCli, unittest.TestCase):
     """``sysadm --bridge … --server NAME cp`` through a real bridge."""
 
     timeout = 120
@@ -400,18 +401,12 @@ class BridgedCpTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def setUp(self):
-        from tests.test_client_bridge import BridgedClientTests
-
-        # Reuse the bridge + linked daemon + registered key set-up of the bridged client tests.
-        yield BridgedClientTests.setUp(self)
+        yield BridgedCli.setUp(self)
         self.dir = short_tempdir(self, "bcp")
         self.src = os.path.join(self.dir, "src.bin")
         with open(self.src, "wb") as f:
             f.write(os.urandom(BIG))
         self.digest = file_sha(self.src)
-
-    def sysadm(self, *argv, **kw):
-        return run_cli(self.home, "--bridge", self.bridge.endpoint, "--key", self.key_path, *argv, **kw)
 
     @defer.inlineCallbacks
     def test_round_trip_through_the_bridge(self):
