@@ -104,6 +104,15 @@ def open_client(testcase, running: RunningDaemon, unix: bool = False):
     return client
 
 
+@defer.inlineCallbacks
+def logged_in_client(testcase, running: RunningDaemon, user: str, password: str):
+    """A wss client of *running* logged in as *user* (the test fails if the login does)."""
+    client = yield open_client(testcase, running)
+    reply = yield client.call("rpc", "auth", {"username": user, "password": password})
+    testcase.assertEqual(reply["name"], "response", reply)
+    return client
+
+
 class RecordingChannel:
     """A session's channel that keeps what was sent and how it was closed."""
 

@@ -17,7 +17,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from sysadmd.supervisor import core
-from tests.support import FakePasswords, make_config, open_client, short_tempdir, start_daemon
+from tests.support import FakePasswords, logged_in_client, make_config, short_tempdir, start_daemon
 from tests.supervisor_support import alive, definition, handled, make_supervisor, py
 
 pytestmark = pytest.mark.slow
@@ -50,12 +50,8 @@ class DaemonCase(unittest.TestCase):
         self.running = yield start_daemon(self, self.cfg, passwords=FakePasswords({"root": "pw", "daemon": "pw2"}))
         self.root = yield self.login("root", "pw")
 
-    @defer.inlineCallbacks
     def login(self, user, password):
-        client = yield open_client(self, self.running)
-        reply = yield client.call("rpc", "auth", {"username": user, "password": password})
-        self.assertEqual(reply["name"], "response", reply)
-        return client
+        return logged_in_client(self, self.running, user, password)
 
     def sup(self, client, **args):
         return client.call("sysadm", "supervisor", args)

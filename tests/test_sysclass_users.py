@@ -18,7 +18,7 @@ from twisted.trial import unittest
 
 from sysadmd.sysclasses import accounts
 from sysadmd.wire.envelope import ApiError
-from tests.support import FakePasswords, make_config, open_client, short_tempdir, start_daemon
+from tests.support import FakePasswords, logged_in_client, make_config, short_tempdir, start_daemon
 
 USER_KEYS = {"name", "uid", "gid", "class", "change", "expire", "comment", "home_dir", "shell"}
 TOOLS = ("useradd", "userdel", "usermod", "groupadd", "groupdel", "groupmod", "chpasswd")
@@ -138,12 +138,8 @@ class UsersOverWss(unittest.TestCase):
         self.root = yield self.login("root", "rootpw")
         self.limited = yield self.login(self.limited_user, "pw")
 
-    @defer.inlineCallbacks
     def login(self, user, password):
-        client = yield open_client(self, self.running)
-        reply = yield client.call("rpc", "auth", {"username": user, "password": password})
-        self.assertEqual(reply["name"], "response", reply)
-        return client
+        return logged_in_client(self, self.running, user, password)
 
     def users(self, client, **args):
         return client.call("sysadm", "users", args)

@@ -17,7 +17,7 @@ from twisted.trial import unittest
 
 from sysadmd.sysclasses import fs as sys_fs
 from tests.keys_support import error_code
-from tests.support import FakePasswords, make_config, open_client, short_tempdir, start_daemon
+from tests.support import FakePasswords, logged_in_client, make_config, open_client, short_tempdir, start_daemon
 
 pytestmark = pytest.mark.slow  # child processes (dirlist listers, killed children, useradd)
 
@@ -57,12 +57,8 @@ class SystemManagerOverWss(unittest.TestCase):
         self.running = yield start_daemon(self, cfg, passwords=FakePasswords({"root": "pw", "daemon": "pw2"}))
         self.root = yield self.login("root", "pw")
 
-    @defer.inlineCallbacks
     def login(self, user, password):
-        client = yield open_client(self, self.running)
-        reply = yield client.call("rpc", "auth", {"username": user, "password": password})
-        self.assertEqual(reply["name"], "response", reply)
-        return client
+        return logged_in_client(self, self.running, user, password)
 
     def sm(self, client, **args):
         return client.call("sysadm", "systemmanager", args)
@@ -199,12 +195,8 @@ class DirlistOverWss(unittest.TestCase):
         cfg = make_config(short_tempdir(self), LIMITED_ACCESS_GROUPS=self.user.group, **overrides)
         self.running = yield start_daemon(self, cfg, passwords=FakePasswords({"root": "pw", self.user.name: "pw2"}))
 
-    @defer.inlineCallbacks
     def login(self, user, password):
-        client = yield open_client(self, self.running)
-        reply = yield client.call("rpc", "auth", {"username": user, "password": password})
-        self.assertEqual(reply["name"], "response", reply)
-        return client
+        return logged_in_client(self, self.running, user, password)
 
     def tree(self, mode=0o755):
         top = tempfile.mkdtemp(prefix="sdj-")
