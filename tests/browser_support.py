@@ -118,14 +118,24 @@ def field_for(driver: Any, label: str) -> Any:
     """The input a <label> with exactly this text names (found as a user would)."""
     from selenium.webdriver.common.by import By
 
-    found = driver.find_element(By.XPATH, f"//label[normalize-space(text())='{label}']")
+    found = _present(driver, By.XPATH, f"//label[normalize-space(text())='{label}']", f"label {label!r}")
     return driver.find_element(By.ID, found.get_attribute("for"))
 
 
 def button(driver: Any, name: str) -> Any:
     from selenium.webdriver.common.by import By
 
-    return driver.find_element(By.XPATH, f"//button[normalize-space(.)='{name}' or @aria-label='{name}']")
+    return _present(driver, By.XPATH, f"//button[normalize-space(.)='{name}' or @aria-label='{name}']", f"button {name!r}")
+
+
+def _present(driver: Any, by: str, selector: str, what: str, timeout: float = 10) -> Any:
+    """The first element matching, once the page has rendered it (pages render after their API
+    answers, so an element may appear a moment after the click that asked for it)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(
+        lambda d: (d.find_elements(by, selector) or [None])[0], message=f"no {what} within {timeout:g} s"
+    )
 
 
 def elapsed(start: float) -> float:

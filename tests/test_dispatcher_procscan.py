@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from twisted.internet import defer, reactor
@@ -132,26 +133,45 @@ class PidCounterTests(unittest.TestCase):
         self.assertEqual(counter.probe(MARKER, mark), [])
         self.assertEqual(counter.current, (proc.forks, 1002))
 
-    def test_an_environment_read_across_an_exec_is_read_again(self):
+    def test_an_environment_read_inside_an_exec_is_read_again(self):
         proc = self.make()
-        proc.process(1002, MARKER)
+
+        def stat(pid, state="S", flags=0x400000, env_end=140000):
+            os.makedirs(f"{proc.root}/{pid}", exist_ok=True)
+            fields = [state, "1", str(pid), str(pid), "0", "-1", str(flags)] + ["0"] * 40 + [str(env_end)] + ["0"] * 2
+            proc.write(f"{pid}/stat", f"{pid} (a (b) c) " + " ".join(fields) + "\n")
+            open(f"{proc.root}/{pid}/environ", "wb").close()
+
+        # Inside execve: empty, env_end 0 - until the loader has set the new environment up.
+        stat(1002, env_end=0)
         reads = []
         real_open = open
 
-        def racing_open(path, mode="r", *args):
-            handle = real_open(path, mode, *args)
-            reads.append(path)
-            if path.endswith("/1002/environ") and len(reads) == 1:  # the old memory, released
-                handle.read()
-            return handle
+        def counting_open(path, mode="r", *args):
+            if path.endswith("/environ"):
+                reads.append(path)
+                if path.endswith("/1002/environ") and len(reads) == 3:
+                    stat(1002)
+                    proc.process(1002, MARKER)
+            return real_open(path, mode, *args)
 
-        procscan.open = racing_open
+        procscan.open = counting_open
         self.addCleanup(delattr, procscan, "open")
         self.assertEqual(procscan.markers_in(procscan.read_environ(1002, proc.root)), [MARKER])
-        self.assertEqual(len(reads), 2)
-        os.makedirs(f"{proc.root}/1003")
-        open(f"{proc.root}/1003/environ", "wb").close()  # a zombie: empty for good
-        self.assertEqual(procscan.read_environ(1003, proc.root), b"")
+        self.assertEqual(len(reads), 3)
+        # Empty for good, answered at once: a zombie, a kernel thread, an `env -i` process.
+        for pid, kind in ((1003, dict(state="Z", env_end=0)), (1004, dict(flags=0x00200040, env_end=0)),
+                          (1005, dict())):
+            stat(pid, **kind)
+            del reads[:]
+            self.assertEqual(procscan.read_environ(pid, proc.root), b"")
+            self.assertEqual(len(reads), 1, kind)
+        # A process that never leaves execve is given up on after EXEC_WAIT, not waited for.
+        stat(1006, env_end=0)
+        started = time.monotonic()
+        self.assertEqual(procscan.read_environ(1006, proc.root), b"")
+        self.assertGreater(len(reads), 3)
+        self.assertLess(time.monotonic() - started, procscan.EXEC_WAIT + 0.5)
 
     def test_a_proc_of_another_pid_namespace_is_not_used(self):
         proc = self.make()

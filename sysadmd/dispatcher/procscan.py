@@ -79,20 +79,51 @@ def markers_in(environ: bytes) -> List[str]:
 def read_environ(pid: int, proc: str = PROC) -> Optional[bytes]:
     """The environment block of *pid*; ``None`` if it cannot be read.
 
-    A read that comes back empty is tried again (twice): opened before an ``execve``
-    and read after it, the file reads the old, released memory and gives nothing, and
-    a freshly forked child of a job is often just exec'ing.  Zombies, kernel threads and
-    ``env -i`` processes stay empty."""
+    An empty read is not trusted at once.  A process inside ``execve`` has its new memory
+    but not yet its new environment (``env_end`` is 0 in ``/proc/<pid>/stat`` until the
+    loader sets it), and a freshly forked child of a job is often just exec'ing: such a
+    read is tried again for up to :data:`EXEC_WAIT` seconds.  Zombies, kernel threads and
+    ``env -i`` processes (an empty environment that is set) stay empty at once."""
     path = f"{proc}/{pid}/environ"
-    for _ in range(3):
+    deadline = 0.0
+    while True:
         try:
             with open(path, "rb") as f:
                 data = f.read()
         except OSError:  # gone, not ours (non-root), or a kernel thread
             return None
-        if data:
+        if data or not _inside_exec(pid, proc):
             return data
-    return data
+        now = time.monotonic()
+        if not deadline:
+            deadline = now + EXEC_WAIT
+        elif now >= deadline:
+            return data
+        time.sleep(0.0002)
+
+
+#: How long an empty environment of a process that is inside ``execve`` is read again.
+EXEC_WAIT = 0.05
+_PF_KTHREAD = 0x00200000
+
+
+def _inside_exec(pid: int, proc: str) -> bool:
+    """Whether *pid* is a live user process whose environment is not set up yet."""
+    try:
+        with open(f"{proc}/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    fields = stat[stat.rfind(b")") + 2:].split()
+    # fields[0] is field 3 (state); flags is field 9, env_end field 50 (Linux 3.5+).
+    if len(fields) < 48 or fields[0] in (b"Z", b"X", b"x"):
+        return False
+    try:
+        if int(fields[6]) & _PF_KTHREAD:
+            return False
+        return int(fields[47]) == 0
+    except ValueError:
+        return False
 
 
 def scan(markers: Iterable[str], proc: str = PROC) -> Dict[str, List[int]]:
