@@ -438,7 +438,9 @@ class BackpressureTests(unittest.TestCase):
             peak = max(peak, receiver_flow.queued_bytes)
             yield sleep(0.05)
         self.assertGreaterEqual(sender_flow.pauses, 1, "the sender was never paused")
-        self.assertTrue(receiver_flow.congested)
+        # Still congested, or already being closed: on a slow machine the stall timeout can
+        # run out while the 48 MiB are still crossing TLS, before this check runs.
+        self.assertTrue(receiver_flow.congested or receiver_flow.closing)
         receiver_tcp = bridge.directory.get(client_id).link.transport.transport
         buffered_peak = 0
         while receiver_flow.closing is False and reactor.seconds() < deadline:
