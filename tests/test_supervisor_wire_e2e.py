@@ -19,6 +19,7 @@ from twisted.trial import unittest
 from sysadmd import config as configmod
 from sysadmd.runtime.configfile import ConfigError
 from tests.support import make_config, open_client, short_tempdir, start_daemon
+from tests.test_dispatcher_durability import eventually
 from tests.test_supervisor_wire import UnprivilegedUser, plain_exchange, split_answers
 
 
@@ -31,6 +32,11 @@ def unb64(text: str) -> str:
 
 
 NGINX = {"command": ["/bin/sleep", "60"], "user": "root", "autostart": False, "startsecs": 0.2, "stopwaitsecs": 2}
+
+
+def read_cmdline(pid: int) -> bytes:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read()
 
 
 class WireClient:
@@ -122,8 +128,10 @@ class DaemonWireTests(unittest.TestCase):
                              b'{"response":"redundant"};;')
             status = yield self.wait_state(c, b'{"command":"status","job":"bmdpbng="};;', "RUNNING")
             self.assertEqual(status["name"], "nginx")
-            with open(f"/proc/{status['pid']}/cmdline", "rb") as f:
-                self.assertEqual(f.read(), b"/bin/sleep\x0060\x00")
+            # RUNNING may be seen while the child is still inside execve (its cmdline reads
+            # empty until the loader has set it up): read until it is set.
+            cmdline = yield eventually(lambda: read_cmdline(status["pid"]), timeout=10, what="the program's cmdline")
+            self.assertEqual(cmdline, b"/bin/sleep\x0060\x00")
             # the seed's own sample query, byte for byte
             self.assertEqual((yield self.ask(c, b'{"command":"kill","job":"bmdpbng="};;')), b'{"response":"success"};;')
             yield self.wait_state(c, b'{"command":"status","job":"bmdpbng="};;', "STOPPED")
