@@ -180,6 +180,7 @@ class SupervisorInBrowser(BrowserCase):
             seen = output(driver).count("tick")
             self.wait_for(driver, lambda d: output(d).count("tick") >= seen + 3, timeout=15, what="more output, live")
             self.assertRegex(cell(driver, 2), r"^\d+s$")
+            driver.execute_script("window.scrollTo(0, 0)")
             self.screenshot(driver, "supervisor")
 
             button(driver, "Stop ticker").click()

@@ -191,7 +191,8 @@ export function supervisorPage(ctx) {
       const next = names[names.indexOf(data.name) + 1];
       tbody.insertBefore(p.row, next ? programs.get(next).row : null);
     }
-    Object.assign(p, data, { fetched: Date.now() });
+    Object.assign(p, data);
+    if ("uptime" in data) p.fetched = Date.now();  // an event carries none: the last status' figure stands
     paint(p);
   };
 
