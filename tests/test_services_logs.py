@@ -49,6 +49,29 @@ class Tail(unittest.TestCase):
         self.assertEqual(everything.lines, [f"line {i}" for i in range(1000)] + ["no newline at the end"])
         self.assertTrue(everything.complete)
 
+    def test_agrees_with_reading_the_whole_file_on_random_files(self):
+        import random
+        rng = random.Random(1414)
+        path = os.path.join(self.dir, "r.log")
+        for trial in range(300):
+            lines = [rng.choice(["", "a", "bc", "x" * rng.randrange(0, 40), "y" * rng.randrange(30, 90)])
+                     for _ in range(rng.randrange(0, 30))]
+            text = "\n".join(lines) + rng.choice(["", "\n"])
+            write(path, text)
+            count = rng.randrange(1, 40)
+            keep_y = rng.random() < 0.3
+            expected = text.split("\n")
+            if text.endswith("\n"):
+                expected = expected[:-1]
+            if text == "":
+                expected = []
+            expected = [line[:32] + logtail.CUT_MARK if len(line) > 32 else line for line in expected]
+            if keep_y:
+                expected = [line for line in expected if line.startswith("y")]
+            tail = logtail.tail_lines(path, count, line_bytes=32, chunk=rng.randrange(1, 50),
+                                      keep=(lambda line: line.startswith(b"y")) if keep_y else None)
+            self.assertEqual(tail.lines, expected[-count:] if expected else [], (trial, text, count, keep_y))
+
     def test_a_long_line_is_cut_at_4_KiB_and_memory_stays_bounded(self):
         path = write(os.path.join(self.dir, "long.log"), "first\n" + "é" * (3 * MiB) + "\nlast\n")
         tail = logtail.tail_lines(path, 10)
@@ -102,6 +125,7 @@ class SysvLogs(unittest.TestCase):
 
     def test_syslog_lines_by_name_or_provides_then_its_own_log(self):
         write(os.path.join(self.logs, "syslog"), syslog_line("svc", "by name") + syslog_line("cron", "not ours")
+              + syslog_line("svc/worker", "a part of it")
               + syslog_line("SVCD", "by provides") + syslog_line("svcdx", "not ours either"))
         os.utime(os.path.join(self.logs, "syslog"), (1, 1))
         write(os.path.join(self.logs, "svc.log"), "own 1\nown 2\n")
@@ -110,7 +134,7 @@ class SysvLogs(unittest.TestCase):
         write(os.path.join(self.logs, "svc", "notes.txt"), "not a log\n")
         found = self.backend.read_logs("svc", {b"svc", b"svcd"}, 100)
         self.assertEqual([line.rsplit(": ", 1)[-1] for line in found["lines"]],
-                         ["by name", "by provides", "own 1", "own 2", "err 1"])
+                         ["by name", "a part of it", "by provides", "own 1", "own 2", "err 1"])
         self.assertIn(os.path.join(self.logs, "syslog"), found["source"])
         self.assertIn(os.path.join(self.logs, "svc.log"), found["source"])
         self.assertEqual(self.backend.read_logs("svc", {b"svc", b"svcd"}, 2)["lines"], ["own 2", "err 1"])

@@ -102,7 +102,7 @@ def tail_lines(path: str, count: int, *, keep: Optional[Callable[[bytes], bool]]
             partial = pieces[0][:line_bytes + 1]
             partial_long = len(pieces[0]) > line_bytes
         else:
-            if pos == 0 and len(found) < count and (partial or partial_long):
+            if pos == 0 and len(found) < count and tail.scanned > 0:  # the file's first line (maybe empty)
                 _take(found, partial, partial_long, keep, line_bytes)
     finally:
         os.close(fd)

@@ -150,7 +150,10 @@ class Services:
     def logs(self, session: Session, args: Dict[str, Any]):
         name, lines = log_request(args)
         backend = self._backend(name)
-        found = yield backend.logs(name, lines)
+        reader = getattr(backend, "logs", None)
+        if reader is None:
+            raise ApiError("400", f"{name} is a {backend.name} service, and that backend cannot read logs")
+        found = yield reader(name, lines)
         kept = bounded(list(found.get("lines", []))[-lines:])
         return {"service": name, "lines": kept, "source": found.get("source", backend.name)}
 

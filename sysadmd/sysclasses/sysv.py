@@ -18,7 +18,7 @@
   in runlevels 2-5, as ``update-rc.d`` does without insserv.
 * ``logs``: the last lines of the syslog file of ``SERVICES_LOG_DIR`` (the first of
   ``syslog``, ``messages``, ``daemon.log`` there) whose tag is the script's name or its
-  LSB ``Provides`` (case ignored), read backwards (:mod:`sysadmd.sysclasses.logtail`, at
+  LSB ``Provides`` (case ignored; ``name/part`` counts as ``name``), read backwards (:mod:`sysadmd.sysclasses.logtail`, at
   most :data:`~sysadmd.sysclasses.logtail.MAX_SCAN_BYTES` per request), then those of
   the service's own ``<name>.log`` and ``<name>/*.log`` there (the :data:`OWN_LOGS_MAX`
   newest); each file's lines are one block, blocks in the order the files were last
@@ -286,7 +286,10 @@ class SysvBackend:
         if syslog is not None:
             def ours(line: bytes) -> bool:
                 tag = logtail.syslog_tag(line)
-                return tag is not None and tag.lower() in tags
+                if tag is None:
+                    return False
+                tag = tag.lower()
+                return tag in tags or tag.split(b"/", 1)[0] in tags  # postfix/smtpd is postfix's
             tail = logtail.tail_lines(syslog, lines, keep=ours, max_scan=budget)
             if tail is not None:
                 budget -= tail.scanned
