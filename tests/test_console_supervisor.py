@@ -121,8 +121,8 @@ class SupervisorInBrowser(BrowserCase):
     @defer.inlineCallbacks
     def setUp(self):
         super().setUp()
-        cfg = make_config(short_tempdir(self))
-        self.running = yield start_daemon(self, cfg, passwords=FakePasswords({"root": "pw"}))
+        cfg = make_config(short_tempdir(self), LIMITED_ACCESS_GROUPS="daemon")
+        self.running = yield start_daemon(self, cfg, passwords=FakePasswords({"root": "pw", "daemon": "pw2"}))
         self.url = f"https://127.0.0.1:{self.running.port}/"
         self.driver = yield self.open_browser()
 
@@ -202,3 +202,31 @@ class SupervisorInBrowser(BrowserCase):
             self.assertEqual(self.browser_errors(driver), [])
 
         yield self.b(steps, self.driver)
+
+    @defer.inlineCallbacks
+    def test_limited_access_sees_programs_but_no_changes_at_phone_width(self):
+        from selenium.webdriver.common.by import By
+
+        sup = self.running.daemon.supervisor
+        reply = yield sup.handle("push", "ticker", {"command": TICKER, "user": "root", "autostart": False},
+                                 full_access=True, actor="test")
+        self.assertEqual(reply.status, "success")
+        driver = yield self.open_browser(390, 844)
+
+        def steps(driver):
+            sign_in(driver, self.url, "daemon", "pw2")
+            self.wait_for(driver, lambda d: d.find_elements(By.LINK_TEXT, "Supervisor"), what="the Supervisor page link")
+            driver.find_element(By.LINK_TEXT, "Supervisor").click()
+            self.wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "tr[data-program='ticker'][data-state='STOPPED']"),
+                          what="the program listed")
+            self.assertTrue(button(driver, "Output of ticker").is_displayed())
+            self.assertEqual(driver.find_elements(By.XPATH, "//button[@aria-label='Start ticker']"), [])
+            self.assertEqual(driver.find_elements(By.XPATH, "//form[@aria-label='Add a program']"), [])
+            self.screenshot(driver, "supervisor-phone-limited")
+            if driver.find_elements(By.LINK_TEXT, "Services"):  # logs need full access: no Logs buttons
+                driver.find_element(By.LINK_TEXT, "Services").click()
+                self.wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, "[role=status]").text.startswith(tuple("0123456789")))
+                self.assertEqual(driver.find_elements(By.XPATH, "//button[starts-with(@aria-label, 'Logs of ')]"), [])
+            self.assertEqual(self.browser_errors(driver), [])
+
+        yield self.b(steps, driver)

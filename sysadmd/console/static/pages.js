@@ -42,7 +42,7 @@ export function servicesPage(ctx) {
           h("button", { type: "button", "aria-label": `Logs of ${s.name}`, onclick: () => openLog(s.name) }, "Logs")) : null));
       holder.replaceChildren(table("Services", ["Name", "Description", "State", "At boot", writable ? "Actions" : null]
         .filter(Boolean), rows));
-      status.textContent = `${services.length} services`;
+      status.textContent = `${services.length} service${services.length === 1 ? "" : "s"}`;
     } catch (err) {
       status.textContent = `Could not list the services: ${err.message}`;
     }

@@ -206,7 +206,7 @@ export function supervisorPage(ctx) {
         if (!names.has(name)) { p.row.remove(); programs.delete(name); }
       }
       for (const p of listed) put(p);
-      status.textContent = listed.length ? `${listed.length} programs` : "No programs yet." + (writable ? " Add one below." : "");
+      status.textContent = listed.length ? `${listed.length} program${listed.length === 1 ? "" : "s"}` : "No programs yet." + (writable ? " Add one below." : "");
       tableEl.dataset.loaded = "true";
     } catch (err) {
       status.textContent = `Could not list the programs: ${err.message}`;
