@@ -346,7 +346,7 @@ def add_supervisor(server: Server, jobs: JobsService, services: Optional[Any] = 
     supervisor.setServiceParent(server)
     supervisor_rpc.route(server.api, supervisor)
     if services is not None:
-        services.backends.append(SupervisorBackend(supervisor))
+        services.backends.append(SupervisorBackend(supervisor, server.reactor))
     return supervisor
 
 

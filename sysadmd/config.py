@@ -148,6 +148,8 @@ KEYS: List[Key] = [
     Key("SUPERVISOR_MAX_CONNECTIONS", "int", 64, "Supervisor wire connections open at once (TCP and socket together);\nmore are closed at once.", minimum=1),
     Key("SUPERVISOR_MAX_MESSAGE_BYTES", "int", 1024 * 1024, "Longest supervisor wire query, ';;' and the base64 definition included;\na longer one is answered invalid and skipped up to its ';;'.", minimum=4096),
     Key("SUPERVISOR_IDLE_TIMEOUT", "float", 300.0, "Seconds a supervisor wire connection may sit idle (no query waiting or\nrunning) before it is closed. 0: never.", minimum=0),
+    # --- E: sysadm/services logs (issue 14) --------------------------------------------
+    Key("SERVICES_LOG_DIR", "path", "/var/log", "sysadm/services logs of a SysV service: the directory holding syslog\n(or messages, daemon.log) and the services' own <name>.log or\n<name>/*.log files."),
 ]
 
 KEY_NAMES = [k.name for k in KEYS]

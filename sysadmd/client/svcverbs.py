@@ -13,6 +13,10 @@
     sysadm svc reload [NAME]            apply a pushed definition (all programs without NAME)
     sysadm svc log NAME [--follow]      the output of the program's latest run
 
+``sysadm services logs NAME [-n N]`` (registered by :func:`add_services_logs` among the
+``services`` verbs): the last N (default 200, at most 5000) lines of a service's log
+(``sysadm/services`` ``logs``; full access), then where they came from on stderr.
+
 ``--json`` prints the server's replies as they are.  A ``redundant`` answer (starting a
 running program…) is said as such and is not an error.
 """
@@ -185,6 +189,32 @@ async def svc_log(ctx: Context) -> int:
     ctx.options.job_id = job_id
     ctx.options.offset = 0
     return await jobverbs.job_log(ctx)
+
+
+LOG_LINES_MAX = 5000
+
+
+async def services_logs(ctx: Context) -> int:
+    name, lines = ctx.options.name, ctx.options.lines
+    if not 1 <= lines <= LOG_LINES_MAX:
+        raise ClientError(f"-n must be from 1 to {LOG_LINES_MAX}, got {lines}", EXIT_USAGE)
+    reply = await ctx.ask("sysadm", "services", {"action": "logs", "service": name, "lines": lines},
+                          what=f"logs of {name}")
+    if ctx.json_output:
+        ctx.emit_json(reply)
+        return EXIT_OK
+    for line in (reply or {}).get("lines") or []:
+        ctx.say(line)
+    ctx.note(f"({len((reply or {}).get('lines') or [])} lines from {(reply or {}).get('source', '?')})")
+    return EXIT_OK
+
+
+def add_services_logs(sv: Any, common: Any) -> None:
+    """``sysadm services logs NAME [-n N]`` on the ``services`` sub-parsers *sv*."""
+    p = sv.add_parser("logs", parents=[common], help="the last lines of a service's log (full access)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("-n", "--lines", type=int, default=200, metavar="N", help="how many lines (1-5000, default 200)")
+    p.set_defaults(func=services_logs)
 
 
 def register(verb: Any, common: Any) -> None:

@@ -11,7 +11,7 @@ import getpass
 import os
 from typing import Any, Dict, List
 
-from sysadmd.client import tables
+from sysadmd.client import svcverbs, tables
 from sysadmd.client.context import Context
 from sysadmd.client.errors import EXIT_ERROR_REPLY, EXIT_OK, EXIT_USAGE, ClientError
 
@@ -166,3 +166,4 @@ def register(verbs_parser: Any, common: Any, verb: Any) -> None:
         p = sv.add_parser(action, parents=[common], help=f"{text} the named services")
         p.add_argument("names", metavar="NAME", nargs="+")
         p.set_defaults(func=services_change)
+    svcverbs.add_services_logs(sv, common)  # E: services logs NAME [-n N]

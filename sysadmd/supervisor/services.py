@@ -5,26 +5,52 @@
 (``tag`` ``supervisor``, ``is_enabled`` = ``autostart``, ``is_running`` = STARTING,
 RUNNING or STOPPING), and ``start``/``stop``/``restart``/``enable``/``disable`` act on it
 through :meth:`Supervisor.handle` (restart: stop, then start; enable/disable: set
-``autostart``, which changes no running program).  It is asked after the host's own
-backends, so a SysV script of the same name wins.
+``autostart``, which changes no running program), and ``logs`` gives the last lines of
+the output of the program's current run, or its last one (its job's output file in the
+job table; none before the first run, or once the job store pruned it).  It is asked
+after the host's own backends, so a SysV script of the same name wins.
 """
 
 from __future__ import annotations
 
 from typing import Any, Dict
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 
 from sysadmd.supervisor.core import Reply, Supervisor
 from sysadmd.supervisor.program import ALIVE
+from sysadmd.sysclasses import logtail
 from sysadmd.wire.envelope import ApiError
 
 
 class SupervisorBackend:
     name = "supervisor"
 
-    def __init__(self, supervisor: Supervisor):
+    def __init__(self, supervisor: Supervisor, reactor: Any = None):
         self.supervisor = supervisor
+        self.reactor = reactor  # None: logs are read in the calling thread
+
+    def logs(self, name: str, lines: int) -> defer.Deferred:
+        program = self.supervisor.programs.get(name)
+        if program is None:
+            return defer.fail(ApiError("400", f"no supervised program named {name}"))
+        job_id = program.job_id
+        if job_id is None:
+            return defer.succeed({"lines": [], "source": f"program {name} has not run yet"})
+        row = self.supervisor.jobs.row(job_id)
+        path = row["logs_path"] if row is not None else None
+        source = f"job {job_id} (program {name}, {'running' if program.state in ALIVE else 'last run'})"
+        if not path:
+            return defer.succeed({"lines": [], "source": source + ": its output was pruned"})
+
+        def read() -> Any:
+            tail = logtail.tail_lines(path, lines)
+            if tail is None:
+                return {"lines": [], "source": source + ": its output was pruned"}
+            return {"lines": tail.lines, "source": source}
+        if self.reactor is None:
+            return defer.maybeDeferred(read)
+        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), read)
 
     def list(self) -> defer.Deferred:
         out: Dict[str, Any] = {}

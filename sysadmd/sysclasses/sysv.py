@@ -16,6 +16,13 @@
   ``enable``/``disable``); on another directory, the same links made here: ``S01``/``K01``
   links from the script's ``Default-Start``/``Default-Stop``, then ``S``↔``K`` renames
   in runlevels 2-5, as ``update-rc.d`` does without insserv.
+* ``logs``: the last lines of the syslog file of ``SERVICES_LOG_DIR`` (the first of
+  ``syslog``, ``messages``, ``daemon.log`` there) whose tag is the script's name or its
+  LSB ``Provides`` (case ignored; ``name/part`` counts as ``name``), read backwards (:mod:`sysadmd.sysclasses.logtail`, at
+  most :data:`~sysadmd.sysclasses.logtail.MAX_SCAN_BYTES` per request), then those of
+  the service's own ``<name>.log`` and ``<name>/*.log`` there (the :data:`OWN_LOGS_MAX`
+  newest); each file's lines are one block, blocks in the order the files were last
+  written, and the last *lines* of all that are the answer.  Read in a thread.
 """
 
 from __future__ import annotations
@@ -27,10 +34,11 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from twisted.internet import defer, error, protocol
+from twisted.internet import defer, error, protocol, threads
 from twisted.python import failure
 
 from sysadmd.wire.envelope import ApiError
+from sysadmd.sysclasses import logtail
 from sysadmd.sysclasses.common import TOOL_ENV, _kill
 
 IGNORED = frozenset(("README", "skeleton", "rc", "rcS", "single", "reboot", "halt", "bootclean.sh", "functions"))
@@ -40,6 +48,8 @@ ACTION_TIMEOUT = 120.0
 OUTPUT_KEEP = 16 * 1024
 BOOT_LEVELS = ("2", "3", "4", "5")
 HEADER_BYTES = 8192
+SYSLOG_FILES = ("syslog", "messages", "daemon.log")
+OWN_LOGS_MAX = 8  # newest <name>/*.log files read
 
 
 @dataclass
@@ -121,9 +131,10 @@ def run_script(reactor: Any, argv: List[str], timeout: float, cwd: Optional[str]
 class SysvBackend:
     name = "sysv"
 
-    def __init__(self, reactor: Any, initd: str):
+    def __init__(self, reactor: Any, initd: str, log_dir: str = "/var/log"):
         self.reactor = reactor
         self.initd = initd.rstrip("/") or "/"
+        self.log_dir = log_dir
         self.etc = os.path.dirname(self.initd)
         self.use_update_rc_d = self.initd == "/etc/init.d" and shutil.which("update-rc.d", path=TOOL_ENV["PATH"])
         self._status_slots = defer.DeferredSemaphore(STATUS_PARALLEL)
@@ -258,6 +269,58 @@ class SysvBackend:
         except OSError as e:
             raise ApiError("400", f"changing the runlevel links of {name} failed: {e.strerror or e}") from None
 
+    # --- logs -------------------------------------------------------------------------------
+    def logs(self, name: str, lines: int) -> defer.Deferred:
+        """Fires with ``{"lines": [...], "source": "<files read>"}`` (see the module docstring)."""
+        script = self.script(name)
+        if script is None:
+            return defer.fail(ApiError("400", f"no init script {name} in {self.initd}"))
+        tags = {name.lower().encode(), script.tag.lower().encode()}
+        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self.read_logs, name, tags, lines)
+
+    def read_logs(self, name: str, tags: set, lines: int) -> Dict[str, Any]:
+        """The blocking part of :meth:`logs` (also called directly by tests)."""
+        blocks: List[Tuple[float, str, List[str]]] = []
+        budget = logtail.MAX_SCAN_BYTES
+        syslog = next((p for p in (os.path.join(self.log_dir, f) for f in SYSLOG_FILES) if os.path.isfile(p)), None)
+        if syslog is not None:
+            def ours(line: bytes) -> bool:
+                tag = logtail.syslog_tag(line)
+                if tag is None:
+                    return False
+                tag = tag.lower()
+                return tag in tags or tag.split(b"/", 1)[0] in tags  # postfix/smtpd is postfix's
+            tail = logtail.tail_lines(syslog, lines, keep=ours, max_scan=budget)
+            if tail is not None:
+                budget -= tail.scanned
+                label = f"{syslog} (tag {' or '.join(sorted(t.decode() for t in tags))}"
+                label += ", last {} MiB only)".format(tail.scanned >> 20) if not tail.complete else ")"
+                blocks.append((_mtime(syslog), label, tail.lines))
+        for path in self._own_logs(name):
+            if budget <= 0:
+                break
+            tail = logtail.tail_lines(path, lines, max_scan=budget)
+            if tail is not None:
+                budget -= tail.scanned
+                blocks.append((_mtime(path), path, tail.lines))
+        blocks.sort(key=lambda block: block[0])
+        out: List[str] = []
+        for _, _, block in blocks:
+            out.extend(block)
+        sources = ", ".join(label for _, label, _ in blocks)
+        return {"lines": out[-lines:] if lines else [],
+                "source": sources or f"no syslog ({', '.join(SYSLOG_FILES)}) nor {name}.log in {self.log_dir}"}
+
+    def _own_logs(self, name: str) -> List[str]:
+        paths = [os.path.join(self.log_dir, name + ".log")]
+        directory = os.path.join(self.log_dir, name)
+        try:
+            found = [e.path for e in os.scandir(directory) if e.name.endswith(".log") and e.is_file(follow_symlinks=False)]
+        except OSError:
+            found = []
+        found.sort(key=_mtime, reverse=True)
+        return [p for p in paths if os.path.isfile(p)] + found[:OWN_LOGS_MAX]
+
     def _any_link(self, name: str) -> bool:
         for level in ("S", "0", "1", "2", "3", "4", "5", "6"):
             if any(link[3:] == name for link in _names(os.path.join(self.etc, f"rc{level}.d"))):
@@ -270,6 +333,13 @@ class SysvBackend:
         path = os.path.join(directory, link)
         if not os.path.lexists(path):
             os.symlink(f"../{os.path.basename(self.initd)}/{name}", path)
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
 
 
 def _names(directory: str) -> List[str]:

@@ -8,6 +8,7 @@ import { h, field } from "./dom.js";
 import { jobPage, jobsPage } from "./jobs.js";
 import { packagesPage } from "./packages.js";
 import { filesPage, servicesPage, usersPage } from "./pages.js";
+import { supervisorPage } from "./supervisor.js";
 
 const TOKEN_KEY = "sysadmd.token";
 const root = document.getElementById("app");
@@ -129,6 +130,7 @@ function has(name) { return Object.prototype.hasOwnProperty.call(session.query, 
 function pages() {
   const list = [["#/", "Dashboard"], ["#/jobs", "Jobs"]];
   if (has("sysadm/services")) list.push(["#/services", "Services"]);
+  if (has("sysadm/supervisor")) list.push(["#/supervisor", "Supervisor"]);
   if (has("sysadm/users")) list.push(["#/users", "Users"]);
   if (has("sysadm/pkg")) list.push(["#/packages", "Packages"]);
   if (has("sysadm/fs")) list.push(["#/files", "Files"]);
@@ -187,6 +189,7 @@ function route() {
   if ((match = /^#\/jobs\/(\d{1,15})$/.exec(hash))) { page = jobPage(ctx, Number(match[1])); current = "#/jobs"; }
   else if (hash === "#/jobs") { page = jobsPage(ctx); current = "#/jobs"; }
   else if (hash === "#/services" && has("sysadm/services")) { page = servicesPage(ctx); current = hash; }
+  else if (hash === "#/supervisor" && has("sysadm/supervisor")) { page = supervisorPage(ctx); current = hash; }
   else if (hash === "#/users" && has("sysadm/users")) { page = usersPage(ctx); current = hash; }
   else if (hash === "#/packages" && has("sysadm/pkg")) { page = packagesPage(ctx); current = hash; }
   else if (hash.startsWith("#/files") && has("sysadm/fs")) {

@@ -1,7 +1,8 @@
-// Services (sysadm/services), users (sysadm/users) and files (sysadm/fs dirlist, with
-// download and upload through transfers.js).
+// Services (sysadm/services, with each service's log through logs.js), users
+// (sysadm/users) and files (sysadm/fs dirlist, with download and upload through transfers.js).
 
 import { h, field, formatBytes } from "./dom.js";
+import { logView } from "./logs.js";
 import { downloadFile, uploadForm } from "./transfers.js";
 
 function table(label, columns, rows) {
@@ -13,9 +14,19 @@ function table(label, columns, rows) {
 export function servicesPage(ctx) {
   const status = h("p", { class: "muted", role: "status" }, "Loading services…");
   const holder = h("div");
-  const el = h("section", { class: "page" }, h("h1", { tabIndex: -1 }, "Services"), status, holder);
+  const logHolder = h("div");
+  const el = h("section", { class: "page" }, h("h1", { tabIndex: -1 }, "Services"), status, logHolder, holder);
   const writable = ctx.rights("sysadm/services") === "read/write" && ctx.full;
   const verbs = [["start", "Start"], ["stop", "Stop"], ["restart", "Restart"], ["enable", "Enable"], ["disable", "Disable"]];
+  let shownLog = null;  // logs need full access, as the changes do
+  const closeLog = () => { if (shownLog) { shownLog.stop(); shownLog = null; } logHolder.replaceChildren(); };
+  const openLog = (name) => {
+    closeLog();
+    shownLog = logView(ctx, name, closeLog);
+    logHolder.replaceChildren(shownLog.el);
+    shownLog.el.querySelector("pre").focus({ preventScroll: true });
+    shownLog.el.scrollIntoView({ block: "nearest" });
+  };
 
   const load = async () => {
     try {
@@ -27,10 +38,11 @@ export function servicesPage(ctx) {
         h("td", {}, s.is_running === "true" ? "running" : "stopped"),
         h("td", {}, s.is_enabled === "true" ? "enabled" : "disabled"),
         writable ? h("td", { class: "actions" }, verbs.map(([verb, label]) =>
-          h("button", { type: "button", "aria-label": `${label} ${s.name}`, onclick: () => act(verb, s.name) }, label))) : null));
+          h("button", { type: "button", "aria-label": `${label} ${s.name}`, onclick: () => act(verb, s.name) }, label)),
+          h("button", { type: "button", "aria-label": `Logs of ${s.name}`, onclick: () => openLog(s.name) }, "Logs")) : null));
       holder.replaceChildren(table("Services", ["Name", "Description", "State", "At boot", writable ? "Actions" : null]
         .filter(Boolean), rows));
-      status.textContent = `${services.length} services`;
+      status.textContent = `${services.length} service${services.length === 1 ? "" : "s"}`;
     } catch (err) {
       status.textContent = `Could not list the services: ${err.message}`;
     }
@@ -46,7 +58,7 @@ export function servicesPage(ctx) {
     load();
   };
   load();
-  return { el, stop() {} };
+  return { el, stop() { closeLog(); } };
 }
 
 export function usersPage(ctx) {
