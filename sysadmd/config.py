@@ -148,6 +148,10 @@ KEYS: List[Key] = [
     Key("SUPERVISOR_MAX_CONNECTIONS", "int", 64, "Supervisor wire connections open at once (TCP and socket together);\nmore are closed at once.", minimum=1),
     Key("SUPERVISOR_MAX_MESSAGE_BYTES", "int", 1024 * 1024, "Longest supervisor wire query, ';;' and the base64 definition included;\na longer one is answered invalid and skipped up to its ';;'.", minimum=4096),
     Key("SUPERVISOR_IDLE_TIMEOUT", "float", 300.0, "Seconds a supervisor wire connection may sit idle (no query waiting or\nrunning) before it is closed. 0: never.", minimum=0),
+    # helper D: sysadm/services on systemd (D-Bus) and OpenRC (issue 12) ------------------
+    Key("SERVICES_INIT", "str", "auto", "sysadm/services: the init system whose services are managed. auto:\nsystemd when /run/systemd/system exists, OpenRC when /run/openrc exists\nor PID 1 is openrc-init, else SysV scripts (SERVICES_INITD_DIR).", choices=("auto", "systemd", "openrc", "sysv")),
+    Key("SERVICES_SYSTEMD_BUS", "str", "", "sysadm/services on systemd: the D-Bus address of systemd's bus\n(unix:path=… or unix:abstract=…). Empty: the system bus,\nunix:path=/run/dbus/system_bus_socket."),
+    Key("SERVICES_SYSTEMD_JOB_TIMEOUT", "float", 120.0, "Seconds a systemd start, stop or restart job may take before the\nrequest is answered with an error (the job itself goes on).", minimum=0.1, maximum=3600),
 ]
 
 KEY_NAMES = [k.name for k in KEYS]
