@@ -43,8 +43,7 @@ from twisted.logger import Logger
 from twisted.python import failure
 
 from sysadmd.wire.envelope import ApiError
-from sysadmd.sysclasses.common import TOOL_ENV
-from sysadmd.sysclasses.sysv import run_script
+from sysadmd.sysclasses.common import TOOL_ENV, spawn, tool_message
 
 log = Logger()
 
@@ -64,6 +63,7 @@ ENABLED_STATES = frozenset(("enabled", "enabled-runtime"))
 SIGNALS = ("JobRemoved", "UnitNew", "UnitFilesChanged", "Reloading")
 LOG_LINES_MAX = 5000
 LOG_TIMEOUT = 30.0
+LOG_OUTPUT_LIMIT = 16 * 1024 * 1024  # bytes of journalctl's output kept
 
 
 def dbus_fast_missing() -> Optional[str]:
@@ -503,17 +503,19 @@ class SystemdBackend:
         return job.done.addBoth(settled)
 
     # --- logs (used by the services class's logs action) -------------------------------------
-    @defer.inlineCallbacks
-    def logs(self, name: str, lines: int):
-        """The last *lines* journal lines of the unit, as text."""
+    def logs(self, name: str, lines: int) -> defer.Deferred:
+        """The last *lines* journal lines of the unit, as text (journalctl's own output)."""
         if not self.journalctl:
-            raise ApiError("404", "journalctl is not installed: systemd's journal cannot be read")
+            return defer.fail(ApiError("404", "journalctl is not installed: systemd's journal cannot be read"))
         lines = max(1, min(int(lines), LOG_LINES_MAX))
         argv = [self.journalctl, "-u", unit_of(name), "-n", str(lines), "-o", "short-iso", "--no-pager"]
-        code, text = yield run_script(self.reactor, argv, LOG_TIMEOUT)
-        if code != 0:
-            raise ApiError("400", f"journalctl -u {unit_of(name)} exited with {code}: {text.strip()[-2000:] or 'no message'}")
-        return text
+
+        def checked(result):
+            if result[0] != 0:
+                raise ApiError("400", tool_message(argv, result))
+            return result[1]
+
+        return spawn(self.reactor, argv, timeout=LOG_TIMEOUT, output_limit=LOG_OUTPUT_LIMIT).addCallback(checked)
 
 
 _RESULT_HINTS = {
