@@ -52,6 +52,7 @@ class Choose(unittest.TestCase):
         path = os.path.join(short_tempdir(self, "bus"), "bus")
         sock = socket.socket(socket.AF_UNIX)
         sock.bind(path)
+        sock.listen(4)
         self.addCleanup(sock.close)
         return path
 
@@ -60,14 +61,40 @@ class Choose(unittest.TestCase):
         cfg = self.config(SERVICES_SYSTEMD_BUS="unix:path=/nonexistent/system_bus_socket")
         kind, why = services_mod.choose(cfg, root)
         self.assertIsNone(kind)
-        self.assertIn("its bus socket /nonexistent/system_bus_socket does not exist", why)
+        self.assertIn("its bus '/nonexistent/system_bus_socket' cannot be reached: No such file or directory", why)
         self.assertEqual(services_mod.backends_for(None, cfg, root), [])
         path = self.listening_socket()
+        os.rename(path, path + ".x")
+        dead = socket.socket(socket.AF_UNIX)
+        dead.bind(path)  # bound, never listening: nobody answers
+        self.addCleanup(dead.close)
+        kind, why = services_mod.choose(self.config(SERVICES_SYSTEMD_BUS=f"unix:path={path}"), root)
+        self.assertIsNone(kind)
+        self.assertIn("cannot be reached: Connection refused", why)
+        dead.close()
+        os.unlink(path)
+        os.rename(path + ".x", path)
         cfg = self.config(SERVICES_SYSTEMD_BUS=f"unix:path={path}", SERVICES_SYSTEMD_JOB_TIMEOUT=7)
         self.assertEqual(services_mod.choose(cfg, root)[0], "systemd")
         [backend] = services_mod.backends_for(None, cfg, root)
         self.assertIsInstance(backend, SystemdBackend)
         self.assertEqual((backend.path, backend.job_timeout), (path, 7.0))
+
+    def test_without_dbus_fast_systemd_is_not_chosen_and_says_why(self):
+        import sys
+        path = self.listening_socket()
+        hidden = {name: module for name, module in sys.modules.items() if name.split(".")[0] == "dbus_fast"}
+        self.addCleanup(sys.modules.update, hidden)
+        for name in hidden:
+            del sys.modules[name]
+        for name in ("dbus_fast", "dbus_fast.constants", "dbus_fast._private.unmarshaller"):
+            sys.modules[name] = None  # what an import of a missing package meets
+        self.addCleanup(lambda: [sys.modules.pop(n, None) for n in ("dbus_fast", "dbus_fast.constants",
+                                                                    "dbus_fast._private.unmarshaller")])
+        cfg = self.config(SERVICES_SYSTEMD_BUS=f"unix:path={path}")
+        kind, why = services_mod.choose(cfg, fake_root(self, "run/systemd/system"))
+        self.assertIsNone(kind)
+        self.assertIn("needs D-Bus, but the Python package dbus-fast is not importable", why)
 
     def test_a_bus_address_that_is_not_unix_is_refused_naming_the_key(self):
         cfg = self.config(SERVICES_INIT="systemd", SERVICES_SYSTEMD_BUS="tcp:host=127.0.0.1,port=1")

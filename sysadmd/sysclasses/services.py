@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from typing import Any, Dict, List, Optional, Protocol, Tuple
 
 from twisted.application import service
@@ -113,8 +114,9 @@ def choose(config: Any, root: str = "/") -> Tuple[Optional[str], str]:
             path = socket_path(config.services_systemd_bus or DEFAULT_BUS)
         except ValueError as e:
             return None, f"SERVICES_SYSTEMD_BUS: {e}"
-        if not path.startswith("\0") and not os.path.exists(path):
-            return None, f"systemd ({origin}) runs the host, but its bus socket {path} does not exist"
+        refused = _unreachable(path)
+        if refused:
+            return None, f"systemd ({origin}) runs the host, but its bus {path!r} cannot be reached: {refused}"
         return "systemd", f"systemd ({origin}) over {config.services_systemd_bus or DEFAULT_BUS}"
     if kind == "openrc":
         if not OpenrcBackend.present():
@@ -123,6 +125,19 @@ def choose(config: Any, root: str = "/") -> Tuple[Optional[str], str]:
     if not SysvBackend.present(config.services_initd_dir):
         return None, f"SysV init scripts ({origin}), but {config.services_initd_dir} is not a directory"
     return "sysv", f"SysV init scripts in {config.services_initd_dir} ({origin})"
+
+
+def _unreachable(path: str) -> str:
+    """Why nothing accepts connections on the Unix socket *path* ('' when something does)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(2.0)
+        sock.connect(path)
+        return ""
+    except OSError as e:
+        return e.strerror or str(e)
+    finally:
+        sock.close()
 
 
 def backends_for(reactor: Any, config: Any, root: str = "/") -> List[Any]:
