@@ -197,6 +197,8 @@ class SystemdOverDBus(BusCase):
         self.assertEqual(listing["getty@tty1"]["path"], "")  # loaded, from a template: no file of its own
         self.assertTrue(self.backend.owns("web") and self.backend.owns("web.service"))
         self.assertFalse(self.backend.owns("getty@") or self.backend.owns("dev-sda") or self.backend.owns("nosuch"))
+        self.assertTrue(self.backend.owns("getty@tty2"))  # an instance of a template file
+        self.assertFalse(self.backend.owns("nosuch@tty2"))
         self.assertEqual(set((yield self.calls())) & {"Subscribe", "ListUnits", "ListUnitFiles"},
                          {"Subscribe", "ListUnits", "ListUnitFiles"})
 

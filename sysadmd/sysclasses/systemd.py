@@ -14,7 +14,8 @@ starts (the class is then not routed on a systemd host; the log says why).
   is ``UnitFileState`` enabled or enabled-runtime.
 * ``owns``: the name (with or without ``.service``) is in the backend's index of units,
   made on connecting, remade by every listing and kept current from systemd's
-  ``UnitNew``, ``UnitFilesChanged`` and ``Reloading`` signals.
+  ``UnitNew``, ``UnitFilesChanged`` and ``Reloading`` signals; or it is an instance of a
+  template unit file of the index (``getty@tty2`` of ``getty@.service``).
 * ``start``/``stop``/``restart``: ``StartUnit``/``StopUnit``/``RestartUnit`` with mode
   ``replace``, then the ``JobRemoved`` signal of the job is awaited (at most
   ``job_timeout`` seconds); a result other than ``done`` is an error naming it.
@@ -293,6 +294,7 @@ class SystemdBackend:
         self._bus: Optional[BusProtocol] = None
         self._connecting: Optional[List[defer.Deferred]] = None
         self._index: Set[str] = set()
+        self._templates: Set[str] = set()  # template unit files (name@.service)
         self._jobs: Dict[str, _Job] = {}  # job object path → waiter
         self._finished: "OrderedDict[str, str]" = OrderedDict()  # job path → result, seen before its reply
         self._listing: Optional[List[defer.Deferred]] = None
@@ -431,9 +433,12 @@ class SystemdBackend:
         files = yield self._call("ListUnitFiles", "", [], "listing unit files")
         out: Dict[str, Dict[str, str]] = {}
         states: Dict[str, Tuple[str, str]] = {}
+        templates: Set[str] = set()
         for path, state in files[0]:
             unit = os.path.basename(path)
-            if unit.endswith(".service") and not unit.endswith("@.service"):
+            if unit.endswith("@.service"):
+                templates.add(unit)
+            elif unit.endswith(".service"):
                 states.setdefault(unit, (path, state))
         loaded: Dict[str, Tuple[str, str]] = {}
         for row in units[0]:
@@ -448,10 +453,16 @@ class SystemdBackend:
                          "is_enabled": "true" if state in ENABLED_STATES else "false",
                          "is_running": "true" if active in RUNNING_STATES else "false"}
         self._index = set(states) | set(loaded)
+        self._templates = templates
         return out
 
     def owns(self, name: str) -> bool:
-        return unit_of(name) in self._index
+        """A unit systemd listed, or an instance of a template it has (``getty@tty2``)."""
+        unit = unit_of(name)
+        if unit in self._index:
+            return True
+        prefix, at, instance = unit.partition("@")
+        return bool(at and prefix and instance != ".service" and f"{prefix}@.service" in self._templates)
 
     # --- actions ------------------------------------------------------------------------------
     @defer.inlineCallbacks
