@@ -183,11 +183,10 @@ class Services(service.Service):
             if hasattr(backend, "start"):
                 backend.start()
 
-    def stopService(self):
-        for backend in self.backends:
-            if hasattr(backend, "close"):
-                backend.close()
-        return super().stopService()
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        closing = [defer.maybeDeferred(backend.close) for backend in self.backends if hasattr(backend, "close")]
+        return defer.gatherResults(closing, consumeErrors=True).addCallback(lambda _: None)
 
     @defer.inlineCallbacks
     def list_services(self, session: Session, args: Dict[str, Any]):

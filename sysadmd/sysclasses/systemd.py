@@ -156,6 +156,7 @@ class BusProtocol(protocol.Protocol):
         self.on_signal = on_signal
         self.on_lost = on_lost
         self.ready: defer.Deferred = defer.Deferred()
+        self.gone: defer.Deferred = defer.Deferred()  # fires (None) once the connection is closed
         self._authenticated = False
         self._buf = bytearray()
         self._serial = 0
@@ -243,6 +244,7 @@ class BusProtocol(protocol.Protocol):
             d.errback(BusGone(why))
         self._not_ready(failure.Failure(BusGone(why)))
         self.on_lost(self, why)
+        self.gone.callback(None)
 
     # --- calls ------------------------------------------------------------------------------
     def call(self, destination: Optional[str], path: str, interface: str, member: str, signature: str,
@@ -266,9 +268,11 @@ class BusProtocol(protocol.Protocol):
             waiting[0].errback(BusError("org.freedesktop.DBus.Error.NoReply",
                                         f"no reply to {member} within {timeout:g} s"))
 
-    def close(self) -> None:
+    def close(self) -> defer.Deferred:
+        """Close the connection; fires once it is closed."""
         self._lost = self._lost or "the daemon closed its bus connection"
         self.transport.loseConnection()
+        return self.gone
 
 
 class _Job:
@@ -306,10 +310,13 @@ class SystemdBackend:
         """Connect now (the index of units is made as soon as the bus answers)."""
         self._connected().addErrback(lambda f: log.warn("systemd backend: {why}", why=_why(f)))
 
-    def close(self) -> None:
+    def close(self) -> defer.Deferred:
+        """Close the bus connection (fires once closed); a connection being made closes
+        itself when it is ready."""
         self._closed = True
         if self._bus is not None:
-            self._bus.close()
+            return self._bus.close()
+        return defer.succeed(None)
 
     def _connected(self) -> defer.Deferred:
         """Fires with a live :class:`BusProtocol` (connecting first when needed)."""
