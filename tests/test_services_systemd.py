@@ -274,6 +274,17 @@ class SystemdOverDBus(BusCase):
         self.assertEqual(listing["cron"]["is_running"], "true")
 
 
+    @defer.inlineCallbacks
+    def test_close_waits_for_the_connection_then_refuses(self):
+        yield self.backend.list()
+        bus = self.backend._bus
+        yield self.backend.close()
+        self.assertIsNone(self.backend._bus)
+        self.assertTrue(bus.gone.called)
+        e = yield self.failure_of(self.backend.act("start", "web"))
+        self.assertEqual(e.code, "503")
+        self.assertIn("the services class is stopped", e.detail)
+
 @pytest.mark.slow
 class JobThatNeverFinishes(BusCase):
     job_timeout = 5.0
