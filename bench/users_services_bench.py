@@ -22,8 +22,8 @@ Reported, each beside its floor measured in the same run:
   a second daemon with ``SERVICES_INIT=systemd`` on a private ``dbus-daemon`` whose
   stand-in systemd manager (the one of tests/test_services_systemd.py, a Python
   dbus-fast service) holds ``--units`` service units; latency percentiles, and the
-  floor: the same ``ListUnits`` + ``ListUnitFiles`` calls made bare on the backend's
-  own bus connection (most of both is the stand-in building and marshalling its reply).
+  floor: the same ``ListUnits`` + ``ListUnitFiles`` calls (both in flight at once, as the
+  backend makes them) made bare on the backend's own bus connection (most of both is the stand-in building and marshalling its reply).
 """
 
 from __future__ import annotations
@@ -203,8 +203,8 @@ def systemd_listing(root, options):
         floor = []
         for _ in range(options.rounds):
             start = time.perf_counter()
-            yield connection.call(SYSTEMD, MANAGER_PATH, MANAGER, "ListUnits", "", [])
-            yield connection.call(SYSTEMD, MANAGER_PATH, MANAGER, "ListUnitFiles", "", [])
+            yield defer.gatherResults([connection.call(SYSTEMD, MANAGER_PATH, MANAGER, "ListUnits", "", []),
+                                       connection.call(SYSTEMD, MANAGER_PATH, MANAGER, "ListUnitFiles", "", [])])
             floor.append(time.perf_counter() - start)
         times, reply, own, _ = yield timed_calls(client, ("services", {"action": "list_services"}), options.rounds)
         services = reply["args"]["services"]

@@ -436,13 +436,14 @@ class SystemdBackend:
 
     @defer.inlineCallbacks
     def _list(self):
-        units = yield self._call("ListUnits", "", [], "listing units")
-        files = yield self._call("ListUnitFiles", "", [], "listing unit files")
+        # both calls in flight at once (D-Bus replies carry the serial they answer)
+        units, files = yield _both(self._call("ListUnits", "", [], "listing units"),
+                                   self._call("ListUnitFiles", "", [], "listing unit files"))
         out: Dict[str, Dict[str, str]] = {}
         states: Dict[str, Tuple[str, str]] = {}
         templates: Set[str] = set()
         for path, state in files[0]:
-            unit = os.path.basename(path)
+            unit = path[path.rfind("/") + 1:]
             if unit.endswith("@.service"):
                 templates.add(unit)
             elif unit.endswith(".service"):
@@ -543,6 +544,11 @@ _RESULT_HINTS = {
     "dependency": ": a unit it requires failed",
     "skipped": ": the unit was not active",
 }
+
+
+def _both(first: defer.Deferred, second: defer.Deferred) -> defer.Deferred:
+    """Both results, or the first failure (the other's is consumed)."""
+    return defer.gatherResults([first, second], consumeErrors=True).addErrback(lambda f: f.value.subFailure)
 
 
 def _bounded(clock: Any, d: defer.Deferred, seconds: float, what: str) -> defer.Deferred:
