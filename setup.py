@@ -21,6 +21,8 @@ setup(
         "service_identity>=23.1,<27",
         "psutil>=5.9,<8",
         "python-pam>=2.0,<3",
+        # sysadm/services on systemd (D-Bus messages; imported only when systemd runs the host)
+        "dbus-fast>=5.2,<6",
     ],
     extras_require={"test": ["pytest>=7,<10", "hypothesis>=6,<7", "treq>=22.2,<27", "pyflakes>=3.2,<5", "pytest-xdist>=3.5,<4",
                               # the web console's browser tests drive Debian's chromium + chromium-driver

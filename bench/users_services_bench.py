@@ -1,9 +1,9 @@
 """``sysadm/users usershow`` and ``sysadm/services list_services`` latency on a host with
-1,000 accounts and 1,000 init scripts.
+1,000 accounts and 1,000 init scripts, and ``list_services`` on systemd with 1,000 units.
 
 Run on demand (as root, for the local socket's peer-uid login)::
 
-    python -m bench.users_services_bench [--users 1000] [--scripts 1000] [--rounds 30]
+    python -m bench.users_services_bench [--users 1000] [--scripts 1000] [--units 1000] [--rounds 30]
 
 Everything is generated in a temporary directory, nothing on the host changes: a
 ``passwd``/``group``/``shadow`` with ``--users`` accounts (``USERS_PREFIX``) and an
@@ -18,6 +18,12 @@ Reported, each beside its floor measured in the same run:
 * ``list_services``: latency percentiles, and the floor: the same number of bare
   ``<script> status`` processes with the same parallelism (what the listing must run),
   then 4 concurrent listings (they share one run).
+* ``list_services_systemd`` (``--units``, 0 to skip; needs ``dbus-daemon`` and dbus-fast):
+  a second daemon with ``SERVICES_INIT=systemd`` on a private ``dbus-daemon`` whose
+  stand-in systemd manager (the one of tests/test_services_systemd.py, a Python
+  dbus-fast service) holds ``--units`` service units; latency percentiles, and the
+  floor: the same ``ListUnits`` + ``ListUnitFiles`` calls (both in flight at once, as the
+  backend makes them) made bare on the backend's own bus connection (most of both is the stand-in building and marshalling its reply).
 """
 
 from __future__ import annotations
@@ -164,17 +170,61 @@ def main(reactor_, options):
                                         floor_bare_status_ms=round(floor_status * 1000, 1),
                                         ratio_to_floor=round(statistics.median(times) / floor_status, 2),
                                         four_concurrent_ms=round(shared * 1000, 1))
-        print(json.dumps(results, indent=2))
         yield client.close()
         yield daemon.stopService()
+        if options.units:
+            results["list_services_systemd"] = yield systemd_listing(root, options)
+        print(json.dumps(results, indent=2))
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@defer.inlineCallbacks
+def systemd_listing(root, options):
+    """``list_services`` latency on the stand-in systemd with ``--units`` units."""
+    if not shutil.which("dbus-daemon"):
+        return {"skipped": "dbus-daemon is not installed"}
+    from sysadmd.sysclasses.systemd import MANAGER, MANAGER_PATH, SYSTEMD
+    from tests.test_services_systemd import PrivateBus
+
+    bus_dir = tempfile.mkdtemp(prefix="sdkbus", dir="/tmp")
+    bus = PrivateBus(bus_dir, units=[], generate=options.units)
+    try:
+        bus.start()
+        cfg = configmod.load(None, {"PORT": "tcp:0:interface=127.0.0.1", "STATE_DIR": os.path.join(root, "state-sd"),
+                                    "SERVICES_INIT": "systemd", "SERVICES_SYSTEMD_BUS": bus.address})
+        daemon = build(cfg, reactor)
+        daemon.startService()
+        for listener in daemon.listeners.values():
+            yield listener.ready
+        client = yield connect_unix(reactor, cfg.socket)
+        backend = daemon.sysclasses["services"].backends[0]
+        connection = yield backend._connected()
+        floor = []
+        for _ in range(options.rounds):
+            start = time.perf_counter()
+            yield defer.gatherResults([connection.call(SYSTEMD, MANAGER_PATH, MANAGER, "ListUnits", "", []),
+                                       connection.call(SYSTEMD, MANAGER_PATH, MANAGER, "ListUnitFiles", "", [])])
+            floor.append(time.perf_counter() - start)
+        times, reply, own, _ = yield timed_calls(client, ("services", {"action": "list_services"}), options.rounds)
+        services = reply["args"]["services"]
+        assert sum(1 for s in services.values() if s["tag"].startswith("gen")) == options.units, len(services)
+        result = dict(percentiles(times), units=options.units, daemon_cpu_ms_per_request=round(own * 1000, 1),
+                      floor_bare_dbus_calls=percentiles(floor),
+                      ratio_to_floor=round(statistics.median(times) / statistics.median(floor), 2))
+        yield client.close()
+        yield daemon.stopService()
+        return result
+    finally:
+        bus.stop()
+        shutil.rmtree(bus_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--scripts", type=int, default=1000)
+    parser.add_argument("--units", type=int, default=1000, help="systemd units on the stand-in manager (0: skip)")
     parser.add_argument("--rounds", type=int, default=30)
     opts = parser.parse_args()
     task.react(lambda r: main(r, opts))

@@ -311,6 +311,8 @@ def add_sysadm_classes(server: Server) -> Dict[str, Any]:
     for name, module in (("users", sys_users), ("services", sys_services), ("network", sys_network)):
         if module.available(config):
             routed[name] = module.route(server.api, reactor, config)
+    if "services" in routed:  # helper D: starts and closes the backends' connections (systemd's bus)
+        routed["services"].setServiceParent(server)
     # W: sysadm/firewall (nftables; a child service: applies the rules at start when enabled), sysadm/zfs
     if sys_firewall.available(config):
         routed["firewall"] = sys_firewall.route(server.api, reactor, config)

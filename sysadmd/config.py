@@ -150,6 +150,10 @@ KEYS: List[Key] = [
     Key("SUPERVISOR_IDLE_TIMEOUT", "float", 300.0, "Seconds a supervisor wire connection may sit idle (no query waiting or\nrunning) before it is closed. 0: never.", minimum=0),
     # --- E: sysadm/services logs (issue 14) --------------------------------------------
     Key("SERVICES_LOG_DIR", "path", "/var/log", "sysadm/services logs of a SysV service: the directory holding syslog\n(or messages, daemon.log) and the services' own <name>.log or\n<name>/*.log files."),
+    # helper D: sysadm/services on systemd (D-Bus) and OpenRC (issue 12) ------------------
+    Key("SERVICES_INIT", "str", "auto", "sysadm/services: the init system whose services are managed. auto:\nsystemd when /run/systemd/system exists, OpenRC when /run/openrc exists\nor PID 1 is openrc-init, else SysV scripts (SERVICES_INITD_DIR).", choices=("auto", "systemd", "openrc", "sysv")),
+    Key("SERVICES_SYSTEMD_BUS", "str", "", "sysadm/services on systemd: the D-Bus address of systemd's bus\n(unix:path=… or unix:abstract=…). Empty: the system bus,\nunix:path=/run/dbus/system_bus_socket."),
+    Key("SERVICES_SYSTEMD_JOB_TIMEOUT", "float", 120.0, "Seconds a systemd start, stop or restart job may take before the\nrequest is answered with an error (the job itself goes on).", minimum=0.1, maximum=3600),
 ]
 
 KEY_NAMES = [k.name for k in KEYS]

@@ -110,6 +110,18 @@ def tail_lines(path: str, count: int, *, keep: Optional[Callable[[bytes], bool]]
     return tail
 
 
+def split_lines(data: bytes, count: int, line_bytes: int = LINE_BYTES) -> List[str]:
+    """The last *count* lines of a tool's output *data*, oldest first, each cut as
+    :func:`tail_lines` cuts them."""
+    found: List[bytes] = []
+    pieces = data.split(b"\n")
+    if pieces and pieces[-1] == b"":
+        pieces.pop()
+    for line in pieces[-count:] if count > 0 else []:
+        _take(found, line, len(line) > line_bytes, None, line_bytes)
+    return [line.decode("utf-8", "replace") for line in found]
+
+
 def _take(found: List[bytes], line: bytes, long: bool, keep: Optional[Callable[[bytes], bool]],
           line_bytes: int) -> None:
     line = line[:line_bytes]

@@ -21,29 +21,39 @@ lines of the service's log, oldest first, each cut at 4 KiB, the whole at most
 came from.  The backend that owns the service reads them (its ``logs`` method).
 
 **Backends** (:data:`Services.backends`, tried in order; the first that has a service
-owns it): SysV init scripts (:mod:`sysadmd.sysclasses.sysv`) when systemd does not run
-the host.  This is the seam for more: the programs of sysadmd's own supervisor are meant
-to join as another backend with the methods of :class:`ServiceBackend` (``list``,
-``owns``, ``act``, ``logs``), added to :func:`backends_for`.  There is no systemd or OpenRC
-backend yet: on a host run by systemd the class is not routed (absent from
-``rpc/query``) rather than listing scripts systemd ignores.
+owns it): the host's init system, chosen by :func:`choose` (``SERVICES_INIT``, ``auto``
+by default: :func:`init_system`) — systemd over D-Bus (:mod:`sysadmd.sysclasses.systemd`),
+OpenRC's tools (:mod:`sysadmd.sysclasses.openrc`) or SysV init scripts
+(:mod:`sysadmd.sysclasses.sysv`) — then the programs of sysadmd's own supervisor
+(appended by :func:`sysadmd.assembly.add_supervisor`).  Each has the methods of
+:class:`ServiceBackend` (``list``, ``owns``, ``act``, ``logs``).  Where no init backend can run (systemd without a reachable bus
+or without dbus-fast, OpenRC without its tools, no init script directory) the class is
+not routed (absent from ``rpc/query``) and the log says why.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from typing import Any, Dict, List, Protocol, Tuple
+import socket
+from typing import Any, Dict, List, Optional, Protocol, Tuple
 
+from twisted.application import service
 from twisted.internet import defer
+from twisted.logger import Logger
 
 from sysadmd.wire.envelope import ApiError, type_name
 from sysadmd.session import Session
 from sysadmd.sysclasses.common import ActionTable, names_arg
+from sysadmd.sysclasses.openrc import OpenrcBackend
+from sysadmd.sysclasses.systemd import DEFAULT_BUS, SystemdBackend, dbus_fast_missing, socket_path
 from sysadmd.sysclasses.sysv import SysvBackend
+
+log = Logger()
 
 SERVICE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@:+-]{0,127}\Z")
 SYSTEMD_RUNNING = "/run/systemd/system"
+OPENRC_RUNNING = "/run/openrc"
 VERBS = {"start": "services_started", "stop": "services_stopped", "restart": "services_restarted",
          "enable": "services_enabled", "disable": "services_disabled"}
 MAX_SERVICES = 64
@@ -53,9 +63,9 @@ LOG_REPLY_BYTES = 2 * 1024 * 1024
 
 
 class ServiceBackend(Protocol):
-    """What a backend gives :class:`Services` (SysV scripts now; supervisor programs next)."""
+    """What a backend gives :class:`Services` (systemd, OpenRC, SysV scripts, supervisor programs)."""
 
-    name: str  # shown in logs and tests: "sysv", …
+    name: str  # shown in logs and tests: "systemd", "openrc", "sysv", "supervisor"
 
     def list(self) -> defer.Deferred:
         """Fires with ``{name: {name,tag,path,description,is_enabled,is_running}}``."""
@@ -72,21 +82,96 @@ class ServiceBackend(Protocol):
         a line is at most 4 KiB (:data:`sysadmd.sysclasses.logtail.LINE_BYTES`)."""
 
 
+INIT_SYSTEMS = ("systemd", "openrc", "sysv")
+
+
+def init_system(root: str = "/") -> Optional[str]:
+    """Which init system runs the host whose file system is at *root*: ``systemd`` when
+    ``run/systemd/system`` is a directory (systemd is PID 1); ``openrc`` when ``run/openrc``
+    exists or PID 1 is ``openrc-init`` (``proc/1/comm``); ``sysv`` when ``etc/init.d``
+    exists; otherwise ``None``."""
+    if os.path.isdir(os.path.join(root, SYSTEMD_RUNNING.lstrip("/"))):
+        return "systemd"
+    if os.path.exists(os.path.join(root, OPENRC_RUNNING.lstrip("/"))) or _pid1_comm(root) == "openrc-init":
+        return "openrc"
+    if os.path.isdir(os.path.join(root, "etc/init.d")):
+        return "sysv"
+    return None
+
+
+def _pid1_comm(root: str) -> str:
+    try:
+        with open(os.path.join(root, "proc/1/comm"), "rb") as f:
+            return f.read(64).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
 def systemd_runs() -> bool:
-    return os.path.isdir(SYSTEMD_RUNNING)
+    return init_system() == "systemd"
 
 
-def backends_for(reactor: Any, config: Any) -> List[Any]:
-    """The backends this host has, in the order they are asked."""
-    found: List[Any] = []
-    if not systemd_runs() and SysvBackend.present(config.services_initd_dir):
-        found.append(SysvBackend(reactor, config.services_initd_dir, config.services_log_dir))
-    return found
+def choose(config: Any, root: str = "/") -> Tuple[Optional[str], str]:
+    """``(backend kind or None, why)``: the host's init backend (``SERVICES_INIT``, or the
+    init system found under *root* for ``auto``) when this daemon can drive it."""
+    wanted = config.services_init
+    kind = init_system(root) if wanted == "auto" else wanted
+    origin = "SERVICES_INIT" if wanted != "auto" else f"the init system under {root}"
+    if kind is None:
+        return None, f"no init system found under {root} (no run/systemd/system, run/openrc or etc/init.d)"
+    if kind == "systemd":
+        missing = dbus_fast_missing()
+        if missing:
+            return None, f"systemd ({origin}) needs D-Bus, but {missing}"
+        try:
+            path = socket_path(config.services_systemd_bus or DEFAULT_BUS)
+        except ValueError as e:
+            return None, f"SERVICES_SYSTEMD_BUS: {e}"
+        refused = _unreachable(path)
+        if refused:
+            return None, f"systemd ({origin}) runs the host, but its bus {path!r} cannot be reached: {refused}"
+        return "systemd", f"systemd ({origin}) over {config.services_systemd_bus or DEFAULT_BUS}"
+    if kind == "openrc":
+        if not OpenrcBackend.present():
+            return None, f"OpenRC ({origin}), but rc-service/rc-update/rc-status are not installed"
+        return "openrc", f"OpenRC ({origin})"
+    if not SysvBackend.present(config.services_initd_dir):
+        return None, f"SysV init scripts ({origin}), but {config.services_initd_dir} is not a directory"
+    return "sysv", f"SysV init scripts in {config.services_initd_dir} ({origin})"
+
+
+def _unreachable(path: str) -> str:
+    """Why nothing accepts connections on the Unix socket *path* ('' when something does)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(2.0)
+        sock.connect(path)
+        return ""
+    except OSError as e:
+        return e.strerror or str(e)
+    finally:
+        sock.close()
+
+
+def backends_for(reactor: Any, config: Any, root: str = "/") -> List[Any]:
+    """The backends this host has, in the order they are asked (the supervisor's programs
+    are appended later, by :func:`sysadmd.assembly.add_supervisor`)."""
+    kind, _why = choose(config, root)
+    if kind == "systemd":
+        return [SystemdBackend(reactor, config.services_systemd_bus or DEFAULT_BUS,
+                               job_timeout=config.services_systemd_job_timeout)]
+    if kind == "openrc":
+        return [OpenrcBackend(reactor, log_dir=config.services_log_dir)]
+    if kind == "sysv":
+        return [SysvBackend(reactor, config.services_initd_dir, config.services_log_dir)]
+    return []
 
 
 def available(config: Any) -> bool:
-    """Routed when at least one backend serves this host."""
-    return bool(backends_for(None, config))
+    """Routed when the host's init system has a backend here (logged either way)."""
+    kind, why = choose(config)
+    log.info("sysadm/services: {state}: {why}", state="routed" if kind else "not routed", why=why)
+    return kind is not None
 
 
 def service_names(args: Dict[str, Any]) -> List[str]:
@@ -127,9 +212,23 @@ def bounded(lines: List[str], max_bytes: int = LOG_REPLY_BYTES) -> List[str]:
     return lines[start:]
 
 
-class Services:
+class Services(service.Service):
+    """The class's handlers; as a child service of the daemon it starts and closes the
+    backends that hold connections (``start``/``close``, the systemd one)."""
+
     def __init__(self, backends: List[ServiceBackend]):
         self.backends = backends
+
+    def startService(self) -> None:
+        super().startService()
+        for backend in self.backends:
+            if hasattr(backend, "start"):
+                backend.start()
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        closing = [defer.maybeDeferred(backend.close) for backend in self.backends if hasattr(backend, "close")]
+        return defer.gatherResults(closing, consumeErrors=True).addCallback(lambda _: None)
 
     @defer.inlineCallbacks
     def list_services(self, session: Session, args: Dict[str, Any]):
