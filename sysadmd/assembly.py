@@ -94,7 +94,7 @@ from sysadmd.supervisor.spawn import ProgramRunner
 from sysadmd.supervisor.store import ProgramStore
 from sysadmd.transports.rest import RestResource
 from sysadmd.transports.site import make_site
-from sysadmd.console.site import ConsoleResource
+from sysadmd.console.site import ConsoleResource, bridge_origin
 from sysadmd.transports.unixsocket import make_unix_listener
 from sysadmd.transports.websocket import SysadmServerFactory
 
@@ -320,9 +320,17 @@ def add_sysadm_classes(server: Server) -> Dict[str, Any]:
     return routed
 
 
-def add_console(cfg: Config) -> Optional[ConsoleResource]:
-    """The web console's files for the HTTPS listener (``CONSOLE=false``: none)."""
-    return ConsoleResource() if cfg.console else None
+def add_console(cfg: Config, bridges: Optional[BridgeLinkStore] = None) -> Optional[ConsoleResource]:
+    """The web console's files for the HTTPS listener (``CONSOLE=false``: none); its policy
+    lets the fleet view connect to the linked *bridges* and ``CONSOLE_CONNECT_SRC``."""
+    if not cfg.console:
+        return None
+    configured = tuple(cfg.console_connect_src.split())
+
+    def connect_sources() -> Tuple[str, ...]:
+        linked = tuple(bridge_origin(row.url) for row in bridges.list()) if bridges is not None else ()
+        return tuple(origin for origin in linked if origin) + configured
+    return ConsoleResource(connect_sources=connect_sources)
 # --- P: sysadm/pkg and sysadm/update (issue 12) -------------------------------------------
 def add_package_classes(server: Server, dispatcher: Dispatcher) -> Dict[str, Any]:
     """``sysadm/pkg`` and ``sysadm/update`` where apt is installed; their changes are jobs
@@ -361,7 +369,7 @@ def add_listeners(daemon: Daemon) -> None:
         ws_factory = SysadmServerFactory(server, "wss", reactor=reactor)
         rest = RestResource(server)
         daemon.add_listener("wss", Listener(reactor, cfg.port, make_site(ws_factory, rest, transfers=daemon.transfers,
-                                                                          console=add_console(cfg)),
+                                                                          console=add_console(cfg, daemon.bridge_links.store)),
                                             label="sysadmd wss+https",
                                             interface=cfg.listen_interface, tls=context, guard=guard))
         if cfg.port_rest:

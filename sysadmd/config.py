@@ -148,7 +148,22 @@ KEYS: List[Key] = [
     Key("SUPERVISOR_MAX_CONNECTIONS", "int", 64, "Supervisor wire connections open at once (TCP and socket together);\nmore are closed at once.", minimum=1),
     Key("SUPERVISOR_MAX_MESSAGE_BYTES", "int", 1024 * 1024, "Longest supervisor wire query, ';;' and the base64 definition included;\na longer one is answered invalid and skipped up to its ';;'.", minimum=4096),
     Key("SUPERVISOR_IDLE_TIMEOUT", "float", 300.0, "Seconds a supervisor wire connection may sit idle (no query waiting or\nrunning) before it is closed. 0: never.", minimum=0),
+    # --- F: the console's fleet view (issue 14 item 6) --------------------------------
+    Key("CONSOLE_CONNECT_SRC", "str", "", "Bridges the web console may connect to besides those this server is\nlinked to (which are always allowed): wss:// origins\n(wss://host[:port]), separated by spaces. They go into the console's\nContent-Security-Policy connect-src. Empty: only the linked bridges."),
 ]
+
+
+def wss_origin(text: str):
+    """``wss://host[:port]`` in canonical form for a wss origin (F: the console's
+    connect-src), else ``None``: no path, query, user or other scheme."""
+    text = text.strip()
+    if not text.lower().startswith("wss://"):
+        return None
+    origin = normalize_origin("https://" + text[len("wss://"):])
+    if origin is None or origin == "null":
+        return None
+    return "wss://" + origin[len("https://"):]
+
 
 KEY_NAMES = [k.name for k in KEYS]
 
@@ -186,6 +201,14 @@ class Config(Settings):
                 os.path.dirname(SYSTEM_SOCKET) if system_daemon else values["STATE_DIR"], "supervisor.sock")
         elif values["SUPERVISOR_SOCKET"].lower() == "none":
             values["SUPERVISOR_SOCKET"] = ""
+        # F: the console's extra connect-src origins, each wss://host[:port]
+        sources = []
+        for text in values["CONSOLE_CONNECT_SRC"].split():
+            origin = wss_origin(text)
+            if origin is None:
+                raise ConfigError(f"CONSOLE_CONNECT_SRC: {text!r} is not a wss:// origin such as wss://bridge.example.org:12149")
+            sources.append(origin)
+        values["CONSOLE_CONNECT_SRC"] = " ".join(dict.fromkeys(sources))
 
     @property
     def max_parallel_jobs(self) -> int:
