@@ -28,6 +28,11 @@ export class Connection {
     this.listeners = new Map();
     this.closeListeners = new Set();
     this.closed = null;
+    this.requestHandler = null;  // (message) => …: requests the other end sends us
+  }
+
+  send(message) {
+    if (!this.closed && this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(message));
   }
 
   open() {
@@ -69,10 +74,15 @@ export class Connection {
       return;
     }
     const waiting = this.pending.get(message.id);
-    if (!waiting) return;
+    if (!waiting) {
+      // A request from the other end (a bridge asks who we are and for our key list).
+      if (this.requestHandler && message.name !== "response" && message.name !== "error") this.requestHandler(message);
+      return;
+    }
     this.pending.delete(message.id);
     if (message.name === "error" || message.namespace === "error") {
-      const args = message.args || {};
+      const args = message.args && typeof message.args === "object" ? message.args
+        : { code: "401", message: String(message.args || "error") };  // a bridge's "unauthorized"
       waiting.reject(new ApiError(args.code, args.message, args.detail));
     } else {
       waiting.resolve(message.args);
