@@ -129,3 +129,32 @@ class SchemeOverTls(unittest.TestCase):
         peer.send_json({"args": "", "id": "i1", "name": "identify", "namespace": "rpc"})
         reply = yield peer.wait_reply("i1", start)
         self.assertTrue(reply["args"]["connection_id"].startswith("::{"))
+
+
+class BrowsersReachTheBridge(unittest.TestCase):
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_a_client_offering_alpn_gets_http_1_1(self):
+        """Browsers offer ALPN; the bridge used to select nothing, and OpenSSL then ended
+        every such handshake with an internal-error alert (net::ERR_SSL_PROTOCOL_ERROR)."""
+        import socket
+        import ssl
+
+        from twisted.internet import threads
+
+        daemon = yield start_bridge(self)
+        port = daemon.listener.port.getHost().port
+
+        def handshake(protocols):
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            context.set_alpn_protocols(protocols)
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+                with context.wrap_socket(raw) as tls:
+                    return tls.selected_alpn_protocol()
+
+        self.assertEqual((yield threads.deferToThread(handshake, ["h2", "http/1.1"])), "http/1.1")
+        # A client without ALPN (our CLI, Qt peers) still connects, with no protocol chosen.
+        self.assertIsNone((yield threads.deferToThread(handshake, [])))

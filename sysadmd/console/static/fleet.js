@@ -7,7 +7,7 @@
 
 import { ApiError, Connection, ConnectionClosed } from "./api.js";
 import { h, field, formatTime, uid } from "./dom.js";
-import { agentKey, bridgeLoginSignature, fleetContext, importUserKey, isSealed, openSealedText, seal,
+import { agentKey, bridgeLoginSignature, fleetContext, importUserKey, isSealed, openResult, seal,
   signCommand } from "./fleetcrypto.js";
 
 const DB_NAME = "sysadmd-fleet";
@@ -89,13 +89,15 @@ export async function runOnAgents(conn, key, agents, command, show, ttl = 3600) 
   const payload = JSON.stringify({ commands: [command], kind: "job", timeout: 3600 });
   const commands = [];
   const byId = new Map();
+  const agentKeys = new Map();
   for (const agent of agents) {
-    const publicKey = await agentKey(agent.key, agent.id);
+    const keys = await agentKey(agent.key, agent.id);  // checked against the id before anything is sealed
     const id = crypto.randomUUID().replace(/-/g, "");
-    const sealed = await seal(publicKey, payload, fleetContext("command", id, agent.id));
+    const sealed = await seal(keys.encrypt, payload, fleetContext("command", id, agent.id));
     commands.push({ id, agent: agent.id, payload: sealed, key: key.checksum,
       signature: await signCommand(key.sign, id, agent.id, sealed) });
     byId.set(id, agent);
+    agentKeys.set(id, keys);
   }
   await conn.call("fleet", "execute", { commands, ttl });
   const outcomes = await Promise.all(commands.map(async ({ id }) => {
@@ -104,7 +106,7 @@ export async function runOnAgents(conn, key, agents, command, show, ttl = 3600) 
     try {
       let reply;
       do { reply = await conn.call("fleet", "wait", { id, timeout: WAIT_SECONDS }); } while (!FINAL.has(reply.status));
-      outcome = await readResult(key, agent, reply);
+      outcome = await readResult(key, agentKeys.get(id), agent, reply);
     } catch (err) {
       outcome = { status: "UNKNOWN", outcome: "unknown", ok: false, error: err.message, output: "" };
     }
@@ -114,18 +116,22 @@ export async function runOnAgents(conn, key, agents, command, show, ttl = 3600) 
   return outcomes;
 }
 
-async function readResult(key, agent, reply) {
+async function readResult(key, keys, agent, reply) {
   const base = { status: reply.status, outcome: reply.status.toLowerCase(), ok: false, error: null, output: "", sealed: false };
   if (typeof reply.result !== "string") return base;
   let text = reply.result;
   if (isSealed(text)) {
-    text = await openSealedText(key.decrypt, text, fleetContext("result", reply.id, agent.id));
+    text = await openResult(key.decrypt, keys.verify, reply.id, agent.id, text);
     base.sealed = true;
+  } else if (text) {
+    // Only an agent's refusal before it knew our key comes unsealed: shown, never counted as success.
+    base.unverified = true;
   }
   let result;
   try { result = JSON.parse(text); } catch (err) { return { ...base, error: "the agent's result is not JSON" }; }
   if (!result || typeof result !== "object") return { ...base, error: "the agent's result is not an object" };
-  return { ...base, outcome: String(result.outcome || base.outcome), ok: reply.status === "COMPLETE" && result.ok === true,
+  return { ...base, outcome: String(result.outcome || base.outcome),
+    ok: reply.status === "COMPLETE" && result.ok === true && base.sealed,
     error: result.error || null, output: outputOf(result).slice(0, MAX_OUTPUT_CHARS), host: result.host };
 }
 
@@ -279,7 +285,7 @@ export function fleetPage(ctx) {
     summary.textContent = `Running on ${targets.length} agent${targets.length > 1 ? "s" : ""}…`;
     const show = (agent, outcome) => {
       results.append(h("li", { class: `card result ${outcome.ok ? "ok" : "failed"}`, dataset: { agent: agent.id } },
-        h("h3", {}, `${agent.name}: ${outcome.status} ${outcome.outcome}${outcome.sealed ? "" : " (not sealed)"}`),
+        h("h3", {}, `${agent.name}: ${outcome.status} ${outcome.outcome}${outcome.unverified ? " (unsealed, not verified)" : ""}`),
         outcome.error ? h("p", { class: "error" }, outcome.error) : null,
         h("pre", { class: "output", tabIndex: 0, "aria-label": `Output of ${agent.name}` }, outcome.output)));
     };

@@ -198,16 +198,28 @@ export async function importUserKey(text) {
   return { sign, decrypt, publicPem, checksum: keyChecksum(publicPem), spki };
 }
 
-// An agent's public key (PEM text from fleet/agents) checked against its id: sha256(SPKI DER).
-export async function agentKey(pem, agentId) {
-  const der = typeof pem === "string" ? pemBody(pem, "PUBLIC KEY") : null;
-  if (!der) throw new SealError("the bridge gave no public key (PEM) for this agent");
+// An agent's public key as fleet/agents lists it (standard base64 of its SPKI DER), checked
+// against the agent's id (sha256 of that DER): { encrypt (RSA-OAEP), verify (RSASSA) }.
+export async function agentKey(spkiB64, agentId) {
+  const short = String(agentId).slice(0, 12);
+  if (typeof spkiB64 !== "string" || !spkiB64 || spkiB64.length > 8192) {
+    throw new SealError(`agent ${short}: the bridge lists no key for it`);
+  }
+  let der;
+  try { der = fromBase64(spkiB64); } catch (err) { throw new SealError(`agent ${short}: its listed key is not base64`); }
   const digest = await sha256Hex(der);
   if (digest !== agentId) {
-    throw new SealError(`the key the bridge gave for agent ${agentId.slice(0, 12)} is not that agent's ` +
-                        `(its sha256 is ${digest.slice(0, 12)})`);
+    throw new SealError(`agent ${short}: the key the bridge lists for it is not the key its id names ` +
+                        "(sha256 of the key differs); nothing is sealed to it");
   }
-  return subtle().importKey("spki", der, OAEP, false, ["encrypt"]);
+  try {
+    return {
+      encrypt: await subtle().importKey("spki", der, OAEP, false, ["encrypt"]),
+      verify: await subtle().importKey("spki", der, SIGN, false, ["verify"]),
+    };
+  } catch (err) {
+    throw new SealError(`agent ${short}: its key is not an RSA public key`);
+  }
 }
 
 async function rsaSign(key, text) {
@@ -223,6 +235,25 @@ export function bridgeLoginSignature(signKey, testString) {
 export async function signCommand(signKey, commandId, agentId, payload) {
   const digest = await sha256Hex(utf8.encode(payload));
   return rsaSign(signKey, `sysadm-fleet-command/1\n${commandId}\n${agentId}\n${digest}`);
+}
+
+// A command's result sealed by its agent (sysadmd/wire/seal.py open_result): the result text
+// once the agent's signature over it checks; SealError otherwise.
+export async function openResult(decryptKey, agentVerifyKey, commandId, agentId, text) {
+  const inner = await openSealedText(decryptKey, text, fleetContext("result", commandId, agentId));
+  let body;
+  try { body = JSON.parse(inner); } catch (err) { throw new SealError("the sealed result is not JSON"); }
+  if (!body || typeof body.result !== "string" || typeof body.signature !== "string") {
+    throw new SealError('the sealed result is not {"result": TEXT, "signature": SIG}');
+  }
+  const digest = await sha256Hex(utf8.encode(body.result));
+  let signature;
+  try { signature = fromBase64(body.signature); } catch (err) { throw new SealError("the result's signature is not base64"); }
+  const message = utf8.encode(`sysadm-fleet-result/1\n${commandId}\n${agentId}\n${digest}`);
+  if (!(await subtle().verify(SIGN, agentVerifyKey, signature, message))) {
+    throw new SealError("the result is not signed by the agent's key");
+  }
+  return body.result;
 }
 
 export function fleetContext(kind, itemId, agentId) {
