@@ -41,13 +41,15 @@ const forgetKey = () => idb("readwrite", (store) => store.delete("user")).catch(
 
 export function bridgeUrl(text) {
   let value = text.trim();
-  if (!value) throw new Error("Bridge URL: enter the bridge's address, such as wss://bridge.example.org:12149");
-  if (!/^wss:\/\//i.test(value)) {
-    if (/^[a-z]+:\/\//i.test(value)) throw new Error("Bridge URL: only wss:// addresses (a bridge speaks TLS WebSockets)");
-    value = `wss://${value}`;
+  if (!value) throw new Error("Bridge URL: enter the bridge's address, such as wss://HOST:12149");
+  const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):/.exec(value);
+  if (scheme && scheme[1].toLowerCase() !== "wss" && value.startsWith(`${scheme[1]}:/`)) {
+    throw new Error("Bridge URL: only wss:// addresses (a bridge speaks TLS WebSockets)");
   }
+  if (!scheme || !value.startsWith(`${scheme[1]}:/`)) value = `wss://${value}`;
   let url;
   try { url = new URL(value); } catch (err) { throw new Error(`Bridge URL: ${value} is not an address`); }
+  if (url.protocol !== "wss:" || !url.hostname) throw new Error(`Bridge URL: ${value} is not a wss:// address`);
   if (!url.port) url.port = "12149";
   return url.href;
 }
@@ -143,10 +145,10 @@ export function fleetPage(ctx) {
   let stopped = false;
 
   const status = h("p", { id: "fleet-status", class: "muted", role: "status" }, "");
-  const say = (text, kind = "") => { status.textContent = text; status.className = kind || "muted"; };
+  const say = (text, kind = "") => { status.textContent = text; status.className = kind === "error" ? "error-message" : "muted"; };
 
   const [urlLabel, urlInput] = field("Bridge URL", { type: "text", name: "bridge", autocomplete: "url", spellcheck: false,
-    maxLength: 512, placeholder: "wss://bridge.example.org:12149", value: sessionStorage.getItem(URL_KEY) || "" });
+    maxLength: 512, placeholder: "wss://HOST:12149", value: sessionStorage.getItem(URL_KEY) || "" });
   const [fileLabel, fileInput] = field("Key file", { type: "file", accept: ".pem,.key,text/plain" });
   const rememberId = uid("f");
   const remember = h("input", { type: "checkbox", id: rememberId });
@@ -233,10 +235,11 @@ export function fleetPage(ctx) {
     refreshSoon();
   }
 
-  const form = h("form", { class: "card fleet-connect", "aria-label": "Bridge" },
+  const form = h("form", { class: "card inline-form", "aria-label": "Bridge" },
     urlLabel, urlInput, fileLabel, fileInput,
     h("div", { class: "check" }, remember, h("label", { for: rememberId }, "Remember on this browser")),
     keyNote, h("div", { class: "actions" }, connect, forget));
+  keyNote.classList.add("form-message");
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     let url;
@@ -271,7 +274,7 @@ export function fleetPage(ctx) {
     for (const [id, box] of checkboxes) box.checked = selected.has(id);
   } }, "All online");
   const run = h("button", { type: "submit" }, "Run on selected");
-  const runForm = h("form", { class: "card", "aria-label": "Run a command" }, commandLabel, commandInput,
+  const runForm = h("form", { class: "card run-form", "aria-label": "Run a command" }, commandLabel, commandInput,
     h("div", { class: "actions" }, allOnline, run));
   runForm.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -286,7 +289,7 @@ export function fleetPage(ctx) {
     const show = (agent, outcome) => {
       results.append(h("li", { class: `card result ${outcome.ok ? "ok" : "failed"}`, dataset: { agent: agent.id } },
         h("h3", {}, `${agent.name}: ${outcome.status} ${outcome.outcome}${outcome.unverified ? " (unsealed, not verified)" : ""}`),
-        outcome.error ? h("p", { class: "error" }, outcome.error) : null,
+        outcome.error ? h("p", { class: "error-message" }, outcome.error) : null,
         h("pre", { class: "output", tabIndex: 0, "aria-label": `Output of ${agent.name}` }, outcome.output)));
     };
     try {
@@ -307,7 +310,7 @@ export function fleetPage(ctx) {
     h("p", { class: "muted" }, "Your key stays in this browser: it signs the bridge login and your commands, " +
       "which are sealed to each agent; the bridge sees only ids and sealed text."),
     form, status,
-    h("section", { class: "card", "aria-label": "Agents" }, h("h2", {}, "Agents"), table),
+    h("section", { "aria-label": "Agents" }, h("h2", {}, "Agents"), h("div", { class: "table-wrap" }, table)),
     runForm, summary, results);
 
   if (key) showKey("this page only");
