@@ -148,6 +148,9 @@ KEYS: List[Key] = [
     Key("SUPERVISOR_MAX_CONNECTIONS", "int", 64, "Supervisor wire connections open at once (TCP and socket together);\nmore are closed at once.", minimum=1),
     Key("SUPERVISOR_MAX_MESSAGE_BYTES", "int", 1024 * 1024, "Longest supervisor wire query, ';;' and the base64 definition included;\na longer one is answered invalid and skipped up to its ';;'.", minimum=4096),
     Key("SUPERVISOR_IDLE_TIMEOUT", "float", 300.0, "Seconds a supervisor wire connection may sit idle (no query waiting or\nrunning) before it is closed. 0: never.", minimum=0),
+    # --- helper A: fleet end to end (issue 13 item 6) -------------------------------
+    Key("FLEET_ALLOW_PLAINTEXT", "bool", False, "true: as a fleet agent, also run commands and publish events whose payload\nis not sealed to this server's bridge key (still signed by a registered\nkey). For benchmarks and debugging only: the bridge can read those."),
+    Key("FLEET_AGENT_NAME", "str", "", "The name this server gives itself as a fleet agent (fleet/hello). Empty:\nits host name. Clients pin agent keys by this name (known_servers)."),
 ]
 
 KEY_NAMES = [k.name for k in KEYS]
