@@ -148,7 +148,7 @@ def build(cfg: Config, reactor: Any, *, passwords: Optional[Any] = None,
     daemon.log_retention = add_logs(server)
     daemon.settings = add_settings(server)
     daemon.keys, daemon.key_login = add_key_login(server, daemon.settings)
-    daemon.bridge_links = add_bridge_links(server, daemon.keys, daemon.settings)
+    daemon.bridge_links = add_bridge_links(server, daemon.key_login, daemon.settings)
     daemon.sysclasses = add_sysadm_classes(server)  # sysadm/* classes this host has a backend for
     daemon.sysclasses.update(add_package_classes(server, daemon.dispatcher))  # their changes are dispatcher jobs
     daemon.fleet_agent = add_fleet_agent(server, daemon.jobs, daemon.keys, daemon.bridge_links)  # fleet (issue 13)
@@ -279,10 +279,11 @@ def add_key_login(server: Server, settings: SettingsActions) -> Tuple[KeyStore, 
     return keys, key_login
 
 
-def add_bridge_links(server: Server, keys: KeyStore, settings: SettingsActions) -> BridgeLinks:
-    """One reconnecting link per stored bridge, and the bridge actions of ``rpc/settings``."""
+def add_bridge_links(server: Server, key_login: keyauth.KeyLogin, settings: SettingsActions) -> BridgeLinks:
+    """One reconnecting link per stored bridge (its end-to-end sessions log in through
+    *key_login*), and the bridge actions of ``rpc/settings``."""
     store = BridgeLinkStore(server.db, clock=server.reactor)
-    links = BridgeLinks(server, store, server.reactor, keys=keys)
+    links = BridgeLinks(server, store, server.reactor, keys=key_login.keys, key_login=key_login)
     links.setServiceParent(server)
     bridge_settings.add_actions(settings, server, links, store)
     return links

@@ -15,6 +15,8 @@ API (kept stable; other test files use it):
   skipped and counted in :data:`SearchStats`)
 * :func:`marker_forms` ``(marker) -> [bytes, …]`` the marker as raw UTF-8 and base64 at its
   three alignments, for searching a marker that may have crossed the bridge base64-encoded.
+* :func:`search_files_many` / :func:`search_process_memory_many` ``(…, needles)`` one pass
+  for several needles: ``{needle: [hits]}`` (every needle a key, in bytes).
 
 Both searches read in chunks with an overlap of ``len(needle) - 1`` bytes, so a match that
 straddles two chunks is found, and both are bounded: past *max_total* bytes they raise
@@ -28,7 +30,7 @@ import base64
 import os
 import stat
 from dataclasses import dataclass, field
-from typing import List, Sequence, Tuple, Union
+from typing import Dict, List, Sequence, Set, Tuple, Union
 
 CHUNK = 1 << 20
 #: Default bound on bytes read by one file search (all files together).
@@ -82,9 +84,11 @@ def marker_forms(marker: Needle) -> List[bytes]:
     return forms
 
 
-def _scan(read_at, start: int, length: int, needle: bytes, stats: SearchStats, max_total: int) -> bool:
-    """True if *needle* is in the *length* bytes at *start*; ``read_at(offset, size)`` reads."""
-    overlap = len(needle) - 1
+def _scan(read_at, start: int, length: int, needles: Sequence[bytes], stats: SearchStats,
+          max_total: int) -> Set[bytes]:
+    """The *needles* found in the *length* bytes at *start*; ``read_at(offset, size)`` reads."""
+    overlap = max(len(n) for n in needles) - 1
+    found: Set[bytes] = set()
     tail = b""
     pos = start
     end = start + length
@@ -97,19 +101,27 @@ def _scan(read_at, start: int, length: int, needle: bytes, stats: SearchStats, m
             break
         stats.bytes_read += len(chunk)
         window = tail + chunk
-        if needle in window:
-            return True
+        found.update(n for n in needles if n not in found and n in window)
+        if len(found) == len(needles):
+            break
         tail = window[-overlap:] if overlap else b""
         pos += len(chunk)
-    return False
+    return found
 
 
 def search_files(root: str, needle: Needle, max_total: int = MAX_FILE_BYTES,
                  stats: SearchStats | None = None) -> List[str]:
     """Paths of the regular files under *root* (recursively, symlinks not followed) containing *needle*."""
     data = _needle(needle)
+    return search_files_many(root, [data], max_total, stats)[data]
+
+
+def search_files_many(root: str, needles: Sequence[Needle], max_total: int = MAX_FILE_BYTES,
+                      stats: SearchStats | None = None) -> Dict[bytes, List[str]]:
+    """:func:`search_files` for several needles in one pass."""
+    datas = [_needle(n) for n in needles]
     stats = stats if stats is not None else SearchStats()
-    found = []
+    found: Dict[bytes, List[str]] = {d: [] for d in datas}
     if not os.path.isdir(root):
         raise FileNotFoundError(f"no directory {root!r} to search")
     for dirpath, _dirs, files in os.walk(root, followlinks=False):
@@ -128,8 +140,8 @@ def search_files(root: str, needle: Needle, max_total: int = MAX_FILE_BYTES,
             try:
                 stats.items += 1
                 size = os.fstat(fd).st_size
-                if _scan(lambda off, n: os.pread(fd, n, off), 0, size, data, stats, max_total):
-                    found.append(path)
+                for hit in _scan(lambda off, n: os.pread(fd, n, off), 0, size, datas, stats, max_total):
+                    found[hit].append(path)
             finally:
                 os.close(fd)
     return found
@@ -156,8 +168,15 @@ def search_process_memory(pid: int, needle: Needle, max_total: int = MAX_MEMORY_
                           stats: SearchStats | None = None) -> List[Region]:
     """Regions ``(start, end, perms, path)`` of process *pid* whose memory contains *needle*."""
     data = _needle(needle)
+    return search_process_memory_many(pid, [data], max_total, stats)[data]
+
+
+def search_process_memory_many(pid: int, needles: Sequence[Needle], max_total: int = MAX_MEMORY_BYTES,
+                               stats: SearchStats | None = None) -> Dict[bytes, List[Region]]:
+    """:func:`search_process_memory` for several needles in one pass."""
+    datas = [_needle(n) for n in needles]
     stats = stats if stats is not None else SearchStats()
-    found = []
+    found: Dict[bytes, List[Region]] = {d: [] for d in datas}
     fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
     try:
         for region in memory_regions(pid):
@@ -168,8 +187,8 @@ def search_process_memory(pid: int, needle: Needle, max_total: int = MAX_MEMORY_
                 return os.pread(fd, size, offset)
 
             try:
-                if _scan(read_at, start, end - start, data, stats, max_total):
-                    found.append(region)
+                for hit in _scan(read_at, start, end - start, datas, stats, max_total):
+                    found[hit].append(region)
             except OSError as exc:  # EIO: a guard page, a region unmapped since maps was read
                 stats.skipped.append(f"{start:x}-{end:x} {path}: {exc.strerror}")
     finally:

@@ -11,7 +11,8 @@ import unittest
 
 from tests import plaintext_search
 from tests.plaintext_search import (
-    SearchLimitError, SearchStats, marker_forms, search_files, search_process_memory)
+    SearchLimitError, SearchStats, marker_forms, search_files, search_files_many, search_process_memory,
+    search_process_memory_many)
 
 # The child gets the marker as hex on stdin and holds it as a bytes object: the raw marker
 # reaches its memory only through bytes.fromhex, never through argv or the environment.
@@ -56,6 +57,11 @@ class FileSearchTests(unittest.TestCase):
             f.write(b"x" * 100 + marker.encode() + b"y")
         self.assertIn(nested, search_files(self.root, marker))
         self.assertEqual(search_files(self.root, new_marker()), [])
+        absent = new_marker()
+        found = search_files_many(self.root, [marker, absent])
+        self.assertIn(nested, found[marker.encode()])
+        self.assertIn(db_path, found[marker.encode()])  # checkpointed into the main file at close
+        self.assertEqual(found[absent.encode()], [])
 
     def test_marker_across_a_chunk_boundary_is_found(self):
         marker = new_marker().encode()
@@ -109,6 +115,13 @@ class MemorySearchTests(unittest.TestCase):
         absent_stats = SearchStats()
         self.assertEqual(search_process_memory(self.child.pid, new_marker(), stats=absent_stats), [])
         self.assertGreater(absent_stats.bytes_read, 1 << 20)
+
+    def test_several_needles_in_one_pass(self):
+        marker, absent = new_marker(), new_marker()
+        self.hold(marker)
+        found = search_process_memory_many(self.child.pid, [marker + "-held", absent])
+        self.assertTrue(found[(marker + "-held").encode()])
+        self.assertEqual(found[absent.encode()], [])
 
     def test_memory_bound_raises(self):
         self.hold(new_marker())
