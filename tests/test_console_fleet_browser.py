@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import socket
 import uuid
 
 import pytest
@@ -68,6 +69,19 @@ class FleetConsole(BrowserCase):
             status = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#fleet-status, #fleet-summary, #fleet-results")]
             self.fail(f"no {what} within {timeout} s; the page says {status}; console {driver.get_log('browser')}")
 
+    def click(self, driver, name):
+        """Click button *name*; the agents table is rebuilt when fleet events arrive, so a
+        button found a moment before may be gone: find it again."""
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        def clicked(d):
+            try:
+                button(d, name).click()
+                return True
+            except StaleElementReferenceException:
+                return False
+        self.wait_for(driver, clicked, what=f"a click on {name!r}")
+
     def open_fleet(self, driver):
         from selenium.webdriver.common.by import By
 
@@ -103,7 +117,7 @@ class FleetConsole(BrowserCase):
             self.assertEqual(sorted(r.find_elements(By.TAG_NAME, "td")[1].text for r in rows), names)
             self.assertEqual({r.get_attribute("data-agent") for r in rows}, {a.id for a in cluster.agents})
             self.screenshot(driver, "fleet-agents")
-            button(driver, "All online").click()
+            self.click(driver, "All online")
             field_for(driver, "Command").send_keys("echo hello")
             button(driver, "Run on selected").click()
             self.until(driver, lambda d: d.find_element(By.ID, "fleet-summary").text.endswith("succeeded."),
@@ -115,6 +129,18 @@ class FleetConsole(BrowserCase):
             self.assertEqual(titles, [f"{n}: COMPLETE succeeded" for n in names])
             self.assertEqual([r.find_element(By.TAG_NAME, "pre").text for r in results], ["hello", "hello"])
             self.screenshot(driver, "fleet-run")
+            # agent1's own dashboard, through the bridge, end to end encrypted, logged in by the handshake.
+            self.click(driver, "Open dashboard of agent1")
+            self.until(driver, lambda d: d.find_elements(By.ID, "dash-hostname")
+                       and d.find_element(By.ID, "dash-hostname").text == socket.gethostname(), 30, "agent1's dashboard")
+            view = driver.find_element(By.CSS_SELECTOR, "#fleet-agent-view section")
+            self.assertEqual(view.get_attribute("data-agent"), cluster.agents[0].id)
+            self.assertIn(f"checked against its id {cluster.agents[0].id[:12]}", driver.find_element(By.ID, "fleet-status").text)
+            self.until(driver, lambda d: int(d.find_element(By.CSS_SELECTOR, "#fleet-agent-view canvas").get_attribute(
+                "data-samples") or 0) >= 1, 20, "a system-state reading from agent1")
+            self.screenshot(driver, "fleet-agent-dashboard")
+            button(driver, "Close dashboard").click()
+            self.wait_for(driver, lambda d: not d.find_elements(By.ID, "dash-hostname"), what="the dashboard closed")
             self.assertEqual(self.browser_errors(driver), [])
             return [entry["message"] for entry in driver.get_log("performance")]
 
@@ -122,6 +148,13 @@ class FleetConsole(BrowserCase):
         frames = [m for m in log if "Network.webSocketFrameSent" in m]
         self.assertTrue(any("pkcs1-sha256" in m for m in frames), "the bridge login is not in the network log")
         self.assertTrue(any("sealed1:" in m and '\\"execute\\"' in m for m in frames), "no sealed fleet/execute sent")
+        # The session's frames: a plain hello to each server, then only "!" frames.
+        relayed = [json.loads(m)["message"]["params"]["response"]["payloadData"] for m in frames]
+        relayed = [p for p in relayed if not p.startswith("{")]
+        self.assertTrue(any('"step":"hello"' in p for p in relayed))
+        encrypted = [p for p in relayed if p.split("\n", 1)[1].startswith("!")]
+        self.assertGreaterEqual(len(encrypted), 3)  # finish, query, identify, systeminfo, subscribe
+        self.assertEqual([p for p in relayed if '"step":"hello"' not in p and p not in encrypted], [])
         everything = "\n".join(log)
         self.assertNotIn("echo hello", "\n".join(frames))  # the command went out sealed only
         for line in secret_lines:

@@ -20,8 +20,11 @@ export class ConnectionClosed extends Error {
 }
 
 export class Connection {
-  constructor(url) {
+  // options.socket: () => an object that behaves as a WebSocket (readyState, send, close,
+  // onopen/onmessage/onclose): the transport seam, e.g. a session relayed through a bridge.
+  constructor(url, options = {}) {
     this.url = url;
+    this.makeSocket = options.socket || null;
     this.ws = null;
     this.nextId = 1;
     this.pending = new Map();
@@ -29,6 +32,11 @@ export class Connection {
     this.closeListeners = new Set();
     this.closed = null;
     this.requestHandler = null;  // (message) => …: requests the other end sends us
+    this.textFilter = null;  // (text) => true when it took a message that is not for us (relay frames)
+  }
+
+  sendText(text) {
+    if (!this.closed && this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(text);
   }
 
   send(message) {
@@ -37,7 +45,7 @@ export class Connection {
 
   open() {
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(this.url);
+      const ws = this.makeSocket ? this.makeSocket() : new WebSocket(this.url);
       this.ws = ws;
       let opened = false;
       ws.onopen = () => { opened = true; resolve(this); };
@@ -67,6 +75,7 @@ export class Connection {
   }
 
   received(text) {
+    if (this.textFilter && this.textFilter(text)) return;
     let message;
     try { message = JSON.parse(text); } catch (err) { return; }
     if (message.namespace === "events" && message.name !== "response") {

@@ -6,7 +6,9 @@
 // results are opened here.  The bridge sees ids, states and sealed text only.
 
 import { ApiError, Connection, ConnectionClosed } from "./api.js";
+import { dashboardPage } from "./dashboard.js";
 import { h, field, formatTime, uid } from "./dom.js";
+import { Relay, openAgentSession } from "./fleetsession.js";
 import { agentKey, bridgeLoginSignature, fleetContext, importUserKey, isSealed, openResult, seal,
   signCommand } from "./fleetcrypto.js";
 
@@ -64,6 +66,7 @@ export async function connectBridge(url, key) {
       conn.send({ args: { md5_keys: [key.checksum] }, id: message.id, name: "response", namespace: "rpc" });
     }
   };
+  conn.relay = new Relay(conn);  // before the login: the bridge lists our servers right after it
   await conn.open();
   try {
     const challenge = await conn.call("rpc", "auth_ssl", "");
@@ -143,6 +146,8 @@ export function fleetPage(ctx) {
   let agents = new Map();  // id -> agent row from fleet/agents
   let refreshTimer = null;
   let stopped = false;
+  let agentSession = null;  // { conn, page } of the agent dashboard open through the bridge
+  const agentView = h("div", { id: "fleet-agent-view" });
 
   const status = h("p", { id: "fleet-status", class: "muted", role: "status" }, "");
   const say = (text, kind = "") => { status.textContent = text; status.className = kind === "error" ? "error-message" : "muted"; };
@@ -185,24 +190,34 @@ export function fleetPage(ctx) {
 
   const tbody = h("tbody", {});
   const table = h("table", { class: "table", id: "fleet-agents", "aria-label": "Agents" },
-    h("thead", {}, h("tr", {}, ["Select", "Name", "ID", "Online", "Last seen", "Pending"].map((t) => h("th", { scope: "col" }, t)))),
+    h("thead", {}, h("tr", {}, ["Select", "Name", "ID", "Online", "Last seen", "Pending", "Session"].map((t) => h("th", { scope: "col" }, t)))),
     tbody);
   const selected = new Set();
   const checkboxes = new Map();
 
   function renderAgents() {
+    // Rows are rebuilt at each change: keep the keyboard focus on the same control.
+    const focused = tbody.contains(document.activeElement) ? document.activeElement.getAttribute("aria-label") : null;
     checkboxes.clear();
     const rows = [...agents.values()].sort((a, b) => (a.name || "").localeCompare(b.name || "") || a.id.localeCompare(b.id));
     tbody.replaceChildren(...rows.map((agent) => {
       const box = h("input", { type: "checkbox", checked: selected.has(agent.id), "aria-label": `Select ${agent.name}`,
         onchange: () => { if (box.checked) selected.add(agent.id); else selected.delete(agent.id); } });
       checkboxes.set(agent.id, box);
+      const open = agent.online
+        ? h("button", { type: "button", "aria-label": `Open dashboard of ${agent.name}`, onclick: () => openDashboard(agent) },
+          "Open dashboard")
+        : null;
       return h("tr", { dataset: { agent: agent.id, online: agent.online ? "yes" : "no" } },
         h("td", {}, box), h("td", {}, agent.name || "?"), h("td", { class: "mono", title: agent.id }, agent.id.slice(0, 12)),
         h("td", { class: agent.online ? "ok" : "muted" }, agent.online ? "online" : "offline"),
-        h("td", {}, formatTime(agent.last_seen)), h("td", {}, String(agent.pending ?? 0)));
+        h("td", {}, formatTime(agent.last_seen)), h("td", {}, String(agent.pending ?? 0)), h("td", {}, open));
     }));
-    if (!rows.length) tbody.append(h("tr", {}, h("td", { colSpan: 6, class: "muted" }, "No agents paired with this key.")));
+    if (!rows.length) tbody.append(h("tr", {}, h("td", { colSpan: 7, class: "muted" }, "No agents paired with this key.")));
+    if (focused) {
+      const again = [...tbody.querySelectorAll("[aria-label]")].find((el) => el.getAttribute("aria-label") === focused);
+      if (again) again.focus();
+    }
   }
 
   async function refresh() {
@@ -215,6 +230,59 @@ export function fleetPage(ctx) {
       if (reply.store_ok === false) say("The bridge cannot write its store: new commands are refused.", "error");
     } catch (err) {
       if (!(err instanceof ConnectionClosed)) say(`fleet/agents: ${err.message}`, "error");
+    }
+  }
+
+  function closeDashboard() {
+    if (!agentSession) return;
+    const { conn: session, page } = agentSession;
+    agentSession = null;
+    if (page) page.stop();
+    session.close();
+    agentView.replaceChildren();
+  }
+
+  // The console's own dashboard, over an end-to-end session with *agent* through the bridge.
+  async function openDashboard(agent) {
+    if (!conn || !key) return;
+    closeDashboard();
+    say(`Opening an end-to-end session with ${agent.name} through the bridge…`);
+    let session;
+    try {
+      session = await openAgentSession(conn.relay, key, agent.id);
+      const [query, identity] = await Promise.all([session.call("rpc", "query", {}), session.call("rpc", "identify", {})]);
+      if (stopped) { session.close(); return; }
+      const rights = query || {};
+      const agentCtx = {
+        conn: session,
+        full: rights["rpc/dispatcher"] === "read/write",
+        has: (name) => Object.prototype.hasOwnProperty.call(rights, name),
+        rights: (name) => rights[name],
+        token: () => null,
+        call: (namespace, name, args) => session.call(namespace, name, args),
+        navigate() {},
+        replaceHash() {},
+        setHostname() {},
+        report(err) { if (!(err instanceof ConnectionClosed)) console.warn("sysadmd console (agent):", err.message); },
+      };
+      const page = dashboardPage(agentCtx);
+      agentSession = { conn: session, page };
+      session.onClose((closed) => {
+        if (agentSession && agentSession.conn === session) {
+          agentSession.page.stop();
+          agentSession = null;
+          agentView.replaceChildren(h("p", { class: "error-message" }, `The session with ${agent.name} ended: ${closed.message}`));
+        }
+      });
+      agentView.replaceChildren(h("section", { class: "card agent-view", "aria-label": `Agent ${agent.name}`,
+        dataset: { agent: agent.id } },
+        h("div", { class: "actions" }, h("h2", {}, `${agent.name} (${(identity && identity.hostname) || "?"}), ` +
+          "through the bridge, end-to-end encrypted"), h("button", { type: "button", onclick: closeDashboard }, "Close dashboard")),
+        page.el));
+      say(`Session with ${agent.name}: server key checked against its id ${agent.id.slice(0, 12)}.`);
+    } catch (err) {
+      if (session) session.close();
+      say(`Cannot open ${agent.name}'s dashboard: ${err.message}`, "error");
     }
   }
 
@@ -248,6 +316,7 @@ export function fleetPage(ctx) {
     connect.disabled = true;
     say(`Connecting to ${url}…`);
     try {
+      closeDashboard();
       if (conn) conn.close();
       conn = await connectBridge(url, key);
       sessionStorage.setItem(URL_KEY, urlInput.value.trim());
@@ -311,7 +380,7 @@ export function fleetPage(ctx) {
       "which are sealed to each agent; the bridge sees only ids and sealed text."),
     form, status,
     h("section", { "aria-label": "Agents" }, h("h2", {}, "Agents"), h("div", { class: "table-wrap" }, table)),
-    runForm, summary, results);
+    runForm, summary, results, agentView);
 
   if (key) showKey("this page only");
   else {
@@ -327,6 +396,7 @@ export function fleetPage(ctx) {
     el,
     stop() {
       stopped = true;
+      closeDashboard();
       if (refreshTimer) clearTimeout(refreshTimer);
       if (conn) conn.close();
       conn = null;
