@@ -280,6 +280,7 @@ export function fleetPage(ctx) {
           "through the bridge, end-to-end encrypted"), h("button", { type: "button", onclick: closeDashboard }, "Close dashboard")),
         page.el));
       say(`Session with ${agent.name}: server key checked against its id ${agent.id.slice(0, 12)}.`);
+      agentView.scrollIntoView({ block: "start" });
     } catch (err) {
       if (session) session.close();
       say(`Cannot open ${agent.name}'s dashboard: ${err.message}`, "error");
@@ -380,7 +381,7 @@ export function fleetPage(ctx) {
       "which are sealed to each agent; the bridge sees only ids and sealed text."),
     form, status,
     h("section", { "aria-label": "Agents" }, h("h2", {}, "Agents"), h("div", { class: "table-wrap" }, table)),
-    runForm, summary, results, agentView);
+    agentView, runForm, summary, results);
 
   if (key) showKey("this page only");
   else {
