@@ -275,3 +275,53 @@ class FleetConsole(BrowserCase):
         self.assertIn("not signed by the agent", out["forged"])
         self.assertIn("altered, or sealed for another", out["moved"])
         self.assertIn("not the key its id names", out["wrongAgent"])
+
+    @defer.inlineCallbacks
+    def test_page_session_handshake_matches_python(self):
+        from sysadmd.wire import e2e
+
+        yield self.console()
+        user = ks.private_key("fleet-admin")
+        agent = ks.private_key("agent-x")
+        agent_id = e2e.agent_id_of(agent.public_key())
+        driver = yield self.open_browser()
+        yield self.b(driver.get, self.url)
+
+        hello = yield self.b(in_page, driver, """(async () => {
+            const s = await import("/console/fleetsession.js");
+            const key = await m.importUserKey(input);
+            window.fleetTest = { s, key, hs: await s.ClientHandshake.create(key), forged: await s.ClientHandshake.create(key) };
+            return [window.fleetTest.hs.hello(), window.fleetTest.forged.hello()];
+          })()""", crypto.private_pem(user).decode())
+        self.assertEqual(hello[0]["key"], crypto.md5_checksum(crypto.public_pem(user)))
+        server = e2e.ServerHandshake(agent)
+        channel, reply = server.accept(hello[0])
+        # An accept signed by another key than the one it carries is refused in the page.
+        _, forged = e2e.ServerHandshake(agent).accept(hello[1])
+        forged["sig"] = e2e.ServerHandshake(ks.private_key("stranger")).accept(hello[1])[1]["sig"]
+        out = yield self.b(in_page, driver, """(async () => {
+            const t = window.fleetTest;
+            const accepted = await t.hs.accept(input.reply);
+            t.cipher = accepted.cipher;
+            let forged = null;
+            try { await t.forged.accept(input.forged); } catch (err) { forged = err.message; }
+            return { serverId: accepted.serverId, finish: accepted.finish, forged,
+                     frames: [accepted.cipher.seal('{"n":1}'), accepted.cipher.seal('{"n":2}')] };
+          })()""", {"reply": reply, "forged": forged})
+        self.assertNotIn("error", out, out)
+        self.assertEqual(out["serverId"], agent_id)
+        self.assertIn("signature does not match", out["forged"])
+        server.finish(user.public_key(), out["finish"])  # raises if the page's signature is wrong
+        self.assertEqual([channel.open(f) for f in out["frames"]], [b'{"n":1}', b'{"n":2}'])
+        answers = [channel.seal(b'{"pong":1}'), channel.seal(b'{"pong":2}')]
+        opened = yield self.b(in_page, driver, """(async () => {
+            const c = window.fleetTest.cipher;
+            const out = [c.open(input[0])];
+            try { c.open(input[0]); out.push("replayed frame opened"); } catch (err) { out.push(err.message); }
+            out.push(c.open(input[1]));
+            return out;
+          })()""", answers)
+        self.assertEqual(opened[0], '{"pong":1}')
+        self.assertIn("does not open", opened[1])
+        self.assertEqual(opened[2], '{"pong":2}')
+        self.assertEqual(self.browser_errors(driver), [])
