@@ -202,6 +202,12 @@ class FleetConsole(BrowserCase):
             self.assertEqual(stored, {"sign": False, "decrypt": False, "types": ["private", "private"],
                                       "fields": ["checksum", "decrypt", "publicPem", "sign", "spki"]})
             self.screenshot(driver, "fleet-key")
+            # Phone width: everything reachable without a page-wide horizontal scroll.
+            driver.set_window_size(390, 844)
+            self.wait_for(driver, lambda d: d.execute_script(
+                "return document.documentElement.scrollWidth <= window.innerWidth + 1"), what="no sideways scroll at 390 px")
+            self.screenshot(driver, "fleet-phone")
+            driver.set_window_size(1280, 800)
             button(driver, "Forget key").click()
             self.wait_for(driver, lambda d: note(d) == "Key forgotten.", what="the key forgotten")
             driver.refresh()

@@ -213,7 +213,7 @@ export function fleetPage(ctx) {
         h("td", { class: agent.online ? "ok" : "muted" }, agent.online ? "online" : "offline"),
         h("td", {}, formatTime(agent.last_seen)), h("td", {}, String(agent.pending ?? 0)), h("td", {}, open));
     }));
-    if (!rows.length) tbody.append(h("tr", {}, h("td", { colSpan: 7, class: "muted" }, "No agents paired with this key.")));
+    if (!rows.length) tbody.append(h("tr", {}, h("td", { colSpan: 7, class: "muted" }, conn ? "No agents paired with this key." : "Connect to a bridge to see its agents.")));
     if (focused) {
       const again = [...tbody.querySelectorAll("[aria-label]")].find((el) => el.getAttribute("aria-label") === focused);
       if (again) again.focus();
