@@ -8,7 +8,9 @@ setup(
     packages=find_packages(include=["sysadmd", "sysadmd.*", "bridge", "bridge.*"]) + ["twisted.plugins"],
     package_data={"twisted": ["plugins/sysadmd_plugin.py", "plugins/sysadm_bridge_plugin.py"],
                   # the web console's files, served from the installed package (no CDN)
-                  "sysadmd.console": ["static/*.html", "static/*.js", "static/*.css", "static/*.svg"]},
+                  "sysadmd.console": ["static/*.html", "static/*.js", "static/*.css", "static/*.svg",
+                                      # vendored ES modules with their LICENSE (static/vendor/VENDORED.md)
+                                      "static/vendor/VENDORED.md", "static/vendor/*/*.js", "static/vendor/*/LICENSE"]},
     # Upper bounds: the newest releases the suite has passed on.  autobahn: sysadmd/wire/wsbase.py
     # hooks internals (its REQUIRED_INTERNALS, checked at import, with a fallback to the
     # public API); 22.12.1 is the oldest release with all of them (22.1.1 lacks

@@ -40,6 +40,12 @@ TOKEN_TTL = 0
 MAX_REPORTED_KEYS = 10000
 MAX_CHECKSUM_LENGTH = 256
 ENVELOPE_KEYS = ("namespace", "name", "args", "id")
+# Our second answer to the bridge's challenge, for peers (a browser's WebCrypto) that can
+# only make digest signatures: RSASSA-PKCS1-v1_5 with SHA-256 over this prefix + the
+# test_string (docs/protocol.md §8.1).  The prefix keeps such a signature from being
+# usable for anything else.
+SCHEME_PKCS1_SHA256 = "pkcs1-sha256"
+LOGIN_SIGNED_PREFIX = "sysadm-bridge-login/1\n"
 
 
 class BridgeApi:
@@ -135,14 +141,14 @@ class BridgeApi:
         if self._refused_when_blocked(peer, request_id):
             return
         if isinstance(args, dict) and "encrypted_string" in args:
-            self._auth_stage2(peer, request_id, args["encrypted_string"])
+            self._auth_stage2(peer, request_id, args["encrypted_string"], args.get("scheme"))
             return
         challenge = random_token(CHALLENGE_LENGTH)
         # One outstanding challenge per connection; a new stage 1 replaces the old one.
         self._challenges[peer.id] = (challenge, self.clock.seconds() + self.challenge_ttl)
         self._reply(peer, {"test_string": challenge}, request_id, "response", namespace)
 
-    def _auth_stage2(self, peer: Peer, request_id: Any, signature: Any) -> None:
+    def _auth_stage2(self, peer: Peer, request_id: Any, signature: Any, scheme: Any = None) -> None:
         pending = self._challenges.pop(peer.id, None)
         if pending is None:
             return self._auth_failed(peer, request_id, "no test_string was issued on this connection (or it was already used)")
@@ -151,7 +157,14 @@ class BridgeApi:
             return self._auth_failed(peer, request_id, "the test_string expired")
         if not isinstance(signature, str) or not signature:
             return self._auth_failed(peer, request_id, "encrypted_string is not a base64 string")
-        key = self.keys.verify(challenge, signature)
+        if scheme is None:
+            key = self.keys.verify(challenge, signature)
+        elif scheme == SCHEME_PKCS1_SHA256:
+            key = self.keys.verify_sha256(LOGIN_SIGNED_PREFIX + challenge, signature)
+        else:
+            shown = repr(scheme)[:40] if isinstance(scheme, str) else type(scheme).__name__
+            return self._auth_failed(peer, request_id, f"auth_ssl scheme {shown} is unknown "
+                                                       f"(expected none, or {SCHEME_PKCS1_SHA256!r})")
         if key is None:
             return self._auth_failed(peer, request_id, "the signature matches no registered key")
         role = peer.role

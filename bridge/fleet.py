@@ -24,6 +24,7 @@ every fleet client gets a ``store`` event, the agents' acks and results are not 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -89,6 +90,7 @@ class AgentRow:
     first_seen: float
     last_seen: float
     rtt: Optional[float]
+    key: str = ""  # b64 SPKI DER of the key it authenticated with (clients seal to it)
 
 
 class FleetStore(Protocol):
@@ -104,8 +106,10 @@ class FleetStore(Protocol):
     def delete_command(self, command_id: str) -> None: ...
     def sweep(self, now: float) -> Tuple[List[str], int]: ...
     def pending_counts(self) -> Dict[str, int]: ...
-    def add_events(self, event_id: str, agents: List[str], owner_md5: str, payload: str, now: float, ttl: float) -> None: ...
-    def events_for(self, agent_id: str) -> List[Tuple[str, str, float]]: ...
+    def add_events(self, event_id: str, items: List[Tuple[str, str, str, str]], owner_md5: str, now: float,
+                   ttl: float) -> None: ...
+    def event_exists(self, event_id: str) -> bool: ...
+    def events_for(self, agent_id: str) -> List[Tuple[str, str, str, str, float]]: ...
     def event_delivered(self, event_id: str, agent_id: str) -> Optional[str]: ...
     def probe(self, now: float) -> None: ...
 
@@ -141,15 +145,15 @@ class SqliteFleetStore:
 
     def save_agent(self, agent: AgentRow) -> None:
         self._write("saving agent " + agent.id[:12], lambda: self.db.execute(
-            "INSERT INTO fleet_agents (id, name, md5s, first_seen, last_seen, rtt) VALUES (?, ?, ?, ?, ?, ?)"
+            "INSERT INTO fleet_agents (id, name, md5s, first_seen, last_seen, rtt, key) VALUES (?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT(id) DO UPDATE SET name = excluded.name, md5s = excluded.md5s,"
-            " last_seen = excluded.last_seen, rtt = excluded.rtt",
-            (agent.id, agent.name, " ".join(agent.md5s), agent.first_seen, agent.last_seen, agent.rtt)))
+            " last_seen = excluded.last_seen, rtt = excluded.rtt, key = excluded.key",
+            (agent.id, agent.name, " ".join(agent.md5s), agent.first_seen, agent.last_seen, agent.rtt, agent.key)))
 
     def agents(self) -> List[AgentRow]:
         rows = self.db.execute("SELECT * FROM fleet_agents ORDER BY name, id").fetchall()
-        return [AgentRow(r["id"], r["name"], tuple(r["md5s"].split()), r["first_seen"], r["last_seen"], r["rtt"])
-                for r in rows]
+        return [AgentRow(r["id"], r["name"], tuple(r["md5s"].split()), r["first_seen"], r["last_seen"], r["rtt"],
+                         r["key"]) for r in rows]
 
     def add_commands(self, rows: List[CommandRow]) -> None:
         def insert() -> None:
@@ -197,14 +201,23 @@ class SqliteFleetStore:
         return {r[0]: r[1] for r in self.db.execute(
             "SELECT agent_id, COUNT(*) FROM fleet_commands WHERE status IN ('PENDING','ACTIVE') GROUP BY agent_id")}
 
-    def add_events(self, event_id: str, agents: List[str], owner_md5: str, payload: str, now: float, ttl: float) -> None:
+    def add_events(self, event_id: str, items: List[Tuple[str, str, str, str]], owner_md5: str, now: float,
+                   ttl: float) -> None:
+        """*items*: ``(agent id, payload, signature, signer)`` per agent."""
         self._write(f"storing event {event_id}", lambda: self.db.executemany(
-            "INSERT INTO fleet_events (id, agent_id, owner_md5, status, ts, expires, payload) VALUES (?, ?, ?, 'PENDING', ?, ?, ?)",
-            [(event_id, a, owner_md5, now, now + ttl, payload) for a in agents]))
+            "INSERT INTO fleet_events (id, agent_id, owner_md5, status, ts, expires, payload, signature, signer)"
+            " VALUES (?, ?, ?, 'PENDING', ?, ?, ?, ?, ?)",
+            [(event_id, a, owner_md5, now, now + ttl, payload, signature, signer)
+             for a, payload, signature, signer in items]))
 
-    def events_for(self, agent_id: str) -> List[Tuple[str, str, float]]:
-        return [(r[0], r[1], r[2]) for r in self.db.execute(
-            "SELECT id, payload, ts FROM fleet_events WHERE agent_id = ? AND status = 'PENDING' ORDER BY ts, id", (agent_id,))]
+    def event_exists(self, event_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM fleet_events WHERE id = ? LIMIT 1", (event_id,)).fetchone() is not None
+
+    def events_for(self, agent_id: str) -> List[Tuple[str, str, str, str, float]]:
+        """``(id, payload, signature, signer, ts)`` of the events waiting for *agent_id*."""
+        return [(r[0], r[1], r[2], r[3], r[4]) for r in self.db.execute(
+            "SELECT id, payload, signature, signer, ts FROM fleet_events WHERE agent_id = ? AND status = 'PENDING'"
+            " ORDER BY ts, id", (agent_id,))]
 
     def event_delivered(self, event_id: str, agent_id: str) -> Optional[str]:
         """Mark delivered (the row goes); the owner's checksum, or None if unknown."""
@@ -220,11 +233,15 @@ class SqliteFleetStore:
             "INSERT INTO fleet_health (k, v) VALUES ('probe', ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v", (now,)))
 
 
+def spki_der(pem: str) -> bytes:
+    """The key's SubjectPublicKeyInfo DER."""
+    return crypto.load_public_key(pem).public_bytes(serialization.Encoding.DER,
+                                                    serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 def agent_id_of(pem: str) -> str:
     """SHA-256 hex of the key's SubjectPublicKeyInfo DER (what sysadmd.wire.bound.fingerprint computes)."""
-    public = crypto.load_public_key(pem)
-    return hashlib.sha256(public.public_bytes(serialization.Encoding.DER,
-                                              serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest()
+    return hashlib.sha256(spki_der(pem)).hexdigest()
 
 
 class FleetError(Exception):
@@ -407,7 +424,8 @@ class Fleet:
         pem = self.key_pem(peer.key_nickname or "")
         if pem is None:
             raise FleetError("401", "the key this connection authenticated with is no longer registered")
-        agent_id = agent_id_of(pem)
+        der = spki_der(pem)
+        agent_id = hashlib.sha256(der).hexdigest()
         name = args.get("name")
         name = name[:MAX_NAME] if isinstance(name, str) and name else peer.id
         old = self.online.get(agent_id)
@@ -418,7 +436,7 @@ class Fleet:
         now = self.now()
         known = next((a for a in self.store.agents() if a.id == agent_id), None)
         agent = AgentRow(agent_id, name, tuple(sorted(peer.md5s)), known.first_seen if known else now, now,
-                         self.rtt.get(agent_id))
+                         self.rtt.get(agent_id), base64.b64encode(der).decode("ascii"))
         try:
             self.store.save_agent(agent)
         except StoreFailed as e:
@@ -452,9 +470,11 @@ class Fleet:
                                                  "signature": row.signature, "key": row.signer, "ts": row.ts},
                                         "id": "", "name": "command", "namespace": "fleet"}))
             sent += 1
-        for event_id, payload, ts in self.store.events_for(agent_id):
-            peer.link.send_text(encode({"args": {"id": event_id, "payload": payload, "ts": ts},
-                                        "id": "", "name": "event", "namespace": "fleet"}))
+        for event_id, payload, signature, signer, ts in self.store.events_for(agent_id):
+            args: Dict[str, Any] = {"id": event_id, "payload": payload, "ts": ts}
+            if signature:
+                args.update(signature=signature, key=signer)
+            peer.link.send_text(encode({"args": args, "id": "", "name": "event", "namespace": "fleet"}))
             sent += 1
         return sent
 
@@ -530,7 +550,7 @@ class Fleet:
             if not (peer.provable & self._agent_md5s(agent.id)):
                 continue
             online = agent.id in self.online
-            result.append({"id": agent.id, "name": agent.name, "online": online,
+            result.append({"id": agent.id, "name": agent.name, "key": agent.key, "online": online,
                            "last_seen": self.now() if online else agent.last_seen,
                            "rtt": self.rtt.get(agent.id, agent.rtt), "pending": counts.get(agent.id, 0)})
         return result
@@ -645,18 +665,40 @@ class Fleet:
         agents = args.get("agents")
         if not isinstance(agents, list) or not 0 < len(agents) <= MAX_BATCH:
             raise FleetError("400", f"agents must be a list of 1 to {MAX_BATCH} agent ids")
-        ids = []
+        ids: List[str] = []
         for i, a in enumerate(agents):
             agent_id = _agent({"a": a}, "a", f"agents[{i}]")
             self._may_address(peer, agent_id)
             if agent_id not in ids:
                 ids.append(agent_id)
-        payload = args.get("payload")
-        if not isinstance(payload, str) or len(payload) > MAX_PAYLOAD:
-            raise FleetError("400", f"payload must be text of at most {MAX_PAYLOAD} characters")
         ttl = _ttl(args)
-        event_id = uuid.uuid4().hex
-        self._write(lambda: self.store.add_events(event_id, ids, peer.key_md5 or "", payload, self.now(), ttl))
+        if "payloads" in args:  # one sealed, signed payload per agent (§8.6)
+            event_id = _id(args, "id")
+            payloads, signatures, signer = args.get("payloads"), args.get("signatures"), args.get("key")
+            if not isinstance(payloads, dict) or not isinstance(signatures, dict):
+                raise FleetError("400", "payloads and signatures must be objects keyed by agent id")
+            if not isinstance(signer, str) or not 0 < len(signer) <= 256:
+                raise FleetError("400", "key must be the signing key's md5 checksum")
+            items = []
+            for agent_id in ids:
+                payload, signature = payloads.get(agent_id), signatures.get(agent_id)
+                if not isinstance(payload, str) or len(payload) > MAX_PAYLOAD:
+                    raise FleetError("400", f"payloads[{agent_id[:12]}…] must be text of at most {MAX_PAYLOAD} "
+                                            "characters")
+                if not isinstance(signature, str) or not 0 < len(signature) <= MAX_SIGNATURE:
+                    raise FleetError("400", f"signatures[{agent_id[:12]}…] must be base64 text")
+                items.append((agent_id, payload, signature, signer))
+            if len(payloads) != len(ids) or len(signatures) != len(ids):
+                raise FleetError("400", "payloads and signatures must have exactly one entry per agent")
+            if self.store.event_exists(event_id):
+                raise FleetError("409", f"id {event_id} is already used")
+        else:  # the old form: one plaintext payload (agents publish it only with FLEET_ALLOW_PLAINTEXT)
+            payload = args.get("payload")
+            if not isinstance(payload, str) or len(payload) > MAX_PAYLOAD:
+                raise FleetError("400", f"payload must be text of at most {MAX_PAYLOAD} characters")
+            event_id = uuid.uuid4().hex
+            items = [(agent_id, payload, "", "") for agent_id in ids]
+        self._write(lambda: self.store.add_events(event_id, items, peer.key_md5 or "", self.now(), ttl))
         for agent_id in ids:
             self.deliver(agent_id)
         return {"id": event_id, "agents": ids}

@@ -32,7 +32,9 @@ import time
 from dataclasses import dataclass
 from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple, Union
 
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from sysadmd.runtime import crypto
 from bridge import migrations
@@ -179,6 +181,26 @@ class KeyStore:
                 continue  # imported before the key rule: never checked (a huge exponent is slow)
             if public is not None and crypto.recover_signed(public, signature_b64) == expected:
                 return key
+        return None
+
+    def verify_sha256(self, message: str, signature_b64: str) -> Optional[RegisteredKey]:
+        """The registered key whose RSASSA-PKCS1-v1_5 SHA-256 signature of *message* is
+        *signature_b64* (the ``pkcs1-sha256`` login scheme, docs/protocol.md §8.1)."""
+        signature = crypto.decode_signature(signature_b64)
+        if signature is None:
+            return None
+        data = message.encode("utf-8")
+        for key in self.all():
+            public = self._public_key(key)
+            if public is None or crypto.login_key_problem(public) is not None:
+                continue
+            if len(signature) != (public.key_size + 7) // 8:
+                continue
+            try:
+                public.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
+            except (InvalidSignature, ValueError):
+                continue
+            return key
         return None
 
     def _public_key(self, key: RegisteredKey) -> Optional[rsa.RSAPublicKey]:

@@ -62,7 +62,9 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from bridge.flow import PeerFlow
 from bridge.relay import Peer, new_peer_id
@@ -162,8 +164,15 @@ class BridgeServerProtocol(LeanServerMixin, WebSocketServerProtocol):
             self.close_with(CLOSE_POLICY, f"not authenticated within {timeout:g} s")
 
 
+@implementer(IProtocolNegotiationFactory)
 class BridgeServerFactory(WebSocketServerFactory):
     protocol = BridgeServerProtocol
+
+    def acceptableProtocols(self):
+        """ALPN: WebSockets run over HTTP/1.1.  Without an answer Twisted's ALPN callback
+        selects nothing and OpenSSL ends the handshake of every client that offers ALPN
+        (browsers, curl) with an internal-error alert."""
+        return [b"http/1.1"]
 
     def __init__(self, bridge: Any, *, reactor: Any = None):
         super().__init__(url=None, server="sysadm-bridge", reactor=reactor)

@@ -94,7 +94,7 @@ from sysadmd.supervisor.spawn import ProgramRunner
 from sysadmd.supervisor.store import ProgramStore
 from sysadmd.transports.rest import RestResource
 from sysadmd.transports.site import make_site
-from sysadmd.console.site import ConsoleResource
+from sysadmd.console.site import ConsoleResource, bridge_origin
 from sysadmd.transports.unixsocket import make_unix_listener
 from sysadmd.transports.websocket import SysadmServerFactory
 
@@ -148,7 +148,7 @@ def build(cfg: Config, reactor: Any, *, passwords: Optional[Any] = None,
     daemon.log_retention = add_logs(server)
     daemon.settings = add_settings(server)
     daemon.keys, daemon.key_login = add_key_login(server, daemon.settings)
-    daemon.bridge_links = add_bridge_links(server, daemon.keys, daemon.settings)
+    daemon.bridge_links = add_bridge_links(server, daemon.key_login, daemon.settings)
     daemon.sysclasses = add_sysadm_classes(server)  # sysadm/* classes this host has a backend for
     daemon.sysclasses.update(add_package_classes(server, daemon.dispatcher))  # their changes are dispatcher jobs
     daemon.fleet_agent = add_fleet_agent(server, daemon.jobs, daemon.keys, daemon.bridge_links)  # fleet (issue 13)
@@ -279,10 +279,11 @@ def add_key_login(server: Server, settings: SettingsActions) -> Tuple[KeyStore, 
     return keys, key_login
 
 
-def add_bridge_links(server: Server, keys: KeyStore, settings: SettingsActions) -> BridgeLinks:
-    """One reconnecting link per stored bridge, and the bridge actions of ``rpc/settings``."""
+def add_bridge_links(server: Server, key_login: keyauth.KeyLogin, settings: SettingsActions) -> BridgeLinks:
+    """One reconnecting link per stored bridge (its end-to-end sessions log in through
+    *key_login*), and the bridge actions of ``rpc/settings``."""
     store = BridgeLinkStore(server.db, clock=server.reactor)
-    links = BridgeLinks(server, store, server.reactor, keys=keys)
+    links = BridgeLinks(server, store, server.reactor, keys=key_login.keys, key_login=key_login)
     links.setServiceParent(server)
     bridge_settings.add_actions(settings, server, links, store)
     return links
@@ -322,9 +323,17 @@ def add_sysadm_classes(server: Server) -> Dict[str, Any]:
     return routed
 
 
-def add_console(cfg: Config) -> Optional[ConsoleResource]:
-    """The web console's files for the HTTPS listener (``CONSOLE=false``: none)."""
-    return ConsoleResource() if cfg.console else None
+def add_console(cfg: Config, bridges: Optional[BridgeLinkStore] = None) -> Optional[ConsoleResource]:
+    """The web console's files for the HTTPS listener (``CONSOLE=false``: none); its policy
+    lets the fleet view connect to the linked *bridges* and ``CONSOLE_CONNECT_SRC``."""
+    if not cfg.console:
+        return None
+    configured = tuple(cfg.console_connect_src.split())
+
+    def connect_sources() -> Tuple[str, ...]:
+        linked = tuple(bridge_origin(row.url) for row in bridges.list()) if bridges is not None else ()
+        return tuple(origin for origin in linked if origin) + configured
+    return ConsoleResource(connect_sources=connect_sources)
 # --- P: sysadm/pkg and sysadm/update (issue 12) -------------------------------------------
 def add_package_classes(server: Server, dispatcher: Dispatcher) -> Dict[str, Any]:
     """``sysadm/pkg`` and ``sysadm/update`` where apt is installed; their changes are jobs
@@ -363,7 +372,7 @@ def add_listeners(daemon: Daemon) -> None:
         ws_factory = SysadmServerFactory(server, "wss", reactor=reactor)
         rest = RestResource(server)
         daemon.add_listener("wss", Listener(reactor, cfg.port, make_site(ws_factory, rest, transfers=daemon.transfers,
-                                                                          console=add_console(cfg)),
+                                                                          console=add_console(cfg, daemon.bridge_links.store)),
                                             label="sysadmd wss+https",
                                             interface=cfg.listen_interface, tls=context, guard=guard))
         if cfg.port_rest:

@@ -154,7 +154,25 @@ KEYS: List[Key] = [
     Key("SERVICES_INIT", "str", "auto", "sysadm/services: the init system whose services are managed. auto:\nsystemd when /run/systemd/system exists, OpenRC when /run/openrc exists\nor PID 1 is openrc-init, else SysV scripts (SERVICES_INITD_DIR).", choices=("auto", "systemd", "openrc", "sysv")),
     Key("SERVICES_SYSTEMD_BUS", "str", "", "sysadm/services on systemd: the D-Bus address of systemd's bus\n(unix:path=… or unix:abstract=…). Empty: the system bus,\nunix:path=/run/dbus/system_bus_socket."),
     Key("SERVICES_SYSTEMD_JOB_TIMEOUT", "float", 120.0, "Seconds a systemd start, stop or restart job may take before the\nrequest is answered with an error (the job itself goes on).", minimum=0.1, maximum=3600),
+    # --- helper A: fleet end to end (issue 13 item 6) -------------------------------
+    Key("FLEET_ALLOW_PLAINTEXT", "bool", False, "true: as a fleet agent, also run commands and publish events whose payload\nis not sealed to this server's bridge key (still signed by a registered\nkey). For benchmarks and debugging only: the bridge can read those."),
+    Key("FLEET_AGENT_NAME", "str", "", "The name this server gives itself as a fleet agent (fleet/hello). Empty:\nits host name. Clients pin agent keys by this name (known_servers)."),
+    # --- F: the console's fleet view (issue 14 item 6) --------------------------------
+    Key("CONSOLE_CONNECT_SRC", "str", "", "Bridges the web console may connect to besides those this server is\nlinked to (which are always allowed): wss:// origins\n(wss://host[:port]), separated by spaces. They go into the console's\nContent-Security-Policy connect-src. Empty: only the linked bridges."),
 ]
+
+
+def wss_origin(text: str):
+    """``wss://host[:port]`` in canonical form for a wss origin (F: the console's
+    connect-src), else ``None``: no path, query, user or other scheme."""
+    text = text.strip()
+    if not text.lower().startswith("wss://"):
+        return None
+    origin = normalize_origin("https://" + text[len("wss://"):])
+    if origin is None or origin == "null":
+        return None
+    return "wss://" + origin[len("https://"):]
+
 
 KEY_NAMES = [k.name for k in KEYS]
 
@@ -192,6 +210,14 @@ class Config(Settings):
                 os.path.dirname(SYSTEM_SOCKET) if system_daemon else values["STATE_DIR"], "supervisor.sock")
         elif values["SUPERVISOR_SOCKET"].lower() == "none":
             values["SUPERVISOR_SOCKET"] = ""
+        # F: the console's extra connect-src origins, each wss://host[:port]
+        sources = []
+        for text in values["CONSOLE_CONNECT_SRC"].split():
+            origin = wss_origin(text)
+            if origin is None:
+                raise ConfigError(f"CONSOLE_CONNECT_SRC: {text!r} is not a wss:// origin such as wss://bridge.example.org:12149")
+            sources.append(origin)
+        values["CONSOLE_CONNECT_SRC"] = " ".join(dict.fromkeys(sources))
 
     @property
     def max_parallel_jobs(self) -> int:

@@ -35,7 +35,7 @@ def missing_browser() -> str:
     return ""
 
 
-def new_driver(width: int = 1280, height: int = 800) -> Any:
+def new_driver(width: int = 1280, height: int = 800, network_log: bool = False) -> Any:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -49,7 +49,8 @@ def new_driver(width: int = 1280, height: int = 800) -> Any:
         options.add_argument("--no-sandbox")
     profile = tempfile.mkdtemp(prefix="sd-chromium-")
     options.add_argument(f"--user-data-dir={profile}")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # network_log: the CDP Network events as the "performance" log (requests and WebSocket frames)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", **({"performance": "ALL"} if network_log else {})})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_window_size(width, height)
     driver._sysadmd_profile = profile
@@ -76,8 +77,8 @@ class BrowserCase(unittest.TestCase):
         """Run a blocking browser step in a thread; a Deferred of its result."""
         return threads.deferToThread(fn, *args, **kwargs)
 
-    def open_browser(self, width: int = 1280, height: int = 800):
-        d = self.b(new_driver, width, height)
+    def open_browser(self, width: int = 1280, height: int = 800, network_log: bool = False):
+        d = self.b(new_driver, width, height, network_log)
 
         def got(driver):
             self.addCleanup(lambda: self.b(quit_driver, driver))

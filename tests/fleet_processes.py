@@ -28,6 +28,8 @@ class Agent:
         self.state = os.path.join(base, name)
         self.socket = os.path.join(self.state, "sysadmd.sock")
         self.key_file = os.path.join(base, f"{name}.key")
+        self.config = os.path.join(base, f"{name}.conf")
+        self.settings: Dict[str, str] = {"FLEET_AGENT_NAME": name}  # its config file (written at each start)
         self.child: Any = None
 
     @property
@@ -72,8 +74,10 @@ class FleetCluster(BridgeHarness):
 
     @defer.inlineCallbacks
     def start_agent(self, agent: Agent):
+        with open(agent.config, "w") as f:
+            f.write("".join(f"{k}={v}\n" for k, v in agent.settings.items()))
         agent.child = spawn(self.testcase, agent.name, TWISTD + [
-            "sysadmd", "--config", self.config, "--port", "tcp:0:interface=127.0.0.1",
+            "sysadmd", "--config", agent.config, "--port", "tcp:0:interface=127.0.0.1",
             "--state-dir", agent.state, "--socket", agent.socket])
         yield agent.child.wait_for(SERVER_LISTENING)
         return agent

@@ -165,6 +165,9 @@ class FakeServer:
         args = message.get("args")
         if message.get("name") == "identify":
             self.reply(source, message, {"hostname": self.claimed, "type": "server"})
+        elif message.get("name") == "e2e":  # what upstream answers an unknown call before a login
+            self.peer.send(f"{source}\n" + json.dumps({"args": {"code": "401", "message": "Unauthorized"},
+                                                       "id": message["id"], "name": "error", "namespace": "error"}))
         elif message.get("name") == "auth_ssl" and isinstance(args, dict) and "encrypted_string" in args:
             self.signatures.append(args)
             self.reply(source, message, ["token-" + "x" * 20, 900], encode64=True)

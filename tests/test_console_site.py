@@ -108,7 +108,7 @@ class ServedConsole(ConsoleFiles):
 
     @defer.inlineCallbacks
     def test_every_file_is_served_with_its_type_and_the_policy(self):
-        names = sorted(os.listdir(STATIC))
+        names = sorted(n for n in os.listdir(STATIC) if os.path.isfile(os.path.join(STATIC, n)))
         self.assertIn("app.js", names)
         for name in names:
             if name == "index.html":
@@ -171,7 +171,7 @@ class ShippedFiles(unittest.TestCase):
         total = 0
         with open(os.path.join(ROOT, "setup.py")) as f:
             setup_text = f.read()
-        for name in sorted(os.listdir(STATIC)):
+        for name in sorted(n for n in os.listdir(STATIC) if os.path.isfile(os.path.join(STATIC, n))):
             with open(os.path.join(STATIC, name), "rb") as f:
                 data = f.read()
             total += len(gzip.compress(data, 9))

@@ -17,6 +17,15 @@ server's bridge key and a proof signed with it, and only a login signature bound
 key is accepted afterwards (:mod:`sysadmd.wire.bound`).  Upstream clients see upstream's
 reply.
 
+End-to-end sessions (docs/protocol.md §8.6; :mod:`sysadmd.wire.e2e`): a plain ``rpc/e2e``
+hello (the named key must be registered) is answered with the server's signed ephemeral
+key; from then on every payload both ways is a ``"!"`` frame.  The first encrypted frame
+must be the client's ``finish``; it is checked like a key login (the key checker's threads
+and limits, the blacklist, rights) and logs the session in.  An encrypted frame that does
+not open ends the session (a plain error, then the session closes); a plain frame inside
+an encrypted session is refused and drops the session's encryption and login, unless it
+is a new hello, which starts over.
+
 Bodies named ``response`` or ``error`` are replies, not requests, and are dropped: in
 particular a client can never pass for the bridge answering our own ``auth_ssl``
 (upstream signed whatever ``test_string`` a bridged client sent it).
@@ -33,7 +42,9 @@ from twisted.logger import Logger
 
 from sysadmd.wire import envelope
 from sysadmd.auth import boundlogin
-from sysadmd.wire import bound
+from sysadmd.auth.keys import CheckerBusy, CheckResult
+from sysadmd.wire import bound, e2e
+from sysadmd.session import Identity
 from sysadmd.wire.envelope import EnvelopeError, Request
 from sysadmd.session import Session
 from sysadmd.wire.close import CLOSE_GOING_AWAY, CLOSE_POLICY
@@ -41,6 +52,27 @@ from sysadmd.wire.close import CLOSE_GOING_AWAY, CLOSE_POLICY
 log = Logger()
 
 BASE64 = "base64"  # Session.attributes key: bodies are base64(JSON)
+E2E = "e2e"  # Session.attributes key: the session's E2EState (end-to-end encrypted)
+E2E_ROUTE = ("rpc", "e2e")
+
+
+class E2EState:
+    """One bridged session's end-to-end encryption: its handshake, frame keys and stage
+    (``finish`` awaited, ``checking`` it, ``open`` once logged in by it)."""
+
+    def __init__(self, handshake: e2e.ServerHandshake, channel: e2e.Session, key: Any):
+        self.handshake = handshake
+        self.channel = channel
+        self.key = key  # the RegisteredKey the hello named
+        self.stage = "finish"
+
+
+def e2e_error(code: str, detail: str, request_id: str = "") -> Dict[str, Any]:
+    """An error about the end-to-end session itself; ``"e2e": 1`` tells our client that the
+    server knows ``rpc/e2e`` (an upstream server's error for an unknown call has no such field)."""
+    message = envelope.error(code, detail, request_id)
+    message["args"]["e2e"] = e2e.VERSION
+    return message
 
 
 class BridgedChannel:
@@ -75,8 +107,10 @@ def is_md5_stage1(request: Request) -> bool:
 class BridgedClients:
     """Sessions of one link by client ID; *send_frame(bytes, session_id)* writes a frame."""
 
-    def __init__(self, server: Any, nickname: str, send_frame: Callable[[bytes, Optional[str]], bool]):
+    def __init__(self, server: Any, nickname: str, send_frame: Callable[[bytes, Optional[str]], bool],
+                 key_login: Optional[Any] = None):
         self.server = server
+        self.key_login = key_login  # the KeyLogin (keys, checker): end-to-end sessions log in through it
         self.nickname = nickname
         self._send_frame = send_frame
         self._sessions: Dict[str, Session] = {}
@@ -156,6 +190,18 @@ class BridgedClients:
         self.handle(session, body)
 
     def handle(self, session: Session, body: str) -> None:
+        state: Optional[E2EState] = session.attributes.get(E2E)
+        if e2e.is_frame(body):
+            self._encrypted(session, state, body)
+            return
+        if state is not None and not self._is_hello(body):
+            # The client never sends plain frames once encrypted: someone else did.  Nothing
+            # of it runs, and nothing more runs as the client's login until it starts over.
+            session.touch()
+            self._drop_e2e(session)
+            session.send(e2e_error("400", "a plain frame inside an end-to-end encrypted session is refused; the "
+                                          "session's encryption and login were dropped: start over with an rpc/e2e hello"))
+            return
         if body.startswith("{"):
             session.attributes[BASE64] = False
             text = body
@@ -180,7 +226,172 @@ class BridgedClients:
         if is_md5_stage1(request):
             self._md5_stage1(session, request)
             return
+        if request.route == E2E_ROUTE:
+            self._e2e_hello(session, request)
+            return
         self.server.api.handle_text(session, text)
+
+    # --- end-to-end sessions ------------------------------------------------------------
+    @staticmethod
+    def _is_hello(body: str) -> bool:
+        if not body.startswith("{") or '"e2e"' not in body:
+            return False
+        try:
+            request = envelope.parse(body)
+        except EnvelopeError:
+            return False
+        return request.route == E2E_ROUTE and isinstance(request.args, dict) and request.args.get("step") == "hello"
+
+    def _drop_e2e(self, session: Session) -> None:
+        """End *session*'s encryption and the login it brought (back to plain mode)."""
+        if session.attributes.pop(E2E, None) is not None:
+            self.server.logout(session)
+            session.challenge = None
+
+    def _end_session(self, session: Session, why: str) -> None:
+        """A frame that breaks the encrypted stream: say so (plain) and close the session."""
+        session.attributes.pop(E2E, None)
+        log.warn("bridge {nick}: ending end-to-end session {session}: {why}", nick=self.nickname, session=session.id, why=why)
+        session.send(e2e_error("400", f"end-to-end session ended: {why}"))
+        session.close(f"end-to-end session ended: {why}", CLOSE_POLICY)
+
+    def _e2e_hello(self, session: Session, request: Request) -> None:
+        """``rpc/e2e`` step hello (plain): start an encrypted session, logged out until finish."""
+        session.touch()
+        self._drop_e2e(session)
+        self.server.logout(session)
+        session.attributes[BASE64] = False
+        session.challenge = None
+        if self.key_login is None:
+            session.send(e2e_error("501", "end-to-end sessions are not available on this link", request.id))
+            return
+        refusal = self.server.login_gate(session)
+        if refusal is not None:
+            session.send(e2e_error("401", refusal, request.id))
+            self.server.clock.callLater(0, session.close, refusal, CLOSE_POLICY)
+            return
+        args = request.args
+        if not isinstance(args, dict) or args.get("step") != "hello":
+            session.send(e2e_error("400", "step: a plain rpc/e2e must be the hello (the finish comes encrypted)", request.id))
+            return
+        handshake = e2e.ServerHandshake(boundlogin.server_identity(self.server))
+        try:
+            md5 = args.get("key")
+            if not isinstance(md5, str) or len(md5) != 24:
+                raise e2e.E2EError("key: expected the md5 checksum of a registered key (24 base64 characters)")
+            key = self.key_login.keys.find_by_md5(md5)
+            if key is None:
+                detail = f"key: no key with checksum {md5} is registered on this server"
+                self.server.login_failed(session, "", "key", detail)
+                session.send(e2e_error("401", detail, request.id))
+                return
+            channel, reply = handshake.accept(args)
+        except e2e.E2EError as e:
+            session.send(e2e_error("400", str(e), request.id))
+            return
+        session.send(envelope.reply(request, reply))  # plain: the client has no keys yet
+        session.attributes[E2E] = E2EState(handshake, channel, key)
+
+    def _encrypted(self, session: Session, state: Optional[E2EState], body: str) -> None:
+        session.touch()
+        if state is None:
+            session.send(e2e_error("400", "an encrypted frame, but this session has no end-to-end keys: send an "
+                                          "rpc/e2e hello first"))
+            return
+        try:
+            text = state.channel.open(body).decode("utf-8")
+        except e2e.E2EError as e:
+            self._end_session(session, str(e))
+            return
+        except UnicodeDecodeError:
+            self._end_session(session, "an encrypted frame that is not UTF-8 text")
+            return
+        if state.stage == "finish":
+            self._e2e_finish(session, state, text)
+            return
+        try:
+            request = envelope.parse(text)
+        except EnvelopeError as e:
+            session.send(envelope.error(e.code, e.detail, e.request_id))
+            return
+        if request.name.lower() in ("response", "error"):
+            return
+        if request.route == E2E_ROUTE:
+            session.send(e2e_error("400", "rpc/e2e inside an encrypted session: start over with a plain hello", request.id))
+            return
+        self.server.api.handle_text(session, text)
+
+    def _e2e_finish(self, session: Session, state: E2EState, text: str) -> None:
+        """The first encrypted frame: the client's signature of the handshake, a key login."""
+        try:
+            request = envelope.parse(text)
+        except EnvelopeError as e:
+            self._end_session(session, f"the first encrypted frame must be the rpc/e2e finish ({e.detail})")
+            return
+        if request.route != E2E_ROUTE:
+            self._end_session(session, f"the first encrypted frame must be the rpc/e2e finish, not "
+                                       f"{request.namespace}/{request.name}"[:300])
+            return
+        key = state.key
+        try:
+            state.handshake.finish_signature(request.args)
+        except e2e.E2EError as e:
+            self._finish_failed(session, state, request, key.user, str(e))
+            return
+        refusal = self.server.login_gate(session)
+        if refusal is not None:
+            self._drop_e2e(session)
+            session.send(e2e_error("401", refusal, request.id))
+            self.server.clock.callLater(0, session.close, refusal, CLOSE_POLICY)
+            return
+        state.stage = "checking"
+        gate: defer.Deferred = defer.Deferred()
+        session.auth_in_flight = gate  # later requests wait for the login, as after auth_ssl
+        handshake = state.handshake
+        d = self.key_login.checker.find_signer([key], request.args["sig"], handshake.finish_matches, peer=session.peer)
+
+        def checked(result: CheckResult) -> None:
+            if session.closed or session.attributes.get(E2E) is not state:
+                return
+            if result.key is None:
+                self._finish_failed(session, state, request, key.user,
+                                    "the finish signature does not match the key the hello named")
+                return
+            current = self.key_login.keys.find_by_md5(key.md5)
+            if current is None or current.user != key.user:
+                self._finish_failed(session, state, request, key.user, "the key the hello named is no longer registered")
+                return
+            full = self.server.rights.for_user(key.user)
+            if full is None:
+                self._finish_failed(session, state, request, key.user, self.server.no_rights_message(key.user))
+                return
+            state.stage = "open"
+            token = self.server.login_succeeded(session, Identity(key.user, full, "key", key_checksum=key.md5))
+            session.send(envelope.reply(request, token))
+
+        def busy(failure: Any) -> None:
+            failure.trap(CheckerBusy)
+            if session.attributes.get(E2E) is state:
+                session.send(e2e_error("503", "the server is busy checking other key logins; start over in a few "
+                                              "seconds", request.id))
+                self._drop_e2e(session)
+
+        def release(result: Any) -> Any:
+            if session.auth_in_flight is gate:
+                session.auth_in_flight = None
+            gate.callback(None)
+            return result
+
+        d.addCallbacks(checked, busy)
+        d.addErrback(lambda f: log.failure("end-to-end login of {session} failed", f, session=session.id))
+        d.addBoth(release)
+
+    def _finish_failed(self, session: Session, state: E2EState, request: Request, user: str, why: str) -> None:
+        """A finish that does not log in: counted like a failed key login; the refusal goes
+        out encrypted, then the session is back in plain mode (start over with a hello)."""
+        self.server.login_failed(session, user, "key", f"end-to-end finish refused: {why}")
+        session.send(e2e_error("401", why, request.id))
+        self._drop_e2e(session)
 
     def _md5_stage1(self, session: Session, request: Request) -> Optional[defer.Deferred]:
         """Stage 1 of the md5_key login: reply plain, then switch to base64 on success.
@@ -220,5 +431,11 @@ class BridgedClients:
         return d
 
     def send(self, session: Session, client_id: str, text: str) -> None:
-        body = base64.b64encode(text.encode("utf-8")).decode("ascii") if session.attributes.get(BASE64) else text
+        state: Optional[E2EState] = session.attributes.get(E2E)
+        if state is not None:
+            body = state.channel.seal(text.encode("utf-8"))
+        elif session.attributes.get(BASE64):
+            body = base64.b64encode(text.encode("utf-8")).decode("ascii")
+        else:
+            body = text
         self._send_frame(f"{client_id}\n{body}".encode("utf-8"), session.id)

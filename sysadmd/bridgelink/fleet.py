@@ -5,14 +5,21 @@ After the bridge accepted our key and asked our key list, each link says
 
 * ``fleet/command {id, agent, payload, signature, key, ts}``: the client signed
   (:mod:`sysadmd.wire.fleetsig`) with ``key`` (an md5 checksum of one of our registered
-  keys).  We check the signature and the key's user's rights as a bridged login would,
-  record the id in ``fleet_accepted`` (our database) *before* we ``ack``, run the command
-  as a row of the job table, keep the result there and send ``fleet/result`` until the
-  bridge confirms it (``fleet/result_stored``).  An id we already accepted is never run
+  keys) and sealed ``payload`` to our bridge key (:mod:`sysadmd.wire.seal`, context
+  ``command``).  We check the signature and the key's user's rights as a bridged login
+  would, open the payload (a plaintext one only with ``FLEET_ALLOW_PLAINTEXT``), record
+  the id in ``fleet_accepted`` (our database) *before* we ``ack``, run the command as a
+  row of the job table, keep the result there and send ``fleet/result`` until the bridge
+  confirms it (``fleet/result_stored``).  The result of a sealed command is signed with
+  our bridge key and sealed to the signing client's key (:func:`seal.seal_result`); a
+  refusal before we know a key is plaintext.  An id we already accepted is never run
   again: we ack again, send the kept result, or, if this process was stopped while it
   ran (``kill -9``), report it ``interrupted``.
-* ``fleet/event {id, payload}``: published once to our subscribers as a ``fleet`` event
-  (recorded in the same table), then ``fleet/event_ack``.
+* ``fleet/event {id, payload, signature, key, ts}``: signed by the client
+  (``sysadm-fleet-event/1``) and sealed to us (context ``event``); published once to our
+  subscribers as a ``fleet`` event with the sender's user (recorded in the same table),
+  then ``fleet/event_ack``.  An unsigned plaintext event (the old form) only with
+  ``FLEET_ALLOW_PLAINTEXT``; a refused event is acknowledged and not published.
 * ``fleet/ping {t}`` → ``fleet/pong {t}`` (the bridge's round-trip time).
 
 ``payload`` (JSON text) is read here only; the bridge never parses it:
@@ -21,7 +28,7 @@ After the bridge accepted our key and asked our key list, each link says
     {"kind":"job","commands":[CMD,…][,"timeout":S]}                       one dispatcher job (a chain)
     {"key":K,"data":D}                                                     an emitted event
 
-``result`` is JSON text ``{"ok":bool,"outcome":…,"reply":…,"error":…,"job_id":N,"host":H}``.
+(those are the opened texts: on the wire each is sealed).  ``result`` is JSON text ``{"ok":bool,"outcome":…,"reply":…,"error":…,"job_id":N,"host":H}``.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from twisted.logger import Logger
 from sysadmd.jobs.model import Owner
 from sysadmd.runtime import crypto
 from sysadmd.session import Identity
-from sysadmd.wire import bound, envelope, fleetsig
+from sysadmd.wire import bound, envelope, fleetsig, seal
 
 log = Logger()
 
@@ -63,6 +70,10 @@ def _result(ok: bool, outcome: str, *, reply: Any = None, error: Optional[str] =
                        "host": socket.gethostname()}, separators=(",", ":"), sort_keys=True)
 
 
+class Refused(Exception):
+    """A fleet item this agent will not run or publish; the message says why."""
+
+
 class FleetAgent:
     """The fleet side of every bridge link of this server (one object, links call in)."""
 
@@ -77,8 +88,15 @@ class FleetAgent:
         server.events.listen("dispatcher", self._dispatcher_event, wanted=lambda: bool(self._dispatcher_waits))
 
     # --- from the link ---------------------------------------------------------------------
+    @property
+    def allow_plaintext(self) -> bool:
+        return bool(self.server.config.fleet_allow_plaintext)
+
+    def name(self) -> str:
+        return self.server.config.fleet_agent_name or socket.gethostname()
+
     def hello(self, protocol: Any) -> None:
-        protocol.send_json({"args": {"name": socket.gethostname()}, "id": "fleet_hello", "name": "hello",
+        protocol.send_json({"args": {"name": self.name()}, "id": "fleet_hello", "name": "hello",
                             "namespace": "fleet"})
 
     def from_bridge(self, protocol: Any, name: str, args: Any) -> None:
@@ -113,24 +131,57 @@ class FleetAgent:
             return
         row = self.db.execute("SELECT * FROM fleet_accepted WHERE id = ?", (command_id,)).fetchone()
         if row is not None:
-            self._again(protocol, row)
+            self._again(protocol, row, args)
             return
         refusal, key = self._check(protocol, args)
+        seal_to = self._seal_to(key, payload)
+        spec_text = ""
+        if refusal is None:
+            try:
+                spec_text = self._open(protocol, "command", command_id, payload)
+            except Refused as e:
+                refusal = str(e)
         self.db.execute("INSERT INTO fleet_accepted (id, kind, bridge, accepted, state) VALUES (?, 'command', ?, ?, ?)",
                         (command_id, protocol.link.nickname, self.server.reactor.seconds(),
                          "done" if refusal else "running"))
         self._send(protocol, "ack", {"id": command_id})
         if refusal is not None:
             log.warn("fleet: command {id} refused: {why}", id=command_id, why=refusal)
-            self._finish(protocol, command_id, _result(False, "refused", error=refusal))
+            self._finish(protocol, command_id, _result(False, "refused", error=refusal), seal_to)
             return
         self.running[command_id] = protocol
-        d = defer.maybeDeferred(self._run, command_id, key, payload)
+        d = defer.maybeDeferred(self._run, command_id, key, spec_text)
         d.addErrback(lambda f: (log.failure("fleet command {id} failed", f, id=command_id),
                                 _result(False, "failed", error="the agent failed to run it; its log has the details"))[1])
-        d.addCallback(lambda result: self._finish(self.running.pop(command_id, protocol), command_id, result))
+        d.addCallback(lambda result: self._finish(self.running.pop(command_id, protocol), command_id, result, seal_to))
 
-    def _again(self, protocol: Any, row: sqlite3.Row) -> None:
+    def _seal_to(self, key: Any, payload: str) -> Any:
+        """The public key a command's result is sealed to: the signer's, when the command
+        was sealed and its signature checked; None (plaintext) otherwise."""
+        if key is None or not seal.is_sealed(payload):
+            return None
+        try:
+            return crypto.load_public_key(key.pem)
+        except crypto.KeyFormatError:
+            return None
+
+    def _open(self, protocol: Any, kind: str, item_id: str, payload: str) -> str:
+        """The plaintext of a stored item's *payload*, or :class:`Refused`."""
+        if not seal.is_sealed(payload):
+            if self.allow_plaintext:
+                return payload
+            raise Refused(f"a plaintext {kind} is refused: clients seal it to this agent's key "
+                          "(FLEET_ALLOW_PLAINTEXT is false here)")
+        try:
+            opened = seal.open_sealed(protocol.link.bridge_key, payload,
+                                      seal.fleet_context(kind, item_id, self.own_id(protocol)))
+            return opened.decode("utf-8")
+        except seal.SealError as e:
+            raise Refused(f"the {kind} does not open with this agent's key: {e}") from None
+        except UnicodeDecodeError:
+            raise Refused(f"the opened {kind} is not UTF-8 text") from None
+
+    def _again(self, protocol: Any, row: sqlite3.Row, args: Dict[str, Any]) -> None:
         """A command we already accepted: never run it twice."""
         command_id = row["id"]
         self._send(protocol, "ack", {"id": command_id})
@@ -140,9 +191,11 @@ class FleetAgent:
             self.running[command_id] = protocol  # answer on the newest link
         else:
             # Accepted by an earlier run of this daemon that stopped while it ran.
+            refusal, key = self._check(protocol, args)
             self._finish(protocol, command_id, _result(
                 False, "interrupted", job_id=row["job_id"],
-                error="the agent stopped while this command ran; it was not run again"))
+                error="the agent stopped while this command ran; it was not run again"),
+                self._seal_to(key, args["payload"]) if refusal is None else None)
 
     def _check(self, protocol: Any, args: Dict[str, Any]):
         """``(refusal or None, registered key)``: the same key and rights a bridged login needs."""
@@ -162,13 +215,20 @@ class FleetAgent:
             return self.server.no_rights_message(key.user), None
         return None, key
 
-    def _finish(self, protocol: Any, command_id: str, result: str) -> None:
+    def _finish(self, protocol: Any, command_id: str, result: str, seal_to: Any = None) -> None:
+        if seal_to is not None:
+            link = protocol.link if protocol is not None else None
+            key = link.bridge_key if link is not None else None
+            if key is None:
+                raise RuntimeError("no bridge key to sign the result with")
+            result = seal.seal_result(key, seal_to, command_id, bound.fingerprint(key), result)
         self.db.execute("UPDATE fleet_accepted SET state = 'done', result = ? WHERE id = ?", (result, command_id))
         if protocol is not None and protocol.authenticated:
             self._send(protocol, "result", {"id": command_id, "result": result})
 
     @defer.inlineCallbacks
     def _run(self, command_id: str, key: Any, payload: str):
+        """Run the opened *payload* (JSON text) as *key*'s user."""
         try:
             spec = json.loads(payload)
         except ValueError as e:
@@ -266,14 +326,46 @@ class FleetAgent:
         seen = self.db.execute("SELECT 1 FROM fleet_accepted WHERE id = ?", ("event:" + event_id,)).fetchone()
         if seen is None:
             try:
-                body = json.loads(payload)
-            except ValueError:
-                body = None
-            if not isinstance(body, dict) or not isinstance(body.get("key"), str):
-                body = {"key": "", "data": None, "error": "the event's payload is not {\"key\":…,\"data\":…}"}
+                user, body = self._open_event(protocol, event_id, args)
+            except Refused as e:
+                log.warn("fleet: event {id} from bridge {nick} refused: {why}", id=event_id,
+                         nick=protocol.link.nickname, why=str(e))
+                user, body = None, None
             self.db.execute("INSERT INTO fleet_accepted (id, kind, bridge, accepted, state, confirmed)"
                             " VALUES (?, 'event', ?, ?, 'done', 1)",
                             ("event:" + event_id, protocol.link.nickname, self.server.reactor.seconds()))
-            self.publish({"id": event_id, "key": body.get("key"), "data": body.get("data"),
-                          "bridge": protocol.link.nickname, "ts": args.get("ts")})
+            if body is not None:
+                self.publish({"id": event_id, "key": body.get("key"), "data": body.get("data"), "user": user,
+                              "bridge": protocol.link.nickname, "ts": args.get("ts")})
         self._send(protocol, "event_ack", {"id": event_id})
+
+    def _open_event(self, protocol: Any, event_id: str, args: Dict[str, Any]):
+        """``(sender's user or None, {"key","data"})`` of an emitted event, or :class:`Refused`."""
+        payload = args["payload"]
+        user = None
+        if args.get("signature") is None and not seal.is_sealed(payload):
+            if not self.allow_plaintext:
+                raise Refused("an unsigned plaintext event is refused (FLEET_ALLOW_PLAINTEXT is false here)")
+            text = payload
+        else:
+            md5 = args.get("key")
+            key = self.keys.find_by_md5(md5) if isinstance(md5, str) else None
+            if key is None:
+                raise Refused("the signing key is not registered on this agent")
+            try:
+                public = crypto.load_public_key(key.pem)
+            except crypto.KeyFormatError:
+                raise Refused("the signing key is not usable") from None
+            if not fleetsig.verify_event(public, args.get("signature"), event_id, self.own_id(protocol), payload):
+                raise Refused("the signature does not match the event and the registered key")
+            if self.server.rights.for_user(key.user) is None:
+                raise Refused(self.server.no_rights_message(key.user))
+            text = self._open(protocol, "event", event_id, payload)
+            user = key.user
+        try:
+            body = json.loads(text)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("key"), str):
+            raise Refused('the event is not {"key":…,"data":…}')
+        return user, body

@@ -54,10 +54,12 @@ class _ObservedEndpoint:
 
 class BridgeLink(service.MultiService):
     def __init__(self, server: Any, row: BridgeLinkRow, store: BridgeLinkStore, bridge_key: Any, reactor: Any,
-                 *, keys: Optional[Any] = None, jitter: Callable[[], float] = random.random):
+                 *, keys: Optional[Any] = None, jitter: Callable[[], float] = random.random,
+                 key_login: Optional[Any] = None):
         super().__init__()
         self.server = server
         self.keys = keys  # the KeyStore whose checksums the bridge is told (None: none)
+        self.key_login = key_login  # the KeyLogin end-to-end sessions log in through (None: no E2E)
         self.fleet: Optional[Any] = None  # the FleetAgent (sysadmd/bridgelink/fleet.py), when built
         self.row = row
         self.nickname = row.nickname
@@ -138,7 +140,7 @@ class BridgeLink(service.MultiService):
         self.protocol = protocol
         self.connected = True
         self.next_retry_at = None
-        self.clients = BridgedClients(self.server, self.nickname, protocol.send_frame)
+        self.clients = BridgedClients(self.server, self.nickname, protocol.send_frame, key_login=self.key_login)
         getter = getattr(protocol.transport, "getPeerCertificate", None)
         cert = getter() if getter is not None else None
         if cert is not None:

@@ -31,11 +31,12 @@ def _identity(row: BridgeLinkRow) -> tuple:
 
 class BridgeLinks(service.MultiService):
     def __init__(self, server: Any, store: BridgeLinkStore, reactor: Any, *, keys: Optional[Any] = None,
-                 poll_interval: float = POLL_INTERVAL):
+                 poll_interval: float = POLL_INTERVAL, key_login: Optional[Any] = None):
         super().__init__()
         self.server = server
         self.store = store
         self.keys = keys  # the KeyStore each link reports checksums of
+        self.key_login = key_login  # KeyLogin: end-to-end bridged sessions log in through it
         self.reactor = reactor
         self.poll_interval = poll_interval
         self.links: Dict[str, BridgeLink] = {}
@@ -99,7 +100,8 @@ class BridgeLinks(service.MultiService):
                 self._start(row)
 
     def _start(self, row: BridgeLinkRow) -> None:
-        link = BridgeLink(self.server, row, self.store, self.bridge_key, self.reactor, keys=self.keys)
+        link = BridgeLink(self.server, row, self.store, self.bridge_key, self.reactor, keys=self.keys,
+                          key_login=self.key_login)
         link.fleet = self.fleet
         self.links[row.nickname] = link
         log.info("bridge {nick}: linking to {url} (verify {verify})", nick=row.nickname, url=row.url, verify=row.verify)

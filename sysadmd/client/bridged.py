@@ -20,6 +20,21 @@ server behind it and ``<S>`` its connection ID (``::{uuid}``)::
     us → S  base64(JSON rpc/auth_ssl {"encrypted_string":sig(fp(server key),<S>,T),"bound":1}) → base64([token, ttl])
     from then on every payload both ways is base64(compact JSON); events arrive the same way.
 
+By default the bound login above is replaced by an end-to-end encrypted session
+(docs/protocol.md §8.6, :mod:`sysadmd.wire.e2e`)::
+
+    us → S  plain JSON rpc/e2e {"step":"hello","v":1,"key":M,"eph":…,"nonce":…}
+            → plain {"step":"accept","eph":…,"nonce":…,"server_key":b64(SPKI DER),"sig":…}
+    (the server key is checked against known_servers exactly as the proven key above)
+    us → S  "!" frame of rpc/e2e {"step":"finish","sig":…}   → "!" frame of [token, ttl]
+    from then on every payload both ways is a "!" frame (ChaCha20-Poly1305, counter nonces).
+
+A server that answers the hello with an error lacking ``"e2e"`` does not know the call
+(upstream, or ours from before): we fall back to the bound login with a note on stderr,
+unless ``--require-e2e`` is given or known_servers records that it did E2E before (a
+downgrade).  ``--no-e2e`` skips the handshake.  Any plain frame from a server once the
+session is encrypted, or a frame that does not open, ends that session here.
+
 See :mod:`sysadmd.wire.bound` for the exact signed texts, and the README ("Servers behind a
 bridge: who you sign for") for why.  Upstream servers send no proof; they are used only
 with ``--allow-upstream-server`` (then T is signed raw, as upstream does).
@@ -42,7 +57,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from twisted.internet import defer
 
 from sysadmd.runtime import crypto
-from sysadmd.wire import bound
+from sysadmd.wire import bound, e2e
 from sysadmd.client import knownservers, tables
 from sysadmd.client.connect import BRIDGE_PORT, load_key, open_tls, parse_url, request
 from sysadmd.client.context import Context
@@ -63,6 +78,7 @@ class BridgedConnection:
         self.bridge = bridge
         self.server_id = server_id
         self.base64 = False  # after the md5_key stage 1, payloads are base64(JSON)
+        self.e2e: Optional[e2e.Session] = None  # after the server's accept, payloads are "!" frames
         self.pending: Dict[str, defer.Deferred] = {}
         self.event_listeners: List[Callable[[Dict[str, Any]], None]] = []
         self.closed: defer.Deferred = defer.Deferred()
@@ -80,15 +96,21 @@ class BridgedConnection:
             return d
         self.pending[request_id] = d
         text = encode({"namespace": namespace, "name": name, "id": request_id, "args": {} if args is None else args})
-        if self.base64:
+        if self.e2e is not None:
+            text = self.e2e.seal(text.encode("utf-8"))
+        elif self.base64:
             text = base64.b64encode(text.encode("utf-8")).decode("ascii")
         self.bridge.send_frame(self.server_id, text)
         return d
 
     def received(self, body: str) -> None:
-        """A payload from this server (plain JSON, or base64 of it)."""
+        """A payload from this server (plain JSON, base64 of it, or a "!" frame)."""
         text = body
-        if not body.startswith("{"):
+        if self.e2e is not None:
+            text = self._opened(body)
+            if text is None:
+                return
+        elif not body.startswith("{"):
             try:
                 text = base64.b64decode(body.strip(), validate=True).decode("utf-8")
             except (binascii.Error, UnicodeDecodeError, ValueError):
@@ -105,6 +127,20 @@ class BridgedConnection:
         elif message.get("namespace") == "events":
             for listener in list(self.event_listeners):
                 listener(message)
+
+    def _opened(self, body: str) -> Optional[str]:
+        """The plaintext of an encrypted payload; anything else ends the session."""
+        if not e2e.is_frame(body):
+            self.e2e = None
+            self.lost("the encrypted session ended: the server (or a peer in the middle; plain frames are not "
+                      f"authenticated) sent a plain frame: {_plain_detail(body)}")
+            return None
+        try:
+            return self.e2e.open(body).decode("utf-8")
+        except (e2e.E2EError, UnicodeDecodeError) as e:
+            self.e2e = None
+            self.lost(f"the encrypted session ended: {e}")
+            return None
 
     def lost(self, reason: str) -> None:
         if self.closed.called:
@@ -240,6 +276,9 @@ class BridgeSession:
         if isinstance(ident.get("args"), dict) and isinstance(ident["args"].get("hostname"), str):
             server.hostname = probe.claimed = ident["args"]["hostname"][:253]
         md5 = crypto.md5_checksum(crypto.public_pem(self.server_key))
+        if not getattr(ctx.options, "no_e2e", False):
+            if await self._probe_e2e(probe, md5, label):
+                return probe
         nonce = bound.new_nonce()
         first = await request(server, ctx.reactor, "rpc", "auth_ssl", {"md5_key": md5, "client_nonce": nonce},
                               ctx.timeout, label)
@@ -272,8 +311,40 @@ class BridgeSession:
                               "continuing as --allow-upstream-server asks")
         pinned = self.known.by_fingerprint(probe.fingerprint) if probe.fingerprint else []
         probe.pinned = pinned[0] if pinned else None
+        if probe.e2e_missing is not None and any(entry.e2e for entry in pinned):
+            probe.error = (f"did not start an end-to-end session ({probe.e2e_missing}), but as {pinned[0].name} it did "
+                           "before: refusing the downgrade (a peer in the middle may have answered for it)")
         server.probe = probe
         return probe
+
+    async def _probe_e2e(self, probe: "Probe", md5: str, label: str) -> bool:
+        """The rpc/e2e hello.  True when the probe is settled (an accept, or a refusal);
+        False to fall back to the base64 login (the server does not know rpc/e2e)."""
+        server = probe.connection
+        handshake = e2e.ClientHandshake(self.server_key, md5)
+        reply = await request(server, self.ctx.reactor, "rpc", "e2e", handshake.hello(), self.ctx.timeout, label)
+        if is_error(reply):
+            args = reply.get("args")
+            if isinstance(args, dict) and args.get("e2e"):
+                probe.error = f"refused the end-to-end session: {_reason(reply)}"
+            elif getattr(self.ctx.options, "require_e2e", False):
+                probe.error = f"does not do end-to-end sessions ({_reason(reply)}) and --require-e2e was given"
+            else:
+                probe.e2e_missing = _reason(reply)
+                return False
+            server.probe = probe
+            return True
+        try:
+            channel, probe.fingerprint, finish = handshake.accept(reply.get("args"))
+        except e2e.E2EError as e:
+            probe.error = f"sent an unusable end-to-end accept: {e}"
+            server.probe = probe
+            return True
+        probe.e2e = (channel, finish)
+        pinned = self.known.by_fingerprint(probe.fingerprint)
+        probe.pinned = pinned[0] if pinned else None
+        server.probe = probe
+        return True
 
     async def login(self, probe: "Probe", pin_as: Optional[str] = None) -> BridgedConnection:
         """Stage 2 for a probed server: only once its key is proven and pinned (or pinned now
@@ -305,8 +376,27 @@ class BridgeSession:
                 raise server_key_changed(name, holder, probe, self.known.path)
             probe.pinned = self.known.pin(name, probe.fingerprint)
             ctx.note(f"Pinned server {name} key {bound.display_fingerprint(probe.fingerprint)} ({self.known.path})")
+        if probe.e2e is not None:
+            return await self._finish(probe, label)
+        if probe.e2e_missing is not None:
+            ctx.note(f"sysadm: note: {label} does not do end-to-end sessions ({probe.e2e_missing}); using the "
+                     "base64 mode (--require-e2e refuses)")
         answer = bound.sign_bound_login(self.server_key, probe.fingerprint, probe.bind_id, probe.challenge)
         return await self._stage2(probe, {"encrypted_string": answer, "bound": 1}, label)
+
+    async def _finish(self, probe: "Probe", label: str) -> BridgedConnection:
+        """The encrypted finish: our signature of the handshake, which logs us in."""
+        server = probe.connection
+        channel, finish = probe.e2e
+        probe.e2e = None  # single use
+        server.base64, server.e2e = False, channel
+        reply = await request(server, self.ctx.reactor, "rpc", "e2e", finish, self.ctx.timeout, label)
+        if is_error(reply):
+            raise ClientError(f"{label} refused the login: {_reason(reply)}", EXIT_AUTH)
+        if not probe.pinned.e2e:
+            probe.pinned = self.known.mark_e2e(probe.pinned.name) or probe.pinned
+        server.hostname = probe.pinned.name
+        return server
 
     async def _stage2(self, probe: "Probe", args: dict, label: str) -> BridgedConnection:
         server = probe.connection
@@ -332,6 +422,8 @@ class Probe:
         self.error: Optional[str] = None        # stage 1 failed
         self.proof_error: Optional[str] = None
         self.upstream = False                   # sent no proof at all
+        self.e2e: Optional[Tuple[e2e.Session, Dict[str, Any]]] = None  # accepted: (keys, finish args)
+        self.e2e_missing: Optional[str] = None  # the hello's error from a server without rpc/e2e
 
     def label(self) -> str:
         if self.pinned is not None:
@@ -360,6 +452,16 @@ def server_key_changed(name: str, holder: "knownservers.KnownServer", probe: Pro
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _plain_detail(body: str) -> str:
+    try:
+        message = json.loads(body)
+    except ValueError:
+        return "(not JSON)"
+    if isinstance(message, dict) and is_error(message):
+        return _reason(message)
+    return _short(message)
 
 
 def _reason(envelope: dict) -> str:

@@ -1,9 +1,13 @@
 """``sysadm --bridge URL --key FILE fleet …``: commands and events for the agents behind a
 bridge, stored there while an agent is offline (issue 13; docs/protocol.md §8.5).
 
-Talks to the bridge itself (``fleet/*`` messages), not to a server.  Each command is
-signed with ``--key`` (:mod:`sysadmd.wire.fleetsig`): the agent runs it as the user that
-key is registered to there, with that user's rights, or refuses it.
+Talks to the bridge itself (``fleet/*`` messages), not to a server.  Each command and
+event is sealed to the agent's bridge key (:mod:`sysadmd.wire.seal`; the key the bridge
+lists must be the one the agent id names, and the agent's name must not be pinned to
+another key in known_servers) and signed with ``--key`` (:mod:`sysadmd.wire.fleetsig`):
+the agent runs it as the user that key is registered to there, with that user's rights,
+or refuses it.  Results come back sealed to ``--key`` and signed by the agent; a result
+that is not is shown as unverified and counts as a failure.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from typing import Any, Dict, List, Optional
 
 from twisted.internet import defer
 
-from sysadmd.client import tables
+from sysadmd.client import knownservers, tables
 from sysadmd.client.context import Context
-from sysadmd.client.errors import EXIT_ERROR_REPLY, EXIT_OK, EXIT_USAGE, ClientError, ErrorReply, is_error
+from sysadmd.client.errors import (EXIT_CERTIFICATE, EXIT_ERROR_REPLY, EXIT_OK, EXIT_USAGE, ClientError, ErrorReply,
+                                   is_error)
 
 DEFAULT_TTL = 3600.0
 DEFAULT_RUN_TIMEOUT = 600.0
@@ -117,6 +122,50 @@ def _when(ts: Any) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if isinstance(ts, (int, float)) else "-"
 
 
+def _checked(ctx: Context, targets: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Agent id → its public key, for every target: the key the bridge lists must be the
+    one the id names, and the agent's name must hold that key in known_servers (pinned now
+    if the name is new).  Nothing is sealed or signed for an agent that fails."""
+    from sysadmd.wire import bound, seal  # here, not at import: `sysadm` starts without cryptography
+
+    known = knownservers.KnownServers(getattr(ctx.options, "known_servers", None))
+    keys = {}
+    for agent in targets:
+        try:
+            keys[agent["id"]] = seal.agent_key(agent.get("key"), agent["id"])
+        except seal.SealError as e:
+            raise ClientError(f"{e}. Nothing was sent.", EXIT_CERTIFICATE) from None
+        name = agent.get("name")
+        if not knownservers.valid_name(name):
+            name = "key-" + agent["id"][:16]
+        holder = known.by_name(name)
+        if holder is None:
+            known.pin(name, agent["id"])
+            ctx.note(f"Pinned agent {name} key {bound.display_fingerprint(agent['id'])} ({known.path})")
+        elif holder.fingerprint != agent["id"]:
+            raise ClientError(
+                f"WARNING: agent {agent['id'][:12]} calls itself {name}, but its key is not the one pinned for "
+                f"{name}!\n  pinned {holder.display} (since {holder.first_seen})\n"
+                f"  got    {bound.display_fingerprint(agent['id'])}\n"
+                "Another bridge tenant may be posing as that agent. Nothing was sent.\n"
+                f"If {name} really has a new bridge key, remove the old entry with\n"
+                f"  sysadm known-servers forget {name}\n(file {known.path}) and try again.", EXIT_CERTIFICATE)
+    return keys
+
+
+def _open_result(ctx: Context, command_id: str, agent_id: str, agent_key: Any, result: Any) -> Any:
+    """The agent's result JSON text, opened and its signature checked; plaintext results are
+    returned marked unverified (a refusal made before the agent knew our key, or a forgery)."""
+    from sysadmd.wire import seal
+
+    if not isinstance(result, str) or not seal.is_sealed(result):
+        return result, False
+    try:
+        return seal.open_result(ctx.extras["bridge"].server_key, agent_key, command_id, agent_id, result), True
+    except seal.SealError as e:
+        return json.dumps({"ok": False, "outcome": "unverified", "error": f"the result does not open: {e}"}), False
+
+
 async def agents(ctx: Context) -> int:
     rows = await _agents(ctx)
     if ctx.json_output:
@@ -150,10 +199,11 @@ def _payload(opts: Any) -> str:
     return json.dumps(spec, separators=(",", ":"), sort_keys=True)
 
 
-def _outcome(reply: Dict[str, Any]) -> Dict[str, Any]:
-    """A fetched command → the agent's result object (parsed), or what happened instead."""
+def _outcome(reply: Dict[str, Any], result: Any = None, verified: bool = False) -> Dict[str, Any]:
+    """A fetched command and its opened *result* → the agent's result object (parsed), or
+    what happened instead.  Only a *verified* result (sealed to us, signed by the agent)
+    counts as success."""
     status = reply.get("status")
-    result = reply.get("result")
     parsed: Dict[str, Any] = {}
     if isinstance(result, str):
         try:
@@ -161,6 +211,9 @@ def _outcome(reply: Dict[str, Any]) -> Dict[str, Any]:
             parsed = value if isinstance(value, dict) else {}
         except ValueError:
             parsed = {"error": "the agent's result is not JSON"}
+        if not verified and parsed.get("ok") is True:
+            parsed = dict(parsed, ok=False, outcome="unverified",
+                          error="a success that is not sealed to your key and signed by the agent: not trusted")
     ok = status == "COMPLETE" and parsed.get("ok") is True
     return {"id": reply.get("id"), "status": status, "ok": ok, "outcome": parsed.get("outcome", status.lower() if
             isinstance(status, str) else "?"), "error": parsed.get("error"), "reply": parsed.get("reply"),
@@ -185,15 +238,17 @@ async def run(ctx: Context) -> int:
     targets = known if opts.all else _resolve(known, opts.agents)
     if not targets:
         raise ClientError("no agents are paired with your key on this bridge", EXIT_ERROR_REPLY)
-    payload = _payload(opts)
+    plain = _payload(opts).encode("utf-8")
+    agent_keys = _checked(ctx, targets)
     key = ctx.extras["bridge"].server_key
     from sysadmd.runtime import crypto  # here, not at import: `sysadm` starts without cryptography
-    from sysadmd.wire import fleetsig
+    from sysadmd.wire import fleetsig, seal
 
     md5 = crypto.md5_checksum(crypto.public_pem(key))
     commands, by_id = [], {}
     for agent in targets:
         command_id = uuid.uuid4().hex
+        payload = seal.seal(agent_keys[agent["id"]], plain, seal.fleet_context("command", command_id, agent["id"]))
         commands.append({"id": command_id, "agent": agent["id"], "payload": payload, "key": md5,
                          "signature": fleetsig.sign_command(key, command_id, agent["id"], payload)})
         by_id[command_id] = agent
@@ -208,7 +263,10 @@ async def run(ctx: Context) -> int:
     async def one(command_id: str) -> None:
         try:
             reply = await _ask(ctx, "wait", {"id": command_id, "timeout": wait}, timeout=wait + 30)
-            outcome = _outcome(reply if isinstance(reply, dict) else {})
+            reply = reply if isinstance(reply, dict) else {}
+            agent_id = by_id[command_id]["id"]
+            outcome = _outcome(reply, *_open_result(ctx, command_id, agent_id, agent_keys[agent_id],
+                                                   reply.get("result")))
         except ClientError as e:
             outcome = {"id": command_id, "status": "UNKNOWN", "ok": False, "outcome": "unknown", "error": e.message}
         results[command_id] = outcome
@@ -246,7 +304,19 @@ async def pending(ctx: Context) -> int:
 async def wait(ctx: Context) -> int:
     limit = max(0.0, min(MAX_WAIT, ctx.options.wait))
     reply = await _ask(ctx, "wait", {"id": ctx.options.command_id, "timeout": limit}, timeout=limit + 30)
-    outcome = _outcome(reply if isinstance(reply, dict) else {})
+    reply = reply if isinstance(reply, dict) else {}
+    result: Any = reply.get("result")
+    verified = False
+    agent_id = reply.get("agentId")
+    if isinstance(result, str) and isinstance(agent_id, str):
+        agent = next((a for a in await _agents(ctx) if a["id"] == agent_id), None)
+        if agent is None:
+            result = json.dumps({"ok": False, "outcome": "unverified",
+                                 "error": f"agent {agent_id[:12]} is no longer listed: its key is unknown"})
+        else:
+            result, verified = _open_result(ctx, ctx.options.command_id, agent_id,
+                                            _checked(ctx, [agent])[agent_id], result)
+    outcome = _outcome(reply, result, verified)
     if ctx.json_output:
         ctx.emit_json(outcome)
     else:
@@ -280,10 +350,22 @@ async def emit(ctx: Context) -> int:
             if len(delivered) == len(targets) and not done.called:
                 done.callback(None)
 
+    agent_keys = _checked(ctx, targets)
+    key = ctx.extras["bridge"].server_key
+    from sysadmd.runtime import crypto
+    from sysadmd.wire import fleetsig, seal
+
     ctx.conn.event_listeners.append(listener)
-    payload = json.dumps({"key": opts.event_key, "data": data}, separators=(",", ":"), sort_keys=True)
-    reply = await _ask(ctx, "emit", {"agents": [a["id"] for a in targets], "payload": payload, "ttl": opts.ttl})
-    event_id.append(reply["id"])
+    plain = json.dumps({"key": opts.event_key, "data": data}, separators=(",", ":"), sort_keys=True).encode("utf-8")
+    new_id = uuid.uuid4().hex
+    event_id.append(new_id)
+    payloads, signatures = {}, {}
+    for a in targets:
+        payloads[a["id"]] = seal.seal(agent_keys[a["id"]], plain, seal.fleet_context("event", new_id, a["id"]))
+        signatures[a["id"]] = fleetsig.sign_event(key, new_id, a["id"], payloads[a["id"]])
+    reply = await _ask(ctx, "emit", {"id": new_id, "agents": [a["id"] for a in targets], "payloads": payloads,
+                                     "signatures": signatures, "key": crypto.md5_checksum(crypto.public_pem(key)),
+                                     "ttl": opts.ttl})
     if opts.wait > 0 and len(delivered) < len(targets):
         try:
             await done.addTimeout(opts.wait, ctx.reactor)

@@ -13,7 +13,9 @@ one line per server::
     nas.lan 3af0…9c 2026-11-26T01:20:00Z
 
 NAME is the host name the server claimed when it was pinned (or the name the user
-asked for); a name holds one key.  ``sysadm known-servers forget NAME`` removes it.
+asked for); a name holds one key.  A fourth field ``e2e`` records that the server once
+logged us in over an end-to-end encrypted session (docs/protocol.md §8.6): a later
+session with it that is not encrypted is refused as a downgrade.  ``sysadm known-servers forget NAME`` removes it.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class KnownServer:
     name: str
     fingerprint: str  # hex
     first_seen: str
+    e2e: bool = False  # it did an end-to-end session with us: never fall back to base64 mode
 
     @property
     def display(self) -> str:
@@ -76,7 +79,7 @@ class KnownServers:
         for line in self._lines():
             parts = line.split()
             if len(parts) >= 3 and not line.lstrip().startswith("#") and _HEX64.match(parts[1]):
-                found.append(KnownServer(parts[0], parts[1], parts[2]))
+                found.append(KnownServer(parts[0], parts[1], parts[2], "e2e" in parts[3:]))
         return found
 
     def by_name(self, name: str) -> Optional[KnownServer]:
@@ -109,6 +112,17 @@ class KnownServers:
         ensure_private_dir(os.path.dirname(self.path))
         write_private_file(self.path, ("\n".join(kept) + "\n").encode("utf-8"))
         return KnownServer(name, fp_hex, when)
+
+    def mark_e2e(self, name: str) -> Optional[KnownServer]:
+        """Record that the server pinned as *name* did an end-to-end session (kept first-seen)."""
+        lines = self._lines()
+        entry = self.by_name(name)
+        if entry is None or entry.e2e:
+            return entry
+        kept = [f"{line.rstrip()} e2e" if line.split()[:2] == [name, entry.fingerprint] else line for line in lines]
+        ensure_private_dir(os.path.dirname(self.path))
+        write_private_file(self.path, ("\n".join(kept) + "\n").encode("utf-8"))
+        return KnownServer(entry.name, entry.fingerprint, entry.first_seen, True)
 
     def forget(self, name: str) -> bool:
         lines = self._lines()

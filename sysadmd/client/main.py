@@ -88,6 +88,10 @@ def _add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None
     g.add_argument("--allow-upstream-server", action="store_true", dest="allow_upstream_server", default=default(False),
                    help="with --bridge: also log in to servers that cannot prove their identity (upstream "
                         "sysadm servers); such a login can be relayed by another bridge tenant")
+    g.add_argument("--no-e2e", action="store_true", dest="no_e2e", default=default(False),
+                   help="with --bridge: skip the end-to-end encrypted session and log in in upstream's base64 mode")
+    g.add_argument("--require-e2e", action="store_true", dest="require_e2e", default=default(False),
+                   help="with --bridge: refuse servers that do not do end-to-end encrypted sessions")
     g.add_argument("--known-servers", metavar="FILE", dest="known_servers", default=default(None),
                    help="servers behind bridges pinned by key (default: $XDG_CONFIG_HOME/sysadm/known_servers)")
     g.add_argument("--user", metavar="NAME", default=default(None),
@@ -294,12 +298,17 @@ async def open_connection(ctx: Context) -> None:
     if opts.bridge:
         from sysadmd.client import bridged
 
+        if getattr(opts, "no_e2e", False) and getattr(opts, "require_e2e", False):
+            raise ClientError("--no-e2e and --require-e2e contradict each other: give one", EXIT_USAGE)
+
         await bridged.open_bridged(ctx)
         return
     if opts.server:
         raise ClientError("--server needs --bridge (it names a server behind a bridge)", EXIT_USAGE)
     if opts.allow_upstream_server:
         raise ClientError("--allow-upstream-server needs --bridge", EXIT_USAGE)
+    if getattr(opts, "no_e2e", False) or getattr(opts, "require_e2e", False):
+        raise ClientError("--no-e2e and --require-e2e need --bridge", EXIT_USAGE)
     if opts.bridge_key:
         raise ClientError("--bridge-key needs --bridge", EXIT_USAGE)
     # SYSADM_TOKEN was weighed against the other ways to log in by profile.apply.

@@ -7,7 +7,9 @@ and no path from a request is ever joined to a directory: a path is either a key
 table or a 404.
 
 Every answer carries a strict Content-Security-Policy (scripts, styles and images only
-from this origin, no inline code, connections only to this origin's ``https:``/``wss:``,
+from this origin, no inline code, connections only to this origin's ``https:``/``wss:``
+and to the bridges the fleet view may use: the ``wss://`` origins of the bridges this
+server links to, read at each request, and ``CONSOLE_CONNECT_SRC``; never a bare ``wss:``;
 no framing), ``X-Content-Type-Options: nosniff`` and ``Referrer-Policy: no-referrer``.
 The page talks to the ordinary WebSocket API on the same listener; nothing here answers
 API calls.  ``CONSOLE=false`` leaves this resource out: ``/`` is then REST's JSON 404.
@@ -18,7 +20,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Iterable, Optional, Tuple
+from urllib.parse import urlsplit
 
 from twisted.web import resource
 
@@ -56,11 +59,38 @@ def load_files(directory: str = STATIC_DIR) -> Dict[bytes, Tuple[bytes, str]]:
     return files
 
 
-def content_security_policy(host: Optional[bytes]) -> str:
+# A connect-src entry we add: a wss origin, host and optional port, nothing that could
+# widen the policy (no wildcard, no scheme alone, no quote, no space).
+WSS_SOURCE_RE = re.compile(r"^wss://(?:[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?|\[[0-9a-f:.]{2,45}\])(?::[0-9]{1,5})?$")
+
+
+def bridge_origin(url: str) -> Optional[str]:
+    """The ``wss://host[:port]`` origin of a stored bridge URL, or ``None`` if it has none
+    we may write into a policy."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme.lower() != "wss" or not parts.hostname:
+        return None
+    host = parts.hostname.lower()
+    origin = f"wss://[{host}]" if ":" in host else f"wss://{host}"
+    if port is not None and port != 443:
+        origin += f":{port}"
+    return origin if WSS_SOURCE_RE.match(origin) else None
+
+
+def content_security_policy(host: Optional[bytes], extra: Iterable[str] = ()) -> str:
     connect = "'self'"
     text = (host or b"").decode("ascii", "replace")
     if HOST_RE.match(text):
         connect += f" wss://{text}"
+    seen = set(connect.split())
+    for origin in extra:
+        if WSS_SOURCE_RE.match(origin) and origin not in seen:
+            seen.add(origin)
+            connect += f" {origin}"
     return ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
             f"connect-src {connect}; font-src 'self'; base-uri 'none'; form-action 'none'; "
             "frame-ancestors 'none'; object-src 'none'")
@@ -71,8 +101,9 @@ class ConsoleResource(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, directory: str = STATIC_DIR):
+    def __init__(self, directory: str = STATIC_DIR, connect_sources: Callable[[], Iterable[str]] = tuple):
         super().__init__()
+        self.connect_sources = connect_sources  # the wss origins the fleet view may reach
         self.files = load_files(directory)
         self.etags = {path: b'"' + hashlib.sha256(body).hexdigest()[:32].encode() + b'"'
                       for path, (body, _kind) in self.files.items()}
@@ -81,7 +112,8 @@ class ConsoleResource(resource.Resource):
         return path == b"/" or path.startswith(ASSET_PREFIX)
 
     def render(self, request) -> bytes:
-        request.setHeader(b"Content-Security-Policy", content_security_policy(request.getHeader(b"host")).encode())
+        policy = content_security_policy(request.getHeader(b"host"), self.connect_sources())
+        request.setHeader(b"Content-Security-Policy", policy.encode())
         request.setHeader(b"X-Content-Type-Options", b"nosniff")
         request.setHeader(b"X-Frame-Options", b"DENY")
         request.setHeader(b"Referrer-Policy", b"no-referrer")

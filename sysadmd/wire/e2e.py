@@ -210,6 +210,21 @@ class ServerHandshake:
                  "sig": _sign(self.server_key, "server", self.text)}
         return Session(server_to_client, client_to_server), reply
 
+    def finish_signature(self, args: Any) -> bytes:
+        """The signature bytes of a decrypted ``finish`` (format checks only), for a
+        checker that verifies them against registered keys with :meth:`finish_matches`."""
+        if not isinstance(args, dict) or args.get("step") != "finish":
+            raise E2EError("expected the client's finish step")
+        return unb64(args.get("sig"), "sig", limit=MAX_SIGNATURE_B64)
+
+    def finish_matches(self, client_key: Any, signature: bytes) -> bool:
+        """Whether *signature* is the client's signature of this handshake by *client_key*."""
+        try:
+            client_key.verify(signature, b"client\n" + self.text, padding.PKCS1v15(), hashes.SHA256())
+        except (InvalidSignature, ValueError, TypeError, AttributeError):
+            return False
+        return True
+
     def finish(self, client_key: rsa.RSAPublicKey, args: Any) -> None:
         """Check the client's ``finish`` (decrypted) against *client_key*, the registered
         key whose md5 the hello named; :class:`E2EError` if it does not match."""

@@ -1,12 +1,20 @@
-"""The text a client signs for a fleet command (issue 13; docs/protocol.md §8.5), both ends.
+"""The texts signed for fleet items (issue 13; docs/protocol.md §8.5, §8.6), both ends.
 
-The client signs, with the key the agent knows it by (RSA PKCS#1 v1.5, SHA-256)::
+A client signs each command and each emitted event with the key the agent knows it by;
+the agent signs each result with its bridge key (the key the agent id names).  RSA
+PKCS#1 v1.5 with SHA-256, over::
 
     "sysadm-fleet-command/1\\n" + command id + "\\n" + agent id + "\\n" + sha256_hex(payload)
+    "sysadm-fleet-event/1\\n"   + event id   + "\\n" + agent id + "\\n" + sha256_hex(payload)
+    "sysadm-fleet-result/1\\n"  + command id + "\\n" + agent id + "\\n" + sha256_hex(result)
 
-The agent checks it against its own registered keys and runs the command as that key's
-user, with that user's rights: a bridge (or anyone who can write to it) can store and
-forward a command but cannot make one, move one to another agent, or change its payload.
+``payload`` is the text the bridge stores (sealed text, :mod:`sysadmd.wire.seal`); a result's
+signature travels inside its sealed text, so only the client that can open it sees it.
+The agent checks commands and events against its own registered keys and runs (publishes)
+them as that key's user, with that user's rights: a bridge (or anyone who can write to it)
+can store and forward an item but cannot make one, move it to another agent, change its
+payload or pass one kind off as another; a client trusts a result only when the agent id
+it addressed signed it.
 """
 
 from __future__ import annotations
@@ -21,25 +29,62 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
 PREFIX = "sysadm-fleet-command/1\n"
+EVENT_PREFIX = "sysadm-fleet-event/1\n"
+RESULT_PREFIX = "sysadm-fleet-result/1\n"
 MAX_SIGNATURE_B64 = 2048
 
 
-def command_message(command_id: str, agent_id: str, payload: str) -> bytes:
-    digest = hashlib.sha256(payload.encode("utf-8")).hexdigest()
-    return f"{PREFIX}{command_id}\n{agent_id}\n{digest}".encode("utf-8")
+def _message(prefix: str, item_id: str, agent_id: str, text: str) -> bytes:
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return f"{prefix}{item_id}\n{agent_id}\n{digest}".encode("utf-8")
 
 
-def sign_command(private_key: Any, command_id: str, agent_id: str, payload: str) -> str:
-    signature = private_key.sign(command_message(command_id, agent_id, payload), padding.PKCS1v15(), hashes.SHA256())
-    return base64.b64encode(signature).decode("ascii")
+def _sign(private_key: Any, message: bytes) -> str:
+    return base64.b64encode(private_key.sign(message, padding.PKCS1v15(), hashes.SHA256())).decode("ascii")
 
 
-def verify_command(public_key: Any, signature_b64: str, command_id: str, agent_id: str, payload: str) -> bool:
+def _verify(public_key: Any, signature_b64: Any, message: bytes) -> bool:
     if not isinstance(signature_b64, str) or len(signature_b64) > MAX_SIGNATURE_B64:
         return False
     try:
         signature = base64.b64decode(signature_b64, validate=True)
-        public_key.verify(signature, command_message(command_id, agent_id, payload), padding.PKCS1v15(), hashes.SHA256())
+        public_key.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
     except (binascii.Error, ValueError, TypeError, InvalidSignature):
         return False
     return True
+
+
+def command_message(command_id: str, agent_id: str, payload: str) -> bytes:
+    return _message(PREFIX, command_id, agent_id, payload)
+
+
+def sign_command(private_key: Any, command_id: str, agent_id: str, payload: str) -> str:
+    return _sign(private_key, command_message(command_id, agent_id, payload))
+
+
+def verify_command(public_key: Any, signature_b64: Any, command_id: str, agent_id: str, payload: str) -> bool:
+    return _verify(public_key, signature_b64, command_message(command_id, agent_id, payload))
+
+
+def event_message(event_id: str, agent_id: str, payload: str) -> bytes:
+    return _message(EVENT_PREFIX, event_id, agent_id, payload)
+
+
+def sign_event(private_key: Any, event_id: str, agent_id: str, payload: str) -> str:
+    return _sign(private_key, event_message(event_id, agent_id, payload))
+
+
+def verify_event(public_key: Any, signature_b64: Any, event_id: str, agent_id: str, payload: str) -> bool:
+    return _verify(public_key, signature_b64, event_message(event_id, agent_id, payload))
+
+
+def result_message(command_id: str, agent_id: str, result: str) -> bytes:
+    return _message(RESULT_PREFIX, command_id, agent_id, result)
+
+
+def sign_result(private_key: Any, command_id: str, agent_id: str, result: str) -> str:
+    return _sign(private_key, result_message(command_id, agent_id, result))
+
+
+def verify_result(public_key: Any, signature_b64: Any, command_id: str, agent_id: str, result: str) -> bool:
+    return _verify(public_key, signature_b64, result_message(command_id, agent_id, result))

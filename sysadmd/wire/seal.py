@@ -93,3 +93,76 @@ def open_sealed(private_key: rsa.RSAPrivateKey, text: str, context: bytes) -> by
         return ChaCha20Poly1305(content_key).decrypt(body[:NONCE_BYTES], body[NONCE_BYTES:], context)
     except Exception:  # cryptography.exceptions.InvalidTag
         raise SealError("sealed text altered, or sealed for another command or agent") from None
+
+
+# --- keys as the bridge lists them, and signed results (additive, helper A) -----------------------
+
+def spki_b64(key: Any) -> str:
+    """Standard base64 of the SubjectPublicKeyInfo DER of *key* (public or private)."""
+    from cryptography.hazmat.primitives import serialization
+
+    public = key.public_key() if isinstance(key, rsa.RSAPrivateKey) else key
+    return base64.b64encode(public.public_bytes(serialization.Encoding.DER,
+                                                serialization.PublicFormat.SubjectPublicKeyInfo)).decode("ascii")
+
+
+MAX_SPKI_B64 = 8192
+
+
+def agent_key(spki: Any, agent_id: str) -> rsa.RSAPublicKey:
+    """The RSA public key in *spki* (b64 SPKI DER, as ``fleet/agents`` lists it), checked
+    to be the key *agent_id* names (sha256 of that DER); :class:`SealError` otherwise."""
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+
+    if not isinstance(spki, str) or not spki or len(spki) > MAX_SPKI_B64:
+        raise SealError(f"agent {agent_id[:12]}: the bridge lists no key for it (a bridge too old to, or the agent "
+                        "never said hello)")
+    try:
+        der = base64.b64decode(spki, validate=True)
+    except (binascii.Error, ValueError):
+        raise SealError(f"agent {agent_id[:12]}: its listed key is not base64") from None
+    if hashlib.sha256(der).hexdigest() != agent_id:
+        raise SealError(f"agent {agent_id[:12]}: the key the bridge lists for it is not the key its id names "
+                        "(sha256 of the key differs); refusing to seal anything to it")
+    try:
+        public = serialization.load_der_public_key(der)
+    except ValueError:
+        raise SealError(f"agent {agent_id[:12]}: its listed key is not a public key") from None
+    if not isinstance(public, rsa.RSAPublicKey):
+        raise SealError(f"agent {agent_id[:12]}: its key is not an RSA key")
+    return public
+
+
+def seal_result(agent_private: rsa.RSAPrivateKey, client_public: rsa.RSAPublicKey, command_id: str,
+                agent_id: str, result: str) -> str:
+    """A command's *result* JSON text, signed by the agent (fleetsig) and sealed to the client.
+
+    Sealed plaintext: ``{"result": RESULT_TEXT, "signature": b64}`` (compact JSON)."""
+    import json
+
+    from sysadmd.wire import fleetsig
+
+    signature = fleetsig.sign_result(agent_private, command_id, agent_id, result)
+    inner = json.dumps({"result": result, "signature": signature}, separators=(",", ":"), sort_keys=True)
+    return seal(client_public, inner.encode("utf-8"), fleet_context("result", command_id, agent_id))
+
+
+def open_result(client_private: rsa.RSAPrivateKey, agent_public: rsa.RSAPublicKey, command_id: str,
+                agent_id: str, text: str) -> str:
+    """The result JSON text inside *text*, once its agent signature checks; :class:`SealError` if not."""
+    import json
+
+    from sysadmd.wire import fleetsig
+
+    inner = open_sealed(client_private, text, fleet_context("result", command_id, agent_id))
+    try:
+        body = json.loads(inner.decode("utf-8"))
+    except ValueError:
+        raise SealError("the sealed result is not JSON") from None
+    if not isinstance(body, dict) or not isinstance(body.get("result"), str):
+        raise SealError('the sealed result is not {"result": TEXT, "signature": SIG}')
+    if not fleetsig.verify_result(agent_public, body.get("signature"), command_id, agent_id, body["result"]):
+        raise SealError("the result is not signed by the agent's key")
+    return body["result"]

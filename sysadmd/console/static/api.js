@@ -20,19 +20,32 @@ export class ConnectionClosed extends Error {
 }
 
 export class Connection {
-  constructor(url) {
+  // options.socket: () => an object that behaves as a WebSocket (readyState, send, close,
+  // onopen/onmessage/onclose): the transport seam, e.g. a session relayed through a bridge.
+  constructor(url, options = {}) {
     this.url = url;
+    this.makeSocket = options.socket || null;
     this.ws = null;
     this.nextId = 1;
     this.pending = new Map();
     this.listeners = new Map();
     this.closeListeners = new Set();
     this.closed = null;
+    this.requestHandler = null;  // (message) => …: requests the other end sends us
+    this.textFilter = null;  // (text) => true when it took a message that is not for us (relay frames)
+  }
+
+  sendText(text) {
+    if (!this.closed && this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(text);
+  }
+
+  send(message) {
+    if (!this.closed && this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(message));
   }
 
   open() {
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(this.url);
+      const ws = this.makeSocket ? this.makeSocket() : new WebSocket(this.url);
       this.ws = ws;
       let opened = false;
       ws.onopen = () => { opened = true; resolve(this); };
@@ -62,6 +75,7 @@ export class Connection {
   }
 
   received(text) {
+    if (this.textFilter && this.textFilter(text)) return;
     let message;
     try { message = JSON.parse(text); } catch (err) { return; }
     if (message.namespace === "events" && message.name !== "response") {
@@ -69,10 +83,15 @@ export class Connection {
       return;
     }
     const waiting = this.pending.get(message.id);
-    if (!waiting) return;
+    if (!waiting) {
+      // A request from the other end (a bridge asks who we are and for our key list).
+      if (this.requestHandler && message.name !== "response" && message.name !== "error") this.requestHandler(message);
+      return;
+    }
     this.pending.delete(message.id);
     if (message.name === "error" || message.namespace === "error") {
-      const args = message.args || {};
+      const args = message.args && typeof message.args === "object" ? message.args
+        : { code: "401", message: String(message.args || "error") };  // a bridge's "unauthorized"
       waiting.reject(new ApiError(args.code, args.message, args.detail));
     } else {
       waiting.resolve(message.args);

@@ -4,6 +4,7 @@
 
 import { ApiError, Connection, ConnectionClosed, socketUrl } from "./api.js";
 import { dashboardPage } from "./dashboard.js";
+import { fleetPage } from "./fleet.js";
 import { h, field } from "./dom.js";
 import { jobPage, jobsPage } from "./jobs.js";
 import { packagesPage } from "./packages.js";
@@ -134,6 +135,7 @@ function pages() {
   if (has("sysadm/users")) list.push(["#/users", "Users"]);
   if (has("sysadm/pkg")) list.push(["#/packages", "Packages"]);
   if (has("sysadm/fs")) list.push(["#/files", "Files"]);
+  if (session.full) list.push(["#/fleet", "Fleet"]);
   return list;
 }
 
@@ -192,6 +194,7 @@ function route() {
   else if (hash === "#/supervisor" && has("sysadm/supervisor")) { page = supervisorPage(ctx); current = hash; }
   else if (hash === "#/users" && has("sysadm/users")) { page = usersPage(ctx); current = hash; }
   else if (hash === "#/packages" && has("sysadm/pkg")) { page = packagesPage(ctx); current = hash; }
+  else if (hash === "#/fleet" && session.full) { page = fleetPage(ctx); current = hash; }
   else if (hash.startsWith("#/files") && has("sysadm/fs")) {
     const dir = new URLSearchParams(hash.split("?")[1] || "").get("dir");
     page = filesPage(ctx, dir || "/");

@@ -1,0 +1,306 @@
+// The fleet view's cryptography, with WebCrypto and two vendored libraries (vendor/VENDORED.md):
+// the user's RSA key (PEM, PKCS#8 or PKCS#1) imported as NON-extractable CryptoKeys, the
+// bridge login signature (docs/protocol.md §8.1), the fleet command signature (§8.5) and
+// sealed text (§8.6): RSA-OAEP SHA-256 wraps a fresh ChaCha20-Poly1305 key.  Nothing here
+// sends anything anywhere; the PEM text is read once and not kept.
+
+import { chacha20poly1305 } from "./vendor/noble-ciphers/chacha.js";
+import { md5 } from "./vendor/noble-hashes/legacy.js";
+
+const subtle = () => {
+  if (!globalThis.crypto || !crypto.subtle) throw new Error("this page has no WebCrypto (it needs HTTPS)");
+  return crypto.subtle;
+};
+
+export const SEALED_PREFIX = "sealed1:";
+export const MAX_PEM_CHARS = 64 * 1024;
+const MAX_SEALED_CHARS = 23 * 1024 * 1024;
+const RSA_OID = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];  // 1.2.840.113549.1.1.1
+const SIGN = { name: "RSASSA-PKCS1-v1_5", hash: "SHA-256" };
+const OAEP = { name: "RSA-OAEP", hash: "SHA-256" };
+const utf8 = new TextEncoder();
+const fromUtf8 = new TextDecoder("utf-8", { fatal: true });
+
+export class KeyFileError extends Error {}
+export class SealError extends Error {}
+
+// --- base64 and hex ------------------------------------------------------------------------
+export function toBase64(bytes) {
+  let text = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(text);
+}
+
+export function fromBase64(text) {
+  if (typeof text !== "string" || !/^[A-Za-z0-9+/]*={0,2}$/.test(text) || text.length % 4) {
+    throw new SealError("not base64");
+  }
+  const raw = atob(text);
+  const out = new Uint8Array(raw.length);
+  for (let i = 0; i < raw.length; i++) out[i] = raw.charCodeAt(i);
+  return out;
+}
+
+export function toHex(bytes) {
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+export async function sha256Hex(bytes) {
+  return toHex(new Uint8Array(await subtle().digest("SHA-256", bytes)));
+}
+
+// --- DER: just enough to read an RSA private key and write its public key -------------------
+function readTlv(der, at) {
+  if (at + 2 > der.length) throw new KeyFileError("the key's DER ends too early");
+  const tag = der[at];
+  let len = der[at + 1];
+  let start = at + 2;
+  if (len & 0x80) {
+    const count = len & 0x7f;
+    if (count < 1 || count > 3 || start + count > der.length) throw new KeyFileError("the key's DER has a bad length");
+    len = 0;
+    for (let i = 0; i < count; i++) len = len * 256 + der[start + i];
+    start += count;
+  }
+  if (start + len > der.length) throw new KeyFileError("the key's DER ends too early");
+  return { tag, start, end: start + len };
+}
+
+function children(der, tlv) {
+  const out = [];
+  for (let at = tlv.start; at < tlv.end;) {
+    const child = readTlv(der, at);
+    out.push(child);
+    at = child.end;
+  }
+  return out;
+}
+
+function encodeLength(n) {
+  if (n < 0x80) return [n];
+  const bytes = [];
+  for (let v = n; v > 0; v = Math.floor(v / 256)) bytes.unshift(v & 0xff);
+  return [0x80 | bytes.length, ...bytes];
+}
+
+function tlv(tag, content) {
+  const head = [tag, ...encodeLength(content.length)];
+  const out = new Uint8Array(head.length + content.length);
+  out.set(head, 0);
+  out.set(content, head.length);
+  return out;
+}
+
+function concat(...parts) {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const part of parts) { out.set(part, at); at += part.length; }
+  return out;
+}
+
+function derInteger(magnitude) {
+  let i = 0;
+  while (i < magnitude.length - 1 && magnitude[i] === 0) i++;
+  let body = magnitude.subarray(i);
+  if (body[0] & 0x80) body = concat(new Uint8Array([0]), body);
+  return tlv(0x02, body);
+}
+
+const ALGORITHM = tlv(0x30, concat(tlv(0x06, new Uint8Array(RSA_OID)), new Uint8Array([0x05, 0x00])));
+
+// PKCS#1 RSAPrivateKey DER → its PKCS#8 PrivateKeyInfo (what WebCrypto imports).
+export function pkcs1ToPkcs8(pkcs1) {
+  return tlv(0x30, concat(new Uint8Array([0x02, 0x01, 0x00]), ALGORITHM, tlv(0x04, pkcs1)));
+}
+
+// The modulus and exponent of a PKCS#1 RSAPrivateKey.
+function rsaNumbers(pkcs1) {
+  const top = readTlv(pkcs1, 0);
+  const items = top.tag === 0x30 ? children(pkcs1, top) : [];
+  if (items.length < 9 || items.slice(0, 3).some((t) => t.tag !== 0x02)) {
+    throw new KeyFileError("the key is not an RSA private key");
+  }
+  return { n: pkcs1.subarray(items[1].start, items[1].end), e: pkcs1.subarray(items[2].start, items[2].end) };
+}
+
+// The PKCS#1 key inside a PKCS#8 PrivateKeyInfo (RSA only).
+function pkcs8Inner(pkcs8) {
+  const top = readTlv(pkcs8, 0);
+  const items = top.tag === 0x30 ? children(pkcs8, top) : [];
+  if (items.length < 3 || items[1].tag !== 0x30 || items[2].tag !== 0x04) throw new KeyFileError("the key is not PKCS#8");
+  const algorithm = children(pkcs8, items[1]);
+  const oid = algorithm.length ? pkcs8.subarray(algorithm[0].start, algorithm[0].end) : new Uint8Array();
+  if (oid.length !== RSA_OID.length || oid.some((b, i) => b !== RSA_OID[i])) {
+    throw new KeyFileError("the key is not an RSA key (only RSA keys log in)");
+  }
+  return pkcs8.subarray(items[2].start, items[2].end);
+}
+
+// SubjectPublicKeyInfo DER of an RSA public key (what Python's cryptography writes).
+export function spkiDer(n, e) {
+  const rsaPublic = tlv(0x30, concat(derInteger(n), derInteger(e)));
+  return tlv(0x30, concat(ALGORITHM, tlv(0x03, concat(new Uint8Array([0]), rsaPublic))));
+}
+
+export function pemOf(label, der) {
+  const lines = toBase64(der).match(/.{1,64}/g) || [];
+  return `-----BEGIN ${label}-----\n${lines.join("\n")}\n-----END ${label}-----\n`;
+}
+
+function pemBody(text, label) {
+  const match = new RegExp(`-----BEGIN ${label}-----([A-Za-z0-9+/=\\s]+)-----END ${label}-----`).exec(text);
+  if (!match) return null;
+  try {
+    return fromBase64(match[1].replace(/\s+/g, ""));
+  } catch (err) {
+    throw new KeyFileError(`the ${label} block is not base64`);
+  }
+}
+
+// The key checksum the bridge and agents know a key by: base64(MD5(SPKI PEM text)).
+export function keyChecksum(publicPem) {
+  return toBase64(md5(utf8.encode(publicPem)));
+}
+
+// A private key file's text → { sign, decrypt (non-extractable CryptoKeys), publicPem, checksum, spki }.
+export async function importUserKey(text) {
+  if (typeof text !== "string" || !text.trim()) throw new KeyFileError("the key file is empty");
+  if (text.length > MAX_PEM_CHARS) throw new KeyFileError(`the key file is over ${MAX_PEM_CHARS} characters: not a key`);
+  if (/-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type: 4,ENCRYPTED/.test(text)) {
+    throw new KeyFileError("the key file is protected by a passphrase; the console reads unencrypted keys " +
+                           "(as `sysadm key generate` writes them)");
+  }
+  let pkcs8 = pemBody(text, "PRIVATE KEY");
+  let pkcs1;
+  if (pkcs8) {
+    pkcs1 = pkcs8Inner(pkcs8);
+  } else {
+    pkcs1 = pemBody(text, "RSA PRIVATE KEY");
+    if (!pkcs1) {
+      throw new KeyFileError('no "BEGIN PRIVATE KEY" or "BEGIN RSA PRIVATE KEY" block in the file ' +
+                             "(a public key or an OpenSSH key cannot sign)");
+    }
+    pkcs8 = pkcs1ToPkcs8(pkcs1);
+  }
+  const { n, e } = rsaNumbers(pkcs1);
+  const spki = spkiDer(n, e);
+  const publicPem = pemOf("PUBLIC KEY", spki);
+  let sign, decrypt;
+  try {
+    sign = await subtle().importKey("pkcs8", pkcs8, SIGN, false, ["sign"]);
+    decrypt = await subtle().importKey("pkcs8", pkcs8, OAEP, false, ["decrypt"]);
+  } catch (err) {
+    throw new KeyFileError(`the browser refused the key: ${err.message || err.name}`);
+  } finally {
+    pkcs8.fill(0);
+    if (pkcs1.buffer !== pkcs8.buffer) pkcs1.fill(0);
+  }
+  return { sign, decrypt, publicPem, checksum: keyChecksum(publicPem), spki };
+}
+
+// An agent's public key as fleet/agents lists it (standard base64 of its SPKI DER), checked
+// against the agent's id (sha256 of that DER): { encrypt (RSA-OAEP), verify (RSASSA) }.
+export async function agentKey(spkiB64, agentId) {
+  const short = String(agentId).slice(0, 12);
+  if (typeof spkiB64 !== "string" || !spkiB64 || spkiB64.length > 8192) {
+    throw new SealError(`agent ${short}: the bridge lists no key for it`);
+  }
+  let der;
+  try { der = fromBase64(spkiB64); } catch (err) { throw new SealError(`agent ${short}: its listed key is not base64`); }
+  const digest = await sha256Hex(der);
+  if (digest !== agentId) {
+    throw new SealError(`agent ${short}: the key the bridge lists for it is not the key its id names ` +
+                        "(sha256 of the key differs); nothing is sealed to it");
+  }
+  try {
+    return {
+      encrypt: await subtle().importKey("spki", der, OAEP, false, ["encrypt"]),
+      verify: await subtle().importKey("spki", der, SIGN, false, ["verify"]),
+    };
+  } catch (err) {
+    throw new SealError(`agent ${short}: its key is not an RSA public key`);
+  }
+}
+
+async function rsaSign(key, text) {
+  return toBase64(new Uint8Array(await subtle().sign(SIGN, key, utf8.encode(text))));
+}
+
+// The digest answer to the bridge's challenge (scheme pkcs1-sha256, §8.1).
+export function bridgeLoginSignature(signKey, testString) {
+  return rsaSign(signKey, `sysadm-bridge-login/1\n${testString}`);
+}
+
+// The signature of a fleet command (sysadmd/wire/fleetsig.py).
+export async function signCommand(signKey, commandId, agentId, payload) {
+  const digest = await sha256Hex(utf8.encode(payload));
+  return rsaSign(signKey, `sysadm-fleet-command/1\n${commandId}\n${agentId}\n${digest}`);
+}
+
+// A command's result sealed by its agent (sysadmd/wire/seal.py open_result): the result text
+// once the agent's signature over it checks; SealError otherwise.
+export async function openResult(decryptKey, agentVerifyKey, commandId, agentId, text) {
+  const inner = await openSealedText(decryptKey, text, fleetContext("result", commandId, agentId));
+  let body;
+  try { body = JSON.parse(inner); } catch (err) { throw new SealError("the sealed result is not JSON"); }
+  if (!body || typeof body.result !== "string" || typeof body.signature !== "string") {
+    throw new SealError('the sealed result is not {"result": TEXT, "signature": SIG}');
+  }
+  const digest = await sha256Hex(utf8.encode(body.result));
+  let signature;
+  try { signature = fromBase64(body.signature); } catch (err) { throw new SealError("the result's signature is not base64"); }
+  const message = utf8.encode(`sysadm-fleet-result/1\n${commandId}\n${agentId}\n${digest}`);
+  if (!(await subtle().verify(SIGN, agentVerifyKey, signature, message))) {
+    throw new SealError("the result is not signed by the agent's key");
+  }
+  return body.result;
+}
+
+export function fleetContext(kind, itemId, agentId) {
+  return utf8.encode(`sysadm-fleet/1\n${kind}\n${itemId}\n${agentId}`);
+}
+
+// Sealed text (sysadmd/wire/seal.py): *plaintext* (string or bytes) for *publicKey* (RSA-OAEP CryptoKey).
+export async function seal(publicKey, plaintext, context) {
+  const contentKey = crypto.getRandomValues(new Uint8Array(32));
+  const nonce = crypto.getRandomValues(new Uint8Array(12));
+  const data = typeof plaintext === "string" ? utf8.encode(plaintext) : plaintext;
+  const body = concat(nonce, chacha20poly1305(contentKey, nonce, context).encrypt(data));
+  const wrapped = new Uint8Array(await subtle().encrypt(OAEP, publicKey, contentKey));
+  contentKey.fill(0);
+  return `${SEALED_PREFIX}${toBase64(wrapped)}.${toBase64(body)}`;
+}
+
+export function isSealed(text) {
+  return typeof text === "string" && text.startsWith(SEALED_PREFIX);
+}
+
+// The plaintext bytes of sealed *text* for *privateKey* (RSA-OAEP CryptoKey) and *context*.
+export async function openSealed(privateKey, text, context) {
+  if (!isSealed(text)) throw new SealError("not sealed text");
+  if (text.length > MAX_SEALED_CHARS) throw new SealError("sealed text too long");
+  const rest = text.slice(SEALED_PREFIX.length);
+  const dot = rest.indexOf(".");
+  if (dot < 0) throw new SealError("sealed text without its '.'");
+  const wrapped = fromBase64(rest.slice(0, dot));
+  const body = fromBase64(rest.slice(dot + 1));
+  if (body.length < 12 + 16) throw new SealError("sealed body too short");
+  let contentKey;
+  try {
+    contentKey = new Uint8Array(await subtle().decrypt(OAEP, privateKey, wrapped));
+  } catch (err) {
+    throw new SealError("sealed to another key");
+  }
+  if (contentKey.length !== 32) throw new SealError("sealed with a content key of the wrong size");
+  try {
+    return chacha20poly1305(contentKey, body.subarray(0, 12), context).decrypt(body.subarray(12));
+  } catch (err) {
+    throw new SealError("sealed text altered, or sealed for another command or agent");
+  } finally {
+    contentKey.fill(0);
+  }
+}
+
+export async function openSealedText(privateKey, text, context) {
+  return fromUtf8.decode(await openSealed(privateKey, text, context));
+}
