@@ -245,3 +245,56 @@ class BridgeSide(unittest.TestCase):
         self.fleet.handle(self.client, "emit", "e4", dict(args, id="nothex"))
         self.assertIn("id must be 32 lower-case hex", self.client.link.replies("e4")[0]["args"]["detail"])
 
+
+
+class SilentAgents(unittest.TestCase):
+    """FLEET_PING_INTERVAL / FLEET_PONG_TIMEOUT on a Clock: a silent agent is announced
+    offline within pong timeout + one interval, and online again when it answers."""
+
+    def setUp(self):
+        self.db = open_database(os.path.join(short_tempdir(self), "bridge.sqlite"), migrations.SCHEMA)
+        self.addCleanup(self.db.close)
+        self.clock = task.Clock()
+        self.fleet = Fleet(SqliteFleetStore(self.db), self.clock, key_pem=ks.pem_of, ping_interval=1.0,
+                           pong_timeout=2.0)
+        self.fleet.start()
+        self.addCleanup(self.fleet.stop)
+        self.agent = peer(SERVER, "fleet-silent-agent")
+        self.fleet.handle(self.agent, "hello", "h", {"name": "quiet"})
+        self.agent_id = self.agent.link.replies("h")[0]["args"]["agent_id"]
+        self.client = peer(CLIENT, "fleet-silent-client")
+        self.fleet.handle(self.client, "agents", "a", {})
+
+    def pong_all(self):
+        for m in self.agent.link.sent:
+            if m["name"] == "ping" and not m.get("answered"):
+                m["answered"] = True
+                self.fleet.handle(self.agent, "pong", "", {"t": m["args"]["t"]})
+
+    def online_events(self):
+        return [e["online"] for e in self.client.link.fleet("agent")]
+
+    def test_silence_is_announced_within_three_seconds_and_an_answer_brings_it_back(self):
+        for _ in range(5):  # an answering agent stays online
+            self.clock.advance(1)
+            self.pong_all()
+        self.assertEqual(self.online_events(), [])
+        silent_since = self.clock.seconds()
+        while not self.online_events():
+            self.clock.advance(0.5)
+            self.assertLessEqual(self.clock.seconds() - silent_since, 3.0)
+        self.assertEqual(self.online_events(), [False])
+        # While silent it gets no commands; they wait, PENDING.
+        command_id = uuid.uuid4().hex
+        self.fleet.handle(self.client, "execute", "x", {"commands": [
+            {"id": command_id, "agent": self.agent_id, "payload": "sealed1:x.y", "signature": "c2ln", "key": "k"}]})
+        self.assertFalse([m for m in self.agent.link.sent if m["name"] == "command"])
+        self.pong_all()  # a late answer: online again, and the command goes out
+        self.assertEqual(self.online_events(), [False, True])
+        self.assertEqual([m["args"]["id"] for m in self.agent.link.sent if m["name"] == "command"], [command_id])
+        # The connection ends later: no second offline event for a silent agent.
+        for _ in range(3):
+            self.clock.advance(1)
+        self.assertEqual(self.online_events(), [False, True, False])
+        self.fleet.disconnected(self.agent)
+        self.assertEqual(self.online_events(), [False, True, False])
