@@ -11,10 +11,14 @@ agent is offline).
 Commands: a client stores ``{id, agent, payload, signature, key}``; the bridge keeps the
 row ``PENDING``, sends it to the agent when it is online (at once or at its next hello),
 the agent's ``ack`` makes it ``ACTIVE`` and its ``result`` ``COMPLETE``.  ``payload``,
-``signature`` and ``result`` are opaque text here: the agent checks the signature against
-its own registered keys and runs the command as that key's user.  A ``PENDING`` command
-past its ttl is ``EXPIRED``; a final row is kept until a client fetched it
-(``fleet/wait``) or its ttl ended once more.
+``signature`` and ``result`` are opaque text here (our clients and agents seal them end to
+end, docs/protocol.md §8.6; nothing here parses them): the agent checks the signature
+against its own registered keys and runs the command as that key's user.  ``fleet/agents``
+lists each agent's key (the one it authenticated with, kept while it is offline) so clients
+can seal to it.  Emitted events are stored the same way, one sealed payload and signature
+per agent.  A ``PENDING`` command past its ttl is ``EXPIRED``; a final row is kept until
+a client fetched it (``fleet/wait``) or its ttl ended once more.  Agents are pinged every
+``ping_interval``; one silent for ``pong_timeout`` is announced offline until it answers.
 
 Every write goes through :class:`FleetStore` (SQLite here, :class:`SqliteFleetStore`); a
 write that fails makes the store *failed*: new commands and emits are refused with 503,
