@@ -184,8 +184,8 @@ def run_client(url: str, key, args) -> dict:
         for agent_id in agent_ids:
             command_id = uuid.uuid4().hex
             if sealed:
-                payload = seal.seal(agent_keys[agent_id], plain.encode(),
-                                    seal.fleet_context("command", command_id, agent_id))
+                payload = seal.seal_with_key(agent_keys[agent_id], seal.command_key(key, command_id, agent_id),
+                                             plain.encode(), seal.fleet_context("command", command_id, agent_id))
             else:
                 payload = plain
             batch.append({"id": command_id, "agent": agent_id, "payload": payload, "key": md5,
@@ -198,8 +198,9 @@ def run_client(url: str, key, args) -> dict:
         text = args.get("result")
         if args.get("status") != "COMPLETE" or not isinstance(text, str):
             return {"ok": False}
-        if seal.is_sealed(text):
-            text = seal.open_result(key, agent_keys[args["agentId"]], args["id"], args["agentId"], text)
+        if seal.is_keyed(text):
+            result_key = seal.result_key(seal.command_key(key, args["id"], args["agentId"]))
+            text = seal.open_keyed(result_key, text, seal.fleet_context("result", args["id"], args["agentId"]))
         return json.loads(text)
 
     @defer.inlineCallbacks

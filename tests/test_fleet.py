@@ -58,7 +58,9 @@ class FleetTests(unittest.TestCase):
         (offline, index) = yield watcher.wait_for(fleet_event("agent", online=False), "the offline event", start,
                                                   timeout=10)
         self.assertEqual(offline["agent"], agent.id)
-        self.assertLess(watcher.times[index] - stopped, 3.5)
+        # 2-3 s by design (the Clock test in test_fleet_sealed pins that); the margin is for
+        # a loaded CI machine. A WebSocket ping (PING_INTERVAL 30 s) would take 30-60 s.
+        self.assertLess(watcher.times[index] - stopped, 5.0)
         os.kill(pid, signal.SIGCONT)
         (online, _) = yield watcher.wait_for(fleet_event("agent", online=True), "the online event", index, timeout=10)
         self.assertEqual(online["agent"], agent.id)
