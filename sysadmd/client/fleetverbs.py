@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional
 
 from twisted.internet import defer
 
-from sysadmd.client import knownservers, tables
+from sysadmd.client import tables
 from sysadmd.client.context import Context
 from sysadmd.client.errors import (EXIT_CERTIFICATE, EXIT_ERROR_REPLY, EXIT_OK, EXIT_USAGE, ClientError, ErrorReply,
                                    is_error)
@@ -128,7 +128,8 @@ def _checked(ctx: Context, targets: List[Dict[str, Any]]) -> Dict[str, Any]:
     """Agent id → its public key, for every target: the key the bridge lists must be the
     one the id names, and the agent's name must hold that key in known_servers (pinned now
     if the name is new).  Nothing is sealed or signed for an agent that fails."""
-    from sysadmd.wire import bound, seal  # here, not at import: `sysadm` starts without cryptography
+    from sysadmd.client import knownservers  # here, not at import: `sysadm` starts without cryptography
+    from sysadmd.wire import bound, seal
 
     known = knownservers.KnownServers(getattr(ctx.options, "known_servers", None))
     keys = {}
