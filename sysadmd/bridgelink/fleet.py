@@ -12,9 +12,9 @@ After the bridge accepted our key and asked our key list, each link says
   row of the job table, keep the result there and send ``fleet/result`` until the bridge
   confirms it (``fleet/result_stored``).  The result of a sealed command is encrypted
   under a key derived from the command's content key (:func:`seal.seal_keyed`: only its
-  client and we know it); a refusal before the payload opened is plaintext.  An id we already accepted is never run
-  again: we ack again, send the kept result, or, if this process was stopped while it
-  ran (``kill -9``), report it ``interrupted``.
+  client and we know it); a refusal before the payload opened is plaintext.  An id we
+  already accepted is never run again: we ack again, send the kept result, or, if this
+  process was stopped while it ran (``kill -9``), report it ``interrupted``.
 * ``fleet/event {id, payload, signature, key, ts}``: signed by the client
   (``sysadm-fleet-event/1``) and sealed to us (context ``event``); published once to our
   subscribers as a ``fleet`` event with the sender's user (recorded in the same table),
@@ -28,7 +28,8 @@ After the bridge accepted our key and asked our key list, each link says
     {"kind":"job","commands":[CMD,…][,"timeout":S]}                       one dispatcher job (a chain)
     {"key":K,"data":D}                                                     an emitted event
 
-(those are the opened texts: on the wire each is sealed).  ``result`` is JSON text ``{"ok":bool,"outcome":…,"reply":…,"error":…,"job_id":N,"host":H}``.
+(those are the opened texts: on the wire each is sealed).  ``result`` is JSON text
+``{"ok":bool,"outcome":…,"reply":…,"error":…,"job_id":N,"host":H}`` (keyed on the wire).
 """
 
 from __future__ import annotations
