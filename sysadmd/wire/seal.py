@@ -229,8 +229,19 @@ def command_key(private_key: rsa.RSAPrivateKey, command_id: str, agent_id: str) 
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-    der = private_key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
-    secret = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                  info=b"sysadm-fleet/1 command keys").derive(der)
+    cached = _COMMAND_SECRETS.get(id(private_key))
+    if cached is not None and cached[0] is private_key:
+        secret = cached[1]
+    else:
+        der = private_key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption())
+        secret = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                      info=b"sysadm-fleet/1 command keys").derive(der)
+        if len(_COMMAND_SECRETS) >= 8:
+            _COMMAND_SECRETS.clear()
+        _COMMAND_SECRETS[id(private_key)] = (private_key, secret)  # the key object kept: its id stays its own
     return hmac.new(secret, f"command\n{command_id}\n{agent_id}".encode("utf-8"), hashlib.sha256).digest()
+
+
+#: id(private key) -> (that key, its command-key secret): a client seals and opens many commands.
+_COMMAND_SECRETS: "dict[int, tuple[Any, bytes]]" = {}
