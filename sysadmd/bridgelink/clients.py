@@ -319,6 +319,10 @@ class BridgedClients:
         if request.route == E2E_ROUTE:
             session.send(e2e_error("400", "rpc/e2e inside an encrypted session: start over with a plain hello", request.id))
             return
+        self._run(session, request, text)
+
+    def _run(self, session: Session, request: Request, text: str) -> None:
+        """Run a decrypted request (already parsed as *request*) through the API pipeline."""
         self.server.api.handle_text(session, text)
 
     def _e2e_finish(self, session: Session, state: E2EState, text: str) -> None:
