@@ -205,3 +205,46 @@ class E2ESessionTests(unittest.TestCase):
         clients.deliver("::x\n" + encode({"namespace": "rpc", "name": "e2e", "id": "h", "args": hs.hello()}))
         reply = json.loads(self.frames[-1].partition("\n")[2])
         self.assertEqual((reply["args"]["code"], reply["args"]["e2e"]), ("501", 1))
+
+
+class KnownServersE2EFlagTests(unittest.TestCase):
+    def test_the_e2e_flag_is_a_fourth_field_written_once_and_kept(self):
+        import os
+
+        from sysadmd.client.knownservers import KnownServers
+        from tests.support import short_tempdir
+
+        path = os.path.join(short_tempdir(self, "ks"), "known_servers")
+        known = KnownServers(path)
+        known.pin("nas.lan", "a" * 64)
+        known.pin("other", "b" * 64)
+        self.assertFalse(known.by_name("nas.lan").e2e)
+        marked = known.mark_e2e("nas.lan")
+        self.assertTrue(marked.e2e)
+        self.assertEqual(known.mark_e2e("nas.lan"), marked)  # once
+        self.assertIsNone(known.mark_e2e("nobody"))
+        with open(path) as f:
+            lines = [line.split() for line in f if not line.startswith("#")]
+        self.assertEqual([(line[0], line[3:]) for line in lines], [("nas.lan", ["e2e"]), ("other", [])])
+        entry = known.by_name("nas.lan")
+        self.assertEqual((entry.fingerprint, entry.first_seen, entry.e2e), ("a" * 64, marked.first_seen, True))
+        self.assertTrue(known.by_fingerprint("a" * 64)[0].e2e)
+        self.assertFalse(known.by_name("other").e2e)
+
+
+class E2EOptionTests(unittest.TestCase):
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_e2e_options_need_a_bridge_and_exclude_each_other(self):
+        from tests.support import short_tempdir
+        from tests.test_client_cli import run_cli
+
+        home = short_tempdir(self, "opt")
+        for argv, words in ((("--url", "wss://127.0.0.1:9", "--no-e2e", "identify"), "need --bridge"),
+                            (("--socket", "/nonexistent", "--require-e2e", "identify"), "need --bridge"),
+                            (("--bridge", "127.0.0.1:9", "--key", "/nonexistent", "--no-e2e", "--require-e2e",
+                              "identify"), "contradict")):
+            result = yield run_cli(home, *argv)
+            self.assertEqual(result.code, 2, result.err)
+            self.assertIn(words, result.err)
