@@ -54,6 +54,7 @@ class E2EClient:
         accept, _ = yield self.peer.wait_for(reply_from(self.server_id, "h"), "the accept", start=mark)
         assert accept["name"] == "response", accept
         self.channel, _, finish = hs.accept(accept["args"])
+        assert hs.server_connection_id == self.server_id, (hs.server_connection_id, self.server_id)
         reply = yield self.call("rpc", "e2e", finish, "f")
         return reply
 
@@ -259,6 +260,7 @@ class E2ESessionProcessTests(unittest.TestCase):
         yield cluster.bridge_admin("import_ssl_file", "impostor", cluster.public_file("impostor"), "--role", "server")
         first = yield cluster.bridged("laptop", "--json", "peers")
         [real] = json.loads(first.out)
+        self.assertIs(real["e2e"], True, real)
         name = real["hostname"]
         pinned = yield cluster.bridged("laptop", "--server", name, "identify")
         self.assertEqual(pinned.exit_code, 0, pinned.output)

@@ -63,6 +63,7 @@ class E2ESessionTests(unittest.TestCase):
         reply = yield self.plain_hello(hs, "h1", client_id)
         self.assertEqual((reply["name"], reply["id"]), ("response", "h1"), reply)
         channel, server_id, finish = hs.accept(reply["args"])
+        self.assertEqual(hs.server_connection_id, "")  # this link's bridge never said our ID
         self.assertEqual(server_id, e2e.agent_id_of(boundlogin.server_identity(self.server).public_key()))
         return hs, channel, finish
 
@@ -164,7 +165,7 @@ class E2ESessionTests(unittest.TestCase):
         session = self.clients.get(CLIENT)
         self.send(encode({"namespace": "rpc", "name": "query", "id": "inject", "args": {}}))
         refused = self.plain(self.bodies()[-1])
-        self.assertEqual((refused["name"], refused["args"]["code"]), ("error", "400"), refused)
+        self.assertEqual((refused["name"], refused["id"], refused["args"]["code"]), ("error", "inject", "400"), refused)
         self.assertNotIn("rpc/settings", self.bodies()[-1])
         self.assertIsNone(session.identity)
         self.assertNotIn(E2E, session.attributes)
@@ -174,6 +175,18 @@ class E2ESessionTests(unittest.TestCase):
         self.assertIn("plain frame", self.plain(self.bodies()[-1])["args"]["detail"])
         self.assertIsNone(self.clients.get(CLIENT).identity)
         del channel
+
+    @defer.inlineCallbacks
+    def test_a_plain_frame_before_the_finish_drops_the_unfinished_handshake_only(self):
+        _, channel, finish = yield self.hello()
+        before = len(self.bodies())
+        self.send(encode({"namespace": "rpc", "name": "identify", "id": "i", "args": {}}))
+        reply = self.plain((yield self.next_body(before)))
+        self.assertEqual((reply["id"], reply["name"]), ("i", "response"), reply)  # answered, in plain mode
+        self.assertNotIn(E2E, self.clients.get(CLIENT).attributes)
+        self.send(channel.seal(encode({"namespace": "rpc", "name": "e2e", "id": "f", "args": finish}).encode()))
+        self.assertIn("no end-to-end keys", self.plain(self.bodies()[-1])["args"]["detail"])
+        self.assertIsNone(self.clients.get(CLIENT).identity)
 
     @defer.inlineCallbacks
     def test_a_new_hello_starts_over_and_drops_the_login(self):
@@ -231,6 +244,26 @@ class E2ESessionTests(unittest.TestCase):
         clients.deliver("::x\n" + encode({"namespace": "rpc", "name": "e2e", "id": "h", "args": hs.hello()}))
         reply = json.loads(self.frames[-1].partition("\n")[2])
         self.assertEqual((reply["args"]["code"], reply["args"]["e2e"]), ("501", 1))
+
+
+class ConnectionBindingTests(unittest.TestCase):
+    def test_the_tag_binds_the_connection_id_and_cannot_be_moved(self):
+        client = e2e.ClientHandshake(ks.private_key("e2e-client"), ks.md5_of("e2e-client"))
+        _, reply = e2e.ServerHandshake(ks.private_key("e2e-server")).accept(client.hello(), "::{real}")
+        self.assertEqual(reply["server_connection_id"], "::{real}")
+        for change in ({"server_connection_id": "::{relay}"}, {"connection_tag": reply["sig"][:44]},
+                       {"connection_tag": None}):
+            again = e2e.ClientHandshake(ks.private_key("e2e-client"), ks.md5_of("e2e-client"))
+            _, fresh = e2e.ServerHandshake(ks.private_key("e2e-server")).accept(again.hello(), "::{real}")
+            with self.assertRaisesRegex(e2e.E2EError, "connection_tag"):
+                again.accept(dict(fresh, **change))
+        client.accept(reply)
+        self.assertEqual(client.server_connection_id, "::{real}")
+        # Without the binding (a server that does not send it): None, nothing checked.
+        plain = e2e.ClientHandshake(ks.private_key("e2e-client"), ks.md5_of("e2e-client"))
+        _, reply = e2e.ServerHandshake(ks.private_key("e2e-server")).accept(plain.hello())
+        plain.accept(reply)
+        self.assertIsNone(plain.server_connection_id)
 
 
 class KnownServersE2EFlagTests(unittest.TestCase):

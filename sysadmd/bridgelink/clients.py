@@ -69,6 +69,14 @@ class E2EState:
         self.stage = "finish"
 
 
+def _request_id(body: str) -> str:
+    """The id of a plain request, for a refusal that must not leave its sender waiting."""
+    try:
+        return envelope.parse(body).id if body.startswith("{") else ""
+    except EnvelopeError:
+        return ""
+
+
 def e2e_error(code: str, detail: str, request_id: str = "") -> Dict[str, Any]:
     """An error about the end-to-end session itself; ``"e2e": 1`` tells our client that the
     server knows ``rpc/e2e`` (an upstream server's error for an unknown call has no such field)."""
@@ -197,13 +205,21 @@ class BridgedClients:
         if e2e.is_frame(body):
             self._encrypted(session, state, body)
             return
+        if state is not None and state.stage == "finish":
+            # A handshake nobody finished (the client gave up on it, or this client ID is a
+            # relay that a new client now uses): nothing was logged in, so the frame is read
+            # as if the hello had never come.
+            self._drop_e2e(session)
+            state = None
         if state is not None and not self._is_hello(body):
-            # The client never sends plain frames once encrypted: someone else did.  Nothing
-            # of it runs, and nothing more runs as the client's login until it starts over.
+            # The client never sends plain frames once its login is encrypted: someone else
+            # did.  Nothing of it runs, and nothing more runs as the client's login until it
+            # starts over.
             session.touch()
             self._drop_e2e(session)
             session.send(e2e_error("400", "a plain frame inside an end-to-end encrypted session is refused; the "
-                                          "session's encryption and login were dropped: start over with an rpc/e2e hello"))
+                                          "session's encryption and login were dropped: start over with an rpc/e2e hello",
+                                   _request_id(body)))
             return
         if body.startswith("{"):
             session.attributes[BASE64] = False
@@ -299,7 +315,7 @@ class BridgedClients:
         # threads, as login signatures are checked, never on the reactor thread.
         session.attributes[E2E_HELLO] = handshake
         self._signing += 1
-        d = threads.deferToThreadPool(checker.reactor, checker.pool, handshake.accept, args)
+        d = threads.deferToThreadPool(checker.reactor, checker.pool, handshake.accept, args, self.own_id or "")
 
         def current() -> bool:
             if session.closed or session.attributes.get(E2E_HELLO) is not handshake:
