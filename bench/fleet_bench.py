@@ -9,11 +9,15 @@ bridge key, so N agents with N ids, all running the real agent code
 row per command); and this process as the client (raw WebSocket, signing like
 ``sysadm fleet``).  Reported:
 
-* fan-out: one dispatcher job (``true``) to every agent — seconds from ``fleet/execute``
-  until every result is COMPLETE and fetched;
+* fan-out: one dispatcher job (``true``) to every agent, sealed end to end as ``sysadm
+  fleet`` does (payload sealed to each agent's key, result signed by the agent and sealed
+  to us, opened and checked here) — seconds from sealing the first command until every
+  result is COMPLETE, fetched and opened;
 * store and forward: ``--commands`` API commands (``rpc/identify``) spread over the
   agents in batches of ``--batch`` — commands/s from the first execute to the last
-  result fetched; and how fast the bridge accepts (stores) new commands.
+  result fetched (and opened), sealed and plaintext alternately, twice each (the agents
+  run with FLEET_ALLOW_PLAINTEXT=true for this), in the same run, and their ratio; and how fast
+  the bridge accepts (stores) new sealed commands.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ def agent_host(args) -> None:
 
     cfg = configmod.load(None, {"PORT": "tcp:0:interface=127.0.0.1", "STATE_DIR": args.state,
                                 "SOCKET": os.path.join(args.state, "s.sock"), "BRIDGE_PING_INTERVAL": "0",
-                                "MAX_PARALLEL_JOBS": "32"})
+                                "MAX_PARALLEL_JOBS": "32", "FLEET_ALLOW_PLAINTEXT": "true"})
     daemon = assembly.build(cfg, reactor)
     daemon.startService()
     with open(args.client_pub) as f:
@@ -142,10 +146,11 @@ def run_client(url: str, key, args) -> dict:
 
     from sysadmd.client.wsclient import insecure_client_tls
     from sysadmd.runtime import crypto
-    from sysadmd.wire import fleetsig
+    from sysadmd.wire import fleetsig, seal
 
     md5 = crypto.md5_checksum(crypto.public_pem(key))
     out: dict = {}
+    agent_keys: dict = {}
 
     class Client(WebSocketClientProtocol):
         def onOpen(self):
@@ -174,13 +179,29 @@ def run_client(url: str, key, args) -> dict:
             self.send({"args": args, "id": request_id, "name": name, "namespace": namespace})
             return d
 
-    def commands_for(agent_ids, payload):
+    def commands_for(agent_ids, plain, sealed=True):
         batch = []
         for agent_id in agent_ids:
             command_id = uuid.uuid4().hex
+            if sealed:
+                payload = seal.seal_with_key(agent_keys[agent_id], seal.command_key(key, command_id, agent_id),
+                                             plain.encode(), seal.fleet_context("command", command_id, agent_id))
+            else:
+                payload = plain
             batch.append({"id": command_id, "agent": agent_id, "payload": payload, "key": md5,
                           "signature": fleetsig.sign_command(key, command_id, agent_id, payload)})
         return batch
+
+    def opened(reply):
+        """The agent's result object of a fetched command (sealed ones opened and checked)."""
+        args = reply["args"]
+        text = args.get("result")
+        if args.get("status") != "COMPLETE" or not isinstance(text, str):
+            return {"ok": False}
+        if seal.is_keyed(text):
+            result_key = seal.result_key(seal.command_key(key, args["id"], args["agentId"]))
+            text = seal.open_keyed(result_key, text, seal.fleet_context("result", args["id"], args["agentId"]))
+        return json.loads(text)
 
     @defer.inlineCallbacks
     def execute_and_fetch(c, batch):
@@ -188,7 +209,24 @@ def run_client(url: str, key, args) -> dict:
         assert reply["name"] == "response", reply
         waits = [c.call("fleet", "wait", {"id": b["id"], "timeout": 600}) for b in batch]
         replies = yield defer.gatherResults(waits)
-        return replies
+        return [opened(r) for r in replies]
+
+    @defer.inlineCallbacks
+    def forward(c, online, plain, sealed):
+        """Store and forward --commands commands; commands/s until the last result is opened."""
+        t = time.monotonic()
+        done = []
+        window = max(1, 500 // args.batch)  # the bridge allows 1000 waits per connection
+        starts = list(range(0, args.commands, args.batch))
+        for w in range(0, len(starts), window):
+            batches = []
+            for start in starts[w:w + window]:
+                ids = [online[(start + i) % len(online)] for i in range(min(args.batch, args.commands - start))]
+                batches.append(execute_and_fetch(c, commands_for(ids, plain, sealed)))
+            done += yield defer.gatherResults(batches)
+        elapsed = time.monotonic() - t
+        ok = sum(1 for results in done for r in results if r.get("ok"))
+        return ok, round(ok / elapsed, 1)
 
     @defer.inlineCallbacks
     def run():
@@ -208,35 +246,35 @@ def run_client(url: str, key, args) -> dict:
             if time.monotonic() - t0 > 120:
                 raise RuntimeError(f"only {len(online)} of {args.agents} agents came online in 120 s")
             yield task.deferLater(reactor, 0.5, lambda: None)
+        for a in reply["args"]["agents"]:
+            agent_keys[a["id"]] = seal.agent_key(a.get("key"), a["id"])
         out["agents_online"] = len(online)
         out["agents_connect_s"] = round(time.monotonic() - t0, 2)
         rtts = [a["rtt"] for a in reply["args"]["agents"] if a.get("rtt") is not None]
         if rtts:
             out["rtt_ms_median_while_connecting"] = round(sorted(rtts)[len(rtts) // 2] * 1000, 2)
-        # fan-out: one job to every agent
+        # fan-out: one job to every agent, sealed
         job = json.dumps({"kind": "job", "commands": ["true"], "timeout": 300}, sort_keys=True)
         t = time.monotonic()
-        replies = yield execute_and_fetch(c, commands_for(online, job))
+        results = yield execute_and_fetch(c, commands_for(online, job))
         out["fanout_agents"] = len(online)
-        out["fanout_all_complete_s"] = round(time.monotonic() - t, 2)
-        out["fanout_ok"] = sum(1 for r in replies if r["args"]["status"] == "COMPLETE"
-                               and json.loads(r["args"]["result"])["ok"])
-        # store and forward: API commands, in batches, all online
+        out["fanout_sealed_all_complete_s"] = round(time.monotonic() - t, 2)
+        out["fanout_ok"] = sum(1 for r in results if r.get("ok"))
+        # store and forward: API commands, in batches, all online; after a warm-up run,
+        # sealed and plaintext runs alternate (so the agents' growing tables and the
+        # machine's other load hit both modes alike)
         api = json.dumps({"kind": "api", "namespace": "rpc", "name": "identify", "args": {}}, sort_keys=True)
-        t = time.monotonic()
-        done = []
-        window = max(1, 500 // args.batch)  # the bridge allows 1000 waits per connection
-        starts = list(range(0, args.commands, args.batch))
-        for w in range(0, len(starts), window):
-            batches = []
-            for start in starts[w:w + window]:
-                ids = [online[(start + i) % len(online)] for i in range(min(args.batch, args.commands - start))]
-                batches.append(execute_and_fetch(c, commands_for(ids, api)))
-            done += yield defer.gatherResults(batches)
-        elapsed = time.monotonic() - t
-        ok = sum(1 for replies in done for r in replies if r["args"]["status"] == "COMPLETE")
-        out["forward_commands"] = ok
-        out["forward_commands_per_s"] = round(ok / elapsed, 1)
+        yield forward(c, online, api, False)  # warm-up, not counted
+        runs = {True: [], False: []}
+        oks = []
+        for sealed in (True, False, True, False):
+            ok, rate = yield forward(c, online, api, sealed)
+            oks.append(ok)
+            runs[sealed].append(rate)
+        out["forward_commands_ok"] = oks
+        out["forward_sealed_commands_per_s"] = runs[True]
+        out["forward_plaintext_commands_per_s"] = runs[False]
+        out["forward_sealed_vs_plaintext"] = round(sum(runs[True]) / sum(runs[False]), 2)
         # accepting only: how fast the bridge stores new commands (they run afterwards)
         t = time.monotonic()
         stored = 0

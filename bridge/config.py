@@ -49,7 +49,9 @@ KEYS: List[Key] = [
     Key("MAX_CONNECTIONS_PER_ADDRESS", "int", 64, "Simultaneous connections from one IP address, counted from the moment\nthey are accepted (loopback included). 0: no cap.", minimum=0),
     Key("HANDSHAKE_TIMEOUT", "float", 15.0, "Seconds a new connection has, from being accepted, to finish TLS and\nthe WebSocket upgrade, however slowly its bytes arrive; then it is closed.", minimum=0.1),
     # --- fleet (issue 13, helper fleet) ------------------------------------------------
-    Key("FLEET_PING_INTERVAL", "float", 5.0, "Seconds between the fleet pings that measure each agent's round-trip\ntime (fleet agents). 0: no pings.", minimum=0),
+    Key("FLEET_PING_INTERVAL", "float", 1.0, "Seconds between the fleet pings that measure each agent's round-trip\ntime and notice a silent one (fleet agents). 0: no pings.", minimum=0),
+    # --- helper A: fleet liveness (issue 13) ------------------------------------------
+    Key("FLEET_PONG_TIMEOUT", "float", 2.0, "Seconds a fleet agent may leave a ping unanswered before it is announced\noffline (a link gone silent without closing, a stopped process); it is\nonline again with its next message. 0: never.", minimum=0),
 ]
 
 KEY_NAMES = [k.name for k in KEYS]

@@ -11,10 +11,14 @@ agent is offline).
 Commands: a client stores ``{id, agent, payload, signature, key}``; the bridge keeps the
 row ``PENDING``, sends it to the agent when it is online (at once or at its next hello),
 the agent's ``ack`` makes it ``ACTIVE`` and its ``result`` ``COMPLETE``.  ``payload``,
-``signature`` and ``result`` are opaque text here: the agent checks the signature against
-its own registered keys and runs the command as that key's user.  A ``PENDING`` command
-past its ttl is ``EXPIRED``; a final row is kept until a client fetched it
-(``fleet/wait``) or its ttl ended once more.
+``signature`` and ``result`` are opaque text here (our clients and agents seal them end to
+end, docs/protocol.md §8.6; nothing here parses them): the agent checks the signature
+against its own registered keys and runs the command as that key's user.  ``fleet/agents``
+lists each agent's key (the one it authenticated with, kept while it is offline) so clients
+can seal to it.  Emitted events are stored the same way, one sealed payload and signature
+per agent.  A ``PENDING`` command past its ttl is ``EXPIRED``; a final row is kept until
+a client fetched it (``fleet/wait``) or its ttl ended once more.  Agents are pinged every
+``ping_interval``; one silent for ``pong_timeout`` is announced offline until it answers.
 
 Every write goes through :class:`FleetStore` (SQLite here, :class:`SqliteFleetStore`); a
 write that fails makes the store *failed*: new commands and emits are refused with 503,
@@ -255,11 +259,14 @@ class Fleet:
     """The fleet's state on one bridge: online agents, fleet clients, waiters."""
 
     def __init__(self, store: FleetStore, clock: Any, *, key_pem: Callable[[str], Optional[str]],
-                 ping_interval: float = 5.0, sweep_interval: float = 1.0):
+                 ping_interval: float = 1.0, pong_timeout: float = 2.0, sweep_interval: float = 1.0):
         self.store = store
         self.clock = clock
         self.key_pem = key_pem  # key nickname -> its PEM (the key the peer authenticated with)
         self.ping_interval = ping_interval
+        self.pong_timeout = pong_timeout
+        self.unanswered: Dict[str, float] = {}  # agent id -> when its oldest unanswered ping went out
+        self.silent: Dict[str, Peer] = {}  # agents announced offline for silence, still connected
         self.sweep_interval = sweep_interval
         self.online: Dict[str, Peer] = {}  # agent id -> its connection
         self.agent_of: Dict[str, str] = {}  # peer id -> agent id
@@ -340,8 +347,12 @@ class Fleet:
             waits[:] = [w for w in waits if w[0] is not peer]
         self._wait_count.pop(peer.id, None)
         agent_id = self.agent_of.pop(peer.id, None)
+        if agent_id is not None and self.silent.get(agent_id) is peer:
+            del self.silent[agent_id]  # announced offline already
+            self.unanswered.pop(agent_id, None)
         if agent_id is not None and self.online.get(agent_id) is peer:
             del self.online[agent_id]
+            self.unanswered.pop(agent_id, None)
             self._seen(agent_id, peer)
             self._agent_event(agent_id, False)
 
@@ -406,6 +417,7 @@ class Fleet:
         agent_id = self.agent_of.get(peer.id)
         if agent_id is None:
             raise FleetError("400", "send fleet/hello first")
+        self._heard(agent_id, peer)
         if name == "ack":
             self._ack(agent_id, _id(args, "id"))
         elif name == "result":
@@ -428,9 +440,11 @@ class Fleet:
         agent_id = hashlib.sha256(der).hexdigest()
         name = args.get("name")
         name = name[:MAX_NAME] if isinstance(name, str) and name else peer.id
-        old = self.online.get(agent_id)
+        old = self.online.get(agent_id) or self.silent.get(agent_id)
         if old is not None and old is not peer:
             self.agent_of.pop(old.id, None)  # the newest connection of an agent wins
+        self.silent.pop(agent_id, None)
+        self.unanswered.pop(agent_id, None)
         self.online[agent_id] = peer
         self.agent_of[peer.id] = agent_id
         now = self.now()
@@ -516,10 +530,33 @@ class Fleet:
                                lambda client: owner in client.provable)
 
     def ping_agents(self) -> None:
+        """Ping every connected agent; one whose ping went unanswered for ``pong_timeout``
+        (a link gone silent without a FIN, a stopped process) is announced offline at
+        once and gets no commands; its next fleet message makes it online again."""
         now = self.now()
+        for agent_id, peer in list(self.online.items()):
+            sent = self.unanswered.get(agent_id)
+            if sent is None:
+                self.unanswered[agent_id] = now
+            elif self.pong_timeout > 0 and now - sent >= self.pong_timeout:
+                log.warn("fleet agent {id} silent for {s:.1f} s: announced offline", id=agent_id[:12], s=now - sent)
+                del self.online[agent_id]
+                self.silent[agent_id] = peer
+                self._seen(agent_id, peer)
+                self._agent_event(agent_id, False)
         text = encode({"args": {"t": now}, "id": "", "name": "ping", "namespace": "fleet"})
-        for peer in list(self.online.values()):
+        for peer in list(self.online.values()) + list(self.silent.values()):
             peer.link.send_text(text)
+
+    def _heard(self, agent_id: str, peer: Peer) -> None:
+        """Any fleet message from an agent answers its pings; a silent one is back."""
+        self.unanswered.pop(agent_id, None)
+        if self.silent.get(agent_id) is peer:
+            del self.silent[agent_id]
+            self.online[agent_id] = peer
+            log.info("fleet agent {id} answers again", id=agent_id[:12])
+            self._agent_event(agent_id, True)
+            self.deliver(agent_id)
 
     def _notify_owner(self, row: CommandRow, status: str) -> None:
         self._tell_clients({"kind": "command", "id": row.id, "agent": row.agent_id, "status": status},

@@ -52,7 +52,8 @@ class Bridge(service.Service):
         self.keys = KeyStore(db)
         self.blacklist = open_blacklist(db, clock, cfg)
         self.directory = PeerDirectory()
-        self.fleet = Fleet(SqliteFleetStore(db), clock, key_pem=self._key_pem, ping_interval=cfg.fleet_ping_interval)
+        self.fleet = Fleet(SqliteFleetStore(db), clock, key_pem=self._key_pem, ping_interval=cfg.fleet_ping_interval,
+                           pong_timeout=cfg.fleet_pong_timeout)
         self.api = BridgeApi(self.directory, self.keys, self.blacklist, clock,
                              hostname=hostname or socket.gethostname() or "localhost",
                              challenge_ttl=cfg.challenge_ttl, fleet=self.fleet)

@@ -3,6 +3,7 @@ children), the real ``sysadm fleet`` CLI as a child, and a raw fleet client for 
 
 import json
 import os
+import signal
 import time
 
 import pytest
@@ -39,6 +40,32 @@ class FleetTests(unittest.TestCase):
         yield cluster.start_agent(agent2)
         (online, _) = yield watcher.wait_for(fleet_event("agent", online=True), "an online event", start, timeout=15)
         self.assertEqual(online["agent"], offline["agent"])
+
+    @defer.inlineCallbacks
+    def test_a_stopped_agent_is_announced_offline_within_three_seconds(self):
+        """A silent link (SIGSTOP: no FIN, no pong) is noticed by the fleet pings
+        (FLEET_PING_INTERVAL 1 s, FLEET_PONG_TIMEOUT 2 s), and the agent is back when it answers."""
+        cluster = FleetCluster(self, agents=1)
+        yield cluster.setup()
+        yield cluster.wait_online(cluster.agents)
+        agent = cluster.agents[0]
+        watcher = yield cluster.watcher()
+        start = len(watcher.frames)
+        stopped = time.monotonic()
+        pid = agent.child.transport.pid
+        os.kill(pid, signal.SIGSTOP)
+        self.addCleanup(agent.child.signal, signal.SIGCONT)
+        (offline, index) = yield watcher.wait_for(fleet_event("agent", online=False), "the offline event", start,
+                                                  timeout=10)
+        self.assertEqual(offline["agent"], agent.id)
+        # 2-3 s by design (the Clock test in test_fleet_sealed pins that); the margin is for
+        # a loaded CI machine. A WebSocket ping (PING_INTERVAL 30 s) would take 30-60 s.
+        self.assertLess(watcher.times[index] - stopped, 5.0)
+        os.kill(pid, signal.SIGCONT)
+        (online, _) = yield watcher.wait_for(fleet_event("agent", online=True), "the online event", index, timeout=10)
+        self.assertEqual(online["agent"], agent.id)
+        rows = yield cluster.wait_online([agent])
+        self.assertTrue(rows[0]["online"])
 
     @defer.inlineCallbacks
     def test_offline_agent_gets_command_after_bridge_restart_and_events_resolve(self):

@@ -60,7 +60,8 @@ class AgentSide(unittest.TestCase):
         command_id = uuid.uuid4().hex
         if sealed:
             context = seal.fleet_context("command", command_id, agent_for_context or self.agent_id)
-            payload = seal.seal(self.bridge_key.public_key(), plain.encode(), context)
+            content_key = seal.command_key(ks.private_key(signer), command_id, self.agent_id)
+            payload = seal.seal_with_key(self.bridge_key.public_key(), content_key, plain.encode(), context)
         else:
             payload = plain
         key = ks.private_key(signer)
@@ -75,29 +76,32 @@ class AgentSide(unittest.TestCase):
         results = yield wait_until(lambda: self.protocol.named("result", command_id), 10, "the command's result")
         return results[0]["result"]
 
-    def opened(self, text, command_id):
-        return json.loads(seal.open_result(ks.private_key("fleet-owner"), self.bridge_key.public_key(),
-                                           command_id, self.agent_id, text))
+    def opened(self, text, command_id, client="fleet-owner"):
+        key = seal.result_key(seal.command_key(ks.private_key(client), command_id, self.agent_id))
+        return json.loads(seal.open_keyed(key, text, seal.fleet_context("result", command_id, self.agent_id)))
 
     @defer.inlineCallbacks
-    def test_sealed_command_runs_and_its_result_is_sealed_and_signed(self):
+    def test_sealed_command_runs_and_its_result_is_keyed_by_the_command(self):
         yield self.start()
         api = json.dumps({"kind": "api", "namespace": "rpc", "name": "identify", "args": {}})
         command_id = self.command(api)
         text = yield self.result(command_id)
-        self.assertTrue(seal.is_sealed(text))
+        self.assertTrue(seal.is_keyed(text))
         self.assertNotIn("succeeded", text)
         result = self.opened(text, command_id)
         self.assertEqual((result["ok"], result["outcome"]), (True, "succeeded"), result)
-        # Sealed to the signer only: another key cannot open it, and the bridge (which
-        # knows the client's public key) cannot forge one the agent did not sign.
+        # Only the command's client can open it (another key derives another command key),
+        # it does not pass for another command's result, and a result made without the
+        # command's key (by the bridge, say) does not open.
         with self.assertRaises(seal.SealError):
-            seal.open_result(ks.private_key("someone-else"), self.bridge_key.public_key(), command_id,
-                             self.agent_id, text)
-        forged = seal.seal(ks.private_key("fleet-owner").public_key(),
-                           json.dumps({"result": '{"ok":true}', "signature": "AAAA"}).encode(),
-                           seal.fleet_context("result", command_id, self.agent_id))
-        with self.assertRaisesRegex(seal.SealError, "not signed by the agent"):
+            self.opened(text, command_id, client="someone-else")
+        second = self.command(api)
+        yield self.result(second)
+        with self.assertRaises(seal.SealError):
+            self.opened(text, second)
+        forged = seal.seal_keyed(os.urandom(32), b'{"ok":true}', seal.fleet_context("result", command_id,
+                                                                                    self.agent_id))
+        with self.assertRaises(seal.SealError):
             self.opened(forged, command_id)
 
     @defer.inlineCallbacks
@@ -111,7 +115,7 @@ class AgentSide(unittest.TestCase):
         self.assertIn("FLEET_ALLOW_PLAINTEXT is false", result["error"])
         # Sealed for another agent (or swapped from another command): does not open here.
         other_id = self.command(api, agent_for_context="0" * 64)
-        result = self.opened((yield self.result(other_id)), other_id)
+        result = json.loads((yield self.result(other_id)))  # not opened: no key to answer with
         self.assertEqual(result["outcome"], "refused")
         self.assertIn("does not open with this agent's key", result["error"])
         # An unknown signer is refused before any key is trusted: plaintext refusal.
@@ -163,6 +167,24 @@ class AgentSide(unittest.TestCase):
         yield self.start(fleet_allow_plaintext="true")
         self.event({"key": "dbg", "data": None}, sealed=False, signed=False)
         self.assertEqual([(e["key"], e["user"]) for e in self.published], [("dbg", None)])
+
+
+class Keys(unittest.TestCase):
+    def test_command_keys_are_deterministic_per_client_command_and_agent(self):
+        key = ks.private_key("fleet-owner")
+        k = seal.command_key(key, "a" * 32, "b" * 64)
+        self.assertEqual(len(k), 32)
+        self.assertEqual(k, seal.command_key(key, "a" * 32, "b" * 64))  # a later `fleet wait` derives it again
+        self.assertNotEqual(k, seal.command_key(key, "c" * 32, "b" * 64))
+        self.assertNotEqual(k, seal.command_key(key, "a" * 32, "d" * 64))
+        self.assertNotEqual(k, seal.command_key(ks.private_key("someone-else"), "a" * 32, "b" * 64))
+        agent = ks.private_key("fleet-agent-self")
+        context = seal.fleet_context("command", "a" * 32, "b" * 64)
+        text = seal.seal_with_key(agent.public_key(), k, b"payload", context)
+        self.assertEqual(seal.open_sealed(agent, text, context), b"payload")
+        self.assertEqual(seal.open_sealed_key(agent, text, context), (b"payload", k))
+        with self.assertRaises(seal.SealError):
+            seal.open_sealed_key(agent, text, seal.fleet_context("event", "a" * 32, "b" * 64))
 
 
 class ClientSide(unittest.TestCase):
@@ -245,3 +267,56 @@ class BridgeSide(unittest.TestCase):
         self.fleet.handle(self.client, "emit", "e4", dict(args, id="nothex"))
         self.assertIn("id must be 32 lower-case hex", self.client.link.replies("e4")[0]["args"]["detail"])
 
+
+
+class SilentAgents(unittest.TestCase):
+    """FLEET_PING_INTERVAL / FLEET_PONG_TIMEOUT on a Clock: a silent agent is announced
+    offline within pong timeout + one interval, and online again when it answers."""
+
+    def setUp(self):
+        self.db = open_database(os.path.join(short_tempdir(self), "bridge.sqlite"), migrations.SCHEMA)
+        self.addCleanup(self.db.close)
+        self.clock = task.Clock()
+        self.fleet = Fleet(SqliteFleetStore(self.db), self.clock, key_pem=ks.pem_of, ping_interval=1.0,
+                           pong_timeout=2.0)
+        self.fleet.start()
+        self.addCleanup(self.fleet.stop)
+        self.agent = peer(SERVER, "fleet-silent-agent")
+        self.fleet.handle(self.agent, "hello", "h", {"name": "quiet"})
+        self.agent_id = self.agent.link.replies("h")[0]["args"]["agent_id"]
+        self.client = peer(CLIENT, "fleet-silent-client")
+        self.fleet.handle(self.client, "agents", "a", {})
+
+    def pong_all(self):
+        for m in self.agent.link.sent:
+            if m["name"] == "ping" and not m.get("answered"):
+                m["answered"] = True
+                self.fleet.handle(self.agent, "pong", "", {"t": m["args"]["t"]})
+
+    def online_events(self):
+        return [e["online"] for e in self.client.link.fleet("agent")]
+
+    def test_silence_is_announced_within_three_seconds_and_an_answer_brings_it_back(self):
+        for _ in range(5):  # an answering agent stays online
+            self.clock.advance(1)
+            self.pong_all()
+        self.assertEqual(self.online_events(), [])
+        silent_since = self.clock.seconds()
+        while not self.online_events():
+            self.clock.advance(0.5)
+            self.assertLessEqual(self.clock.seconds() - silent_since, 3.0)
+        self.assertEqual(self.online_events(), [False])
+        # While silent it gets no commands; they wait, PENDING.
+        command_id = uuid.uuid4().hex
+        self.fleet.handle(self.client, "execute", "x", {"commands": [
+            {"id": command_id, "agent": self.agent_id, "payload": "sealed1:x.y", "signature": "c2ln", "key": "k"}]})
+        self.assertFalse([m for m in self.agent.link.sent if m["name"] == "command"])
+        self.pong_all()  # a late answer: online again, and the command goes out
+        self.assertEqual(self.online_events(), [False, True])
+        self.assertEqual([m["args"]["id"] for m in self.agent.link.sent if m["name"] == "command"], [command_id])
+        # The connection ends later: no second offline event for a silent agent.
+        for _ in range(3):
+            self.clock.advance(1)
+        self.assertEqual(self.online_events(), [False, True, False])
+        self.fleet.disconnected(self.agent)
+        self.assertEqual(self.online_events(), [False, True, False])

@@ -10,11 +10,11 @@ After the bridge accepted our key and asked our key list, each link says
   would, open the payload (a plaintext one only with ``FLEET_ALLOW_PLAINTEXT``), record
   the id in ``fleet_accepted`` (our database) *before* we ``ack``, run the command as a
   row of the job table, keep the result there and send ``fleet/result`` until the bridge
-  confirms it (``fleet/result_stored``).  The result of a sealed command is signed with
-  our bridge key and sealed to the signing client's key (:func:`seal.seal_result`); a
-  refusal before we know a key is plaintext.  An id we already accepted is never run
-  again: we ack again, send the kept result, or, if this process was stopped while it
-  ran (``kill -9``), report it ``interrupted``.
+  confirms it (``fleet/result_stored``).  The result of a sealed command is encrypted
+  under a key derived from the command's content key (:func:`seal.seal_keyed`: only its
+  client and we know it); a refusal before the payload opened is plaintext.  An id we
+  already accepted is never run again: we ack again, send the kept result, or, if this
+  process was stopped while it ran (``kill -9``), report it ``interrupted``.
 * ``fleet/event {id, payload, signature, key, ts}``: signed by the client
   (``sysadm-fleet-event/1``) and sealed to us (context ``event``); published once to our
   subscribers as a ``fleet`` event with the sender's user (recorded in the same table),
@@ -28,7 +28,8 @@ After the bridge accepted our key and asked our key list, each link says
     {"kind":"job","commands":[CMD,…][,"timeout":S]}                       one dispatcher job (a chain)
     {"key":K,"data":D}                                                     an emitted event
 
-(those are the opened texts: on the wire each is sealed).  ``result`` is JSON text ``{"ok":bool,"outcome":…,"reply":…,"error":…,"job_id":N,"host":H}``.
+(those are the opened texts: on the wire each is sealed).  ``result`` is JSON text
+``{"ok":bool,"outcome":…,"reply":…,"error":…,"job_id":N,"host":H}`` (keyed on the wire).
 """
 
 from __future__ import annotations
@@ -134,11 +135,11 @@ class FleetAgent:
             self._again(protocol, row, args)
             return
         refusal, key = self._check(protocol, args)
-        seal_to = self._seal_to(key, payload)
-        spec_text = ""
+        spec_text, sealer = "", None
         if refusal is None:
             try:
-                spec_text = self._open(protocol, "command", command_id, payload)
+                spec_text, content_key = self._open(protocol, "command", command_id, payload)
+                sealer = self._sealer(command_id, args["agent"], content_key)
             except Refused as e:
                 refusal = str(e)
         self.db.execute("INSERT INTO fleet_accepted (id, kind, bridge, accepted, state) VALUES (?, 'command', ?, ?, ?)",
@@ -147,35 +148,36 @@ class FleetAgent:
         self._send(protocol, "ack", {"id": command_id})
         if refusal is not None:
             log.warn("fleet: command {id} refused: {why}", id=command_id, why=refusal)
-            self._finish(protocol, command_id, _result(False, "refused", error=refusal), seal_to)
+            self._finish(protocol, command_id, _result(False, "refused", error=refusal))
             return
         self.running[command_id] = protocol
         d = defer.maybeDeferred(self._run, command_id, key, spec_text)
         d.addErrback(lambda f: (log.failure("fleet command {id} failed", f, id=command_id),
                                 _result(False, "failed", error="the agent failed to run it; its log has the details"))[1])
-        d.addCallback(lambda result: self._finish(self.running.pop(command_id, protocol), command_id, result, seal_to))
+        d.addCallback(lambda result: self._finish(self.running.pop(command_id, protocol), command_id, result, sealer))
 
-    def _seal_to(self, key: Any, payload: str) -> Any:
-        """The public key a command's result is sealed to: the signer's, when the command
-        was sealed and its signature checked; None (plaintext) otherwise."""
-        if key is None or not seal.is_sealed(payload):
+    @staticmethod
+    def _sealer(command_id: str, agent_id: str, content_key: Optional[bytes]) -> Optional[Callable[[str], str]]:
+        """How a command's result goes out: keyed by the command's content key (only its
+        client and we know it), or plaintext (None) for a plaintext command."""
+        if content_key is None:
             return None
-        try:
-            return crypto.load_public_key(key.pem)
-        except crypto.KeyFormatError:
-            return None
+        key = seal.result_key(content_key)
+        context = seal.fleet_context("result", command_id, agent_id)
+        return lambda result: seal.seal_keyed(key, result.encode("utf-8"), context)
 
-    def _open(self, protocol: Any, kind: str, item_id: str, payload: str) -> str:
-        """The plaintext of a stored item's *payload*, or :class:`Refused`."""
+    def _open(self, protocol: Any, kind: str, item_id: str, payload: str):
+        """``(plaintext, content key)`` of a stored item's *payload* (key None for an allowed
+        plaintext one), or :class:`Refused`."""
         if not seal.is_sealed(payload):
             if self.allow_plaintext:
-                return payload
+                return payload, None
             raise Refused(f"a plaintext {kind} is refused: clients seal it to this agent's key "
                           "(FLEET_ALLOW_PLAINTEXT is false here)")
         try:
-            opened = seal.open_sealed(protocol.link.bridge_key, payload,
-                                      seal.fleet_context(kind, item_id, self.own_id(protocol)))
-            return opened.decode("utf-8")
+            opened, content_key = seal.open_sealed_key(protocol.link.bridge_key, payload,
+                                                       seal.fleet_context(kind, item_id, self.own_id(protocol)))
+            return opened.decode("utf-8"), content_key
         except seal.SealError as e:
             raise Refused(f"the {kind} does not open with this agent's key: {e}") from None
         except UnicodeDecodeError:
@@ -191,11 +193,17 @@ class FleetAgent:
             self.running[command_id] = protocol  # answer on the newest link
         else:
             # Accepted by an earlier run of this daemon that stopped while it ran.
-            refusal, key = self._check(protocol, args)
+            refusal, _key = self._check(protocol, args)
+            sealer = None
+            if refusal is None:
+                try:
+                    sealer = self._sealer(command_id, args["agent"],
+                                          self._open(protocol, "command", command_id, args["payload"])[1])
+                except Refused:
+                    pass
             self._finish(protocol, command_id, _result(
                 False, "interrupted", job_id=row["job_id"],
-                error="the agent stopped while this command ran; it was not run again"),
-                self._seal_to(key, args["payload"]) if refusal is None else None)
+                error="the agent stopped while this command ran; it was not run again"), sealer)
 
     def _check(self, protocol: Any, args: Dict[str, Any]):
         """``(refusal or None, registered key)``: the same key and rights a bridged login needs."""
@@ -215,13 +223,10 @@ class FleetAgent:
             return self.server.no_rights_message(key.user), None
         return None, key
 
-    def _finish(self, protocol: Any, command_id: str, result: str, seal_to: Any = None) -> None:
-        if seal_to is not None:
-            link = protocol.link if protocol is not None else None
-            key = link.bridge_key if link is not None else None
-            if key is None:
-                raise RuntimeError("no bridge key to sign the result with")
-            result = seal.seal_result(key, seal_to, command_id, bound.fingerprint(key), result)
+    def _finish(self, protocol: Any, command_id: str, result: str,
+                sealer: Optional[Callable[[str], str]] = None) -> None:
+        if sealer is not None:
+            result = sealer(result)
         self.db.execute("UPDATE fleet_accepted SET state = 'done', result = ? WHERE id = ?", (result, command_id))
         if protocol is not None and protocol.authenticated:
             self._send(protocol, "result", {"id": command_id, "result": result})
@@ -360,7 +365,7 @@ class FleetAgent:
                 raise Refused("the signature does not match the event and the registered key")
             if self.server.rights.for_user(key.user) is None:
                 raise Refused(self.server.no_rights_message(key.user))
-            text = self._open(protocol, "event", event_id, payload)
+            text = self._open(protocol, "event", event_id, payload)[0]
             user = key.user
         try:
             body = json.loads(text)

@@ -6,8 +6,10 @@ event is sealed to the agent's bridge key (:mod:`sysadmd.wire.seal`; the key the
 lists must be the one the agent id names, and the agent's name must not be pinned to
 another key in known_servers) and signed with ``--key`` (:mod:`sysadmd.wire.fleetsig`):
 the agent runs it as the user that key is registered to there, with that user's rights,
-or refuses it.  Results come back sealed to ``--key`` and signed by the agent; a result
-that is not is shown as unverified and counts as a failure.
+or refuses it.  Each command's content key is derived from ``--key`` and the command and
+agent ids (:func:`sysadmd.wire.seal.command_key`), so any later ``fleet wait`` can open
+the result, which comes back encrypted under a key derived from it (known only to us and
+the agent); a result that is not is shown as unverified and counts as a failure.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, Dict, List, Optional
 
 from twisted.internet import defer
 
-from sysadmd.client import knownservers, tables
+from sysadmd.client import tables
 from sysadmd.client.context import Context
 from sysadmd.client.errors import (EXIT_CERTIFICATE, EXIT_ERROR_REPLY, EXIT_OK, EXIT_USAGE, ClientError, ErrorReply,
                                    is_error)
@@ -126,7 +128,8 @@ def _checked(ctx: Context, targets: List[Dict[str, Any]]) -> Dict[str, Any]:
     """Agent id → its public key, for every target: the key the bridge lists must be the
     one the id names, and the agent's name must hold that key in known_servers (pinned now
     if the name is new).  Nothing is sealed or signed for an agent that fails."""
-    from sysadmd.wire import bound, seal  # here, not at import: `sysadm` starts without cryptography
+    from sysadmd.client import knownservers  # here, not at import: `sysadm` starts without cryptography
+    from sysadmd.wire import bound, seal
 
     known = knownservers.KnownServers(getattr(ctx.options, "known_servers", None))
     keys = {}
@@ -153,16 +156,18 @@ def _checked(ctx: Context, targets: List[Dict[str, Any]]) -> Dict[str, Any]:
     return keys
 
 
-def _open_result(ctx: Context, command_id: str, agent_id: str, agent_key: Any, result: Any) -> Any:
-    """The agent's result JSON text, opened and its signature checked; plaintext results are
-    returned marked unverified (a refusal made before the agent knew our key, or a forgery)."""
+def _open_result(ctx: Context, command_id: str, agent_id: str, result: Any) -> Any:
+    """``(result JSON text, verified)``: a keyed result opened with the command's key; any
+    other is returned unverified (a refusal made before the agent opened the payload, or
+    a forgery)."""
     from sysadmd.wire import seal
 
-    if not isinstance(result, str) or not seal.is_sealed(result):
+    if not seal.is_keyed(result):
         return result, False
+    key = seal.result_key(seal.command_key(ctx.extras["bridge"].server_key, command_id, agent_id))
     try:
-        return seal.open_result(ctx.extras["bridge"].server_key, agent_key, command_id, agent_id, result), True
-    except seal.SealError as e:
+        return seal.open_keyed(key, result, seal.fleet_context("result", command_id, agent_id)).decode("utf-8"), True
+    except (seal.SealError, UnicodeDecodeError) as e:
         return json.dumps({"ok": False, "outcome": "unverified", "error": f"the result does not open: {e}"}), False
 
 
@@ -201,7 +206,7 @@ def _payload(opts: Any) -> str:
 
 def _outcome(reply: Dict[str, Any], result: Any = None, verified: bool = False) -> Dict[str, Any]:
     """A fetched command and its opened *result* → the agent's result object (parsed), or
-    what happened instead.  Only a *verified* result (sealed to us, signed by the agent)
+    what happened instead.  Only a *verified* result (encrypted under the command's key)
     counts as success."""
     status = reply.get("status")
     parsed: Dict[str, Any] = {}
@@ -213,7 +218,7 @@ def _outcome(reply: Dict[str, Any], result: Any = None, verified: bool = False) 
             parsed = {"error": "the agent's result is not JSON"}
         if not verified and parsed.get("ok") is True:
             parsed = dict(parsed, ok=False, outcome="unverified",
-                          error="a success that is not sealed to your key and signed by the agent: not trusted")
+                          error="a success that is not encrypted with the command's key: not trusted")
     ok = status == "COMPLETE" and parsed.get("ok") is True
     return {"id": reply.get("id"), "status": status, "ok": ok, "outcome": parsed.get("outcome", status.lower() if
             isinstance(status, str) else "?"), "error": parsed.get("error"), "reply": parsed.get("reply"),
@@ -248,7 +253,8 @@ async def run(ctx: Context) -> int:
     commands, by_id = [], {}
     for agent in targets:
         command_id = uuid.uuid4().hex
-        payload = seal.seal(agent_keys[agent["id"]], plain, seal.fleet_context("command", command_id, agent["id"]))
+        payload = seal.seal_with_key(agent_keys[agent["id"]], seal.command_key(key, command_id, agent["id"]), plain,
+                                     seal.fleet_context("command", command_id, agent["id"]))
         commands.append({"id": command_id, "agent": agent["id"], "payload": payload, "key": md5,
                          "signature": fleetsig.sign_command(key, command_id, agent["id"], payload)})
         by_id[command_id] = agent
@@ -265,8 +271,7 @@ async def run(ctx: Context) -> int:
             reply = await _ask(ctx, "wait", {"id": command_id, "timeout": wait}, timeout=wait + 30)
             reply = reply if isinstance(reply, dict) else {}
             agent_id = by_id[command_id]["id"]
-            outcome = _outcome(reply, *_open_result(ctx, command_id, agent_id, agent_keys[agent_id],
-                                                   reply.get("result")))
+            outcome = _outcome(reply, *_open_result(ctx, command_id, agent_id, reply.get("result")))
         except ClientError as e:
             outcome = {"id": command_id, "status": "UNKNOWN", "ok": False, "outcome": "unknown", "error": e.message}
         results[command_id] = outcome
@@ -305,17 +310,9 @@ async def wait(ctx: Context) -> int:
     limit = max(0.0, min(MAX_WAIT, ctx.options.wait))
     reply = await _ask(ctx, "wait", {"id": ctx.options.command_id, "timeout": limit}, timeout=limit + 30)
     reply = reply if isinstance(reply, dict) else {}
-    result: Any = reply.get("result")
-    verified = False
     agent_id = reply.get("agentId")
-    if isinstance(result, str) and isinstance(agent_id, str):
-        agent = next((a for a in await _agents(ctx) if a["id"] == agent_id), None)
-        if agent is None:
-            result = json.dumps({"ok": False, "outcome": "unverified",
-                                 "error": f"agent {agent_id[:12]} is no longer listed: its key is unknown"})
-        else:
-            result, verified = _open_result(ctx, ctx.options.command_id, agent_id,
-                                            _checked(ctx, [agent])[agent_id], result)
+    result, verified = _open_result(ctx, ctx.options.command_id, agent_id, reply.get("result")) \
+        if isinstance(agent_id, str) else (None, False)
     outcome = _outcome(reply, result, verified)
     if ctx.json_output:
         ctx.emit_json(outcome)

@@ -1,20 +1,17 @@
 """The texts signed for fleet items (issue 13; docs/protocol.md §8.5, §8.6), both ends.
 
-A client signs each command and each emitted event with the key the agent knows it by;
-the agent signs each result with its bridge key (the key the agent id names).  RSA
-PKCS#1 v1.5 with SHA-256, over::
+A client signs each command and each emitted event with the key the agent knows it by
+(RSA PKCS#1 v1.5, SHA-256), over::
 
     "sysadm-fleet-command/1\\n" + command id + "\\n" + agent id + "\\n" + sha256_hex(payload)
     "sysadm-fleet-event/1\\n"   + event id   + "\\n" + agent id + "\\n" + sha256_hex(payload)
-    "sysadm-fleet-result/1\\n"  + command id + "\\n" + agent id + "\\n" + sha256_hex(result)
 
-``payload`` is the text the bridge stores (sealed text, :mod:`sysadmd.wire.seal`); a result's
-signature travels inside its sealed text, so only the client that can open it sees it.
-The agent checks commands and events against its own registered keys and runs (publishes)
-them as that key's user, with that user's rights: a bridge (or anyone who can write to it)
-can store and forward an item but cannot make one, move it to another agent, change its
-payload or pass one kind off as another; a client trusts a result only when the agent id
-it addressed signed it.
+``payload`` is the text the bridge stores (sealed text, :mod:`sysadmd.wire.seal`).  The
+agent checks it against its own registered keys and runs (publishes) the item as that
+key's user, with that user's rights: a bridge (or anyone who can write to it) can store
+and forward an item but cannot make one, move it to another agent, change its payload or
+pass one kind off as another.  (Results need no signature: they are encrypted under a key
+only the command's client and agent know, :func:`sysadmd.wire.seal.result_key`.)
 """
 
 from __future__ import annotations
@@ -30,7 +27,6 @@ from cryptography.hazmat.primitives.asymmetric import padding
 
 PREFIX = "sysadm-fleet-command/1\n"
 EVENT_PREFIX = "sysadm-fleet-event/1\n"
-RESULT_PREFIX = "sysadm-fleet-result/1\n"
 MAX_SIGNATURE_B64 = 2048
 
 
@@ -76,15 +72,3 @@ def sign_event(private_key: Any, event_id: str, agent_id: str, payload: str) -> 
 
 def verify_event(public_key: Any, signature_b64: Any, event_id: str, agent_id: str, payload: str) -> bool:
     return _verify(public_key, signature_b64, event_message(event_id, agent_id, payload))
-
-
-def result_message(command_id: str, agent_id: str, result: str) -> bytes:
-    return _message(RESULT_PREFIX, command_id, agent_id, result)
-
-
-def sign_result(private_key: Any, command_id: str, agent_id: str, result: str) -> str:
-    return _sign(private_key, result_message(command_id, agent_id, result))
-
-
-def verify_result(public_key: Any, signature_b64: Any, command_id: str, agent_id: str, result: str) -> bool:
-    return _verify(public_key, signature_b64, result_message(command_id, agent_id, result))

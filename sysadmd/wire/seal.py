@@ -19,6 +19,9 @@ Wire form (ASCII, no spaces)::
 
 (standard base64 with padding).  A browser can produce and open it with WebCrypto
 (RSA-OAEP SHA-256) and a vendored ChaCha20-Poly1305.
+
+A command's result is not sealed with RSA but *keyed* (``keyed1:``, below): encrypted under
+a key derived from the command's content key, which only its client and agent know.
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ def open_sealed(private_key: rsa.RSAPrivateKey, text: str, context: bytes) -> by
         raise SealError("sealed text altered, or sealed for another command or agent") from None
 
 
-# --- keys as the bridge lists them, and signed results (additive, helper A) -----------------------
+# --- keys as the bridge lists them; chosen content keys (additive, helper A) -----------------------
 
 def spki_b64(key: Any) -> str:
     """Standard base64 of the SubjectPublicKeyInfo DER of *key* (public or private)."""
@@ -135,34 +138,110 @@ def agent_key(spki: Any, agent_id: str) -> rsa.RSAPublicKey:
     return public
 
 
-def seal_result(agent_private: rsa.RSAPrivateKey, client_public: rsa.RSAPublicKey, command_id: str,
-                agent_id: str, result: str) -> str:
-    """A command's *result* JSON text, signed by the agent (fleetsig) and sealed to the client.
-
-    Sealed plaintext: ``{"result": RESULT_TEXT, "signature": b64}`` (compact JSON)."""
-    import json
-
-    from sysadmd.wire import fleetsig
-
-    signature = fleetsig.sign_result(agent_private, command_id, agent_id, result)
-    inner = json.dumps({"result": result, "signature": signature}, separators=(",", ":"), sort_keys=True)
-    return seal(client_public, inner.encode("utf-8"), fleet_context("result", command_id, agent_id))
+def seal_with_key(public_key: rsa.RSAPublicKey, content_key: bytes, plaintext: bytes, context: bytes) -> str:
+    """:func:`seal` with a content key the caller chose (and keeps, to open the result)."""
+    if not isinstance(public_key, rsa.RSAPublicKey):
+        raise TypeError("sealing needs an RSA public key")
+    if len(content_key) != KEY_BYTES:
+        raise ValueError(f"a content key is {KEY_BYTES} bytes")
+    nonce = os.urandom(NONCE_BYTES)
+    body = nonce + ChaCha20Poly1305(content_key).encrypt(nonce, plaintext, context)
+    wrapped = public_key.encrypt(content_key, _oaep())
+    return PREFIX + base64.b64encode(wrapped).decode("ascii") + "." + base64.b64encode(body).decode("ascii")
 
 
-def open_result(client_private: rsa.RSAPrivateKey, agent_public: rsa.RSAPublicKey, command_id: str,
-                agent_id: str, text: str) -> str:
-    """The result JSON text inside *text*, once its agent signature checks; :class:`SealError` if not."""
-    import json
-
-    from sysadmd.wire import fleetsig
-
-    inner = open_sealed(client_private, text, fleet_context("result", command_id, agent_id))
+def open_sealed_key(private_key: rsa.RSAPrivateKey, text: str, context: bytes) -> "tuple[bytes, bytes]":
+    """:func:`open_sealed`, and the content key it was sealed with: ``(plaintext, key)``."""
+    if not is_sealed(text):
+        raise SealError("not sealed text (it must start with 'sealed1:')")
+    if len(text) > MAX_SEALED_CHARS:
+        raise SealError(f"sealed text over {MAX_SEALED_CHARS} characters")
+    head, dot, _tail = text[len(PREFIX):].partition(".")
+    if not dot:
+        raise SealError("sealed text without its '.' between key and body")
     try:
-        body = json.loads(inner.decode("utf-8"))
-    except ValueError:
-        raise SealError("the sealed result is not JSON") from None
-    if not isinstance(body, dict) or not isinstance(body.get("result"), str):
-        raise SealError('the sealed result is not {"result": TEXT, "signature": SIG}')
-    if not fleetsig.verify_result(agent_public, body.get("signature"), command_id, agent_id, body["result"]):
-        raise SealError("the result is not signed by the agent's key")
-    return body["result"]
+        content_key = private_key.decrypt(base64.b64decode(head, validate=True), _oaep())
+    except (binascii.Error, ValueError):
+        raise SealError("sealed to another key") from None
+    if len(content_key) != KEY_BYTES:
+        raise SealError("sealed with a content key of the wrong size")
+    return open_keyed_body(content_key, _tail, context), content_key
+
+
+def open_keyed_body(content_key: bytes, tail: str, context: bytes) -> bytes:
+    try:
+        body = base64.b64decode(tail, validate=True)
+    except (binascii.Error, ValueError):
+        raise SealError("sealed text that is not base64") from None
+    if len(body) < NONCE_BYTES + 16:
+        raise SealError("sealed body too short")
+    try:
+        return ChaCha20Poly1305(content_key).decrypt(body[:NONCE_BYTES], body[NONCE_BYTES:], context)
+    except Exception:  # cryptography.exceptions.InvalidTag
+        raise SealError("sealed text altered, or sealed for another command or agent") from None
+
+
+# --- results: keyed by the command's content key ---------------------------------------------------
+#
+# A command's result is encrypted with ChaCha20-Poly1305 under a key derived from the
+# content key of the command's sealed payload: only the client that sealed the command and
+# the agent that opened it know that key, so the result is both secret and authentic (the
+# bridge, which could seal to the client's public key, cannot make one), without any RSA
+# operation.  Wire form: "keyed1:" + b64(nonce(12) || ciphertext+tag), associated data
+# fleet_context("result", command id, agent id).
+
+KEYED_PREFIX = "keyed1:"
+
+
+def result_key(content_key: bytes) -> bytes:
+    """The key a command's result is encrypted with: HKDF-SHA256 of the command's content key."""
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None,
+                info=b"sysadm-fleet/1 result key").derive(content_key)
+
+
+def is_keyed(text: Any) -> bool:
+    return isinstance(text, str) and text.startswith(KEYED_PREFIX)
+
+
+def seal_keyed(key: bytes, plaintext: bytes, context: bytes) -> str:
+    nonce = os.urandom(NONCE_BYTES)
+    return KEYED_PREFIX + base64.b64encode(nonce + ChaCha20Poly1305(key).encrypt(nonce, plaintext, context)).decode("ascii")
+
+
+def open_keyed(key: bytes, text: str, context: bytes) -> bytes:
+    if not is_keyed(text):
+        raise SealError("not a keyed result (it must start with 'keyed1:')")
+    if len(text) > MAX_SEALED_CHARS:
+        raise SealError(f"keyed text over {MAX_SEALED_CHARS} characters")
+    return open_keyed_body(key, text[len(KEYED_PREFIX):], context)
+
+
+def command_key(private_key: rsa.RSAPrivateKey, command_id: str, agent_id: str) -> bytes:
+    """A command's content key, derived from the client's private key so that a later
+    ``sysadm fleet wait`` (another process) can open the result: HMAC-SHA256 over
+    ``"command\n" + id + "\n" + agent`` with a secret HKDF-derived from the private key
+    (PKCS#8 DER).  Only the key's holder can compute it; ids are never reused."""
+    import hashlib
+    import hmac
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    cached = _COMMAND_SECRETS.get(id(private_key))
+    if cached is not None and cached[0] is private_key:
+        secret = cached[1]
+    else:
+        der = private_key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption())
+        secret = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                      info=b"sysadm-fleet/1 command keys").derive(der)
+        if len(_COMMAND_SECRETS) >= 8:
+            _COMMAND_SECRETS.clear()
+        _COMMAND_SECRETS[id(private_key)] = (private_key, secret)  # the key object kept: its id stays its own
+    return hmac.new(secret, f"command\n{command_id}\n{agent_id}".encode("utf-8"), hashlib.sha256).digest()
+
+
+#: id(private key) -> (that key, its command-key secret): a client seals and opens many commands.
+_COMMAND_SECRETS: "dict[int, tuple[Any, bytes]]" = {}
