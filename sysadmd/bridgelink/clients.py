@@ -37,10 +37,11 @@ import base64
 import binascii
 from typing import Any, Callable, Dict, List, Optional
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 
 from sysadmd.wire import envelope
+from sysadmd.runtime import crypto
 from sysadmd.auth import boundlogin
 from sysadmd.auth.keys import CheckerBusy, CheckResult
 from sysadmd.wire import bound, e2e
@@ -53,6 +54,7 @@ log = Logger()
 
 BASE64 = "base64"  # Session.attributes key: bodies are base64(JSON)
 E2E = "e2e"  # Session.attributes key: the session's E2EState (end-to-end encrypted)
+E2E_HELLO = "e2e_hello"  # Session.attributes key: the ServerHandshake whose accept is being signed
 E2E_ROUTE = ("rpc", "e2e")
 
 
@@ -65,6 +67,14 @@ class E2EState:
         self.channel = channel
         self.key = key  # the RegisteredKey the hello named
         self.stage = "finish"
+
+
+def _request_id(body: str) -> str:
+    """The id of a plain request, for a refusal that must not leave its sender waiting."""
+    try:
+        return envelope.parse(body).id if body.startswith("{") else ""
+    except EnvelopeError:
+        return ""
 
 
 def e2e_error(code: str, detail: str, request_id: str = "") -> Dict[str, Any]:
@@ -111,6 +121,7 @@ class BridgedClients:
                  key_login: Optional[Any] = None):
         self.server = server
         self.key_login = key_login  # the KeyLogin (keys, checker): end-to-end sessions log in through it
+        self._signing = 0  # hello accepts being signed in the key checker's threads
         self.nickname = nickname
         self._send_frame = send_frame
         self._sessions: Dict[str, Session] = {}
@@ -194,13 +205,21 @@ class BridgedClients:
         if e2e.is_frame(body):
             self._encrypted(session, state, body)
             return
+        if state is not None and state.stage == "finish":
+            # A handshake nobody finished (the client gave up on it, or this client ID is a
+            # relay that a new client now uses): nothing was logged in, so the frame is read
+            # as if the hello had never come.
+            self._drop_e2e(session)
+            state = None
         if state is not None and not self._is_hello(body):
-            # The client never sends plain frames once encrypted: someone else did.  Nothing
-            # of it runs, and nothing more runs as the client's login until it starts over.
+            # The client never sends plain frames once its login is encrypted: someone else
+            # did.  Nothing of it runs, and nothing more runs as the client's login until it
+            # starts over.
             session.touch()
             self._drop_e2e(session)
             session.send(e2e_error("400", "a plain frame inside an end-to-end encrypted session is refused; the "
-                                          "session's encryption and login were dropped: start over with an rpc/e2e hello"))
+                                          "session's encryption and login were dropped: start over with an rpc/e2e hello",
+                                   _request_id(body)))
             return
         if body.startswith("{"):
             session.attributes[BASE64] = False
@@ -244,6 +263,7 @@ class BridgedClients:
 
     def _drop_e2e(self, session: Session) -> None:
         """End *session*'s encryption and the login it brought (back to plain mode)."""
+        session.attributes.pop(E2E_HELLO, None)
         if session.attributes.pop(E2E, None) is not None:
             self.server.logout(session)
             session.challenge = None
@@ -274,23 +294,53 @@ class BridgedClients:
         if not isinstance(args, dict) or args.get("step") != "hello":
             session.send(e2e_error("400", "step: a plain rpc/e2e must be the hello (the finish comes encrypted)", request.id))
             return
-        handshake = e2e.ServerHandshake(boundlogin.server_identity(self.server))
-        try:
-            md5 = args.get("key")
-            if not isinstance(md5, str) or len(md5) != 24:
-                raise e2e.E2EError("key: expected the md5 checksum of a registered key (24 base64 characters)")
-            key = self.key_login.keys.find_by_md5(md5)
-            if key is None:
-                detail = f"key: no key with checksum {md5} is registered on this server"
-                self.server.login_failed(session, "", "key", detail)
-                session.send(e2e_error("401", detail, request.id))
-                return
-            channel, reply = handshake.accept(args)
-        except e2e.E2EError as e:
-            session.send(e2e_error("400", str(e), request.id))
+        md5 = args.get("key")
+        if not isinstance(md5, str) or not crypto.is_md5_checksum(md5):
+            session.send(e2e_error("400", "key: expected the md5 checksum of a registered key (24 base64 characters)",
+                                   request.id))
             return
-        session.send(envelope.reply(request, reply))  # plain: the client has no keys yet
-        session.attributes[E2E] = E2EState(handshake, channel, key)
+        key = self.key_login.keys.find_by_md5(md5)
+        if key is None:
+            detail = f"key: no key with checksum {md5} is registered on this server"
+            self.server.login_failed(session, "", "key", detail)
+            session.send(e2e_error("401", detail, request.id))
+            return
+        handshake = e2e.ServerHandshake(boundlogin.server_identity(self.server))
+        checker = self.key_login.checker
+        if self._signing >= checker.max_pending:
+            session.send(e2e_error("503", "the server is busy with other logins; send the hello again in a few seconds",
+                                   request.id))
+            return
+        # The accept is signed with the server's RSA key (milliseconds): in the key checker's
+        # threads, as login signatures are checked, never on the reactor thread.
+        session.attributes[E2E_HELLO] = handshake
+        self._signing += 1
+        d = threads.deferToThreadPool(checker.reactor, checker.pool, handshake.accept, args, self.own_id or "")
+
+        def current() -> bool:
+            if session.closed or session.attributes.get(E2E_HELLO) is not handshake:
+                return False  # closed, or superseded by a later hello or plain frame
+            del session.attributes[E2E_HELLO]
+            return True
+
+        def accepted(result: Any) -> None:
+            if current():
+                channel, reply = result
+                session.send(envelope.reply(request, reply))  # plain: the client has no keys yet
+                session.attributes[E2E] = E2EState(handshake, channel, key)
+
+        def refused(failure: Any) -> None:
+            failure.trap(e2e.E2EError)
+            if current():
+                session.send(e2e_error("400", str(failure.value), request.id))
+
+        def done(result: Any) -> Any:
+            self._signing -= 1
+            return result
+
+        d.addCallbacks(accepted, refused)
+        d.addErrback(lambda f: log.failure("end-to-end hello of {session} failed", f, session=session.id))
+        d.addBoth(done)
 
     def _encrypted(self, session: Session, state: Optional[E2EState], body: str) -> None:
         session.touch()
@@ -319,6 +369,10 @@ class BridgedClients:
         if request.route == E2E_ROUTE:
             session.send(e2e_error("400", "rpc/e2e inside an encrypted session: start over with a plain hello", request.id))
             return
+        self._run(session, request, text)
+
+    def _run(self, session: Session, request: Request, text: str) -> None:
+        """Run a decrypted request (already parsed as *request*) through the API pipeline."""
         self.server.api.handle_text(session, text)
 
     def _e2e_finish(self, session: Session, state: E2EState, text: str) -> None:

@@ -25,7 +25,8 @@ By default the bound login above is replaced by an end-to-end encrypted session
 
     us → S  plain JSON rpc/e2e {"step":"hello","v":1,"key":M,"eph":…,"nonce":…}
             → plain {"step":"accept","eph":…,"nonce":…,"server_key":b64(SPKI DER),"sig":…}
-    (the server key is checked against known_servers exactly as the proven key above)
+    (the server key is checked against known_servers exactly as the proven key above, and the
+     connection ID the accept binds (server_connection_id, connection_tag) must be <S>)
     us → S  "!" frame of rpc/e2e {"step":"finish","sig":…}   → "!" frame of [token, ttl]
     from then on every payload both ways is a "!" frame (ChaCha20-Poly1305, counter nonces).
 
@@ -340,7 +341,17 @@ class BridgeSession:
             probe.error = f"sent an unusable end-to-end accept: {e}"
             server.probe = probe
             return True
+        bound_to = handshake.server_connection_id
+        if bound_to and bound_to != probe.server_id:
+            # The real server answered, but to another connection: the peer we asked relays it.
+            # (It could not read the session; we still sign nothing for a peer that lies.)
+            probe.proof_error = (f"the accept comes from the server at bridge connection {bound_to[:80]}, not "
+                                 f"{probe.server_id}: the peer we asked is relaying another connection's answers")
+            probe.fingerprint = None
+            server.probe = probe
+            return True
         probe.e2e = (channel, finish)
+        probe.encrypted = True
         pinned = self.known.by_fingerprint(probe.fingerprint)
         probe.pinned = pinned[0] if pinned else None
         server.probe = probe
@@ -424,6 +435,7 @@ class Probe:
         self.upstream = False                   # sent no proof at all
         self.e2e: Optional[Tuple[e2e.Session, Dict[str, Any]]] = None  # accepted: (keys, finish args)
         self.e2e_missing: Optional[str] = None  # the hello's error from a server without rpc/e2e
+        self.encrypted = False                  # it accepted our hello (sessions with it are E2E)
 
     def label(self) -> str:
         if self.pinned is not None:
@@ -434,6 +446,7 @@ class Probe:
         return {"id": self.server_id, "hostname": self.claimed, "hostname_verified": False,
                 "fingerprint": bound.display_fingerprint(self.fingerprint) if self.fingerprint else None,
                 "pinned_as": self.pinned.name if self.pinned is not None else None,
+                "e2e": self.encrypted,
                 "error": self.error or self.proof_error}
 
 

@@ -23,6 +23,13 @@ Signatures are RSA PKCS#1 v1.5 SHA-256 over ``"server\\n" + T`` and ``"client\\n
 Keys: HKDF-SHA256 (salt sha256(T), info ``"sysadm-e2e/1 keys"``, 64 bytes) of the X25519
 shared secret; the first 32 bytes key client → server, the last 32 server → client.
 
+Connection binding (additive): our server also sends ``"server_connection_id": I`` (its own
+connection ID on the bridge, "" if the bridge does not tell) and ``"connection_tag":
+B64(HMAC-SHA256(K_b, "sysadm-e2e-connection/1\\n" + I))`` with ``K_b`` = HKDF-SHA256 (salt
+sha256(T), info ``"sysadm-e2e/1 connection"``, 32 bytes) of the X25519 shared secret.  Only
+the holder of the signed ephemeral key can make the tag, so a client that sent its hello to
+another connection ID knows the peer it asked is relaying another connection's answers.
+
 Every later payload either way is ``"!" + b64(ChaCha20-Poly1305(key, nonce, JSON))``; the
 nonce is a 96-bit big-endian counter per direction starting at 0, so a dropped, replayed
 or reordered frame fails to open and ends the session.
@@ -33,6 +40,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import os
 from typing import Any, Dict, Optional, Tuple
 
@@ -98,11 +106,25 @@ def _verify(public_key: rsa.RSAPublicKey, role: str, text: bytes, signature_b64:
         raise E2EError(f"the {role}'s signature does not match its key") from None
 
 
-def _keys(own: X25519PrivateKey, peer_eph: bytes, text: bytes) -> Tuple[bytes, bytes]:
+def _shared(own: X25519PrivateKey, peer_eph: bytes) -> bytes:
     try:
-        shared = own.exchange(X25519PublicKey.from_public_bytes(peer_eph))
+        return own.exchange(X25519PublicKey.from_public_bytes(peer_eph))
     except ValueError:
         raise E2EError("eph: not a usable X25519 public key") from None
+
+
+def connection_tag(shared: bytes, text: bytes, connection_id: str) -> str:
+    """The tag that binds the server's bridge connection ID to this handshake."""
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=hashlib.sha256(text).digest(),
+               info=f"{LABEL} connection".encode("ascii")).derive(shared)
+    return b64(hmac.new(key, b"sysadm-e2e-connection/1\n" + connection_id.encode("utf-8"), hashlib.sha256).digest())
+
+
+def _keys(own: X25519PrivateKey, peer_eph: bytes, text: bytes) -> Tuple[bytes, bytes]:
+    return _derive(_shared(own, peer_eph), text)
+
+
+def _derive(shared: bytes, text: bytes) -> Tuple[bytes, bytes]:
     okm = HKDF(algorithm=hashes.SHA256(), length=64, salt=hashlib.sha256(text).digest(),
                info=f"{LABEL} keys".encode("ascii")).derive(shared)
     return okm[:32], okm[32:]
@@ -153,6 +175,9 @@ class ClientHandshake:
         self._eph = X25519PrivateKey.generate()
         self.eph = b64(self._eph.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
         self.nonce = b64(os.urandom(NONCE_BYTES))
+        #: After :meth:`accept`: the connection ID the server bound to the handshake (its tag
+        #: checked), or ``None`` if it sent none.
+        self.server_connection_id: Optional[str] = None
 
     def hello(self) -> Dict[str, Any]:
         return {"step": "hello", "v": VERSION, "key": self.key_md5, "eph": self.eph, "nonce": self.nonce}
@@ -174,8 +199,17 @@ class ClientHandshake:
         server_id = hashlib.sha256(der).hexdigest()
         text = transcript(self.key_md5, self.eph, self.nonce, reply["eph"], reply["nonce"], server_id)
         _verify(server_key, "server", text, reply.get("sig"))
-        send, receive = _keys(self._eph, eph_s, text)
+        shared = _shared(self._eph, eph_s)
+        send, receive = _derive(shared, text)
         del self._eph  # forward secrecy: nothing left to recompute the keys from
+        if "server_connection_id" in reply:
+            claimed = reply["server_connection_id"]
+            if not isinstance(claimed, str) or len(claimed) > 200:
+                raise E2EError("server_connection_id: expected the server's connection ID (text)")
+            tag = reply.get("connection_tag")
+            if not isinstance(tag, str) or not hmac.compare_digest(tag, connection_tag(shared, text, claimed)):
+                raise E2EError("connection_tag: does not match the handshake (altered on the way)")
+            self.server_connection_id = claimed
         return Session(send, receive), server_id, {"step": "finish", "sig": _sign(self.private_key, "client", text)}
 
 
@@ -187,8 +221,9 @@ class ServerHandshake:
         self.text = b""
         self.key_md5 = ""
 
-    def accept(self, hello: Any) -> Tuple[Session, Dict[str, Any]]:
-        """The session (usable at once for the client's ``finish`` frame) and the reply args."""
+    def accept(self, hello: Any, connection_id: Optional[str] = None) -> Tuple[Session, Dict[str, Any]]:
+        """The session (usable at once for the client's ``finish`` frame) and the reply args;
+        with *connection_id* (the server's own bridge connection ID) the reply binds it."""
         if not isinstance(hello, dict) or hello.get("step") != "hello":
             raise E2EError("expected the client's hello step")
         if hello.get("v") != VERSION:
@@ -205,9 +240,13 @@ class ServerHandshake:
         der = spki_der(self.server_key.public_key())
         self.key_md5 = key_md5
         self.text = transcript(key_md5, hello["eph"], hello["nonce"], eph_s, nonce_s, hashlib.sha256(der).hexdigest())
-        client_to_server, server_to_client = _keys(own, eph_c, self.text)
+        shared = _shared(own, eph_c)
+        client_to_server, server_to_client = _derive(shared, self.text)
         reply = {"step": "accept", "eph": eph_s, "nonce": nonce_s, "server_key": b64(der),
                  "sig": _sign(self.server_key, "server", self.text)}
+        if connection_id is not None:
+            reply["server_connection_id"] = connection_id
+            reply["connection_tag"] = connection_tag(shared, self.text, connection_id)
         return Session(server_to_client, client_to_server), reply
 
     def finish_signature(self, args: Any) -> bytes:
