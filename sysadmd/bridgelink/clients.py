@@ -180,7 +180,7 @@ class BridgedClients:
         if is_md5_stage1(request):
             self._md5_stage1(session, request)
             return
-        self.server.api.handle_text(session, text)
+        self.server.api.handle_request(session, request, len(text))
 
     def _md5_stage1(self, session: Session, request: Request) -> Optional[defer.Deferred]:
         """Stage 1 of the md5_key login: reply plain, then switch to base64 on success.
