@@ -68,7 +68,7 @@ from bridge.flow import PeerFlow
 from bridge.relay import Peer, new_peer_id
 from sysadmd.wire.close import CLOSE_INTERNAL, CLOSE_POLICY
 from sysadmd.wire.envelope import encode, error, utf8
-from sysadmd.wire.wsbase import LeanServerMixin
+from sysadmd.wire.wsbase import LeanServerMixin, write_through
 
 
 class BridgeServerProtocol(LeanServerMixin, WebSocketServerProtocol):
@@ -115,6 +115,7 @@ class BridgeServerProtocol(LeanServerMixin, WebSocketServerProtocol):
         cfg = bridge.config
         peer = Peer(id=new_peer_id(), link=self, address=address)
         transport = self.transport
+        write_through(transport)
         self.flow = PeerFlow(bridge.clock, label=peer.id, limit=cfg.max_peer_buffer_bytes,
                              stall_timeout=cfg.receiver_stall_timeout,
                              write=self._write_frame,
