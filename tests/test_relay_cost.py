@@ -181,3 +181,90 @@ class WriteThroughTests(unittest.TestCase):
         transport = StringTransport()
         self.assertFalse(write_through(transport))
         self.assertFalse(write_through(None))
+
+
+# --- the bridge's bytes relay (bridge/protocol.py onMessage, bridge/relay.py relay) -------
+
+class RelayBytesUnitTests(unittest.TestCase):
+    def setUp(self):
+        from bridge.relay import CLIENT, SERVER, Peer, PeerDirectory, new_peer_id
+
+        class Link:
+            def __init__(self):
+                self.sent = []
+
+            def send_text(self, text):
+                self.sent.append(text)
+
+            def close(self, code, reason):
+                pass
+
+        self.d = PeerDirectory()
+        self.s = Peer(id=new_peer_id(), link=Link())
+        self.c = Peer(id=new_peer_id(), link=Link())
+        self.other = Peer(id=new_peer_id(), link=Link())
+        for peer, role in ((self.s, SERVER), (self.c, CLIENT), (self.other, CLIENT)):
+            self.d.add(peer)
+            self.d.authenticate(peer, "k", "m", role)
+            self.d.set_keys(peer, ["m"])
+
+    def test_partners_get_the_frame_with_the_senders_id_in_front(self):
+        payload = "\n{\"x\":\"é ✓\"}\n\n".encode("utf-8")
+        dest, out = self.d.relay(self.c, self.s.id.encode() + payload)
+        self.assertIs(dest, self.s)
+        self.assertEqual(out, self.c.id.encode() + payload)
+        self.assertIsInstance(out, bytes)
+
+    def test_everything_else_is_dropped_and_the_sender_hears_its_partners_again(self):
+        before = len(self.c.link.sent)
+        for frame in (self.other.id.encode() + b"\nhi",  # same role: not a partner
+                      b"::{nope}\nhi", self.s.id.encode(), b"\nhi",
+                      self.s.id.encode()[:-1] + b"\xe9\nhi"):  # a byte no ID has
+            self.assertIsNone(self.d.relay(self.c, frame))
+        self.assertEqual(len(self.c.link.sent), before + 5)
+        self.assertIn(self.s.id, self.c.link.sent[-1])
+
+
+class BridgeRelayWireTests(unittest.TestCase):
+    """A real bridge on 127.0.0.1 (TLS WebSockets) and two scripted peers."""
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        from tests.test_bridge_wss import paired_peers, start_bridge
+
+        self.daemon = yield start_bridge(self, KEYS_REFRESH_INTERVAL=0.5)
+        self.server, self.client, self.server_id, self.client_id = yield paired_peers(self, self.daemon)
+
+    @defer.inlineCallbacks
+    def test_multibyte_text_and_binary_frames_arrive_byte_for_byte(self):
+        body = "{\"args\":\"ü 漢字 😀\"}"
+        start = len(self.server.frames)
+        self.client.sendMessage((self.server_id + "\n" + body).encode("utf-8"), isBinary=True)
+        got = yield self.server.wait_for(lambda t: t.startswith("::{"), start)
+        self.assertEqual(got, self.client_id + "\n" + body)
+        start = len(self.client.frames)
+        self.server.send_text(self.client_id + "\n" + body)
+        got = yield self.client.wait_for(lambda t: t.startswith("::{"), start)
+        self.assertEqual(got, self.server_id + "\n" + body)
+
+    @defer.inlineCallbacks
+    def test_a_relay_frame_that_is_not_utf8_is_refused_and_not_relayed(self):
+        server_start = len(self.server.frames)
+        start = len(self.client.frames)
+        marker = b"not-relayed-marker"
+        self.client.sendMessage(self.server_id.encode() + b"\n" + marker + b"\xc3\x28", isBinary=True)
+        refusal = yield self.client.wait_for(lambda t: "not valid UTF-8" in t, start)
+        self.assertIn('"400"', refusal)
+        # The next frame overtakes nothing: once it arrives, the refused one never will.
+        self.client.send_text(self.server_id + "\nafter")
+        yield self.server.wait_for(lambda t: t.endswith("\nafter"), server_start)
+        self.assertFalse(any("not-relayed-marker" in t for t in self.server.frames[server_start:]))
+
+    @defer.inlineCallbacks
+    def test_a_destination_that_is_no_id_is_dropped_and_reannounced(self):
+        start = len(self.client.frames)
+        self.client.sendMessage("::{é}\nhi".encode("utf-8"), isBinary=False)
+        ids = yield self.client.wait_available(start=start)
+        self.assertEqual(ids, [self.server_id])
