@@ -89,11 +89,6 @@ class BridgeServerProtocol(LeanServerMixin, WebSocketServerProtocol):
     def close(self, code: int, reason: str) -> None:
         self.close_with(code, reason)
 
-    def _write_frame(self, data: bytes) -> None:
-        # A partner may be told about a disconnect while its own close is under way:
-        # send_text_frame writes nothing once the connection is closing.
-        self.send_text_frame(data)
-
     # --- autobahn callbacks ---------------------------------------------------------------
     def onOpen(self) -> None:
         try:
@@ -118,7 +113,9 @@ class BridgeServerProtocol(LeanServerMixin, WebSocketServerProtocol):
         write_through(transport)
         self.flow = PeerFlow(bridge.clock, label=peer.id, limit=cfg.max_peer_buffer_bytes,
                              stall_timeout=cfg.receiver_stall_timeout,
-                             write=self._write_frame,
+                             # A partner may be told about a disconnect while its own close is under
+                             # way: send_text_frame writes nothing once the connection is closing.
+                             write=self.send_text_frame,
                              close=self.close_with,
                              pause_reading=lambda: self.pause_input("relay"),
                              resume_reading=lambda: self.resume_input("relay"),
