@@ -268,3 +268,11 @@ class BridgeRelayWireTests(unittest.TestCase):
         self.client.sendMessage("::{é}\nhi".encode("utf-8"), isBinary=False)
         ids = yield self.client.wait_available(start=start)
         self.assertEqual(ids, [self.server_id])
+
+    def test_the_bridges_connections_write_through(self):
+        from sysadmd.wire.wsbase import _socket_descriptor, _WriteThrough
+
+        for peer_id in (self.server_id, self.client_id):
+            tcp = _socket_descriptor(self.daemon.bridge.directory.get(peer_id).link.transport)
+            self.assertIsNotNone(tcp)
+            self.assertIsInstance(tcp.__dict__.get("startWriting"), _WriteThrough)
