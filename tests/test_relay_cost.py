@@ -276,3 +276,27 @@ class BridgeRelayWireTests(unittest.TestCase):
             tcp = _socket_descriptor(self.daemon.bridge.directory.get(peer_id).link.transport)
             self.assertIsNotNone(tcp)
             self.assertIsInstance(tcp.__dict__.get("startWriting"), _WriteThrough)
+
+
+class TextFrameHeaderTests(unittest.TestCase):
+    """send_text_frame builds small frames' headers itself: the same bytes as the codec's."""
+
+    def test_every_length_class_matches_the_codec(self):
+        from autobahn.twisted.websocket import WebSocketServerProtocol
+
+        from sysadmd.wire import frames, wsbase
+
+        if not wsbase.FAST:
+            self.skipTest("the public data path frames with autobahn")
+
+        class Proto(wsbase.LeanServerMixin, WebSocketServerProtocol):
+            pass
+
+        proto = wsbase._connected(Proto)
+        self.addCleanup(proto.transport.loseConnection)
+        proto.state = proto.STATE_OPEN
+        for n in (0, 1, 125, 126, 127, 65535 // 4, 16 * 1024 - 1, 16 * 1024, 70000):
+            proto.transport.clear()
+            data = b"x" * n
+            proto.send_text_frame(data)
+            self.assertEqual(proto.transport.value(), frames.encode_frame(frames.TEXT, data), f"length {n}")
