@@ -259,7 +259,36 @@ def main(argv=None) -> int:
         if setup is not None:
             setup.stop()
         shutil.rmtree(base, True)
+    if args.profile_bridge:
+        results["bridge_profile"] = profile_summary(args.profile_bridge)
+        print("bridge profile (load-independent counts per relayed frame): " + ", ".join(
+            f"{k} {v:.2f}" for k, v in results["bridge_profile"].items()), flush=True)
     return finish(results, args)
+
+
+def profile_summary(path: str) -> dict:
+    """Per relayed frame (a call of the bridge protocol's onMessage): Python function calls,
+    epoll waits and epoll_ctl calls, from the bridge's cProfile stats."""
+    import pstats
+
+    deadline = time.monotonic() + 10
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.1)  # twistd writes the stats as it exits
+    stats = pstats.Stats(path).stats
+
+    def calls(match) -> int:
+        return sum(v[0] for k, v in stats.items() if match(k))
+
+    frames = max(1, calls(lambda k: k[2] == "onMessage" and k[0].endswith(os.path.join("bridge", "protocol.py"))))
+    total = sum(v[0] for v in stats.values())
+    return {
+        "python_calls": total / frames,
+        "epoll_waits": calls(lambda k: k[2] == "<method 'poll' of 'select.epoll' objects>") / frames,
+        "epoll_ctl": calls(lambda k: k[2] in ("<method 'modify' of 'select.epoll' objects>",
+                                             "<method 'register' of 'select.epoll' objects>",
+                                             "<method 'unregister' of 'select.epoll' objects>")) / frames,
+        "socket_sends": calls(lambda k: k[2] == "<method 'send' of '_socket.socket' objects>") / frames,
+    }
 
 
 def load_note() -> str:
