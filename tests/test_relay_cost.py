@@ -300,3 +300,65 @@ class TextFrameHeaderTests(unittest.TestCase):
             data = b"x" * n
             proto.send_text_frame(data)
             self.assertEqual(proto.transport.value(), frames.encode_frame(frames.TEXT, data), f"length {n}")
+
+
+class FrameReaderFastPathTests(unittest.TestCase):
+    """FrameReader.pop reads whole small masked frames inline; the rest goes through _parse."""
+
+    def test_sizes_around_every_boundary_and_the_limit(self):
+        from hypothesis import given, settings, strategies as st
+
+        from sysadmd.wire import frames
+
+        sizes = st.one_of(st.sampled_from([0, 1, 125, 126, 127, 2047, 2048, 2049, 65535]),
+                          st.integers(min_value=0, max_value=3000))
+
+        @settings(max_examples=150, deadline=None)
+        @given(st.lists(st.tuples(st.sampled_from([frames.TEXT, frames.BINARY]), sizes,
+                                  st.binary(min_size=4, max_size=4)), min_size=1, max_size=5),
+               st.integers(min_value=0, max_value=3000),
+               st.lists(st.integers(min_value=1, max_value=5000), max_size=10))
+        def check(messages, limit, cuts):
+            wire = b""
+            expected = []
+            too_big = None
+            for opcode, size, key in messages:
+                payload = bytes((i * 7 + size) % 256 for i in range(size))
+                wire += frames.encode_frame(opcode, payload, mask=key)
+                if too_big is None:
+                    if size > limit:
+                        too_big = size
+                    else:
+                        expected.append((opcode, payload))
+            reader = frames.FrameReader(limit)
+            got = []
+            error = None
+            at = 0
+            for cut in [*cuts, len(wire)]:
+                reader.feed(wire[at:at + cut])
+                at += cut
+                try:
+                    while True:
+                        frame = reader.pop()
+                        if frame is None:
+                            break
+                        got.append(frame)
+                except frames.FrameError as e:
+                    error = e
+                    break
+            self.assertEqual(got, expected)
+            if too_big is None:
+                self.assertIsNone(error)
+            else:
+                self.assertEqual(error.code, 1009)
+
+        check()
+
+    def test_an_unmasked_frame_from_a_client_is_still_refused(self):
+        from sysadmd.wire import frames
+
+        reader = frames.FrameReader(1000)
+        reader.feed(frames.encode_frame(frames.TEXT, b"hello"))
+        with self.assertRaises(frames.FrameError) as caught:
+            reader.pop()
+        self.assertEqual(caught.exception.code, 1002)
