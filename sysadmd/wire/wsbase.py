@@ -16,6 +16,13 @@ and the one place that reaches into autobahn's internals.
   ``sendData``'s fast path mirrors autobahn's own (write, count octets); anything else
   (chopping, sync sends, a backlog) still goes through autobahn.
 
+**Writing through.**  :func:`write_through` (used by the bridge for its peer
+connections) makes a TCP connection send what is written at once instead of on the
+reactor's next writable event; it reads and sets Twisted's ``FileDescriptor`` buffer
+fields (``dataBuffer``, ``offset``, ``_tempDataBuffer``, ``_tempDataLen``) and replaces
+the instance's ``startWriting``.  It checks those names on the connection first and
+leaves a connection unchanged when any is missing.
+
 **The seam.**  Everything above, and the frame path of :class:`LeanServerMixin` /
 :class:`LeanClientMixin`, uses names autobahn does not document (``_dataReceived``,
 ``processData``, ``sendCloseFrame``, ``STATE_OPEN``…).  They are all listed in
