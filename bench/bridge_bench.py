@@ -1,6 +1,7 @@
 """sysadmd behind sysadm-bridge: rpc/query through the bridge vs direct, login time, relay MB/s.
 
     python -m bench.bridge_bench [--seconds 5] [--tries 20] [--relay-count 100] [--no-relay]
+                                 [--shapes 1x1,8x4,32x8] [--no-login] [--profile-bridge FILE]
 
 Real processes on 127.0.0.1: ``twistd -n sysadm-bridge`` and ``twistd -n sysadmd``,
 linked the way an operator does it (``sysadmd bridge_add`` / ``bridge_export_key``,
@@ -11,11 +12,17 @@ and the server's.
 1. For each shape (connections x requests in flight): rpc/query round trips DIRECT to
    sysadmd and THROUGH the bridge to the same sysadmd, in the same run. Reported:
    req/s, p50/p99, CPU time per request of each process, the throughput ratio
-   (target >= 0.6x) and the p50 latency the bridge adds.
+   (target >= 0.6x) and the p50 latency the bridge adds.  CPU time is the utime+stime
+   delta of /proc/<pid>/stat around each run; the bridged run's line gives the bridge's
+   and the server's CPU per relayed request and their ratio (target: the bridge at most
+   half of the server, <= 0.5).
 2. Login time of a bridged client: wall time from opening the TCP connection to the
    server's token reply (identify, auth_ssl to the bridge, key list, pairing, md5_key
    auth_ssl with the server), median and p90 over --tries (target < 50 ms).
 3. bench/bridge_relay_bench.py: 1 MiB frames relayed server -> client, MiB/s.
+
+``--profile-bridge FILE`` runs the bridge under cProfile (twistd ``--profiler=cprofile
+--savestats``; read FILE with ``pstats``); its CPU figures are then not representative.
 
 Results go to bench/results/bridge_bench.json.
 """
@@ -34,11 +41,34 @@ import sys
 import time
 from typing import List, Optional, Tuple
 
+import psutil
+
 from bench.common import REPO, Child, child_env, ensure_node_ws, tempdir, twistd_argv
 from sysadmd.runtime.crypto import generate_private_key, private_pem, public_pem
 
 SHAPES = [(1, 1), (8, 4), (32, 8)]  # the same shapes as bench/rpc_bench.py
 LINKED = "the bridge accepted our key"
+RATIO_TARGET = 0.6  # bridged throughput / direct throughput, at least
+CPU_TARGET = 0.5  # bridge CPU per relayed request / server CPU per request, at most
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_seconds(pid: int) -> Tuple[float, float]:
+    """``(utime, stime)`` of *pid* from /proc/<pid>/stat (fields 14 and 15), in seconds."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(b")") + 2:].split()  # the command name may hold spaces and ')'
+    return int(fields[11]) / _CLOCK_TICKS, int(fields[12]) / _CLOCK_TICKS
+
+
+def parse_shapes(text: str) -> List[Tuple[int, int]]:
+    shapes = []
+    for part in text.split(","):
+        conns, x, inflight = part.strip().partition("x")
+        if not x or not conns.isdigit() or not inflight.isdigit() or int(conns) < 1 or int(inflight) < 1:
+            raise argparse.ArgumentTypeError(f"shape {part!r}: expected CONNECTIONSxINFLIGHT, e.g. 8x4")
+        shapes.append((int(conns), int(inflight)))
+    return shapes
 
 
 def admin(kind: str, state: str, *args: str) -> str:
@@ -53,8 +83,9 @@ def admin(kind: str, state: str, *args: str) -> str:
 class Setup:
     """Bridge and server state dirs, the client key, both processes started and linked."""
 
-    def __init__(self, base: str):
+    def __init__(self, base: str, profile_bridge: Optional[str] = None):
         self.base = base
+        self.profile_bridge = profile_bridge
         self.bridge_state = os.path.join(base, "bridge")
         self.server_state = os.path.join(base, "server")
         self.key_file = os.path.join(base, "client.pem")
@@ -73,8 +104,12 @@ class Setup:
     def start(self) -> None:
         base = self.base
         pub_file = os.path.join(base, "client.pub")
-        self.bridge = Child(twistd_argv("sysadm-bridge", "--config", self.config, "--port", "tcp:0:interface=127.0.0.1",
-                                        "--state-dir", self.bridge_state), "sysadm-bridge")
+        bridge_argv = twistd_argv("sysadm-bridge", "--config", self.config, "--port", "tcp:0:interface=127.0.0.1",
+                                  "--state-dir", self.bridge_state)
+        if self.profile_bridge:
+            at = bridge_argv.index("sysadm-bridge")
+            bridge_argv[at:at] = [f"--profile={self.profile_bridge}", "--profiler=cprofile", "--savestats"]
+        self.bridge = Child(bridge_argv, "sysadm-bridge")
         server_key = os.path.join(base, "server.key")
         admin("sysadmd", self.server_state, "bridge_export_key", server_key)
         admin("sysadmd", self.server_state, "bridge_add", "bench", f"wss://127.0.0.1:{self.bridge.port}", "--verify", "pin")
@@ -118,10 +153,13 @@ def node(*args: str, timeout: float) -> Tuple[dict, float]:
 
 def measure(setup: Setup, mode: str, conns: int, inflight: int, seconds: float) -> dict:
     url = setup.bridge_url if mode == "bridge" else setup.server_url
-    server0, bridge0 = setup.server.cpu_seconds(), setup.bridge.cpu_seconds()
+    server_pid, bridge_pid = setup.server.proc.pid, setup.bridge.proc.pid
+    server0, bridge0 = proc_cpu_seconds(server_pid), proc_cpu_seconds(bridge_pid)
     summary, client_cpu = node(mode, url, str(conns), str(inflight), str(seconds), setup.key_file, timeout=seconds + 120)
-    server_cpu = setup.server.cpu_seconds() - server0
-    bridge_cpu = setup.bridge.cpu_seconds() - bridge0
+    server1, bridge1 = proc_cpu_seconds(server_pid), proc_cpu_seconds(bridge_pid)
+    server_user, server_sys = server1[0] - server0[0], server1[1] - server0[1]
+    bridge_user, bridge_sys = bridge1[0] - bridge0[0], bridge1[1] - bridge0[1]
+    server_cpu, bridge_cpu = server_user + server_sys, bridge_user + bridge_sys
     n = max(1, summary["requests"])
     # CPU counts the connect/login phase and the warm-up second too, the same way for both modes.
     return {
@@ -136,6 +174,8 @@ def measure(setup: Setup, mode: str, conns: int, inflight: int, seconds: float) 
         "server_cpu_us_per_req": server_cpu / n * 1e6,
         "bridge_cpu_us_per_req": bridge_cpu / n * 1e6,
         "client_cpu_us_per_req": client_cpu / n * 1e6,
+        "server_sys_share": server_sys / server_cpu if server_cpu else 0.0,  # kernel part of the CPU time
+        "bridge_sys_share": bridge_sys / bridge_cpu if bridge_cpu else 0.0,
     }
 
 
@@ -171,20 +211,27 @@ def main(argv=None) -> int:
     parser.add_argument("--tries", type=int, default=20, help="bridged logins timed")
     parser.add_argument("--relay-count", type=int, default=100, help="1 MiB frames for the relay bench")
     parser.add_argument("--no-relay", action="store_true", help="skip the relay throughput bench")
+    parser.add_argument("--no-login", action="store_true", help="skip the bridged login timing")
+    parser.add_argument("--shapes", type=parse_shapes, default=SHAPES,
+                        help="connections x in flight, comma-separated (default 1x1,8x4,32x8)")
+    parser.add_argument("--profile-bridge", metavar="FILE", help="run the bridge under cProfile, stats to FILE")
     args = parser.parse_args(argv)
     ensure_node_ws()
     base = tempdir("benchbridge")
     results: dict = {"shapes": []}
     setup = None
     try:
-        setup = Setup(base)
+        setup = Setup(base, os.path.abspath(args.profile_bridge) if args.profile_bridge else None)
         setup.start()
-        for conns, inflight in SHAPES:
+        results["load"] = load_note()
+        print(f"machine: {results['load']}", flush=True)
+        for conns, inflight in args.shapes:
             direct = measure(setup, "direct", conns, inflight, args.seconds)
             bridged = measure(setup, "bridge", conns, inflight, args.seconds)
             row = {"shape": f"{conns}x{inflight}", "direct": direct, "bridge": bridged,
                    "throughput_ratio": bridged["rps"] / direct["rps"],
-                   "added_p50_ms": bridged["p50_ms"] - direct["p50_ms"]}
+                   "added_p50_ms": bridged["p50_ms"] - direct["p50_ms"],
+                   "bridge_to_server_cpu": bridged["bridge_cpu_us_per_req"] / max(1e-9, bridged["server_cpu_us_per_req"])}
             results["shapes"].append(row)
             print(f"{row['shape']:>5}: direct {direct['rps']:7.0f} req/s p50 {direct['p50_ms']:.2f} ms p99 {direct['p99_ms']:.2f} ms"
                   f" | bridged {bridged['rps']:7.0f} req/s p50 {bridged['p50_ms']:.2f} ms p99 {bridged['p99_ms']:.2f} ms"
@@ -193,18 +240,64 @@ def main(argv=None) -> int:
                 print(f"       {mode:>6} cpu/req: server {m['server_cpu_us_per_req']:5.0f} us, bridge {m['bridge_cpu_us_per_req']:5.0f} us,"
                       f" client {m['client_cpu_us_per_req']:5.0f} us (cpu s: server {m['server_cpu_s']:.1f},"
                       f" bridge {m['bridge_cpu_s']:.1f}, client {m['client_cpu_s']:.1f}); errors {m['errors']}", flush=True)
-        login = login_times(setup, args.tries)
-        results["login"] = login
-        total = login["total_ms"]
-        print(f"bridged login (TCP connect -> server token), {login['tries']} tries: median {total['median']:.1f} ms,"
-              f" p90 {total['p90']:.1f} ms, max {total['max']:.1f} ms", flush=True)
-        print("  phases from connect (median): ws open {open_ms[median]:.1f} ms, bridge token {bridge_auth_ms[median]:.1f} ms,"
-              " paired {paired_ms[median]:.1f} ms, server identify {server_identify_ms[median]:.1f} ms,"
-              " server challenge {server_challenge_ms[median]:.1f} ms".format(**login), flush=True)
+            ratio_ok = "ok" if row["throughput_ratio"] >= RATIO_TARGET else "MISSED"
+            cpu_ok = "ok" if row["bridge_to_server_cpu"] <= CPU_TARGET else "MISSED"
+            print(f"       => {row['shape']}: throughput x{row['throughput_ratio']:.2f} of direct (>= {RATIO_TARGET}: {ratio_ok});"
+                  f" bridged: bridge {bridged['bridge_cpu_us_per_req']:.0f} us/req, server {bridged['server_cpu_us_per_req']:.0f}"
+                  f" us/req, bridge/server {row['bridge_to_server_cpu']:.2f} (<= {CPU_TARGET}: {cpu_ok});"
+                  f" kernel share: bridge {bridged['bridge_sys_share']:.0%}, server {bridged['server_sys_share']:.0%}", flush=True)
+        if not args.no_login:
+            login = login_times(setup, args.tries)
+            results["login"] = login
+            total = login["total_ms"]
+            print(f"bridged login (TCP connect -> server token), {login['tries']} tries: median {total['median']:.1f} ms,"
+                  f" p90 {total['p90']:.1f} ms, max {total['max']:.1f} ms", flush=True)
+            print("  phases from connect (median): ws open {open_ms[median]:.1f} ms, bridge token {bridge_auth_ms[median]:.1f} ms,"
+                  " paired {paired_ms[median]:.1f} ms, server identify {server_identify_ms[median]:.1f} ms,"
+                  " server challenge {server_challenge_ms[median]:.1f} ms".format(**login), flush=True)
     finally:
         if setup is not None:
             setup.stop()
         shutil.rmtree(base, True)
+    if args.profile_bridge:
+        results["bridge_profile"] = profile_summary(args.profile_bridge)
+        print("bridge profile (load-independent counts per relayed frame): " + ", ".join(
+            f"{k} {v:.2f}" for k, v in results["bridge_profile"].items()), flush=True)
+    return finish(results, args)
+
+
+def profile_summary(path: str) -> dict:
+    """Per relayed frame (a call of the bridge protocol's onMessage): Python function calls,
+    epoll waits and epoll_ctl calls, from the bridge's cProfile stats."""
+    import pstats
+
+    deadline = time.monotonic() + 10
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.1)  # twistd writes the stats as it exits
+    stats = pstats.Stats(path).stats
+
+    def calls(match) -> int:
+        return sum(v[0] for k, v in stats.items() if match(k))
+
+    frames = max(1, calls(lambda k: k[2] == "onMessage" and k[0].endswith(os.path.join("bridge", "protocol.py"))))
+    total = sum(v[0] for v in stats.values())
+    return {
+        "python_calls": total / frames,
+        "epoll_waits": calls(lambda k: k[2] == "<method 'poll' of 'select.epoll' objects>") / frames,
+        "epoll_ctl": calls(lambda k: k[2] in ("<method 'modify' of 'select.epoll' objects>",
+                                             "<method 'register' of 'select.epoll' objects>",
+                                             "<method 'unregister' of 'select.epoll' objects>")) / frames,
+        "socket_sends": calls(lambda k: k[2] == "<method 'send' of '_socket.socket' objects>") / frames,
+    }
+
+
+def load_note() -> str:
+    """The machine's load at the start of the run (the figures depend on it)."""
+    one, five, _ = os.getloadavg()
+    return f"{os.cpu_count()} cpus, load average {one:.2f} (1 min) {five:.2f} (5 min), cpu busy {psutil.cpu_percent(0.5):.0f}%"
+
+
+def finish(results: dict, args: argparse.Namespace) -> int:
     if not args.no_relay:
         relay = relay_bench(args.relay_count)
         results["relay"] = {k: v for k, v in relay.items() if k != "output"}

@@ -76,7 +76,10 @@ class PeerFlow:
 
     def relay_from(self, sender: "PeerFlow", data: bytes) -> None:
         """Send a relayed frame; pause *sender* while this peer cannot keep up."""
-        self.send(data)
+        if not (self.congested or self.queue or self.closing):
+            self._write(data)  # send()'s common case, one call less per relayed frame
+        else:
+            self.send(data)
         if (self.congested or self.queue) and not self.closing and not sender.closing and sender is not self:
             self._hold(sender)
 

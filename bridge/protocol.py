@@ -70,7 +70,7 @@ from bridge.flow import PeerFlow
 from bridge.relay import Peer, new_peer_id
 from sysadmd.wire.close import CLOSE_INTERNAL, CLOSE_POLICY
 from sysadmd.wire.envelope import encode, error, utf8
-from sysadmd.wire.wsbase import LeanServerMixin
+from sysadmd.wire.wsbase import LeanServerMixin, write_through
 
 
 class BridgeServerProtocol(LeanServerMixin, WebSocketServerProtocol):
@@ -90,11 +90,6 @@ class BridgeServerProtocol(LeanServerMixin, WebSocketServerProtocol):
 
     def close(self, code: int, reason: str) -> None:
         self.close_with(code, reason)
-
-    def _write_frame(self, data: bytes) -> None:
-        # A partner may be told about a disconnect while its own close is under way:
-        # send_text_frame writes nothing once the connection is closing.
-        self.send_text_frame(data)
 
     # --- autobahn callbacks ---------------------------------------------------------------
     def onOpen(self) -> None:
@@ -117,9 +112,12 @@ class BridgeServerProtocol(LeanServerMixin, WebSocketServerProtocol):
         cfg = bridge.config
         peer = Peer(id=new_peer_id(), link=self, address=address)
         transport = self.transport
+        write_through(transport)
         self.flow = PeerFlow(bridge.clock, label=peer.id, limit=cfg.max_peer_buffer_bytes,
                              stall_timeout=cfg.receiver_stall_timeout,
-                             write=self._write_frame,
+                             # A partner may be told about a disconnect while its own close is under
+                             # way: send_text_frame writes nothing once the connection is closing.
+                             write=self.send_text_frame,
                              close=self.close_with,
                              pause_reading=lambda: self.pause_input("relay"),
                              resume_reading=lambda: self.resume_input("relay"),
@@ -131,21 +129,38 @@ class BridgeServerProtocol(LeanServerMixin, WebSocketServerProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         peer = self.relay_peer
-        if peer is None or self.flow is None or self.flow.closing:
+        flow = self.flow
+        if peer is None or flow is None or flow.closing:
+            return
+        if peer.authenticated and payload[:1] != b"{":
+            # A relay frame stays bytes: checked to be UTF-8 once (an ASCII scan, which
+            # base64 bodies pass, else a decode whose text is not kept), routed on its
+            # first line, sent on with the sender's ID in front.
+            if not payload.isascii() and not self._utf8(payload):
+                return
+            routed = self.factory.bridge.directory.relay(peer, payload)
+            if routed is not None:
+                dest, frame = routed
+                dest.link.flow.relay_from(flow, frame)
             return
         try:
             text = payload.decode("utf-8")
         except UnicodeDecodeError as e:
-            self.send_text(encode(error("400", f"message is not valid UTF-8 (byte {e.start}); it was dropped")))
+            self._not_utf8(e)
             return
-        bridge = self.factory.bridge
-        if peer.authenticated and not text.startswith("{"):
-            routed = bridge.directory.route(peer, text)
-            if routed is not None:
-                dest, frame = routed
-                dest.link.flow.relay_from(self.flow, frame.encode("utf-8"))
-        else:
-            bridge.api.handle(peer, text)
+        self.factory.bridge.api.handle(peer, text)
+
+    def _utf8(self, payload: bytes) -> bool:
+        """Whether *payload* is UTF-8; if not, the peer is told and the message dropped."""
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError as e:
+            self._not_utf8(e)
+            return False
+        return True
+
+    def _not_utf8(self, e: UnicodeDecodeError) -> None:
+        self.send_text(encode(error("400", f"message is not valid UTF-8 (byte {e.start}); it was dropped")))
 
     def onClose(self, wasClean: bool, code: Any, reason: Any) -> None:
         if self._auth_timer is not None and self._auth_timer.active():

@@ -73,6 +73,10 @@ class Peer:
     keys_reported: bool = False
     partners: Set[str] = field(default_factory=set)
     announced: Optional[Tuple[str, ...]] = None
+    id_bytes: bytes = field(init=False, default=b"")  # the ID in front of the frames it sends (UTF-8)
+
+    def __post_init__(self) -> None:
+        self.id_bytes = self.id.encode("utf-8")
 
     def available(self) -> List[str]:
         return sorted(self.partners)
@@ -164,17 +168,28 @@ class PeerDirectory:
 
     # --- routing -----------------------------------------------------------------------
     def route(self, source: Peer, frame: str) -> Optional[Tuple[Peer, str]]:
-        """``"<dest>\\n<payload>"`` → ``(dest, "<source>\\n<payload>")`` between partners.
+        """``"<dest>\\n<payload>"`` → ``(dest, "<source>\\n<payload>")`` between partners
+        (:meth:`relay` on text)."""
+        routed = self.relay(source, frame.encode("utf-8", "surrogatepass"))
+        if routed is None:
+            return None
+        dest, out = routed
+        return dest, out.decode("utf-8", "surrogatepass")
 
+    def relay(self, source: Peer, frame: bytes) -> Optional[Tuple[Peer, bytes]]:
+        """``b"<dest>\\n<payload>"`` → ``(dest, b"<source>\\n<payload>")`` between partners.
+
+        The payload is not looked at (the caller has checked that the frame is UTF-8).
         Anything else (no newline, unknown ID, a peer that is not a partner) is dropped
         and the sender gets its current ``available_connections`` again, so it learns
         the ID is gone instead of waiting for an answer that cannot come.
         """
-        newline = frame.find("\n")
+        newline = frame.find(b"\n")
         if newline > 0 and source.authenticated:
-            dest = self.peers.get(frame[:newline])
+            # IDs are ASCII: a destination with other bytes matches none (latin-1 never fails).
+            dest = self.peers.get(frame[:newline].decode("latin-1"))
             if dest is not None and dest.id in source.partners:
-                return dest, source.id + frame[newline:]
+                return dest, source.id_bytes + frame[newline:]
         if source.authenticated:
             self._announce(source, force=True)
         return None

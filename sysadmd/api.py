@@ -111,15 +111,18 @@ class Api:
         except EnvelopeError as e:
             session.send(envelope.error(e.code, e.detail, e.request_id))
             return None
+        return self.handle_request(session, request, len(text))
+
+    def handle_request(self, session: Session, request: Request, size: int) -> Optional[defer.Deferred]:
+        """Like :meth:`handle_text` for a request already parsed from *size* characters."""
         pending = session.auth_in_flight
         if pending is not None:
             max_requests, max_bytes = self.pending_limits
-            if session.parked_requests + 1 > max_requests or session.parked_bytes + len(text) > max_bytes:
+            if session.parked_requests + 1 > max_requests or session.parked_bytes + size > max_bytes:
                 session.close(f"more than {max_requests} requests or {max_bytes} bytes sent while the login was "
                               "being checked (AUTH_PENDING_MAX_REQUESTS/AUTH_PENDING_MAX_BYTES); wait for its reply",
                               CLOSE_POLICY)
                 return None
-            size = len(text)
             session.parked_requests += 1
             session.parked_bytes += size
             d = defer.Deferred()

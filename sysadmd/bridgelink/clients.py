@@ -248,7 +248,7 @@ class BridgedClients:
         if request.route == E2E_ROUTE:
             self._e2e_hello(session, request)
             return
-        self.server.api.handle_text(session, text)
+        self.server.api.handle_request(session, request, len(text))
 
     # --- end-to-end sessions ------------------------------------------------------------
     @staticmethod
@@ -373,7 +373,7 @@ class BridgedClients:
 
     def _run(self, session: Session, request: Request, text: str) -> None:
         """Run a decrypted request (already parsed as *request*) through the API pipeline."""
-        self.server.api.handle_text(session, text)
+        self.server.api.handle_request(session, request, len(text))
 
     def _e2e_finish(self, session: Session, state: E2EState, text: str) -> None:
         """The first encrypted frame: the client's signature of the handshake, a key login."""

@@ -200,7 +200,40 @@ class FrameReader:
             if len(chunks) > 1:
                 chunks[:] = [b"".join([chunks[0][self._pos:], *chunks[1:]])]
                 self._pos = 0
-            frame = self._parse(chunks[0], self._pos, self._avail)
+            buf = chunks[0]
+            pos = self._pos
+            avail = self._avail
+            b0 = buf[pos]
+            if (b0 == 0x81 or b0 == 0x82) and self.masked and self._parts is None and not self.dropping:
+                # The common case inline: a whole masked text/binary message in one frame,
+                # under _BIG_FROM bytes and already all here.  Everything else (and any
+                # error) goes through _parse.
+                b1 = buf[pos + 1]
+                length = b1 & 0x7F
+                head = 6
+                if length == 126 and avail >= 8:
+                    length = (buf[pos + 2] << 8) | buf[pos + 3]
+                    head = 8
+                end = head + length
+                if b1 & 0x80 and length < _BIG_FROM and avail >= end and length <= self.max_message \
+                        and (length < 126 or head == 8):
+                    if length:
+                        key = buf[pos + head - 4:pos + head]
+                        payload = (int.from_bytes(buf[pos + head:pos + end], "little")
+                                   ^ int.from_bytes((key * ((length >> 2) + 1))[:length], "little")
+                                   ).to_bytes(length, "little")
+                    else:
+                        payload = b""
+                    self._need = 2
+                    if avail > end:
+                        self._avail = avail - end
+                        self._pos = pos + end
+                    else:
+                        self._avail = 0
+                        self._chunks = []
+                        self._pos = 0
+                    return b0 & 0x0F, payload
+            frame = self._parse(buf, pos, avail)
             if frame is not None:
                 return frame
         return None

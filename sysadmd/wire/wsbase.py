@@ -16,6 +16,13 @@ and the one place that reaches into autobahn's internals.
   ``sendData``'s fast path mirrors autobahn's own (write, count octets); anything else
   (chopping, sync sends, a backlog) still goes through autobahn.
 
+**Writing through.**  :func:`write_through` (used by the bridge for its peer
+connections) makes a TCP connection send what is written at once instead of on the
+reactor's next writable event; it reads and sets Twisted's ``FileDescriptor`` buffer
+fields (``dataBuffer``, ``offset``, ``_tempDataBuffer``, ``_tempDataLen``) and replaces
+the instance's ``startWriting``.  It checks those names on the connection first and
+leaves a connection unchanged when any is missing.
+
 **The seam.**  Everything above, and the frame path of :class:`LeanServerMixin` /
 :class:`LeanClientMixin`, uses names autobahn does not document (``_dataReceived``,
 ``processData``, ``sendCloseFrame``, ``STATE_OPEN``…).  They are all listed in
@@ -270,6 +277,84 @@ class _FastWire:
             self.logTxOctets(data, False)
 
 
+# --- writing through to the socket --------------------------------------------------
+# The names of Twisted's FileDescriptor that write_through reads and sets.
+_WRITE_THROUGH_NAMES = ("socket", "dataBuffer", "offset", "_tempDataBuffer", "_tempDataLen", "disconnecting",
+                        "producerPaused", "startWriting")
+
+
+def _socket_descriptor(transport: Any) -> Any:
+    """The Twisted FileDescriptor (a TCP connection) under *transport*: the transport
+    itself or a few wrapping layers down (TLS, the connection guard); None if there is none
+    or it lacks a name :func:`write_through` needs."""
+    from twisted.internet.abstract import FileDescriptor
+
+    for _ in range(8):
+        if transport is None:
+            return None
+        if isinstance(transport, FileDescriptor):
+            if all(hasattr(transport, name) for name in _WRITE_THROUGH_NAMES) \
+                    and callable(getattr(transport.socket, "send", None)):
+                return transport
+            return None
+        transport = getattr(transport, "transport", None)
+    return None
+
+
+class _WriteThrough:
+    """Installed as a TCP connection's ``startWriting``: send now, wait for room only if needed.
+
+    Twisted's ``FileDescriptor.write`` buffers the bytes and calls ``startWriting``,
+    which asks the reactor to report the socket writable; the bytes go out on the next
+    loop turn, after two ``epoll_ctl`` calls (watch, unwatch) and one more wake-up.
+    Here, when nothing older is waiting, the buffered bytes are sent at once; only what
+    the kernel does not take (its buffer is full) stays in Twisted's buffer, and the
+    reactor is asked to report room as before.  Order is kept (the immediate send happens
+    only while nothing older is buffered), and so is flow control: when Twisted has just
+    paused the producer (its buffer is over ``bufferSize``), or the connection is being
+    closed, the original path runs.
+    """
+
+    __slots__ = ("fd", "register")
+
+    def __init__(self, fd: Any):
+        self.fd = fd
+        self.register = type(fd).startWriting.__get__(fd)
+
+    def __call__(self) -> None:
+        fd = self.fd
+        if fd._tempDataLen and fd.offset == len(fd.dataBuffer) and not fd.disconnecting and not fd.producerPaused:
+            pending = fd._tempDataBuffer
+            data = pending[0] if len(pending) == 1 else b"".join(pending)
+            try:
+                sent = fd.socket.send(data)
+            except OSError:
+                # No room (EAGAIN/ENOBUFS), or the connection is broken: the reactor's
+                # doWrite tries again and reports a lost connection the usual way.
+                sent = 0
+            fd._tempDataBuffer = []
+            fd._tempDataLen = 0
+            if sent == len(data):
+                fd.dataBuffer = b""
+                fd.offset = 0
+                return
+            fd.dataBuffer = data
+            fd.offset = sent
+        self.register()
+
+
+def write_through(transport: Any) -> bool:
+    """Make the TCP connection under *transport* send written bytes at once (see
+    :class:`_WriteThrough`).  False, and nothing changed, when there is no such
+    connection or Twisted's FileDescriptor lacks a name this relies on."""
+    fd = _socket_descriptor(transport)
+    if fd is None:
+        return False
+    if not isinstance(fd.__dict__.get("startWriting"), _WriteThrough):
+        fd.startWriting = _WriteThrough(fd)
+    return True
+
+
 # Seconds a connection being dropped gets to flush our close frame before it is cut.
 DROP_GRACE = 1.0
 # Frames larger than this go out as two writes (header, payload) instead of one copy.
@@ -496,10 +581,17 @@ class _FastServer(_FastFrames):
         """One text frame (UTF-8 *data*); nothing once the connection is closing."""
         if self.state != self.STATE_OPEN:
             return
-        if len(data) < _JOIN_BELOW:
-            self.sendData(frames.frame_header(frames.TEXT, len(data)) + data)
+        n = len(data)
+        if n < _JOIN_BELOW:
+            # The relay's hot path: sendData's own fast path, without its call.
+            frame = (bytes((0x81, n)) if n < 126 else b"\x81\x7e" + n.to_bytes(2, "big")) + data
+            if self.send_queue or self.logOctets:
+                self.sendData(frame)
+                return
+            self.transport.write(frame)
+            self.trafficStats.outgoingOctetsWireLevel += len(frame)
         else:
-            self.sendData(frames.frame_header(frames.TEXT, len(data)))
+            self.sendData(frames.frame_header(frames.TEXT, n))
             self.sendData(data)
 
 
