@@ -151,6 +151,8 @@ class FleetConsole(BrowserCase):
         frames = [m for m in log if "Network.webSocketFrameSent" in m]
         self.assertTrue(any("pkcs1-sha256" in m for m in frames), "the bridge login is not in the network log")
         self.assertTrue(any("sealed1:" in m and '\\"execute\\"' in m for m in frames), "no sealed fleet/execute sent")
+        received = [m for m in log if "Network.webSocketFrameReceived" in m]
+        self.assertEqual(sum("keyed1:" in m for m in received), 2, "two keyed results expected")
         # The session's frames: one plain hello, to agent1's relay connection as fleet/agents
         # listed it (no other server is asked), then only "!" frames.
         relayed = [json.loads(m)["message"]["params"]["response"]["payloadData"] for m in frames]
