@@ -212,12 +212,12 @@ class FleetConsole(BrowserCase):
                 open.onsuccess = () => {
                   const get = open.result.transaction("keys").objectStore("keys").get("user");
                   get.onsuccess = () => { const k = get.result; open.result.close();
-                    resolve({ sign: k.sign.extractable, decrypt: k.decrypt.extractable, types: [k.sign.type, k.decrypt.type],
+                    resolve({ sign: k.sign.extractable, usages: k.sign.usages, type: k.sign.type,
                               fields: Object.keys(k).sort() }); };
                 };
               })""", None)
-            self.assertEqual(stored, {"sign": False, "decrypt": False, "types": ["private", "private"],
-                                      "fields": ["checksum", "decrypt", "publicPem", "sign", "spki"]})
+            self.assertEqual(stored, {"sign": False, "usages": ["sign"], "type": "private",
+                                      "fields": ["checksum", "publicPem", "sign", "spki"]})
             self.screenshot(driver, "fleet-key")
             # Phone width: everything reachable without a page-wide horizontal scroll.
             driver.set_window_size(390, 844)

@@ -410,7 +410,7 @@ export function fleetPage(ctx) {
   if (key) showKey("this page only");
   else {
     rememberedKey().then((saved) => {
-      if (stopped || key || !saved || !saved.sign || !saved.decrypt) return;
+      if (stopped || key || !saved || !saved.sign) return;
       memoryKey = key = saved;
       remember.checked = true;
       showKey("remembered on this browser");

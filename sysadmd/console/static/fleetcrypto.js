@@ -163,7 +163,8 @@ export function keyChecksum(publicPem) {
   return toBase64(md5(utf8.encode(publicPem)));
 }
 
-// A private key file's text → { sign, decrypt (non-extractable CryptoKeys), publicPem, checksum, spki }.
+// A private key file's text → { sign (a non-extractable CryptoKey), publicPem, checksum, spki }.
+// Only a signing key: nothing the page receives is encrypted to the user's RSA key.
 export async function importUserKey(text) {
   if (typeof text !== "string" || !text.trim()) throw new KeyFileError("the key file is empty");
   if (text.length > MAX_PEM_CHARS) throw new KeyFileError(`the key file is over ${MAX_PEM_CHARS} characters: not a key`);
@@ -186,21 +187,20 @@ export async function importUserKey(text) {
   const { n, e } = rsaNumbers(pkcs1);
   const spki = spkiDer(n, e);
   const publicPem = pemOf("PUBLIC KEY", spki);
-  let sign, decrypt;
+  let sign;
   try {
     sign = await subtle().importKey("pkcs8", pkcs8, SIGN, false, ["sign"]);
-    decrypt = await subtle().importKey("pkcs8", pkcs8, OAEP, false, ["decrypt"]);
   } catch (err) {
     throw new KeyFileError(`the browser refused the key: ${err.message || err.name}`);
   } finally {
     pkcs8.fill(0);
     if (pkcs1.buffer !== pkcs8.buffer) pkcs1.fill(0);
   }
-  return { sign, decrypt, publicPem, checksum: keyChecksum(publicPem), spki };
+  return { sign, publicPem, checksum: keyChecksum(publicPem), spki };
 }
 
 // An agent's public key as fleet/agents lists it (standard base64 of its SPKI DER), checked
-// against the agent's id (sha256 of that DER): { encrypt (RSA-OAEP), verify (RSASSA) }.
+// against the agent's id (sha256 of that DER): { encrypt (RSA-OAEP) }.
 export async function agentKey(spkiB64, agentId) {
   const short = String(agentId).slice(0, 12);
   if (typeof spkiB64 !== "string" || !spkiB64 || spkiB64.length > 8192) {
@@ -216,7 +216,6 @@ export async function agentKey(spkiB64, agentId) {
   try {
     return {
       encrypt: await subtle().importKey("spki", der, OAEP, false, ["encrypt"]),
-      verify: await subtle().importKey("spki", der, SIGN, false, ["verify"]),
     };
   } catch (err) {
     throw new SealError(`agent ${short}: its key is not an RSA public key`);
@@ -297,34 +296,4 @@ export async function seal(publicKey, plaintext, context, contentKey = null) {
 
 export function isSealed(text) {
   return typeof text === "string" && text.startsWith(SEALED_PREFIX);
-}
-
-// The plaintext bytes of sealed *text* for *privateKey* (RSA-OAEP CryptoKey) and *context*.
-export async function openSealed(privateKey, text, context) {
-  if (!isSealed(text)) throw new SealError("not sealed text");
-  if (text.length > MAX_SEALED_CHARS) throw new SealError("sealed text too long");
-  const rest = text.slice(SEALED_PREFIX.length);
-  const dot = rest.indexOf(".");
-  if (dot < 0) throw new SealError("sealed text without its '.'");
-  const wrapped = fromBase64(rest.slice(0, dot));
-  const body = fromBase64(rest.slice(dot + 1));
-  if (body.length < 12 + 16) throw new SealError("sealed body too short");
-  let contentKey;
-  try {
-    contentKey = new Uint8Array(await subtle().decrypt(OAEP, privateKey, wrapped));
-  } catch (err) {
-    throw new SealError("sealed to another key");
-  }
-  if (contentKey.length !== 32) throw new SealError("sealed with a content key of the wrong size");
-  try {
-    return chacha20poly1305(contentKey, body.subarray(0, 12), context).decrypt(body.subarray(12));
-  } catch (err) {
-    throw new SealError("sealed text altered, or sealed for another command or agent");
-  } finally {
-    contentKey.fill(0);
-  }
-}
-
-export async function openSealedText(privateKey, text, context) {
-  return fromUtf8.decode(await openSealed(privateKey, text, context));
 }
