@@ -587,9 +587,13 @@ class Fleet:
             if not (peer.provable & self._agent_md5s(agent.id)):
                 continue
             online = agent.id in self.online
-            result.append({"id": agent.id, "name": agent.name, "key": agent.key, "online": online,
-                           "last_seen": self.now() if online else agent.last_seen,
-                           "rtt": self.rtt.get(agent.id, agent.rtt), "pending": counts.get(agent.id, 0)})
+            row = {"id": agent.id, "name": agent.name, "key": agent.key, "online": online,
+                   "last_seen": self.now() if online else agent.last_seen,
+                   "rtt": self.rtt.get(agent.id, agent.rtt), "pending": counts.get(agent.id, 0)}
+            if online:
+                # Its relay connection ID now: a client opens a live session there, and only there.
+                row["connection"] = self.online[agent.id].id
+            result.append(row)
         return result
 
     def _may_address(self, peer: Peer, agent_id: str) -> None:

@@ -2,7 +2,8 @@
 imported with WebCrypto (never sent: the page's network log, requests and WebSocket frames,
 never holds its base64), the bridge login with the digest scheme, a real bridge with two real
 agents online, `echo hello` run on both with commands sealed and signed in the page and the
-sealed, agent-signed results opened there; the key remembered in IndexedDB only when asked;
+results (encrypted under keys derived from the page's content keys) opened there; one agent's
+dashboard over an end-to-end session whose hello goes only to that agent's relay connection; the key remembered in IndexedDB only when asked;
 and a cross-check of the page's constructions against Python's (sysadmd/wire/seal.py,
 fleetsig.py).  Screenshots go to tests/artifacts/console/."""
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import socket
 import uuid
 
@@ -135,7 +137,8 @@ class FleetConsole(BrowserCase):
                        and d.find_element(By.ID, "dash-hostname").text == socket.gethostname(), 30, "agent1's dashboard")
             view = driver.find_element(By.CSS_SELECTOR, "#fleet-agent-view section")
             self.assertEqual(view.get_attribute("data-agent"), cluster.agents[0].id)
-            self.assertIn(f"checked against its id {cluster.agents[0].id[:12]}", driver.find_element(By.ID, "fleet-status").text)
+            self.assertIn(f"checked against its id {cluster.agents[0].id[:12]}, bound to its bridge connection",
+                          driver.find_element(By.ID, "fleet-status").text)
             self.until(driver, lambda d: int(d.find_element(By.CSS_SELECTOR, "#fleet-agent-view canvas").get_attribute(
                 "data-samples") or 0) >= 1, 20, "a system-state reading from agent1")
             self.screenshot(driver, "fleet-agent-dashboard")
@@ -148,10 +151,24 @@ class FleetConsole(BrowserCase):
         frames = [m for m in log if "Network.webSocketFrameSent" in m]
         self.assertTrue(any("pkcs1-sha256" in m for m in frames), "the bridge login is not in the network log")
         self.assertTrue(any("sealed1:" in m and '\\"execute\\"' in m for m in frames), "no sealed fleet/execute sent")
-        # The session's frames: a plain hello to each server, then only "!" frames.
+        received = [m for m in log if "Network.webSocketFrameReceived" in m]
+        self.assertEqual(sum("keyed1:" in m for m in received), 2, "two keyed results expected")
+        # The session's frames: one plain hello, to agent1's relay connection as fleet/agents
+        # listed it (no other server is asked), then only "!" frames.
         relayed = [json.loads(m)["message"]["params"]["response"]["payloadData"] for m in frames]
         relayed = [p for p in relayed if not p.startswith("{")]
-        self.assertTrue(any('"step":"hello"' in p for p in relayed))
+        hellos = [p for p in relayed if '"step":"hello"' in p]
+        self.assertEqual(len(hellos), 1, hellos)
+        listed = set()
+        for m in log:
+            if "Network.webSocketFrameReceived" in m:
+                data = json.loads(m)["message"]["params"]["response"]["payloadData"]
+                if data.startswith("{") and '"agents"' in data:
+                    args = json.loads(data).get("args")
+                    for row in (args.get("agents") or []) if isinstance(args, dict) else []:
+                        if row.get("id") == cluster.agents[0].id and row.get("connection"):
+                            listed.add(row["connection"])
+        self.assertIn(hellos[0].split("\n", 1)[0], listed)
         encrypted = [p for p in relayed if p.split("\n", 1)[1].startswith("!")]
         self.assertGreaterEqual(len(encrypted), 3)  # finish, query, identify, systeminfo, subscribe
         self.assertEqual([p for p in relayed if '"step":"hello"' not in p and p not in encrypted], [])
@@ -195,12 +212,12 @@ class FleetConsole(BrowserCase):
                 open.onsuccess = () => {
                   const get = open.result.transaction("keys").objectStore("keys").get("user");
                   get.onsuccess = () => { const k = get.result; open.result.close();
-                    resolve({ sign: k.sign.extractable, decrypt: k.decrypt.extractable, types: [k.sign.type, k.decrypt.type],
+                    resolve({ sign: k.sign.extractable, usages: k.sign.usages, type: k.sign.type,
                               fields: Object.keys(k).sort() }); };
                 };
               })""", None)
-            self.assertEqual(stored, {"sign": False, "decrypt": False, "types": ["private", "private"],
-                                      "fields": ["checksum", "decrypt", "publicPem", "sign", "spki"]})
+            self.assertEqual(stored, {"sign": False, "usages": ["sign"], "type": "private",
+                                      "fields": ["checksum", "publicPem", "sign", "spki"]})
             self.screenshot(driver, "fleet-key")
             # Phone width: everything reachable without a page-wide horizontal scroll.
             driver.set_window_size(390, 844)
@@ -232,55 +249,68 @@ class FleetConsole(BrowserCase):
         agent_id = hashlib.sha256(base64.b64decode(agent_spki)).hexdigest()
         command_id = uuid.uuid4().hex
         marker = "marker-" + uuid.uuid4().hex + " \u00e9\u4e2d"
-        result_text = json.dumps({"ok": True, "outcome": "succeeded", "reply": {"cmd_list": ["echo"], "echo": "hi\n"}})
-        sealed_result = seal.seal_result(agent, user.public_key(), command_id, agent_id, result_text)
-        forged = seal.seal_result(ks.private_key("stranger"), user.public_key(), command_id, agent_id, result_text)
         driver = yield self.open_browser()
+        yield self.b(driver.get, self.url)
 
-        def steps(driver):
-            driver.get(self.url)
-            step = """(async () => {
-              const key = await m.importUserKey(input.pkcs1);
-              const key8 = await m.importUserKey(input.pkcs8);
-              const agent = await m.agentKey(input.spki, input.agentId);
-              let wrongAgent = null;
-              try { await m.agentKey(input.spki, "0".repeat(64)); } catch (err) { wrongAgent = err.message; }
-              const payload = await m.seal(agent.encrypt, input.marker, m.fleetContext("command", input.id, input.agentId));
-              const opened = await m.openResult(key.decrypt, agent.verify, input.id, input.agentId, input.sealedResult);
-              let forged = null;
-              try { await m.openResult(key.decrypt, agent.verify, input.id, input.agentId, input.forged); } catch (err) { forged = err.message; }
-              let moved = null;
-              try { await m.openResult(key.decrypt, agent.verify, "f".repeat(32), input.agentId, input.sealedResult); } catch (err) { moved = err.message; }
-              return { checksum: key.checksum, checksum8: key8.checksum, pem: key.publicPem, extractable: key.sign.extractable,
-                       payload, opened, forged, moved, wrongAgent,
-                       signature: await m.signCommand(key.sign, input.id, input.agentId, payload),
-                       login: await m.bridgeLoginSignature(key.sign, "challenge123") };
-            })()"""
-            return in_page(driver, step, {
-                "pkcs1": crypto.private_pem(user).decode(), "agentId": agent_id, "id": command_id, "marker": marker,
-                "pkcs8": user.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                            serialization.NoEncryption()).decode(),
-                "spki": agent_spki, "sealedResult": sealed_result, "forged": forged})
-
-        out = yield self.b(steps, driver)
-        self.assertNotIn("error", out, out)
-        self.assertEqual(out["pem"], crypto.public_pem(user))
-        self.assertEqual(out["checksum"], crypto.md5_checksum(crypto.public_pem(user)))
-        self.assertEqual(out["checksum8"], out["checksum"])
-        self.assertFalse(out["extractable"])
-        # Sealed in the page, opened by Python with the agent's key and the same context only.
-        self.assertEqual(seal.open_sealed(agent, out["payload"], seal.fleet_context("command", command_id, agent_id)),
-                         marker.encode("utf-8"))
+        # 1. The page seals a payload under a content key it keeps, and signs it.
+        sent = yield self.b(in_page, driver, """(async () => {
+            const key = await m.importUserKey(input.pkcs1);
+            const key8 = await m.importUserKey(input.pkcs8);
+            const agent = await m.agentKey(input.spki, input.agentId);
+            let wrongAgent = null;
+            try { await m.agentKey(input.spki, "0".repeat(64)); } catch (err) { wrongAgent = err.message; }
+            const contentKey = m.newContentKey();
+            const payload = await m.seal(agent.encrypt, input.marker, m.fleetContext("command", input.id, input.agentId),
+                                         contentKey);
+            window.fleetTest = { contentKey };
+            return { checksum: key.checksum, checksum8: key8.checksum, pem: key.publicPem, extractable: key.sign.extractable,
+                     payload, wrongAgent, resultKey: m.toBase64(await m.resultKey(contentKey)),
+                     signature: await m.signCommand(key.sign, input.id, input.agentId, payload),
+                     login: await m.bridgeLoginSignature(key.sign, "challenge123") };
+          })()""", {
+            "pkcs1": crypto.private_pem(user).decode(), "agentId": agent_id, "id": command_id, "marker": marker,
+            "pkcs8": user.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()).decode(),
+            "spki": agent_spki})
+        self.assertNotIn("error", sent, sent)
+        self.assertEqual(sent["pem"], crypto.public_pem(user))
+        self.assertEqual(sent["checksum"], crypto.md5_checksum(crypto.public_pem(user)))
+        self.assertEqual(sent["checksum8"], sent["checksum"])
+        self.assertFalse(sent["extractable"])
+        self.assertIn("not the key its id names", sent["wrongAgent"])
+        # Opened by Python's agent side with the agent's key and the same context only.
+        context = seal.fleet_context("command", command_id, agent_id)
+        plain, content_key = seal.open_sealed_key(agent, sent["payload"], context)
+        self.assertEqual(plain, marker.encode("utf-8"))
+        self.assertEqual(seal.open_sealed(agent, sent["payload"], context), plain)
         with self.assertRaises(seal.SealError):
-            seal.open_sealed(agent, out["payload"], seal.fleet_context("event", command_id, agent_id))
-        self.assertTrue(fleetsig.verify_command(user.public_key(), out["signature"], command_id, agent_id, out["payload"]))
-        user.public_key().verify(base64.b64decode(out["login"]), b"sysadm-bridge-login/1\nchallenge123",
+            seal.open_sealed(agent, sent["payload"], seal.fleet_context("event", command_id, agent_id))
+        self.assertEqual(base64.b64decode(sent["resultKey"]), seal.result_key(content_key))
+        self.assertTrue(fleetsig.verify_command(user.public_key(), sent["signature"], command_id, agent_id,
+                                                sent["payload"]))
+        user.public_key().verify(base64.b64decode(sent["login"]), b"sysadm-bridge-login/1\nchallenge123",
                                  padding.PKCS1v15(), hashes.SHA256())
-        # Sealed and signed by Python's agent side, opened and checked in the page.
+
+        # 2. The agent's result, keyed by Python under that content key, opens in the page; one
+        # under another key, or for another command, does not.
+        result_text = json.dumps({"ok": True, "outcome": "succeeded", "reply": {"cmd_list": ["echo"], "echo": "hi\n"}})
+        result_context = seal.fleet_context("result", command_id, agent_id)
+        keyed = seal.seal_keyed(seal.result_key(content_key), result_text.encode("utf-8"), result_context)
+        forged = seal.seal_keyed(seal.result_key(os.urandom(32)), result_text.encode("utf-8"), result_context)
+        out = yield self.b(in_page, driver, """(async () => {
+            const k = window.fleetTest.contentKey;
+            const tryOpen = async (...args) => { try { await m.openResult(...args); return null; } catch (err) { return err.message; } };
+            return { opened: await m.openResult(k, input.id, input.agentId, input.keyed),
+                     forged: await tryOpen(k, input.id, input.agentId, input.forged),
+                     moved: await tryOpen(k, "f".repeat(32), input.agentId, input.keyed),
+                     sealedForm: await tryOpen(k, input.id, input.agentId, input.payload) };
+          })()""", {"id": command_id, "agentId": agent_id, "keyed": keyed, "forged": forged, "payload": sent["payload"]})
+        self.assertNotIn("error", out, out)
         self.assertEqual(out["opened"], result_text)
-        self.assertIn("not signed by the agent", out["forged"])
-        self.assertIn("altered, or sealed for another", out["moved"])
-        self.assertIn("not the key its id names", out["wrongAgent"])
+        self.assertIn("does not open with this command's key", out["forged"])
+        self.assertIn("does not open with this command's key", out["moved"])
+        self.assertIn("not a keyed result", out["sealedForm"])
+        self.assertEqual(self.browser_errors(driver), [])
 
     @defer.inlineCallbacks
     def test_page_session_handshake_matches_python(self):
@@ -296,27 +326,45 @@ class FleetConsole(BrowserCase):
         hello = yield self.b(in_page, driver, """(async () => {
             const s = await import("/console/fleetsession.js");
             const key = await m.importUserKey(input);
-            window.fleetTest = { s, key, hs: await s.ClientHandshake.create(key), forged: await s.ClientHandshake.create(key) };
-            return [window.fleetTest.hs.hello(), window.fleetTest.forged.hello()];
+            const names = ["hs", "forged", "tag", "elsewhere", "stranger"];
+            window.fleetTest = { s, key };
+            for (const name of names) window.fleetTest[name] = await s.ClientHandshake.create(key);
+            return names.map((name) => window.fleetTest[name].hello());
           })()""", crypto.private_pem(user).decode())
         self.assertEqual(hello[0]["key"], crypto.md5_checksum(crypto.public_pem(user)))
+        here, there = "::{" + str(uuid.uuid4()) + "}", "::{" + str(uuid.uuid4()) + "}"
         server = e2e.ServerHandshake(agent)
-        channel, reply = server.accept(hello[0])
+        channel, reply = server.accept(hello[0], connection_id=here)
         # An accept signed by another key than the one it carries is refused in the page.
-        _, forged = e2e.ServerHandshake(agent).accept(hello[1])
+        _, forged = e2e.ServerHandshake(agent).accept(hello[1], connection_id=here)
         forged["sig"] = e2e.ServerHandshake(ks.private_key("stranger")).accept(hello[1])[1]["sig"]
+        # A connection ID changed on the way (its tag no longer matches).
+        _, tagged = e2e.ServerHandshake(agent).accept(hello[2], connection_id=here)
+        tagged["server_connection_id"] = there
+        # A genuine accept of the agent, bound to another connection than the one asked.
+        _, elsewhere = e2e.ServerHandshake(agent).accept(hello[3], connection_id=there)
+        # A genuine accept of another server (not the agent chosen).
+        _, stranger = e2e.ServerHandshake(ks.private_key("stranger")).accept(hello[4], connection_id=here)
         out = yield self.b(in_page, driver, """(async () => {
             const t = window.fleetTest;
-            const accepted = await t.hs.accept(input.reply);
+            const expect = { serverId: input.agentId, connectionId: input.here };
+            const accepted = await t.hs.accept(input.reply, expect);
             t.cipher = accepted.cipher;
-            let forged = null;
-            try { await t.forged.accept(input.forged); } catch (err) { forged = err.message; }
-            return { serverId: accepted.serverId, finish: accepted.finish, forged,
+            const refused = {};
+            for (const name of ["forged", "tag", "elsewhere", "stranger"]) {
+              try { await t[name].accept(input[name], expect); refused[name] = "accepted"; } catch (err) { refused[name] = err.message; }
+            }
+            return { serverId: accepted.serverId, bound: accepted.serverConnectionId, finish: accepted.finish, refused,
                      frames: [accepted.cipher.seal('{"n":1}'), accepted.cipher.seal('{"n":2}')] };
-          })()""", {"reply": reply, "forged": forged})
+          })()""", {"reply": reply, "forged": forged, "tag": tagged, "elsewhere": elsewhere, "stranger": stranger,
+                     "agentId": agent_id, "here": here})
         self.assertNotIn("error", out, out)
         self.assertEqual(out["serverId"], agent_id)
-        self.assertIn("signature does not match", out["forged"])
+        self.assertEqual(out["bound"], here)
+        self.assertIn("signature does not match", out["refused"]["forged"])
+        self.assertIn("connection_tag: does not match", out["refused"]["tag"])
+        self.assertIn(f"comes from bridge connection {there}", out["refused"]["elsewhere"])
+        self.assertIn("not the agent's", out["refused"]["stranger"])
         server.finish(user.public_key(), out["finish"])  # raises if the page's signature is wrong
         self.assertEqual([channel.open(f) for f in out["frames"]], [b'{"n":1}', b'{"n":2}'])
         answers = [channel.seal(b'{"pong":1}'), channel.seal(b'{"pong":2}')]

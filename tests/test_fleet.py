@@ -200,3 +200,65 @@ class FleetTests(unittest.TestCase):
 def _chattr(flag, path):
     from twisted.internet import utils
     return utils.getProcessOutputAndValue("chattr", [flag, path])
+
+
+def _agents_reply(frame: str):
+    if frame.startswith("{"):
+        message = json.loads(frame)
+        if message.get("namespace") == "fleet" and message.get("name") == "response" \
+                and str(message.get("id", "")).startswith("conn-"):
+            return message["args"]
+    return None
+
+
+def _available(frames):
+    """The servers the bridge last listed to this client (events/bridge available_connections)."""
+    latest = None
+    for frame in frames:
+        if frame.startswith("{"):
+            message = json.loads(frame)
+            args = message.get("args")
+            if message.get("namespace") == "events" and isinstance(args, dict) and "available_connections" in args:
+                latest = args["available_connections"]
+    return latest
+
+
+class FleetConnectionTests(unittest.TestCase):
+    timeout = 90
+
+    @defer.inlineCallbacks
+    def test_agents_rows_name_the_agents_current_relay_connection(self):
+        """fleet/agents carries an online agent's relay connection ID (the one to send an
+        end-to-end hello to, §8.5), a new one after it reconnects, and none while offline."""
+        cluster = FleetCluster(self, agents=1)
+        yield cluster.setup()
+        yield cluster.wait_online(cluster.agents)
+        agent = cluster.agents[0]
+        watcher = yield cluster.watcher()
+        asked = [0]
+
+        @defer.inlineCallbacks
+        def row():
+            asked[0] += 1
+            start = len(watcher.frames)
+            watcher.send(json.dumps({"args": {}, "id": f"conn-{asked[0]}", "name": "agents", "namespace": "fleet"}))
+            (reply, _) = yield watcher.wait_for(_agents_reply, "fleet/agents", start)
+            return next(r for r in reply["agents"] if r["id"] == agent.id)
+
+        first = yield row()
+        self.assertTrue(first["online"])
+        self.assertRegex(first["connection"], r"^::\{[0-9a-f-]{36}\}$")
+        self.assertEqual(_available(watcher.frames), [first["connection"]])
+        yield cluster.stop_agent(agent)
+        yield watcher.wait_for(fleet_event("agent", online=False, agent=agent.id), "the offline event", timeout=10)
+        offline = yield row()
+        self.assertFalse(offline["online"])
+        self.assertNotIn("connection", offline)
+        start = len(watcher.frames)
+        yield cluster.start_agent(agent)
+        yield watcher.wait_for(fleet_event("agent", online=True, agent=agent.id), "the online event", start, timeout=20)
+        again = yield row()
+        self.assertTrue(again["online"])
+        self.assertNotEqual(again["connection"], first["connection"])
+        yield wait_until(lambda: _available(watcher.frames) == [again["connection"]], 10,
+                         "the new connection listed as available")

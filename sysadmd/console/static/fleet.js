@@ -2,14 +2,16 @@
 // (docs/protocol.md §8.1, §8.5, §8.6).  The key is imported into WebCrypto as non-extractable
 // keys; it is kept in IndexedDB only when "Remember on this browser" is ticked, otherwise in
 // this page's memory only; the key file's text is dropped once imported and never sent.
-// Commands are sealed to each agent's key (checked against the agent's id) and signed; their
-// results are opened here.  The bridge sees ids, states and sealed text only.
+// Commands are sealed to each agent's key (checked against the agent's id) under a random
+// content key kept in this page's memory until the result came (never stored, never sent
+// but sealed), and signed; each result comes back encrypted under a key derived from that
+// content key and is opened here.  The bridge sees ids, states and sealed text only.
 
 import { ApiError, Connection, ConnectionClosed } from "./api.js";
 import { dashboardPage } from "./dashboard.js";
 import { h, field, formatTime, uid } from "./dom.js";
 import { Relay, openAgentSession } from "./fleetsession.js";
-import { agentKey, bridgeLoginSignature, fleetContext, importUserKey, isSealed, openResult, seal,
+import { agentKey, bridgeLoginSignature, fleetContext, importUserKey, isKeyed, newContentKey, openResult, seal,
   signCommand } from "./fleetcrypto.js";
 
 const DB_NAME = "sysadmd-fleet";
@@ -21,6 +23,9 @@ const URL_KEY = "sysadmd.fleet.bridge";
 
 // The imported key of this page (memory), shared by the pages of one console tab.
 let memoryKey = null;
+// command id -> its content key (32 bytes), for the commands this page sent and has not yet
+// read the result of: only this page and the agent can open (and make) a command's result.
+const contentKeys = new Map();
 
 function idb(mode, work) {
   return new Promise((resolve, reject) => {
@@ -94,24 +99,30 @@ export async function runOnAgents(conn, key, agents, command, show, ttl = 3600) 
   const payload = JSON.stringify({ commands: [command], kind: "job", timeout: 3600 });
   const commands = [];
   const byId = new Map();
-  const agentKeys = new Map();
   for (const agent of agents) {
     const keys = await agentKey(agent.key, agent.id);  // checked against the id before anything is sealed
     const id = crypto.randomUUID().replace(/-/g, "");
-    const sealed = await seal(keys.encrypt, payload, fleetContext("command", id, agent.id));
+    const contentKey = newContentKey();
+    const sealed = await seal(keys.encrypt, payload, fleetContext("command", id, agent.id), contentKey);
     commands.push({ id, agent: agent.id, payload: sealed, key: key.checksum,
       signature: await signCommand(key.sign, id, agent.id, sealed) });
     byId.set(id, agent);
-    agentKeys.set(id, keys);
+    contentKeys.set(id, contentKey);
   }
-  await conn.call("fleet", "execute", { commands, ttl });
+  try {
+    await conn.call("fleet", "execute", { commands, ttl });
+  } catch (err) {
+    for (const { id } of commands) forgetContentKey(id);
+    throw err;
+  }
   const outcomes = await Promise.all(commands.map(async ({ id }) => {
     const agent = byId.get(id);
     let outcome;
     try {
       let reply;
       do { reply = await conn.call("fleet", "wait", { id, timeout: WAIT_SECONDS }); } while (!FINAL.has(reply.status));
-      outcome = await readResult(key, agentKeys.get(id), agent, reply);
+      outcome = await readResult(contentKeys.get(id), agent, reply);
+      forgetContentKey(id);
     } catch (err) {
       outcome = { status: "UNKNOWN", outcome: "unknown", ok: false, error: err.message, output: "" };
     }
@@ -121,21 +132,33 @@ export async function runOnAgents(conn, key, agents, command, show, ttl = 3600) 
   return outcomes;
 }
 
-async function readResult(key, keys, agent, reply) {
+function forgetContentKey(id) {
+  const contentKey = contentKeys.get(id);
+  if (contentKey) contentKey.fill(0);
+  contentKeys.delete(id);
+}
+
+async function readResult(contentKey, agent, reply) {
   const base = { status: reply.status, outcome: reply.status.toLowerCase(), ok: false, error: null, output: "", sealed: false };
   if (typeof reply.result !== "string") return base;
   let text = reply.result;
-  if (isSealed(text)) {
-    text = await openResult(key.decrypt, keys.verify, reply.id, agent.id, text);
+  if (isKeyed(text)) {
+    if (!contentKey) return { ...base, outcome: "unverified", error: "this page no longer holds the command's key" };
+    try {
+      text = await openResult(contentKey, reply.id, agent.id, text);
+    } catch (err) {
+      return { ...base, outcome: "unverified", error: err.message };
+    }
     base.sealed = true;
   } else if (text) {
-    // Only an agent's refusal before it knew our key comes unsealed: shown, never counted as success.
+    // Only an agent's refusal before it opened the payload comes in plaintext: shown, never counted as success.
     base.unverified = true;
   }
   let result;
   try { result = JSON.parse(text); } catch (err) { return { ...base, error: "the agent's result is not JSON" }; }
   if (!result || typeof result !== "object") return { ...base, error: "the agent's result is not an object" };
-  return { ...base, outcome: String(result.outcome || base.outcome),
+  const claimed = String(result.outcome || base.outcome);
+  return { ...base, outcome: base.unverified && (result.ok === true || claimed === "succeeded") ? "unverified" : claimed,
     ok: reply.status === "COMPLETE" && result.ok === true && base.sealed,
     error: result.error || null, output: outputOf(result).slice(0, MAX_OUTPUT_CHARS), host: result.host };
 }
@@ -249,7 +272,7 @@ export function fleetPage(ctx) {
     say(`Opening an end-to-end session with ${agent.name} through the bridge…`);
     let session;
     try {
-      session = await openAgentSession(conn.relay, key, agent.id);
+      session = await openAgentSession(conn.relay, key, agents.get(agent.id) || agent);  // its current connection
       const [query, identity] = await Promise.all([session.call("rpc", "query", {}), session.call("rpc", "identify", {})]);
       if (stopped) { session.close(); return; }
       const rights = query || {};
@@ -279,7 +302,8 @@ export function fleetPage(ctx) {
         h("div", { class: "actions" }, h("h2", {}, `${agent.name} (${(identity && identity.hostname) || "?"}), ` +
           "through the bridge, end-to-end encrypted"), h("button", { type: "button", onclick: closeDashboard }, "Close dashboard")),
         page.el));
-      say(`Session with ${agent.name}: server key checked against its id ${agent.id.slice(0, 12)}.`);
+      say(`Session with ${agent.name}: server key checked against its id ${agent.id.slice(0, 12)}` +
+        `${session.serverConnectionId ? ", bound to its bridge connection" : ""}.`);
       agentView.scrollIntoView({ block: "start" });
     } catch (err) {
       if (session) session.close();
@@ -386,7 +410,7 @@ export function fleetPage(ctx) {
   if (key) showKey("this page only");
   else {
     rememberedKey().then((saved) => {
-      if (stopped || key || !saved || !saved.sign || !saved.decrypt) return;
+      if (stopped || key || !saved || !saved.sign) return;
       memoryKey = key = saved;
       remember.checked = true;
       showKey("remembered on this browser");

@@ -1,7 +1,8 @@
 // The fleet view's cryptography, with WebCrypto and two vendored libraries (vendor/VENDORED.md):
 // the user's RSA key (PEM, PKCS#8 or PKCS#1) imported as NON-extractable CryptoKeys, the
-// bridge login signature (docs/protocol.md §8.1), the fleet command signature (§8.5) and
-// sealed text (§8.6): RSA-OAEP SHA-256 wraps a fresh ChaCha20-Poly1305 key.  Nothing here
+// bridge login signature (docs/protocol.md §8.1), the fleet command signature (§8.5),
+// sealed text (§8.6: RSA-OAEP SHA-256 wraps a ChaCha20-Poly1305 content key) and keyed
+// results (under HKDF of the command's content key).  Nothing here
 // sends anything anywhere; the PEM text is read once and not kept.
 
 import { chacha20poly1305 } from "./vendor/noble-ciphers/chacha.js";
@@ -162,7 +163,8 @@ export function keyChecksum(publicPem) {
   return toBase64(md5(utf8.encode(publicPem)));
 }
 
-// A private key file's text → { sign, decrypt (non-extractable CryptoKeys), publicPem, checksum, spki }.
+// A private key file's text → { sign (a non-extractable CryptoKey), publicPem, checksum, spki }.
+// Only a signing key: nothing the page receives is encrypted to the user's RSA key.
 export async function importUserKey(text) {
   if (typeof text !== "string" || !text.trim()) throw new KeyFileError("the key file is empty");
   if (text.length > MAX_PEM_CHARS) throw new KeyFileError(`the key file is over ${MAX_PEM_CHARS} characters: not a key`);
@@ -185,21 +187,20 @@ export async function importUserKey(text) {
   const { n, e } = rsaNumbers(pkcs1);
   const spki = spkiDer(n, e);
   const publicPem = pemOf("PUBLIC KEY", spki);
-  let sign, decrypt;
+  let sign;
   try {
     sign = await subtle().importKey("pkcs8", pkcs8, SIGN, false, ["sign"]);
-    decrypt = await subtle().importKey("pkcs8", pkcs8, OAEP, false, ["decrypt"]);
   } catch (err) {
     throw new KeyFileError(`the browser refused the key: ${err.message || err.name}`);
   } finally {
     pkcs8.fill(0);
     if (pkcs1.buffer !== pkcs8.buffer) pkcs1.fill(0);
   }
-  return { sign, decrypt, publicPem, checksum: keyChecksum(publicPem), spki };
+  return { sign, publicPem, checksum: keyChecksum(publicPem), spki };
 }
 
 // An agent's public key as fleet/agents lists it (standard base64 of its SPKI DER), checked
-// against the agent's id (sha256 of that DER): { encrypt (RSA-OAEP), verify (RSASSA) }.
+// against the agent's id (sha256 of that DER): { encrypt (RSA-OAEP) }.
 export async function agentKey(spkiB64, agentId) {
   const short = String(agentId).slice(0, 12);
   if (typeof spkiB64 !== "string" || !spkiB64 || spkiB64.length > 8192) {
@@ -215,7 +216,6 @@ export async function agentKey(spkiB64, agentId) {
   try {
     return {
       encrypt: await subtle().importKey("spki", der, OAEP, false, ["encrypt"]),
-      verify: await subtle().importKey("spki", der, SIGN, false, ["verify"]),
     };
   } catch (err) {
     throw new SealError(`agent ${short}: its key is not an RSA public key`);
@@ -237,70 +237,63 @@ export async function signCommand(signKey, commandId, agentId, payload) {
   return rsaSign(signKey, `sysadm-fleet-command/1\n${commandId}\n${agentId}\n${digest}`);
 }
 
-// A command's result sealed by its agent (sysadmd/wire/seal.py open_result): the result text
-// once the agent's signature over it checks; SealError otherwise.
-export async function openResult(decryptKey, agentVerifyKey, commandId, agentId, text) {
-  const inner = await openSealedText(decryptKey, text, fleetContext("result", commandId, agentId));
-  let body;
-  try { body = JSON.parse(inner); } catch (err) { throw new SealError("the sealed result is not JSON"); }
-  if (!body || typeof body.result !== "string" || typeof body.signature !== "string") {
-    throw new SealError('the sealed result is not {"result": TEXT, "signature": SIG}');
+// A command's result (sysadmd/wire/seal.py open_keyed): "keyed1:" + b64(nonce || ChaCha20-Poly1305
+// ciphertext) under resultKey(the command's content key), associated data the result context.
+// Only this page (which chose the content key) and the agent (which opened the payload) know
+// that key, so a result that opens is the agent's; SealError otherwise.
+export const KEYED_PREFIX = "keyed1:";
+
+export function isKeyed(text) {
+  return typeof text === "string" && text.startsWith(KEYED_PREFIX);
+}
+
+// HKDF-SHA256(ikm = content key, no salt, info "sysadm-fleet/1 result key") → 32 bytes.
+export async function resultKey(contentKey) {
+  const ikm = await subtle().importKey("raw", contentKey, "HKDF", false, ["deriveBits"]);
+  return new Uint8Array(await subtle().deriveBits(
+    { name: "HKDF", hash: "SHA-256", salt: new Uint8Array(0), info: utf8.encode("sysadm-fleet/1 result key") }, ikm, 256));
+}
+
+export async function openResult(contentKey, commandId, agentId, text) {
+  if (!isKeyed(text)) throw new SealError("not a keyed result (it must start with 'keyed1:')");
+  if (text.length > MAX_SEALED_CHARS) throw new SealError("keyed result too long");
+  const body = fromBase64(text.slice(KEYED_PREFIX.length));
+  if (body.length < 12 + 16) throw new SealError("keyed result too short");
+  const key = await resultKey(contentKey);
+  try {
+    return fromUtf8.decode(chacha20poly1305(key, body.subarray(0, 12), fleetContext("result", commandId, agentId))
+      .decrypt(body.subarray(12)));
+  } catch (err) {
+    throw new SealError("the result does not open with this command's key (altered, another command's, or not " +
+                        "made by the agent)");
+  } finally {
+    key.fill(0);
   }
-  const digest = await sha256Hex(utf8.encode(body.result));
-  let signature;
-  try { signature = fromBase64(body.signature); } catch (err) { throw new SealError("the result's signature is not base64"); }
-  const message = utf8.encode(`sysadm-fleet-result/1\n${commandId}\n${agentId}\n${digest}`);
-  if (!(await subtle().verify(SIGN, agentVerifyKey, signature, message))) {
-    throw new SealError("the result is not signed by the agent's key");
-  }
-  return body.result;
 }
 
 export function fleetContext(kind, itemId, agentId) {
   return utf8.encode(`sysadm-fleet/1\n${kind}\n${itemId}\n${agentId}`);
 }
 
-// Sealed text (sysadmd/wire/seal.py): *plaintext* (string or bytes) for *publicKey* (RSA-OAEP CryptoKey).
-export async function seal(publicKey, plaintext, context) {
-  const contentKey = crypto.getRandomValues(new Uint8Array(32));
+// A fresh content key for one command (kept by the caller, to open the command's result).
+export function newContentKey() {
+  return crypto.getRandomValues(new Uint8Array(32));
+}
+
+// Sealed text (sysadmd/wire/seal.py seal_with_key): *plaintext* (string or bytes) for
+// *publicKey* (RSA-OAEP CryptoKey) under *contentKey* (32 bytes; a fresh one if omitted).
+export async function seal(publicKey, plaintext, context, contentKey = null) {
+  const own = !contentKey;
+  const key = contentKey || newContentKey();
+  if (key.length !== 32) throw new SealError("a content key is 32 bytes");
   const nonce = crypto.getRandomValues(new Uint8Array(12));
   const data = typeof plaintext === "string" ? utf8.encode(plaintext) : plaintext;
-  const body = concat(nonce, chacha20poly1305(contentKey, nonce, context).encrypt(data));
-  const wrapped = new Uint8Array(await subtle().encrypt(OAEP, publicKey, contentKey));
-  contentKey.fill(0);
+  const body = concat(nonce, chacha20poly1305(key, nonce, context).encrypt(data));
+  const wrapped = new Uint8Array(await subtle().encrypt(OAEP, publicKey, key));
+  if (own) key.fill(0);
   return `${SEALED_PREFIX}${toBase64(wrapped)}.${toBase64(body)}`;
 }
 
 export function isSealed(text) {
   return typeof text === "string" && text.startsWith(SEALED_PREFIX);
-}
-
-// The plaintext bytes of sealed *text* for *privateKey* (RSA-OAEP CryptoKey) and *context*.
-export async function openSealed(privateKey, text, context) {
-  if (!isSealed(text)) throw new SealError("not sealed text");
-  if (text.length > MAX_SEALED_CHARS) throw new SealError("sealed text too long");
-  const rest = text.slice(SEALED_PREFIX.length);
-  const dot = rest.indexOf(".");
-  if (dot < 0) throw new SealError("sealed text without its '.'");
-  const wrapped = fromBase64(rest.slice(0, dot));
-  const body = fromBase64(rest.slice(dot + 1));
-  if (body.length < 12 + 16) throw new SealError("sealed body too short");
-  let contentKey;
-  try {
-    contentKey = new Uint8Array(await subtle().decrypt(OAEP, privateKey, wrapped));
-  } catch (err) {
-    throw new SealError("sealed to another key");
-  }
-  if (contentKey.length !== 32) throw new SealError("sealed with a content key of the wrong size");
-  try {
-    return chacha20poly1305(contentKey, body.subarray(0, 12), context).decrypt(body.subarray(12));
-  } catch (err) {
-    throw new SealError("sealed text altered, or sealed for another command or agent");
-  } finally {
-    contentKey.fill(0);
-  }
-}
-
-export async function openSealedText(privateKey, text, context) {
-  return fromUtf8.decode(await openSealed(privateKey, text, context));
 }

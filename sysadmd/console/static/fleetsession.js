@@ -2,7 +2,9 @@
 // (docs/protocol.md §8.6, sysadmd/wire/e2e.py): X25519 and HKDF-SHA256 from WebCrypto,
 // ChaCha20-Poly1305 from the vendored @noble/ciphers, the transcript signed by the agent's
 // bridge key (checked against the agent id we chose) and by the user's key (the finish,
-// which logs the session in).  RelayChannel looks like a WebSocket to api.js's Connection,
+// which logs the session in).  The hello goes only to the relay connection the bridge lists
+// for that agent (fleet/agents "connection"), and the accept must bind that connection ID
+// (server_connection_id + connection_tag).  RelayChannel looks like a WebSocket to api.js's Connection,
 // so the console's ordinary pages run over it unchanged.
 
 import { Connection } from "./api.js";
@@ -25,7 +27,16 @@ function b64bytes(text, what, size) {
   return bytes;
 }
 
-// The client's side of the handshake (one per server probed).
+const CONNECTION_LABEL = "sysadm-e2e-connection/1";
+
+function sameBytes(a, b) {
+  if (a.length !== b.length) return false;
+  let diff = 0;
+  for (let i = 0; i < a.length; i++) diff |= a[i] ^ b[i];
+  return diff === 0;
+}
+
+// The client's side of the handshake (one per session).
 export class ClientHandshake {
   static async create(userKey) {
     const hs = new ClientHandshake();
@@ -40,8 +51,11 @@ export class ClientHandshake {
     return { step: "hello", v: 1, key: this.userKey.checksum, eph: this.eph, nonce: this.nonce };
   }
 
-  // The server's accept → { cipher, serverId, finish }; the caller checks serverId.
-  async accept(reply) {
+  // The server's accept → { cipher, serverId, serverConnectionId, finish }.  With *expect*
+  // ({ serverId, connectionId }) the server's key must be the agent's and a bound connection
+  // ID the one the hello went to, checked before the finish is signed; without it the caller
+  // checks them.
+  async accept(reply, expect = null) {
     if (!reply || reply.step !== "accept") throw new E2EError("expected the server's accept step");
     const ephS = b64bytes(reply.eph, "eph", 32);
     b64bytes(reply.nonce, "nonce", 16);
@@ -72,10 +86,36 @@ export class ClientHandshake {
     const salt = new Uint8Array(await crypto.subtle.digest("SHA-256", utf8.encode(text)));
     const okm = new Uint8Array(await crypto.subtle.deriveBits(
       { name: "HKDF", hash: "SHA-256", salt, info: utf8.encode(`${LABEL} keys`) }, hkdf, 512));
+    // The connection binding: which bridge connection the server says it is, under a tag only
+    // the holder of the signed ephemeral key can make.
+    let serverConnectionId = null;
+    if ("server_connection_id" in reply) {
+      const claimed = reply.server_connection_id;
+      if (typeof claimed !== "string" || claimed.length > 200) {
+        throw new E2EError("server_connection_id: expected the server's connection ID (text)");
+      }
+      const bindingBits = await crypto.subtle.deriveBits(
+        { name: "HKDF", hash: "SHA-256", salt, info: utf8.encode(`${LABEL} connection`) }, hkdf, 256);
+      const binding = await crypto.subtle.importKey("raw", bindingBits, { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
+      const expected = new Uint8Array(await crypto.subtle.sign("HMAC", binding, utf8.encode(`${CONNECTION_LABEL}\n${claimed}`)));
+      let tag = null;
+      try { tag = fromBase64(reply.connection_tag); } catch (err) { tag = null; }
+      if (!tag || !sameBytes(tag, expected)) throw new E2EError("connection_tag: does not match the handshake (altered on the way)");
+      serverConnectionId = claimed;
+    }
+    if (expect && expect.serverId && serverId !== expect.serverId) {
+      throw new E2EError(`the server answered with key ${serverId.slice(0, 12)}, not the agent's ` +
+                         `${expect.serverId.slice(0, 12)}: nothing signed for it`);
+    }
+    if (expect && expect.connectionId && serverConnectionId && serverConnectionId !== expect.connectionId) {
+      throw new E2EError(`the accept comes from bridge connection ${serverConnectionId.slice(0, 80)}, not ` +
+                         `${expect.connectionId}: that peer relays another connection's answers`);
+    }
     const signature = await crypto.subtle.sign(SIGN, this.userKey.sign, utf8.encode(`client\n${text}`));
     return {
       cipher: new FrameCipher(okm.slice(0, 32), okm.slice(32, 64)),
       serverId,
+      serverConnectionId,
       finish: { step: "finish", sig: toBase64(new Uint8Array(signature)) },
     };
   }
@@ -115,6 +155,19 @@ export class FrameCipher {
   }
 }
 
+// The reason in a plain error frame ({"name":"error","args":{"message","detail"}}), or null.
+function plainError(payload) {
+  if (typeof payload !== "string" || !payload.startsWith("{") || payload.length > 65536) return null;
+  try {
+    const message = JSON.parse(payload);
+    const args = message && message.name === "error" && message.args;
+    if (!args || typeof args !== "object") return null;
+    return String(args.detail || args.message || "an error").slice(0, 300);
+  } catch (err) {
+    return null;
+  }
+}
+
 // One peer of the bridge as a WebSocket for api.js's Connection: text in and out, sealed.
 export class RelayChannel {
   constructor(relay, peerId, cipher) {
@@ -124,6 +177,7 @@ export class RelayChannel {
     this.readyState = 0;
     this.onopen = this.onmessage = this.onclose = null;
     relay.peers.set(peerId, (payload) => this.deliver(payload));
+    relay.gone.set(peerId, () => this.ended(1001, "the agent left the bridge"));
     relay.bridge.onClose(() => this.ended(1001, "the bridge connection closed"));
     queueMicrotask(() => { if (this.readyState === 0) { this.readyState = 1; if (this.onopen) this.onopen(); } });
   }
@@ -139,7 +193,9 @@ export class RelayChannel {
     try {
       text = this.cipher.open(payload);
     } catch (err) {
-      this.ended(1008, `the encrypted session ended: ${err.message}`);
+      // A plain frame ends the session; the server's own "e2e":1 error says why.
+      const said = plainError(payload);
+      this.ended(1008, `the encrypted session ended: ${said || err.message}`);
       return;
     }
     if (this.onmessage) this.onmessage({ data: text });
@@ -151,18 +207,18 @@ export class RelayChannel {
     if (this.readyState === 3) return;
     this.readyState = 3;
     this.relay.peers.delete(this.peerId);
+    this.relay.gone.delete(this.peerId);
     if (this.onclose) this.onclose({ code, reason });
   }
 }
 
-// The relay side of a bridge connection: frames "<peer id>\n<payload>" to and from peers,
-// and the servers the bridge says we may reach (events/bridge available_connections).
+// The relay side of a bridge connection: frames "<peer id>\n<payload>" to and from peers; a
+// peer the bridge no longer lists (events/bridge available_connections) has left.
 export class Relay {
   constructor(bridge) {
     this.bridge = bridge;
     this.peers = new Map();  // peer id -> (payload) => …
-    this.servers = [];
-    this.serversKnown = new Promise((resolve) => { this.gotServers = resolve; });
+    this.gone = new Map();  // peer id -> () => … when it leaves the bridge
     bridge.textFilter = (text) => {
       if (text.startsWith("{")) return false;
       const cut = text.indexOf("\n");
@@ -173,47 +229,56 @@ export class Relay {
       return true;
     };
     bridge.on("bridge", (args) => {
-      if (args && Array.isArray(args.available_connections)) {
-        this.servers = args.available_connections.filter((id) => typeof id === "string");
-        this.gotServers();
-      }
+      if (!args || !Array.isArray(args.available_connections)) return;
+      const listed = new Set(args.available_connections);
+      for (const [peerId, left] of [...this.gone]) if (!listed.has(peerId)) left();
     });
   }
 
   send(peerId, payload) { this.bridge.sendText(`${peerId}\n${payload}`); }
 
-  // Say hello to one server; its accept, or null (no accept in time, an error, a bad one).
-  probe(peerId, handshake) {
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => { this.peers.delete(peerId); resolve(null); }, HELLO_TIMEOUT_MS);
+  // Say hello to one relay connection; its accept (checked against *expect*), or an error
+  // saying why not (no answer in time, a refusal, an accept that does not check).
+  hello(peerId, handshake, expect) {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.peers.delete(peerId);
+        reject(new E2EError(`no answer to the end-to-end hello within ${HELLO_TIMEOUT_MS / 1000} s`));
+      }, HELLO_TIMEOUT_MS);
       this.peers.set(peerId, (payload) => {
         clearTimeout(timer);
         this.peers.delete(peerId);
         let message;
-        try { message = JSON.parse(payload); } catch (err) { resolve(null); return; }
-        if (!message || message.name !== "response" || message.id !== "e2e-hello") { resolve(null); return; }
-        handshake.accept(message.args).then(resolve, () => resolve(null));
+        try { message = JSON.parse(payload); } catch (err) { reject(new E2EError("the answer to the hello is not JSON")); return; }
+        if (message && message.name === "error") {
+          reject(new E2EError(`the agent refused the session: ${plainError(payload)}`));
+          return;
+        }
+        if (!message || message.name !== "response" || message.id !== "e2e-hello") {
+          reject(new E2EError("the answer to the hello is not its accept"));
+          return;
+        }
+        handshake.accept(message.args, expect).then(resolve, reject);
       });
       this.send(peerId, JSON.stringify({ args: handshake.hello(), id: "e2e-hello", name: "e2e", namespace: "rpc" }));
     });
   }
 }
 
-// A logged-in api.js Connection to agent *agentId* through *relay*, end to end encrypted.
-export async function openAgentSession(relay, userKey, agentId) {
-  await Promise.race([relay.serversKnown, new Promise((resolve) => setTimeout(resolve, 5000))]);
-  if (!relay.servers.length) throw new Error("the bridge lists no server this key may reach");
-  const accepted = await Promise.all(relay.servers.map(async (peerId) => {
-    const handshake = await ClientHandshake.create(userKey);
-    return { peerId, accepted: await relay.probe(peerId, handshake) };
-  }));
-  const found = accepted.find(({ accepted: a }) => a && a.serverId === agentId);
-  if (!found) {
-    throw new Error(`agent ${agentId.slice(0, 12)} did not answer an end-to-end hello with its key ` +
-                    "(offline, or not one of the servers this key is paired with)");
+// A logged-in api.js Connection to *agent* (a fleet/agents row) through *relay*, end to end
+// encrypted.  The hello goes only to the agent's relay connection as the bridge lists it; the
+// accept must carry the agent's key (its sha256 is the agent id) and bind that connection.
+export async function openAgentSession(relay, userKey, agent) {
+  const agentId = agent.id;
+  const peerId = agent.connection;
+  if (!agent.online) throw new Error(`agent ${agentId.slice(0, 12)} is offline`);
+  if (typeof peerId !== "string" || !peerId || peerId.length > 200 || peerId.includes("\n")) {
+    throw new Error("the bridge does not list the agent's relay connection (a bridge older than this console?)");
   }
-  const { cipher, finish } = found.accepted;
-  const conn = new Connection(`bridge:${found.peerId}`, { socket: () => new RelayChannel(relay, found.peerId, cipher) });
+  const handshake = await ClientHandshake.create(userKey);
+  const accepted = await relay.hello(peerId, handshake, { serverId: agentId, connectionId: peerId });
+  const { cipher, finish } = accepted;
+  const conn = new Connection(`bridge:${peerId}`, { socket: () => new RelayChannel(relay, peerId, cipher) });
   await conn.open();
   try {
     await conn.call("rpc", "e2e", finish);  // the finish is the login: [token, ttl]
@@ -222,5 +287,6 @@ export async function openAgentSession(relay, userKey, agentId) {
     throw err;
   }
   conn.serverId = agentId;
+  conn.serverConnectionId = accepted.serverConnectionId;
   return conn;
 }
