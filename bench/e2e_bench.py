@@ -16,6 +16,15 @@ medians beside it.  The machine's load average is printed with each shape: the l
 generator shares the cores with the measured processes, so other work on the machine moves
 the figures.
 
+Where E2E's cost goes (measured 2026-11-26, 2-core AMD EPYC shared with other work): per
+round trip the ciphers cost ~3 us in the server (cryptography's ChaCha20Poly1305: a context
+per call; open + seal of a 757-byte rpc/query reply) and ~6.5 us in the Node load generator
+(createCipheriv per message; a pure-JS ChaCha20-Poly1305 measured slower for this size).
+The CPU per request that the bench shows rises by more than that in all three processes,
+the bridge too (which relays "!" frames exactly like base64 ones): at a lower request rate
+fewer frames share each wake-up, read and write, so the fixed costs per batch spread over
+fewer requests.
+
 Results go to bench/results/e2e_bench.json.
 """
 
