@@ -36,6 +36,7 @@ class ScriptedTLS(protocol.Protocol):
         self.handshaken = defer.Deferred()
         self.lost = defer.Deferred()
         self.plain = b""
+        self.close_notify = False  # the server ended TLS cleanly
 
     def connectionMade(self):
         self._pump()
@@ -56,9 +57,13 @@ class ScriptedTLS(protocol.Protocol):
             while True:
                 try:
                     data = self.tls.read(65536)
-                except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                except ssl.SSLWantReadError:
                     break
-                if not data:
+                except ssl.SSLZeroReturnError:
+                    self.close_notify = True
+                    break
+                if not data:  # ssl's read says "close_notify" so
+                    self.close_notify = True
                     break
                 self.plain += data
         if not self.hold:
@@ -78,12 +83,19 @@ class ScriptedTLS(protocol.Protocol):
 
 
 @defer.inlineCallbacks
-def scripted(daemon, hold=False):
+def scripted(daemon, hold=False, port=None, testcase=None):
     client = ScriptedTLS()
     client.hold = hold
     factory = protocol.ClientFactory.forProtocol(lambda: client)
-    reactor.connectTCP("127.0.0.1", daemon.listener.port.getHost().port, factory, timeout=10)
+    port = port or daemon.listener.port
+    reactor.connectTCP("127.0.0.1", port.getHost().port, factory, timeout=10)
     yield eventually(lambda: client.transport is not None and client.transport.connected, timeout=10)
+    if testcase is not None:
+        def cleanup():
+            client.transport.abortConnection()
+            return client.lost
+
+        testcase.addCleanup(cleanup)
     return client
 
 
@@ -267,3 +279,67 @@ class StallTests(unittest.TestCase):
         peer = yield connect_peer(self, daemon)
         first = yield peer.wait_for(lambda t: True)
         self.assertEqual(first, IDENTIFY_REQUEST)
+
+
+class Commands(protocol.Protocol):
+    """Server side for TransportTests: b"big" writes 8 MiB at once (written through, as the
+    bridge's peer connections are), b"bye" writes a line and closes."""
+
+    def dataReceived(self, data):
+        if data == b"big":
+            from sysadmd.wire.wsbase import write_through
+
+            self.assertion = write_through(self.transport)
+            self.transport.write(bytes(range(256)) * (32 * 1024))
+        elif data == b"bye":
+            self.transport.write(b"bye\n")
+            self.transport.loseConnection()
+
+
+class TransportTests(unittest.TestCase):
+    """TLSServer under a plain protocol on a TLSPort of its own."""
+
+    timeout = 30
+
+    def setUp(self):
+        state = tempfile.mkdtemp(prefix="brg", dir="/tmp")
+        self.addCleanup(shutil.rmtree, state, True)
+        from sysadmd.runtime import tls
+
+        cert, key, _ = tls.ensure_certificate(state, "bridge")
+        self.servers = []
+
+        def build():
+            server = Commands()
+            self.servers.append(server)
+            return server
+
+        self.port = tlsfast.TLSPort(0, protocol.Factory.forProtocol(build), tlsfast.server_context(cert, key),
+                                    interface="127.0.0.1", reactor=reactor)
+        self.port.startListening()
+        self.addCleanup(self.port.stopListening)
+
+    @defer.inlineCallbacks
+    def test_a_big_write_through_to_a_full_socket_is_retried_as_openssl_requires(self):
+        # OpenSSL must be given at least as many bytes again after a write it could not
+        # finish; Twisted retries with 128 KiB slices, which it refuses ("bad length").
+        client = yield scripted(None, port=self.port, testcase=self)
+        yield client.handshaken
+        client.transport.pauseProducing()  # the socket fills up at the first write
+        client.send(b"big")
+        yield eventually(lambda: self.servers and getattr(self.servers[0], "assertion", None), timeout=10)
+        yield sleep(0.3)
+        client.transport.resumeProducing()
+        expected = bytes(range(256)) * (32 * 1024)
+        yield eventually(lambda: len(client.plain) >= len(expected) or client.lost.called, timeout=20)
+        self.assertFalse(client.lost.called, client.__dict__.get("reason"))
+        self.assertEqual(client.plain, expected)
+
+    @defer.inlineCallbacks
+    def test_lose_connection_flushes_then_sends_close_notify(self):
+        client = yield scripted(None, port=self.port, testcase=self)
+        yield client.handshaken
+        client.send(b"bye")
+        yield client.lost
+        self.assertEqual(client.plain, b"bye\n")
+        self.assertTrue(client.close_notify)
