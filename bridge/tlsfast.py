@@ -55,6 +55,7 @@ def server_context(cert_path: str, key_path: str) -> ssl.SSLContext:
     ctx.set_ciphers(":".join(names))
     ctx.options |= (ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_SINGLE_DH_USE
                     | ssl.OP_SINGLE_ECDH_USE | ssl.OP_NO_TICKET | ssl.OP_NO_RENEGOTIATION)
+    ctx.num_tickets = 0  # no TLS 1.3 tickets either (Twisted turns the session cache off)
     ctx.set_alpn_protocols(ALPN)
     return ctx
 
