@@ -45,6 +45,7 @@ from twisted.internet.error import CannotListenError
 from sysadmd.runtime import tls
 
 ALPN = ["http/1.1"]
+AGGREGATE_BYTES = 64_000  # plaintext gathered from one reactor turn before it is encrypted at once
 
 
 def server_context(cert_path: str, key_path: str) -> ssl.SSLContext:
@@ -77,7 +78,9 @@ class TLSServer(tcp.Server):
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._tls = server.ssl_context.wrap_bio(self._incoming, self._outgoing, server_side=True)
-        self._early: list = []  # plaintext written before the handshake finished
+        self._pending: list = []  # plaintext written, not yet encrypted (see write)
+        self._pending_len = 0
+        self._flush_call: Any = None
         super().__init__(sock, protocol, client, server, sessionno, reactor)
 
     # --- reading ------------------------------------------------------------------------
@@ -135,9 +138,8 @@ class TLSServer(tcp.Server):
         else:
             self._handshaking = False
         self._flush_tls()
-        if not self._handshaking and self._early:
-            early, self._early = self._early, []
-            self.write(b"".join(early))
+        if not self._handshaking:
+            self._flush_pending()  # what was written during the handshake
         return None
 
     def _flush_tls(self) -> None:
@@ -145,22 +147,47 @@ class TLSServer(tcp.Server):
             tcp.Server.write(self, self._outgoing.read())
 
     # --- writing ------------------------------------------------------------------------
+    # Small writes made in one reactor turn are encrypted together at the start of the
+    # next one (one record and one send for many frames), as Twisted's TLS does
+    # (twisted.protocols.tls._AggregateSmallWrites, same size limit).
     def write(self, data: bytes) -> None:
-        if self._tls_closed or not data:
+        if self._tls_closed or not data or not self.connected:
             return
+        pending = self._pending
+        pending.append(bytes(data))
+        self._pending_len += len(data)
         if self._handshaking:
-            self._early.append(bytes(data))
-            return
-        self._tls.write(data)
-        tcp.Server.write(self, self._outgoing.read())
+            return  # sent once the handshake is done
+        if self._pending_len > AGGREGATE_BYTES:
+            self._flush_pending()
+        elif self._flush_call is None:
+            self._flush_call = self.reactor.callLater(0, self._scheduled_flush)
 
     def writeSequence(self, iovec: Any) -> None:
         self.write(b"".join(iovec))
+
+    def _scheduled_flush(self) -> None:
+        self._flush_call = None
+        self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        if self._flush_call is not None:
+            self._flush_call.cancel()
+            self._flush_call = None
+        pending = self._pending
+        if not pending or self._handshaking or self._tls_closed:
+            return
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        self._pending = []
+        self._pending_len = 0
+        self._tls.write(data)
+        tcp.Server.write(self, self._outgoing.read())
 
     # --- closing --------------------------------------------------------------------------
     def _send_close_notify(self) -> None:
         if self._handshaking or self._tls_closed:
             return
+        self._flush_pending()
         self._tls_closed = True
         try:
             self._tls.unwrap()
@@ -177,6 +204,13 @@ class TLSServer(tcp.Server):
         if self.connected and not self.disconnecting:
             self._send_close_notify()
         super().loseWriteConnection()
+
+    def connectionLost(self, reason: Any) -> None:
+        if self._flush_call is not None:
+            self._flush_call.cancel()
+            self._flush_call = None
+        self._pending = []
+        super().connectionLost(reason)
 
 
 class TLSPort(tcp.Port):
