@@ -1,30 +1,32 @@
 """The bridge's TLS on the standard library's ``ssl`` module, under Twisted's reactor.
 
-Twisted's own TLS (``TLSMemoryBIOProtocol`` over pyOpenSSL) runs well over a hundred
-Python calls per record through pyOpenSSL's cffi layer; for the bridge, which does little
-more than copy frames from one peer to another, that was about as much CPU as the server
-spends answering the request.  Here each accepted TCP socket gets an ``ssl.SSLObject``
-between two memory BIOs, so encrypting or decrypting a whole read or write is one C call.
+Twisted's own TLS (``TLSMemoryBIOProtocol`` over pyOpenSSL) spends many Python calls on
+each record (Twisted's layer and pyOpenSSL's cffi wrappers); for the bridge, which does
+little more than copy frames from one peer to another, that was about as much CPU as the
+server spends answering the request.  Here each accepted TCP socket gets an
+``ssl.SSLObject`` between two memory BIOs, so encrypting or decrypting a whole read or
+write is one C call.
 
 * :class:`TLSServer` is a ``tcp.Server`` whose ``socket`` stays the plain TCP socket:
-  plaintext is encrypted as it is written (``write``/``writeSequence``) and Twisted's
-  buffering, producers (pause/resume, ``bufferSize``), ``wsbase.write_through``,
-  ``loseConnection``/``abortConnection`` and the connection guard then work on the
-  ciphertext unchanged.  ``doRead`` makes one ``recv`` (as Twisted does), finishes the
-  handshake first, then decrypts every whole record the bytes hold and hands the
-  plaintext to the protocol in one call; a partial record waits in the BIO for the rest
-  (no busy loop: the reactor reports the socket again only when bytes arrive).
-  Plaintext written before the handshake is done goes out once it is.  An orderly close
-  sends TLS close_notify after what was written before it; an abort sends nothing.
-  (``SSLContext.wrap_socket``, letting OpenSSL read the socket itself, was measured
-  first: it reads each record with two ``recv`` calls plus one that fails, and the
-  bridge's kernel time doubled.)
+  plaintext is encrypted as it is written, and Twisted's buffering, producers
+  (pause/resume, ``bufferSize``), ``wsbase.write_through``, ``loseConnection`` /
+  ``abortConnection`` and the connection guard work on the ciphertext unchanged.
+  ``doRead`` makes one ``recv`` (as Twisted does), finishes the handshake first, then
+  decrypts every whole record the bytes hold and hands the plaintext to the protocol in
+  one call; a partial record waits in the BIO for the rest (no busy loop: the reactor
+  reports the socket again only when bytes arrive).  Small writes made in one reactor
+  turn are encrypted together at the start of the next (one record, one send), as
+  Twisted's TLS does; plaintext written before the handshake is done goes out once it
+  is.  An orderly close sends close_notify after everything written before it; an abort
+  sends nothing.  (``SSLContext.wrap_socket``, OpenSSL reading the socket itself, was
+  tried first: it reads each record with two ``recv`` calls plus one that fails, and the
+  bridge's kernel time doubled at 8 and 32 connections.)
 * :func:`server_context` builds the ``ssl.SSLContext`` with the policy
   :func:`sysadmd.runtime.tls.server_context` gives pyOpenSSL: TLS 1.2 minimum, the same
   TLS 1.2 cipher list (read from that pyOpenSSL context), no compression, server cipher
-  preference, no TLS 1.2 session tickets (TLS 1.3 ones as OpenSSL sends them on both); plus
-  no renegotiation, and ALPN ``http/1.1`` chosen when
-  a client offers it (browsers, curl).
+  preference, no TLS 1.2 session tickets (TLS 1.3 ones as OpenSSL sends them on both);
+  plus no renegotiation, and ALPN ``http/1.1`` chosen when a client offers it (browsers,
+  curl).
 * :class:`TLSEndpoint` listens on a ``tcp:``/``tcp6:`` endpoint string with
   :class:`TLSPort`.
 

@@ -320,9 +320,10 @@ class TransportTests(unittest.TestCase):
         self.addCleanup(self.port.stopListening)
 
     @defer.inlineCallbacks
-    def test_a_big_write_through_to_a_full_socket_is_retried_as_openssl_requires(self):
-        # OpenSSL must be given at least as many bytes again after a write it could not
-        # finish; Twisted retries with 128 KiB slices, which it refuses ("bad length").
+    def test_a_big_write_through_to_a_full_socket_arrives_whole_and_in_order(self):
+        # The socket takes only part of it at once: the rest waits in Twisted's buffer as
+        # ciphertext and goes out as the client reads (with OpenSSL writing the socket
+        # itself, Twisted's 128 KiB retries were refused with "bad length").
         client = yield scripted(None, port=self.port, testcase=self)
         yield client.handshaken
         client.transport.pauseProducing()  # the socket fills up at the first write
