@@ -4,6 +4,7 @@ and a scripted one that sends partial records or vanishes mid-handshake)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import ssl
 import subprocess
@@ -126,6 +127,20 @@ class EngineTests(unittest.TestCase):
             peer = yield connect_peer(self, d)
             first = yield peer.wait_for(lambda t: True)
             self.assertEqual(first, IDENTIFY_REQUEST)
+
+    @defer.inlineCallbacks
+    def test_a_unix_socket_port_falls_back_to_pyopenssl(self):
+        from bridge.service import build
+        from tests.test_bridge_wss import bridge_config
+
+        where = tempfile.mkdtemp(prefix="bru", dir="/tmp")
+        self.addCleanup(shutil.rmtree, where, True)
+        daemon = build(bridge_config(self, PORT=f"unix:{where}/b.sock"), reactor)
+        daemon.startService()
+        self.addCleanup(daemon.stopService)
+        port = yield daemon.listener.ready
+        self.assertNotIsInstance(port, tlsfast.TLSPort)
+        self.assertEqual(os.fsdecode(port.getHost().name), f"{where}/b.sock")
 
     def test_the_context_keeps_the_pyopenssl_policy(self):
         from sysadmd.runtime import tls
