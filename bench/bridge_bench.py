@@ -2,6 +2,7 @@
 
     python -m bench.bridge_bench [--seconds 5] [--tries 20] [--relay-count 100] [--no-relay]
                                  [--shapes 1x1,8x4,32x8] [--no-login] [--profile-bridge FILE]
+                                 [--engines stdlib,pyopenssl]
 
 Real processes on 127.0.0.1: ``twistd -n sysadm-bridge`` and ``twistd -n sysadmd``,
 linked the way an operator does it (``sysadmd bridge_add`` / ``bridge_export_key``,
@@ -20,6 +21,10 @@ and the server's.
    server's token reply (identify, auth_ssl to the bridge, key list, pairing, md5_key
    auth_ssl with the server), median and p90 over --tries (target < 50 ms).
 3. bench/bridge_relay_bench.py: 1 MiB frames relayed server -> client, MiB/s.
+
+``--engines`` (default ``stdlib,pyopenssl``): the bridge's TLS engines to measure, one
+after the other in the same run (BRIDGE_TLS_ENGINE; a fresh bridge and server each);
+the server's own TLS is the same in every pass.  A table of both ends the run.
 
 ``--profile-bridge FILE`` runs the bridge under cProfile (twistd ``--profiler=cprofile
 --savestats``; read FILE with ``pstats``); its CPU figures are then not representative.
@@ -83,8 +88,9 @@ def admin(kind: str, state: str, *args: str) -> str:
 class Setup:
     """Bridge and server state dirs, the client key, both processes started and linked."""
 
-    def __init__(self, base: str, profile_bridge: Optional[str] = None):
+    def __init__(self, base: str, profile_bridge: Optional[str] = None, engine: str = "stdlib"):
         self.base = base
+        self.engine = engine
         self.profile_bridge = profile_bridge
         self.bridge_state = os.path.join(base, "bridge")
         self.server_state = os.path.join(base, "server")
@@ -98,13 +104,16 @@ class Setup:
         self.config = os.path.join(base, "empty.conf")
         with open(self.config, "w") as f:
             f.write("# defaults\n")
+        self.bridge_config = os.path.join(base, "bridge.conf")
+        with open(self.bridge_config, "w") as f:
+            f.write(f"BRIDGE_TLS_ENGINE={engine}\n")
         self.bridge: Optional[Child] = None
         self.server: Optional[Child] = None
 
     def start(self) -> None:
         base = self.base
         pub_file = os.path.join(base, "client.pub")
-        bridge_argv = twistd_argv("sysadm-bridge", "--config", self.config, "--port", "tcp:0:interface=127.0.0.1",
+        bridge_argv = twistd_argv("sysadm-bridge", "--config", self.bridge_config, "--port", "tcp:0:interface=127.0.0.1",
                                   "--state-dir", self.bridge_state)
         if self.profile_bridge:
             at = bridge_argv.index("sysadm-bridge")
@@ -215,20 +224,46 @@ def main(argv=None) -> int:
     parser.add_argument("--shapes", type=parse_shapes, default=SHAPES,
                         help="connections x in flight, comma-separated (default 1x1,8x4,32x8)")
     parser.add_argument("--profile-bridge", metavar="FILE", help="run the bridge under cProfile, stats to FILE")
+    parser.add_argument("--engines", type=parse_engines, default=["stdlib", "pyopenssl"],
+                        help="the bridge's TLS engines (BRIDGE_TLS_ENGINE) to measure, comma-separated "
+                             "(default stdlib,pyopenssl)")
     args = parser.parse_args(argv)
     ensure_node_ws()
+    results: dict = {"shapes": [], "engines": args.engines}
+    for engine in args.engines:
+        print(f"== bridge TLS engine: {engine}", flush=True)
+        run_engine(engine, args, results)
+    print_engine_table(results)
+    if args.profile_bridge:
+        results["bridge_profile"] = profile_summary(args.profile_bridge)
+        print("bridge profile (load-independent counts per relayed frame): " + ", ".join(
+            f"{k} {v:.2f}" for k, v in results["bridge_profile"].items()), flush=True)
+    return finish(results, args)
+
+
+def parse_engines(text: str) -> List[str]:
+    engines = [part.strip() for part in text.split(",") if part.strip()]
+    for engine in engines:
+        if engine not in ("stdlib", "pyopenssl"):
+            raise argparse.ArgumentTypeError(f"engine {engine!r}: expected stdlib or pyopenssl")
+    if not engines:
+        raise argparse.ArgumentTypeError("no engine given")
+    return engines
+
+
+def run_engine(engine: str, args: argparse.Namespace, results: dict) -> None:
+    """Every shape (and the login timing) with the bridge on *engine*."""
     base = tempdir("benchbridge")
-    results: dict = {"shapes": []}
     setup = None
     try:
-        setup = Setup(base, os.path.abspath(args.profile_bridge) if args.profile_bridge else None)
+        setup = Setup(base, os.path.abspath(args.profile_bridge) if args.profile_bridge else None, engine)
         setup.start()
-        results["load"] = load_note()
-        print(f"machine: {results['load']}", flush=True)
+        results.setdefault("load", {})[engine] = load_note()
+        print(f"machine: {results['load'][engine]}", flush=True)
         for conns, inflight in args.shapes:
             direct = measure(setup, "direct", conns, inflight, args.seconds)
             bridged = measure(setup, "bridge", conns, inflight, args.seconds)
-            row = {"shape": f"{conns}x{inflight}", "direct": direct, "bridge": bridged,
+            row = {"engine": engine, "shape": f"{conns}x{inflight}", "direct": direct, "bridge": bridged,
                    "throughput_ratio": bridged["rps"] / direct["rps"],
                    "added_p50_ms": bridged["p50_ms"] - direct["p50_ms"],
                    "bridge_to_server_cpu": bridged["bridge_cpu_us_per_req"] / max(1e-9, bridged["server_cpu_us_per_req"])}
@@ -248,7 +283,7 @@ def main(argv=None) -> int:
                   f" kernel share: bridge {bridged['bridge_sys_share']:.0%}, server {bridged['server_sys_share']:.0%}", flush=True)
         if not args.no_login:
             login = login_times(setup, args.tries)
-            results["login"] = login
+            results.setdefault("login", {})[engine] = login
             total = login["total_ms"]
             print(f"bridged login (TCP connect -> server token), {login['tries']} tries: median {total['median']:.1f} ms,"
                   f" p90 {total['p90']:.1f} ms, max {total['max']:.1f} ms", flush=True)
@@ -259,11 +294,15 @@ def main(argv=None) -> int:
         if setup is not None:
             setup.stop()
         shutil.rmtree(base, True)
-    if args.profile_bridge:
-        results["bridge_profile"] = profile_summary(args.profile_bridge)
-        print("bridge profile (load-independent counts per relayed frame): " + ", ".join(
-            f"{k} {v:.2f}" for k, v in results["bridge_profile"].items()), flush=True)
-    return finish(results, args)
+
+
+def print_engine_table(results: dict) -> None:
+    """One line per engine and shape: throughput ratio and the bridge's CPU against the server's."""
+    print("engine     shape  bridged/direct  bridge us/req  server us/req  bridge/server", flush=True)
+    for row in results["shapes"]:
+        bridged = row["bridge"]
+        print(f"{row['engine']:<10} {row['shape']:>5}  x{row['throughput_ratio']:<13.2f}  {bridged['bridge_cpu_us_per_req']:>13.0f}"
+              f"  {bridged['server_cpu_us_per_req']:>13.0f}  {row['bridge_to_server_cpu']:>13.2f}", flush=True)
 
 
 def profile_summary(path: str) -> dict:

@@ -52,6 +52,8 @@ KEYS: List[Key] = [
     Key("FLEET_PING_INTERVAL", "float", 1.0, "Seconds between the fleet pings that measure each agent's round-trip\ntime and notice a silent one (fleet agents). 0: no pings.", minimum=0),
     # --- helper A: fleet liveness (issue 13) ------------------------------------------
     Key("FLEET_PONG_TIMEOUT", "float", 2.0, "Seconds a fleet agent may leave a ping unanswered before it is announced\noffline (a link gone silent without closing, a stopped process); it is\nonline again with its next message. 0: never.", minimum=0),
+    # --- helper G: the listener's TLS engine (issue 13) ----------------------------------
+    Key("BRIDGE_TLS_ENGINE", "str", "stdlib", "TLS implementation of the relay listener: stdlib (Python's ssl module\nreads and writes the socket; less CPU per relayed message) or pyopenssl\n(Twisted's TLS over pyOpenSSL, as sysadmd's listeners). Same certificate\nand policy on both; stdlib needs a tcp: or tcp6: PORT.", choices=("stdlib", "pyopenssl")),
 ]
 
 KEY_NAMES = [k.name for k in KEYS]

@@ -21,11 +21,12 @@ from bridge.config import BridgeConfig
 from bridge.fleet import Fleet, SqliteFleetStore
 from bridge.keys import KeyStore, database_path
 from bridge.protocol import BridgeServerFactory
+from bridge import tlsfast
 from bridge.relay import CLIENT, Peer, PeerDirectory
 from sysadmd.runtime import tls
 from sysadmd.runtime.blacklist import Blacklist
 from sysadmd.runtime.db import open_database
-from sysadmd.runtime.listeners import Listener, guard_for
+from sysadmd.runtime.listeners import Listener, endpoint_text, guard_for
 from sysadmd.runtime.statedir import ensure_private_dir
 from sysadmd.runtime.startup import tls_files
 from sysadmd.runtime.shutdown import wait_until
@@ -160,7 +161,17 @@ def build(cfg: BridgeConfig, reactor: Any) -> BridgeDaemon:
     bridge = Bridge(cfg, db, reactor)
     cert, key = tls_files(cfg, "bridge")
     factory = BridgeServerFactory(bridge, reactor=reactor)
+    # helper G: the TLS engine (BRIDGE_TLS_ENGINE); see bridge/tlsfast.py
+    description = endpoint_text(cfg.port, cfg.listen_interface)
+    endpoint, tls_options = None, None
+    if cfg.bridge_tls_engine == "stdlib" and description.split(":", 1)[0] in ("tcp", "tcp6"):
+        endpoint = tlsfast.TLSEndpoint(reactor, description, tlsfast.server_context(cert, key))
+    else:
+        if cfg.bridge_tls_engine == "stdlib":
+            log.info("BRIDGE_TLS_ENGINE=stdlib serves tcp: and tcp6: ports only; {port} uses pyopenssl",
+                     port=description)
+        tls_options = tls.server_context(cert, key)
     listener = Listener(reactor, cfg.port, factory, label="sysadm-bridge wss",
-                        interface=cfg.listen_interface, tls=tls.server_context(cert, key),
+                        interface=cfg.listen_interface, tls=tls_options, endpoint=endpoint,
                         guard=guard_for(cfg, reactor, "sysadm-bridge"))
     return BridgeDaemon(bridge, listener)

@@ -182,9 +182,16 @@ class BridgeHarness:
 
     @defer.inlineCallbacks
     def start_bridge(self, port: int = 0):
-        """Start the bridge (on *port*, or a free one); fires when it listens."""
+        """Start the bridge (on *port*, or a free one); fires when it listens.  The test
+        class's ``tls_engine``, if any, is its BRIDGE_TLS_ENGINE."""
+        config = self.config
+        engine = getattr(self.testcase, "tls_engine", None)
+        if engine:
+            config = os.path.join(self.base, f"bridge-{engine}.conf")
+            with open(self.config) as f, open(config, "w") as out:
+                out.write(f.read() + f"\nBRIDGE_TLS_ENGINE={engine}\n")
         self.bridge = spawn(self.testcase, "sysadm-bridge", TWISTD + [
-            "sysadm-bridge", "--config", self.config, "--port", f"tcp:{port}:interface=127.0.0.1",
+            "sysadm-bridge", "--config", config, "--port", f"tcp:{port}:interface=127.0.0.1",
             "--state-dir", self.bridge_state])
         match = yield self.bridge.wait_for(BRIDGE_LISTENING)
         self.port = int(match.group(1))

@@ -299,3 +299,13 @@ class FailureTests(unittest.TestCase):
     def log_timing(self, what, seconds):
         # Shown with pytest -s; the assertion above is what counts.
         print(f"\n[bridge e2e] {what}: {seconds * 1000:.0f} ms")
+
+
+# The same tests with the bridge's listener on Twisted's TLS over pyOpenSSL (the classes
+# above run on the default engine, the standard library's ssl).
+class BridgedClientTestsPyOpenSSL(BridgedClientTests):
+    tls_engine = "pyopenssl"
+
+
+class FailureTestsPyOpenSSL(FailureTests):
+    tls_engine = "pyopenssl"

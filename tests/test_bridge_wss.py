@@ -34,7 +34,11 @@ def bridge_config(testcase, **overrides):
 
 @defer.inlineCallbacks
 def start_bridge(testcase, **overrides):
-    """A real bridge on 127.0.0.1:0, stopped at cleanup; returns the BridgeDaemon."""
+    """A real bridge on 127.0.0.1:0, stopped at cleanup; returns the BridgeDaemon.
+    A test class's ``tls_engine`` picks BRIDGE_TLS_ENGINE (else the default)."""
+    engine = getattr(testcase, "tls_engine", None)
+    if engine and "BRIDGE_TLS_ENGINE" not in {k.upper() for k in overrides}:
+        overrides["BRIDGE_TLS_ENGINE"] = engine
     daemon = build(bridge_config(testcase, **overrides), reactor)
     daemon.startService()
     testcase.addCleanup(daemon.stopService)
@@ -458,3 +462,29 @@ class BackpressureTests(unittest.TestCase):
         self.assertIn(code, (1008, 1006))
         ids = yield server.wait_available(lambda ids: ids == [])
         self.assertEqual(ids, [])
+
+
+# The same tests with the listener on Twisted's TLS over pyOpenSSL (the classes above run
+# on the default engine, the standard library's ssl: bridge/tlsfast.py).
+class HandshakeTestsPyOpenSSL(HandshakeTests):
+    tls_engine = "pyopenssl"
+
+
+class TimeoutAndBlockTestsPyOpenSSL(TimeoutAndBlockTests):
+    tls_engine = "pyopenssl"
+
+
+class LimitTestsPyOpenSSL(LimitTests):
+    tls_engine = "pyopenssl"
+
+
+class RelayTestsPyOpenSSL(RelayTests):
+    tls_engine = "pyopenssl"
+
+
+class ClaimedKeyRelayTestsPyOpenSSL(ClaimedKeyRelayTests):
+    tls_engine = "pyopenssl"
+
+
+class BackpressureTestsPyOpenSSL(BackpressureTests):
+    tls_engine = "pyopenssl"
