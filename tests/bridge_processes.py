@@ -158,6 +158,7 @@ class BridgeHarness:
 
     testcase: Any
     base: str
+    home: str
     bridge_state: str
     config: str
     bridge: Any
@@ -179,6 +180,14 @@ class BridgeHarness:
 
     def bridge_admin(self, *args: str) -> defer.Deferred:
         return run_command("-m", "bridge.admin", "--state-dir", self.bridge_state, *args)
+
+    def sysadm(self, *argv: str, timeout: float = 30) -> defer.Deferred:
+        """``sysadm ARGV…`` as a child (HOME in ``self.home``); fires with its :class:`Child`."""
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": ROOT, "HOME": self.home,
+               "XDG_CONFIG_HOME": os.path.join(self.home, "cfg"), "XDG_STATE_HOME": os.path.join(self.home, "state"),
+               "LANG": "C.UTF-8"}
+        child = spawn(self.testcase, "sysadm", [PY, "-c", CLI, *argv], env=env, path=self.home, timeout=timeout)
+        return child.ended.addCallback(lambda _: child)
 
     @defer.inlineCallbacks
     def start_bridge(self, port: int = 0):
@@ -290,14 +299,6 @@ class Cluster(BridgeHarness):
         return wait_until(probe, timeout, what, interval=0.05)
 
     # the client
-    def sysadm(self, *argv: str, timeout: float = 30) -> defer.Deferred:
-        """``sysadm ARGV…`` as a child (HOME in the temp dir); fires with its :class:`Child`."""
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": ROOT, "HOME": self.home,
-               "XDG_CONFIG_HOME": os.path.join(self.home, "cfg"), "XDG_STATE_HOME": os.path.join(self.home, "state"),
-               "LANG": "C.UTF-8"}
-        child = spawn(self.testcase, "sysadm", [PY, "-c", CLI, *argv], env=env, path=self.home, timeout=timeout)
-        return child.ended.addCallback(lambda _: child)
-
     def bridged(self, key: str, *argv: str, **kw: Any) -> defer.Deferred:
         return self.sysadm("--bridge", f"127.0.0.1:{self.port}", "--key", self.key_file(key), *argv, **kw)
 

@@ -17,7 +17,7 @@ from bridge.fleet import agent_id_of
 from sysadmd.runtime import crypto
 from sysadmd.client.wsclient import connect_unix, insecure_client_tls
 from tests import keys_support as ks
-from tests.bridge_processes import (CLI, PY, ROOT, SERVER_LISTENING, TWISTD, BridgeHarness, RawPeer, bridge_reply,
+from tests.bridge_processes import (SERVER_LISTENING, TWISTD, BridgeHarness, RawPeer, bridge_reply,
                                     run_command, spawn, wait_until)
 from tests.support import short_tempdir
 
@@ -97,11 +97,7 @@ class FleetCluster(BridgeHarness):
         return reply
 
     def sysadm(self, *argv: str, timeout: float = 40) -> defer.Deferred:
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": ROOT, "HOME": self.home,
-               "XDG_CONFIG_HOME": os.path.join(self.home, "cfg"), "XDG_STATE_HOME": os.path.join(self.home, "state"),
-               "LANG": "C.UTF-8"}
-        child = spawn(self.testcase, "sysadm", [PY, "-c", CLI, *argv], env=env, path=self.home, timeout=timeout)
-        return child.ended.addCallback(lambda _: child)
+        return BridgeHarness.sysadm(self, *argv, timeout=timeout)  # fleet runs wait longer
 
     def fleet(self, key: str, *argv: str, **kw: Any) -> defer.Deferred:
         return self.sysadm("--bridge", f"127.0.0.1:{self.port}", "--key", self.key_file(key), "fleet", *argv, **kw)

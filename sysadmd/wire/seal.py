@@ -60,42 +60,13 @@ def is_sealed(text: Any) -> bool:
 
 
 def seal(public_key: rsa.RSAPublicKey, plaintext: bytes, context: bytes) -> str:
-    """*plaintext* sealed to *public_key*, bound to *context*."""
-    if not isinstance(public_key, rsa.RSAPublicKey):
-        raise TypeError("sealing needs an RSA public key")
-    content_key = ChaCha20Poly1305.generate_key()
-    nonce = os.urandom(NONCE_BYTES)
-    body = nonce + ChaCha20Poly1305(content_key).encrypt(nonce, plaintext, context)
-    wrapped = public_key.encrypt(content_key, _oaep())
-    return PREFIX + base64.b64encode(wrapped).decode("ascii") + "." + base64.b64encode(body).decode("ascii")
+    """*plaintext* sealed to *public_key*, bound to *context*, under a fresh content key."""
+    return seal_with_key(public_key, ChaCha20Poly1305.generate_key(), plaintext, context)
 
 
 def open_sealed(private_key: rsa.RSAPrivateKey, text: str, context: bytes) -> bytes:
     """The plaintext of *text*; :class:`SealError` if it is not sealed to this key and context."""
-    if not is_sealed(text):
-        raise SealError("not sealed text (it must start with 'sealed1:')")
-    if len(text) > MAX_SEALED_CHARS:
-        raise SealError(f"sealed text over {MAX_SEALED_CHARS} characters")
-    head, dot, tail = text[len(PREFIX):].partition(".")
-    if not dot:
-        raise SealError("sealed text without its '.' between key and body")
-    try:
-        wrapped = base64.b64decode(head, validate=True)
-        body = base64.b64decode(tail, validate=True)
-    except (binascii.Error, ValueError):
-        raise SealError("sealed text that is not base64") from None
-    if len(body) < NONCE_BYTES + 16:
-        raise SealError("sealed body too short")
-    try:
-        content_key = private_key.decrypt(wrapped, _oaep())
-    except ValueError:
-        raise SealError("sealed to another key") from None
-    if len(content_key) != KEY_BYTES:
-        raise SealError("sealed with a content key of the wrong size")
-    try:
-        return ChaCha20Poly1305(content_key).decrypt(body[:NONCE_BYTES], body[NONCE_BYTES:], context)
-    except Exception:  # cryptography.exceptions.InvalidTag
-        raise SealError("sealed text altered, or sealed for another command or agent") from None
+    return open_sealed_key(private_key, text, context)[0]
 
 
 # --- keys as the bridge lists them; chosen content keys (additive, helper A) -----------------------
@@ -156,16 +127,23 @@ def open_sealed_key(private_key: rsa.RSAPrivateKey, text: str, context: bytes) -
         raise SealError("not sealed text (it must start with 'sealed1:')")
     if len(text) > MAX_SEALED_CHARS:
         raise SealError(f"sealed text over {MAX_SEALED_CHARS} characters")
-    head, dot, _tail = text[len(PREFIX):].partition(".")
+    head, dot, tail = text[len(PREFIX):].partition(".")
     if not dot:
         raise SealError("sealed text without its '.' between key and body")
     try:
-        content_key = private_key.decrypt(base64.b64decode(head, validate=True), _oaep())
+        wrapped = base64.b64decode(head, validate=True)
+        body = base64.b64decode(tail, validate=True)
     except (binascii.Error, ValueError):
+        raise SealError("sealed text that is not base64") from None
+    if len(body) < NONCE_BYTES + 16:
+        raise SealError("sealed body too short")
+    try:
+        content_key = private_key.decrypt(wrapped, _oaep())
+    except ValueError:
         raise SealError("sealed to another key") from None
     if len(content_key) != KEY_BYTES:
         raise SealError("sealed with a content key of the wrong size")
-    return open_keyed_body(content_key, _tail, context), content_key
+    return _open_body(content_key, body, context), content_key
 
 
 def open_keyed_body(content_key: bytes, tail: str, context: bytes) -> bytes:
@@ -175,6 +153,11 @@ def open_keyed_body(content_key: bytes, tail: str, context: bytes) -> bytes:
         raise SealError("sealed text that is not base64") from None
     if len(body) < NONCE_BYTES + 16:
         raise SealError("sealed body too short")
+    return _open_body(content_key, body, context)
+
+
+def _open_body(content_key: bytes, body: bytes, context: bytes) -> bytes:
+    """ChaCha20-Poly1305 ``nonce || ciphertext+tag`` opened under *context*."""
     try:
         return ChaCha20Poly1305(content_key).decrypt(body[:NONCE_BYTES], body[NONCE_BYTES:], context)
     except Exception:  # cryptography.exceptions.InvalidTag
