@@ -48,7 +48,7 @@ from typing import List, Optional, Tuple
 
 import psutil
 
-from bench.common import REPO, Child, child_env, ensure_node_ws, tempdir, twistd_argv
+from bench.common import REPO, Child, child_env, ensure_node_ws, save_results, tempdir, twistd_argv
 from sysadmd.runtime.crypto import generate_private_key, private_pem, public_pem
 
 SHAPES = [(1, 1), (8, 4), (32, 8)]  # the same shapes as bench/rpc_bench.py
@@ -342,10 +342,7 @@ def finish(results: dict, args: argparse.Namespace) -> int:
         results["relay"] = {k: v for k, v in relay.items() if k != "output"}
         print("relay bench (bench/bridge_relay_bench.py):")
         print("  " + relay["output"].strip().replace("\n", "\n  "), flush=True)
-    out = os.path.join(REPO, "bench", "results")
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "bridge_bench.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    save_results("bridge_bench", results)
     return 0
 
 

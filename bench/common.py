@@ -99,3 +99,13 @@ def run_loadgen(url: str, conns: int, inflight: int, seconds: float, key_file: O
 
 def tempdir(prefix: str) -> str:
     return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+
+
+def save_results(name: str, results: object) -> str:
+    """Write *results* as ``bench/results/<name>.json`` (indented); its path."""
+    out = os.path.join(REPO, "bench", "results")
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, f"{name}.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    return path

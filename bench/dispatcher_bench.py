@@ -41,6 +41,7 @@ from twisted.internet import defer, protocol, reactor, task
 
 from sysadmd import config as configmod
 from sysadmd.assembly import build
+from bench.common import save_results
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRUE = shutil.which("true") or "/bin/true"
@@ -209,9 +210,7 @@ def main(args):
     finally:
         shutil.rmtree(state, True)
         print(json.dumps(results, indent=2))
-        os.makedirs(os.path.join(REPO, "bench", "results"), exist_ok=True)
-        with open(os.path.join(REPO, "bench", "results", "dispatcher_bench.json"), "w") as f:
-            json.dump(results, f, indent=2)
+        save_results("dispatcher_bench", results)
         reactor.stop()
 
 

@@ -41,7 +41,7 @@ import sys
 from typing import Tuple
 
 from bench.bridge_bench import Setup
-from bench.common import REPO, ensure_node_ws, tempdir
+from bench.common import REPO, ensure_node_ws, save_results, tempdir
 from sysadmd.bridgelink import key as bridgekey
 from sysadmd.wire.bound import fingerprint
 
@@ -142,10 +142,7 @@ def main(argv=None) -> int:
         if setup is not None:
             setup.stop()
         shutil.rmtree(base, True)
-    out = os.path.join(REPO, "bench", "results")
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "e2e_bench.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    save_results("e2e_bench", results)
     return 0
 
 

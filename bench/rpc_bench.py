@@ -13,12 +13,11 @@ throughput >= 0.85x the floor, CPU per request <= 1.25x.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 
-from bench.common import REPO, Child, child_env, run_loadgen, tempdir, twistd_argv
+from bench.common import REPO, Child, child_env, run_loadgen, save_results, tempdir, twistd_argv
 from sysadmd.runtime.crypto import generate_private_key, private_pem, public_pem
 
 SHAPES = [(1, 1), (8, 4), (32, 8)]
@@ -85,10 +84,7 @@ def main(argv=None) -> int:
     finally:
         sysadmd.stop()
         floor.stop()
-    out = os.path.join(REPO, "bench", "results")
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "rpc_bench.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    save_results("rpc_bench", results)
     return 0
 
 

@@ -38,7 +38,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from bench.common import REPO, Child, tempdir, twistd_argv
+from bench.common import Child, save_results, tempdir, twistd_argv
 from sysadmd.wire import frames
 
 PING = frames.encode_frame(frames.PING, b"p" * 125, mask=b"\x01\x02\x03\x04")
@@ -446,10 +446,7 @@ def main(argv=None) -> int:
         finally:
             bridge.stop()
 
-    out = os.path.join(REPO, "bench", "results")
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "soak_attacks.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    save_results("soak_attacks", results)
     return 0
 
 

@@ -30,7 +30,7 @@ import threading
 import time
 from typing import Dict, List
 
-from bench.common import REPO, Child, child_env, tempdir, twistd_argv
+from bench.common import REPO, Child, child_env, save_results, tempdir, twistd_argv
 
 ATTACKS = ("parked", "failures", "names")
 
@@ -213,10 +213,7 @@ def main(argv=None) -> int:
               f"after {row['rss_after_mib']} MiB | probe p50 {probe.get('p50_ms', float('nan')):.1f} ms "
               f"p99 {probe.get('p99_ms', float('nan')):.1f} ms max {probe.get('max_ms', float('nan')):.1f} ms "
               f"({probe.get('samples', 0)} samples) | attacker {row['attacker']}", flush=True)
-    out = os.path.join(REPO, "bench", "results")
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "soak_login.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    save_results("soak_login", results)
     return 0
 
 

@@ -37,6 +37,7 @@ from twisted.internet import defer, reactor, task
 
 from sysadmd import config as configmod
 from sysadmd.assembly import build
+from bench.common import save_results
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLEEP = shutil.which("sleep") or "/bin/sleep"
@@ -148,9 +149,7 @@ def main(args):
     finally:
         shutil.rmtree(state, True)
         print(json.dumps(results, indent=2))
-        os.makedirs(os.path.join(REPO, "bench", "results"), exist_ok=True)
-        with open(os.path.join(REPO, "bench", "results", "supervisor_bench.json"), "w") as f:
-            json.dump(results, f, indent=2)
+        save_results("supervisor_bench", results)
         reactor.stop()
 
 

@@ -20,7 +20,7 @@ import os
 import sys
 import time
 
-from bench.common import REPO, Child, run_loadgen, tempdir, twistd_argv
+from bench.common import Child, run_loadgen, save_results, tempdir, twistd_argv
 from bench.rpc_bench import prepare_state
 
 ACTIONS = ("systeminfo", "memorystats", "cpupercentage")
@@ -79,10 +79,7 @@ def main(argv=None) -> int:
                       f"(client cpu {r['client_cpu_s']:.1f}s vs server {r['server_cpu_s']:.1f}s){extra}", flush=True)
     finally:
         server.stop()
-    out = os.path.join(REPO, "bench", "results")
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "sysinfo_bench.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    save_results("sysinfo_bench", results)
     return 0
 
 

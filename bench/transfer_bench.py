@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 
-from bench.common import REPO, Child, tempdir, twistd_argv
+from bench.common import Child, save_results, tempdir, twistd_argv
 
 MIB = 1024 * 1024
 
@@ -230,11 +230,8 @@ def main() -> None:
               f"{med['upload floor cpu s/GiB']:.2f}")
         print(f"  upload job (filesystem.put copy to the target, after the reply) {med['upload job']:8.1f}")
         print(f"  daemon RSS growth during a {opts.size_mib} MiB upload: {peak_growth / MIB:.1f} MiB (target < 50)")
-        out = os.path.join(REPO, "bench", "results")
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "transfer_bench.json"), "w") as f:
-            json.dump({"size_mib": opts.size_mib, "runs": opts.runs, "mb_per_s": results, "median": med,
-                       "rss_growth_bytes": peak_growth}, f, indent=2)
+        save_results("transfer_bench", {"size_mib": opts.size_mib, "runs": opts.runs, "mb_per_s": results,
+                                        "median": med, "rss_growth_bytes": peak_growth})
     finally:
         daemon.stop()
         floor.stop()

@@ -26,7 +26,7 @@ import sys
 import time
 
 from bench.bridge_bench import Setup
-from bench.common import REPO, child_env, tempdir
+from bench.common import REPO, child_env, save_results, tempdir
 
 MIB = 1024 * 1024
 
@@ -124,13 +124,9 @@ def main() -> None:
                 c = cpu_med[f"{way} {mode}"]
                 print(f"            {mode:6} CPU s/GiB: server {c['server_cpu']:.2f}  bridge {c['bridge_cpu']:.2f}  "
                       f"client {c['client_cpu']:.2f}")
-        out = os.path.join(REPO, "bench", "results")
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "ws_transfer_bench.json"), "w") as f:
-            json.dump({"size_mib": opts.size_mib, "runs": opts.runs, "mb_per_s": samples, "median": med,
-                       "cpu_s_per_gib": cpu_med,
-                       "ratio": {way: med[f"{way} bridge"] / med[f"{way} direct"] for way in ("upload", "download")}},
-                      f, indent=2)
+        save_results("ws_transfer_bench", {
+            "size_mib": opts.size_mib, "runs": opts.runs, "mb_per_s": samples, "median": med, "cpu_s_per_gib": cpu_med,
+            "ratio": {way: med[f"{way} bridge"] / med[f"{way} direct"] for way in ("upload", "download")}})
     finally:
         setup.stop()
         shutil.rmtree(base, ignore_errors=True)
