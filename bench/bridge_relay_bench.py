@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,7 +30,6 @@ sys.path.insert(0, ROOT)
 
 WINDOW = 16
 ACK_EVERY = 4
-MD5 = "bench-shared-checksum"
 
 
 # --- the peer processes -----------------------------------------------------------------
@@ -59,13 +60,18 @@ def run_peer(args) -> None:
             if data.startswith(b"{"):
                 msg = json.loads(data)
                 if msg.get("id") == "sysadm_bridge_request_ident":
-                    self.send(json.dumps({"args": {"hostname": "bench", "type": args.role}, "id": msg["id"], "name": "response", "namespace": "rpc"}))
+                    self.send(json.dumps({"args": {"hostname": "bench", "type": args.role}, "id": msg["id"],
+                                          "name": "response", "namespace": "rpc"}))
                     self.send(json.dumps({"args": "", "id": "auth", "name": "auth_ssl", "namespace": "rpc"}))
                 elif msg.get("id") == "auth" and isinstance(msg.get("args"), dict):
                     sig = crypto.sign_challenge(key, msg["args"]["test_string"])
-                    self.send(json.dumps({"args": {"encrypted_string": sig}, "id": "auth", "name": "auth_ssl", "namespace": "rpc"}))
+                    self.send(json.dumps({"args": {"encrypted_string": sig}, "id": "auth", "name": "auth_ssl",
+                                          "namespace": "rpc"}))
                 elif msg.get("id") == "bridge_request_list_keys":
-                    self.send(json.dumps({"args": {"md5_keys": [MD5]}, "id": msg["id"], "name": "response", "namespace": "rpc"}))
+                    # Both report the client key's checksum: the bridge pairs a client only on
+                    # a key it proved, and a server on the keys registered on it.
+                    self.send(json.dumps({"args": {"md5_keys": [args.pair_md5]}, "id": msg["id"], "name": "response",
+                                          "namespace": "rpc"}))
                 elif msg.get("name") == "bridge" and args.role == "server":
                     ids = msg["args"]["available_connections"]
                     if ids and self.dest is None:
@@ -142,24 +148,44 @@ def run_peer(args) -> None:
 
 # --- the driver ---------------------------------------------------------------------------
 def spawn_peer(*extra):
-    return subprocess.Popen([sys.executable, os.path.abspath(__file__), "peer", *extra], stdout=subprocess.PIPE,
-                            text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+    return read_lines(subprocess.Popen([sys.executable, os.path.abspath(__file__), "peer", *extra],
+                                       stdout=subprocess.PIPE, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT)))
+
+
+def read_lines(proc):
+    """Read *proc*'s output on a thread, into ``proc.lines`` (None at its end), so its
+    pipe never fills and :func:`wait_line` can wait with a timeout."""
+    proc.lines = queue.Queue()
+
+    def pump():
+        for line in proc.stdout:
+            proc.lines.put(line)
+        proc.lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return proc
 
 
 def wait_line(proc, pattern, timeout=120):
+    """The first line of *proc*'s output matching *pattern*, within *timeout* seconds (a
+    peer that stalls or dies makes this fail instead of hang)."""
     deadline = time.time() + timeout
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
+    while True:
+        try:
+            line = proc.lines.get(timeout=max(0.0, deadline - time.time()))
+        except queue.Empty:
+            break
+        if line is None:
             break
         match = re.search(pattern, line)
         if match:
             return match
-    raise RuntimeError(f"no {pattern!r} from {proc.args}")
+    proc.kill()
+    raise RuntimeError(f"no {pattern!r} from {' '.join(proc.args)} within {timeout} s")
 
 
-def transfer(url_or_port, count, size, key_server, key_client, direct):
-    common = ["--count", str(count), "--size", str(size)]
+def transfer(url_or_port, count, size, key_server, key_client, direct, pair_md5=""):
+    common = ["--count", str(count), "--size", str(size), "--pair-md5", pair_md5]
     if direct:
         receiver = spawn_peer("--role", "client", "--listen", "--direct", *common)
         port = wait_line(receiver, r"LISTENING (\d+)").group(1)
@@ -183,6 +209,7 @@ def main() -> None:
     peer.add_argument("--key")
     peer.add_argument("--listen", action="store_true")
     peer.add_argument("--direct", action="store_true")
+    peer.add_argument("--pair-md5", default="", help="the checksum both peers report (the client key's)")
     for p in (parser, peer):
         p.add_argument("--count", type=int, default=200)
         p.add_argument("--size", type=int, default=1 << 20)
@@ -200,17 +227,20 @@ def main() -> None:
     try:
         keys = {}
         store = open_keystore(state)
+        pair_md5 = ""
         for role in ("server", "client"):
             private = crypto.generate_private_key(2048)
+            if role == "client":
+                pair_md5 = crypto.md5_checksum(crypto.public_pem(private))
             keys[role] = os.path.join(state, f"{role}.key")
             with open(keys[role], "wb") as f:
                 f.write(crypto.private_pem(private))
             store.import_key(role, crypto.public_pem(private), role)
         store.db.close()
-        bridge = subprocess.Popen([sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+        bridge = read_lines(subprocess.Popen([sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
                                    "sysadm-bridge", "--port", "tcp:0:interface=127.0.0.1", "--state-dir", state],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                                  env=dict(os.environ, PYTHONPATH=ROOT))
+                                  env=dict(os.environ, PYTHONPATH=ROOT)))
         try:
             port = wait_line(bridge, r"listening on \S+ port (\d+)").group(1)
             url = f"wss://127.0.0.1:{port}/"
@@ -218,7 +248,8 @@ def main() -> None:
             gib = args.count * args.size / (1 << 30)
             floor_s, floor_rcpu, floor_scpu = transfer(None, args.count, args.size, None, None, direct=True)
             before = psutil.Process(bridge.pid).cpu_times()
-            relay_s, relay_rcpu, relay_scpu = transfer(url, args.count, args.size, keys["server"], keys["client"], direct=False)
+            relay_s, relay_rcpu, relay_scpu = transfer(url, args.count, args.size, keys["server"], keys["client"], direct=False,
+                                                      pair_md5=pair_md5)
             after = psutil.Process(bridge.pid).cpu_times()
             bridge_cpu = (after.user + after.system) - (before.user + before.system)
             print(f"payload {args.size} bytes x {args.count} frames ({mib:.0f} MiB)")

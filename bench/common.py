@@ -70,13 +70,16 @@ def twistd_argv(plugin: str, *args: str) -> List[str]:
 
 
 def ensure_node_ws() -> str:
-    """Install the 'ws' package for the Node load generator (once, into bench/.node)."""
+    """Install the Node load generators' packages (once, into bench/.node): 'ws', and
+    'libsodium-wrappers' for bench/loadgen_e2e.js's cipher."""
     if shutil.which("node") is None:
         raise SystemExit("the benchmark needs Node.js (node) for its load generator")
-    marker = os.path.join(NODE_DIR, "node_modules", "ws", "package.json")
-    if not os.path.exists(marker):
+    wanted = {"ws": "ws@8", "libsodium-wrappers": "libsodium-wrappers@0.7"}
+    missing = [spec for name, spec in wanted.items()
+               if not os.path.exists(os.path.join(NODE_DIR, "node_modules", name, "package.json"))]
+    if missing:
         os.makedirs(NODE_DIR, exist_ok=True)
-        subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", NODE_DIR, "ws@8"], check=True)
+        subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", NODE_DIR, *missing], check=True)
     return os.path.join(NODE_DIR, "node_modules")
 
 

@@ -74,6 +74,7 @@ def measure(setup: Setup, mode: str, conns: int, inflight: int, seconds: float) 
         "p50_ms": summary["p50_ms"],
         "p99_ms": summary["p99_ms"],
         "errors": summary["errors"],
+        "cipher": summary.get("cipher", "node"),
         "server_id": summary.get("server_id"),
         "server_cpu_us_per_req": server_cpu / n * 1e6,
         "bridge_cpu_us_per_req": bridge_cpu / n * 1e6,
@@ -137,7 +138,8 @@ def main(argv=None) -> int:
                       f"{m['bridge_cpu_us_per_req']:5.0f} us, client {m['client_cpu_us_per_req']:5.0f} us; "
                       f"rounds {m['rps_runs']} req/s; errors {m['errors']}", flush=True)
             print(f"      E2E adds per request: server {row['server_cpu_added_us']:+.0f} us, bridge "
-                  f"{row['bridge_cpu_added_us']:+.0f} us, load generator {row['client_cpu_added_us']:+.0f} us", flush=True)
+                  f"{row['bridge_cpu_added_us']:+.0f} us, load generator {row['client_cpu_added_us']:+.0f} us "
+                  f"(its cipher: {e2e_mode['cipher']})", flush=True)
     finally:
         if setup is not None:
             setup.stop()

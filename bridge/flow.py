@@ -83,6 +83,12 @@ class PeerFlow:
         if (self.congested or self.queue) and not self.closing and not sender.closing and sender is not self:
             self._hold(sender)
 
+    def relay_held(self, sender: "PeerFlow") -> None:
+        """A relayed frame was just written to this peer past its limit: pause *sender*
+        (:meth:`relay_from`'s second half, for the bridge's inline relay path)."""
+        if not self.closing and not sender.closing and sender is not self:
+            self._hold(sender)
+
     def shut(self, code: int, reason: str) -> None:
         """Close this peer (slow or stuck receiver) and let its senders go."""
         if self.closing:

@@ -55,6 +55,9 @@ the ping/close bookkeeping; once open, the bytes are parsed by
 :class:`sysadmd.wire.frames.FrameReader` and our text frames are written with its
 header (:class:`sysadmd.wire.wsbase.LeanServerMixin`) — autobahn's per-frame path cost more
 CPU than the relay itself.  Protocol errors close with 1002, an oversized message with 1009.
+The commonest frames, small relay frames between partners, are relayed straight from the
+reader's buffer by :meth:`BridgeServerProtocol.inline_frames` (one loop, no call per
+frame but the write); every other frame takes the general path above.
 """
 
 from __future__ import annotations
@@ -126,6 +129,86 @@ class BridgeServerProtocol(LeanServerMixin, WebSocketServerProtocol):
         self.relay_peer = peer
         self._auth_timer = bridge.clock.callLater(cfg.auth_timeout, self._auth_expired)
         bridge.connected(peer)
+
+    # --- the relay's hot path -------------------------------------------------------------
+    def inline_frames(self, reader: Any) -> bool:
+        """Relay the small relay frames at the front of the frame reader's buffer; say
+        whether any were taken.  The rest, from the first frame that needs the general path,
+        stays in the reader for it (:meth:`onMessage`); the frame after that comes here
+        again (``_drain`` in :mod:`sysadmd.wire.wsbase`).
+
+        The common case of :meth:`onMessage`, ``PeerDirectory.relay``,
+        ``PeerFlow.relay_from`` and ``send_text_frame`` in one loop, with the frame reader's
+        unmasking: a whole masked text frame under 2 KiB, ASCII, not for the bridge itself
+        (not ``{``), from an authenticated peer to a partner whose connection is open and
+        not congested.  Anything else (a control frame, an API call, fragments, a partial
+        frame, an unknown or unpaired destination, a congested receiver, non-ASCII text)
+        stops the loop there, and the general path handles it exactly as before.  So does
+        a receiver that becomes congested: the sender is held (see :mod:`bridge.flow`) and
+        reads no further."""
+        peer = self.relay_peer
+        flow = self.flow
+        if peer is None or not peer.authenticated or flow is None or flow.closing or self.failedByMe \
+                or self.state != self.STATE_OPEN:
+            return False
+        front = reader.front()
+        if front is None:
+            return False
+        data, start_at, n = front
+        peers = self.factory.bridge.directory.peers
+        partners = peer.partners
+        id_bytes = peer.id_bytes
+        id_len = len(id_bytes)
+        limit = self.message_limit()
+        cls = type(self)
+        open_state = self.STATE_OPEN
+        from_bytes = int.from_bytes
+        pos = start_at
+        while n - pos >= 2:
+            if data[pos] != 0x81:
+                break
+            length = data[pos + 1] ^ 0x80  # masked (the top bit), as a peer must send
+            if length < 126:
+                start = pos + 6
+            elif length == 126 and n - pos >= 4:
+                length = (data[pos + 2] << 8) | data[pos + 3]
+                start = pos + 8
+            else:
+                break  # unmasked (a protocol error), 8-byte length, or not all here
+            end = start + length
+            if end > n or not 0 < length < 2048 or length > limit:
+                break
+            payload = (from_bytes(data[start:end], "little")
+                       ^ from_bytes((data[start - 4:start] * ((length >> 2) + 1))[:length], "little")
+                       ).to_bytes(length, "little")
+            newline = payload.find(b"\n")
+            if newline <= 0 or payload[0] == 0x7B or not payload.isascii():
+                break
+            dest = peers.get(payload[:newline].decode("ascii"))
+            if dest is None or dest.id not in partners:
+                break
+            link = dest.link
+            if type(link) is not cls or link.state != open_state or link.send_queue or link.logOctets:
+                break
+            dest_flow = link.flow
+            if dest_flow is None or dest_flow.congested or dest_flow.queue or dest_flow.closing:
+                break
+            size = id_len + length - newline
+            if size >= 65536:
+                break
+            link.transport.write(b"".join(((bytes((0x81, size)) if size < 126 else b"\x81\x7e" + size.to_bytes(2, "big")),
+                                           id_bytes, memoryview(payload)[newline:])))
+            pos = end
+            if dest_flow.congested or dest_flow.queue:
+                dest_flow.relay_held(flow)
+                if self._input_pauses or flow.closing:
+                    break
+        if pos == start_at:
+            return False
+        reader.skip(pos - start_at)
+        if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
+            self._cancelAutoPingTimeoutCall()
+        return True
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         peer = self.relay_peer

@@ -15,8 +15,9 @@ write is one C call.
   decrypts every whole record the bytes hold and hands the plaintext to the protocol in
   one call; a partial record waits in the BIO for the rest (no busy loop: the reactor
   reports the socket again only when bytes arrive).  Small writes made in one reactor
-  turn are encrypted together at the start of the next (one record, one send), as
-  Twisted's TLS does; plaintext written before the handshake is done goes out once it
+  turn are encrypted together once the turn's events are handled (one record, one
+  send; :mod:`bridge.turnloop`, or ``callLater(0)`` as Twisted's TLS does on a reactor
+  it cannot hook); plaintext written before the handshake is done goes out once it
   is.  An orderly close sends close_notify after everything written before it; an abort
   sends nothing.  (``SSLContext.wrap_socket``, OpenSSL reading the socket itself, was
   tried first: it reads each record with two ``recv`` calls plus one that fails, and the
@@ -44,10 +45,12 @@ from OpenSSL import SSL
 from twisted.internet import defer, endpoints, main, tcp
 from twisted.internet.error import CannotListenError
 
+from bridge.turnloop import turn_loop
 from sysadmd.runtime import tls
 
 ALPN = ["http/1.1"]
 AGGREGATE_BYTES = 64_000  # plaintext gathered from one reactor turn before it is encrypted at once
+_IN_TURN = object()  # TLSServer._flush_call while the reactor's TurnLoop will flush it
 
 
 def server_context(cert_path: str, key_path: str) -> ssl.SSLContext:
@@ -82,8 +85,9 @@ class TLSServer(tcp.Server):
         self._tls = server.ssl_context.wrap_bio(self._incoming, self._outgoing, server_side=True)
         self._pending: list = []  # plaintext written, not yet encrypted (see write)
         self._pending_len = 0
-        self._flush_call: Any = None
+        self._flush_call: Any = None  # a DelayedCall, or _IN_TURN while the turn loop has us
         super().__init__(sock, protocol, client, server, sessionno, reactor)
+        self._turn = turn_loop(reactor, (TLSServer,))
 
     # --- reading ------------------------------------------------------------------------
     def doRead(self) -> Any:
@@ -149,9 +153,10 @@ class TLSServer(tcp.Server):
             tcp.Server.write(self, self._outgoing.read())
 
     # --- writing ------------------------------------------------------------------------
-    # Small writes made in one reactor turn are encrypted together at the start of the
-    # next one (one record and one send for many frames), as Twisted's TLS does
-    # (twisted.protocols.tls._AggregateSmallWrites, same size limit).
+    # Small writes made in one reactor turn are encrypted together when the turn's
+    # events are handled (one record and one send for many frames; bridge.turnloop), as
+    # Twisted's TLS does at the start of the next turn (its _AggregateSmallWrites, same
+    # size limit).
     def write(self, data: bytes) -> None:
         if self._tls_closed or not data or not self.connected:
             return
@@ -163,7 +168,12 @@ class TLSServer(tcp.Server):
         if self._pending_len > AGGREGATE_BYTES:
             self._flush_pending()
         elif self._flush_call is None:
-            self._flush_call = self.reactor.callLater(0, self._scheduled_flush)
+            turn = self._turn
+            if turn is not None:
+                self._flush_call = _IN_TURN
+                turn.mark(self)
+            else:
+                self._flush_call = self.reactor.callLater(0, self._scheduled_flush)
 
     def writeSequence(self, iovec: Any) -> None:
         self.write(b"".join(iovec))
@@ -173,9 +183,11 @@ class TLSServer(tcp.Server):
         self._flush_pending()
 
     def _flush_pending(self) -> None:
-        if self._flush_call is not None:
-            self._flush_call.cancel()
-            self._flush_call = None
+        call = self._flush_call
+        if call is not None:
+            if call is not _IN_TURN:
+                call.cancel()
+            self._flush_call = None  # still in the turn loop's list: that flush finds nothing
         pending = self._pending
         if not pending or self._handshaking or self._tls_closed:
             return
@@ -208,9 +220,9 @@ class TLSServer(tcp.Server):
         super().loseWriteConnection()
 
     def connectionLost(self, reason: Any) -> None:
-        if self._flush_call is not None:
+        if self._flush_call is not None and self._flush_call is not _IN_TURN:
             self._flush_call.cancel()
-            self._flush_call = None
+        self._flush_call = None
         self._pending = []
         super().connectionLost(reason)
 

@@ -226,3 +226,74 @@ class CodecProperties(unittest.TestCase):
         wire = encode_frame(opcode, payload, mask=KEY)
         self.assertEqual(read_all(FrameReader(1 << 20), wire), [(opcode, payload)])
         self.assertEqual(encode_frame(opcode, payload)[len(frames.frame_header(opcode, len(payload))):], payload)
+
+
+def take_one_whole_frame(reader: FrameReader) -> Optional[Tuple[int, bytes]]:
+    """What a caller of front/skip does (the bridge's relay): parse one whole, unfragmented
+    masked data frame at the front itself, else leave everything to pop."""
+    front = reader.front()
+    if front is None:
+        return None
+    buf, start, end = front
+    if end - start < 2 or buf[start] not in (0x81, 0x82) or not buf[start + 1] & 0x80:
+        return None
+    length = buf[start + 1] & 0x7F
+    head = 6
+    if length == 126:
+        if end - start < 4:
+            return None
+        length = int.from_bytes(buf[start + 2:start + 4], "big")
+        head = 8
+    elif length == 127:
+        return None
+    if end - start < head + length:
+        return None
+    key = buf[start + head - 4:start + head]
+    payload = frames.unmask(buf[start + head:start + head + length], key)
+    reader.skip(head + length)
+    return buf[start] & 0x0F, payload
+
+
+class FrontAndSkipProperties(unittest.TestCase):
+    timeout = 120
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.tuples(st.sampled_from([TEXT, BINARY]), st.binary(max_size=400),
+                              st.lists(st.integers(min_value=0, max_value=400), max_size=3)), max_size=8),
+           st.lists(st.integers(min_value=1, max_value=500), max_size=30),
+           st.lists(st.booleans(), min_size=1, max_size=40))
+    def test_a_caller_taking_whole_frames_itself_loses_and_repeats_nothing(self, messages, chunks, takes):
+        wire = b"".join(fragments(opcode, payload, cuts) for opcode, payload, cuts in messages)
+        reader = FrameReader(400)
+        got = []
+        pos = 0
+        sizes = list(chunks) or [len(wire) or 1]
+        turn = 0
+        while pos < len(wire):
+            size = sizes[turn % len(sizes)]
+            reader.feed(wire[pos:pos + size])
+            pos += size
+            while True:
+                take = takes[turn % len(takes)]
+                turn += 1
+                frame = take_one_whole_frame(reader) if take else None
+                if frame is None:
+                    frame = reader.pop()
+                if frame is None:
+                    break
+                got.append(frame)
+        self.assertEqual(got, [(opcode, payload) for opcode, payload, _ in messages])
+
+    def test_no_front_while_a_message_is_in_fragments_or_being_dropped(self):
+        reader = FrameReader(10)
+        reader.feed(client_frame(TEXT, b"abc", fin=False) + client_frame(CONTINUATION, b"d", fin=False))
+        self.assertIsNone(reader.pop())
+        self.assertIsNone(reader.front())  # the message's second part is still to come
+        reader.feed(client_frame(CONTINUATION, b"e"))
+        self.assertEqual(reader.pop(), (TEXT, b"abcde"))
+        self.assertIsNone(reader.front())  # nothing buffered
+        reader.feed(client_frame(TEXT, b"x" * 11))
+        with self.assertRaises(FrameError):
+            reader.pop()
+        reader.feed(client_frame(TEXT, b"y"))
+        self.assertIsNone(reader.front())  # dropping after the oversized message

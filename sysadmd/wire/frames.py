@@ -238,6 +238,28 @@ class FrameReader:
                 return frame
         return None
 
+    def front(self) -> Optional[Tuple[bytes, int, int]]:
+        """``(buffer, start, end)``: the bytes read but not yet parsed, as one buffer, when
+        nothing but whole-frame parsing is under way (no fragmented message, no large frame
+        streaming, nothing being dropped, no error); else ``None``.
+
+        For a caller with its own path for the common case (the bridge's relay): it parses
+        whole frames from ``start`` and reports the bytes it took with :meth:`skip`; the
+        rest stays here for :meth:`pop`, so no byte is lost or read twice."""
+        if self.failed or self.dropping or self._left or self._discard or self._parts is not None \
+                or self._streamed is not None or not self._avail:
+            return None
+        chunks = self._chunks
+        if len(chunks) > 1:
+            chunks[:] = [b"".join([chunks[0][self._pos:], *chunks[1:]])]
+            self._pos = 0
+        return chunks[0], self._pos, self._pos + self._avail
+
+    def skip(self, n: int) -> None:
+        """*n* bytes at the front (whole frames, see :meth:`front`) were handled by the caller."""
+        if n:
+            self._consume(n)
+
     # --- internals -------------------------------------------------------------------
     def _fail(self, reason: str) -> FrameError:
         self.failed = True

@@ -458,11 +458,22 @@ class _FastFrames(_InputPauses, _FastWire):
             return
         super().sendPong(payload)
 
+    # A subclass's path for its commonest frames, tried before each general parse (the
+    # bridge's relay: bridge/protocol.py): ``inline_frames(reader)`` handles whole frames
+    # at the reader's front (FrameReader.front/skip) and says whether it took any.
+    inline_frames: Any = None
+
     def _drain(self, reader: frames.FrameReader) -> None:
+        inline = self.inline_frames
         while True:
             if self._input_pauses:
                 self._drain_held = True
                 return
+            if inline is not None and inline(reader):
+                if self.state == self.STATE_CLOSED:
+                    return
+                if self._input_pauses:
+                    continue
             reader.max_message = self.message_limit()
             try:
                 frame = reader.pop()
