@@ -145,7 +145,8 @@ class BridgeServerProtocol(LeanServerMixin, WebSocketServerProtocol):
         frame, an unknown or unpaired destination, a congested receiver, non-ASCII text)
         stops the loop there, and the general path handles it exactly as before.  So does
         a receiver that becomes congested: the sender is held (see :mod:`bridge.flow`) and
-        reads no further."""
+        reads no further.  Consecutive frames for one receiver are written together (at
+        most what one read brought)."""
         peer = self.relay_peer
         flow = self.flow
         if peer is None or not peer.authenticated or flow is None or flow.closing or self.failedByMe \
@@ -164,6 +165,8 @@ class BridgeServerProtocol(LeanServerMixin, WebSocketServerProtocol):
         open_state = self.STATE_OPEN
         from_bytes = int.from_bytes
         pos = start_at
+        run_link: Any = None  # consecutive frames for one receiver go out in one write
+        run: list = []
         while n - pos >= 2:
             if data[pos] != 0x81:
                 break
@@ -188,27 +191,43 @@ class BridgeServerProtocol(LeanServerMixin, WebSocketServerProtocol):
             if dest is None or dest.id not in partners:
                 break
             link = dest.link
-            if type(link) is not cls or link.state != open_state or link.send_queue or link.logOctets:
-                break
-            dest_flow = link.flow
-            if dest_flow is None or dest_flow.congested or dest_flow.queue or dest_flow.closing:
-                break
+            if link is not run_link:
+                # A new receiver (a run's receiver cannot change state before its write).
+                if type(link) is not cls or link.state != open_state or link.send_queue or link.logOctets:
+                    break
+                dest_flow = link.flow
+                if dest_flow is None or dest_flow.congested or dest_flow.queue or dest_flow.closing:
+                    break
+                if run:
+                    held = self._relay_run(run_link, run, flow)
+                    run = []
+                    if held:
+                        break
+                run_link = link
             size = id_len + length - newline
             if size >= 65536:
                 break
-            link.transport.write(b"".join(((bytes((0x81, size)) if size < 126 else b"\x81\x7e" + size.to_bytes(2, "big")),
-                                           id_bytes, memoryview(payload)[newline:])))
+            run += ((bytes((0x81, size)) if size < 126 else b"\x81\x7e" + size.to_bytes(2, "big")),
+                    id_bytes, memoryview(payload)[newline:])
             pos = end
-            if dest_flow.congested or dest_flow.queue:
-                dest_flow.relay_held(flow)
-                if self._input_pauses or flow.closing:
-                    break
+        if run:
+            self._relay_run(run_link, run, flow)
         if pos == start_at:
             return False
         reader.skip(pos - start_at)
         if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
             self._cancelAutoPingTimeoutCall()
         return True
+
+    def _relay_run(self, link: "BridgeServerProtocol", pieces: list, flow: PeerFlow) -> bool:
+        """Write relayed frames (*pieces*: headers, IDs, payloads) to *link*; if that fills
+        its buffer, hold this sender (bridge.flow).  True when this peer must stop reading."""
+        link.transport.write(b"".join(pieces))
+        dest_flow = link.flow
+        if dest_flow.congested or dest_flow.queue:
+            dest_flow.relay_held(flow)
+            return bool(self._input_pauses or flow.closing)
+        return False
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         peer = self.relay_peer

@@ -195,7 +195,19 @@ class TLSServer(tcp.Server):
         self._pending = []
         self._pending_len = 0
         self._tls.write(data)
-        tcp.Server.write(self, self._outgoing.read())
+        out = self._outgoing.read()
+        if not self._tempDataLen and self.offset == len(self.dataBuffer) and self.connected \
+                and not self.disconnecting:
+            # Nothing older is waiting in Twisted's buffer: send now (wsbase.write_through
+            # does the same one layer down, after five calls through Twisted's write path).
+            try:
+                sent = self.socket.send(out)
+            except OSError:
+                sent = 0  # no room, or broken: Twisted's path retries and reports it
+            if sent == len(out):
+                return
+            out = out[sent:]
+        tcp.Server.write(self, out)
 
     # --- closing --------------------------------------------------------------------------
     def _send_close_notify(self) -> None:
