@@ -16,14 +16,17 @@ medians beside it.  The machine's load average is printed with each shape: the l
 generator shares the cores with the measured processes, so other work on the machine moves
 the figures.
 
-Where E2E's cost goes (measured 2026-11-26, 2-core AMD EPYC shared with other work): per
-round trip the ciphers cost ~3 us in the server (cryptography's ChaCha20Poly1305: a context
-per call; open + seal of a 757-byte rpc/query reply) and ~6.5 us in the Node load generator
-(createCipheriv per message; a pure-JS ChaCha20-Poly1305 measured slower for this size).
-The CPU per request that the bench shows rises by more than that in all three processes,
-the bridge too (which relays "!" frames exactly like base64 ones): at a lower request rate
-fewer frames share each wake-up, read and write, so the fixed costs per batch spread over
-fewer requests.
+Where E2E's cost goes (measured 2026-11-26, 2-core AMD EPYC): per round trip the ciphers
+cost ~2 us in the server (cryptography's ChaCha20Poly1305, about 1 us to open or seal a
+757-byte rpc/query reply) and, in the load generator, ~8 us with Node's createCipheriv (a
+native cipher object per message, 4.1 us per seal) or ~5 us with libsodium's one call
+(2.4 us), which it uses when bench/.node has libsodium-wrappers (bench/common.py installs
+it; the JSON line names the cipher).  The load generator shares the 2 cores with the
+measured processes, so its cipher counts in the ratio: with Node's cipher 8x4 measured
+0.73-0.85x (median 0.79x), with libsodium 0.84x in both runs since.  The CPU per request
+that the bench shows rises by more than the cipher costs in all three processes: at a
+lower request rate fewer frames share each wake-up, read and write, so the fixed costs per
+batch spread over fewer requests.
 
 Results go to bench/results/e2e_bench.json.
 """
