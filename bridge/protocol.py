@@ -62,6 +62,7 @@ frame but the write); every other frame takes the general path above.
 
 from __future__ import annotations
 
+import struct
 from typing import Any, Optional
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -74,6 +75,11 @@ from bridge.relay import Peer, new_peer_id
 from sysadmd.wire.close import CLOSE_INTERNAL, CLOSE_POLICY
 from sysadmd.wire.envelope import encode, error, utf8
 from sysadmd.wire.wsbase import LeanServerMixin, write_through
+
+
+# Unmasked text frame headers: every one-byte length, and the two-byte form.
+_TEXT_HEADERS = [bytes((0x81, n)) for n in range(126)]
+_text_header_16 = struct.Struct(">BBH").pack
 
 
 class BridgeServerProtocol(LeanServerMixin, WebSocketServerProtocol):
@@ -207,7 +213,7 @@ class BridgeServerProtocol(LeanServerMixin, WebSocketServerProtocol):
             size = id_len + length - newline
             if size >= 65536:
                 break
-            run += ((bytes((0x81, size)) if size < 126 else b"\x81\x7e" + size.to_bytes(2, "big")),
+            run += (_TEXT_HEADERS[size] if size < 126 else _text_header_16(0x81, 126, size),
                     id_bytes, memoryview(payload)[newline:])
             pos = end
         if run:

@@ -127,9 +127,8 @@ class TLSServer(tcp.Server):
         if self._outgoing.pending:  # alerts, a TLS 1.3 key update's answer
             tcp.Server.write(self, self._outgoing.read())
         if chunks:
-            why = self._dataReceived(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-            if why is not None:
-                return why
+            # What tcp.Connection._dataReceived does for non-empty data, without its call.
+            self.protocol.dataReceived(chunks[0] if len(chunks) == 1 else b"".join(chunks))
         return ended
 
     def _handshake(self) -> Any:

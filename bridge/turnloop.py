@@ -13,11 +13,12 @@ connections with plaintext waiting and flushes them all
 
 So nothing written waits past the next poll, as with ``callLater(0)``.  It hooks the
 reactor's ``doIteration`` (the call ``mainLoop`` makes once per turn).  On an epoll
-reactor the hook also polls itself and hands a TLS connection's events straight to
-Twisted's ``_doReadOrWrite`` (same reads, writes, errors and disconnect handling),
-without the legacy-log context Twisted sets up around each event
-(``log.callWithLogger``); other selectables (listening ports, the waker, timers' fds)
-go through Twisted's path unchanged.
+reactor the hook also polls itself: a TLS connection's plain read event goes straight to
+its ``doRead`` (an exception is logged and drops the connection, a returned reason
+disconnects it, as in Twisted's ``_doReadOrWrite``), its other events to
+``_doReadOrWrite``, both without the legacy-log context Twisted sets up around each event
+(``log.callWithLogger``); other selectables (listening ports, the waker, timers' fds) go
+through Twisted's path unchanged.
 
 :func:`turn_loop` returns the reactor's loop, or ``None`` for a reactor whose
 ``doIteration`` cannot be hooked (a test Clock, a MemoryReactor): connections then fall
@@ -27,10 +28,14 @@ back to ``callLater(0)``.
 from __future__ import annotations
 
 import errno
+import select
+import sys
 import weakref
 from typing import Any, List, Optional
 
 from twisted.python import log as legacy_log
+
+EPOLLIN = getattr(select, "EPOLLIN", 1)  # only used on an epoll reactor (Linux)
 
 _loops: "weakref.WeakKeyDictionary[Any, TurnLoop]" = weakref.WeakKeyDictionary()
 
@@ -55,7 +60,8 @@ class TurnLoop:
             return None
         if not isinstance(reactor, EPollReactor):
             return None
-        parts = tuple(getattr(reactor, name, None) for name in ("_poller", "_selectables", "_doReadOrWrite"))
+        parts = tuple(getattr(reactor, name, None)
+                      for name in ("_poller", "_selectables", "_doReadOrWrite", "_disconnectSelectable"))
         if any(part is None for part in parts) or not callable(getattr(parts[0], "poll", None)):
             return None
         return parts
@@ -87,7 +93,7 @@ class TurnLoop:
 
     def _lean_poll(self, timeout: Optional[float]) -> None:
         """Twisted's ``EPollReactor.doPoll``, with TLS connections dispatched directly."""
-        poller, selectables, do_read_or_write = self._lean
+        poller, selectables, do_read_or_write, disconnect = self._lean
         try:
             events = poller.poll(-1 if timeout is None else timeout, len(selectables))
         except OSError as err:
@@ -100,7 +106,18 @@ class TurnLoop:
             if selectable is None:
                 continue
             if type(selectable) in fast_types:
-                do_read_or_write(selectable, fd, event)
+                if event == EPOLLIN:
+                    # Twisted's _doReadOrWrite for a plain read event, without its checks
+                    # for the other cases: errors are logged and the connection dropped.
+                    try:
+                        why = selectable.doRead()
+                    except BaseException:
+                        why = sys.exc_info()[1]
+                        legacy_log.err()
+                    if why:
+                        disconnect(selectable, why, True)
+                else:
+                    do_read_or_write(selectable, fd, event)
             else:
                 legacy_log.callWithLogger(selectable, do_read_or_write, selectable, fd, event)
 

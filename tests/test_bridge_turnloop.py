@@ -160,6 +160,16 @@ class TurnLoopTests(unittest.TestCase):
         self.reactor.doIteration(1)
         self.assertIn("lost", self.events)
 
+    def test_an_exception_while_reading_is_logged_and_drops_the_connection(self):
+        def boom():
+            raise ValueError("broken protocol")
+
+        reader, other = self.pair(FastReader, on_read=boom)
+        other.send(b"x")
+        self.reactor.doIteration(1)
+        self.assertEqual(self.events, ["read", "lost"])
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
     def test_one_loop_per_reactor_and_uninstall_restores_the_reactor(self):
         self.assertIs(turnloop.turn_loop(self.reactor), self.loop)
         self.assertEqual(self.reactor.doIteration, self.loop.do_iteration)
