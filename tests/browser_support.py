@@ -87,9 +87,13 @@ class BrowserCase(unittest.TestCase):
 
     @staticmethod
     def wait_for(driver: Any, predicate: Callable[[Any], Any], timeout: float = 10, what: str = "") -> Any:
+        from selenium.common.exceptions import StaleElementReferenceException
         from selenium.webdriver.support.ui import WebDriverWait
 
-        return WebDriverWait(driver, timeout, poll_frequency=0.05).until(predicate, message=what)
+        # A page that re-renders while the predicate reads an element (a list redrawn when
+        # its API call answers) makes that element stale: ask again, as for a missing one.
+        return WebDriverWait(driver, timeout, poll_frequency=0.05,
+                             ignored_exceptions=(StaleElementReferenceException,)).until(predicate, message=what)
 
     @staticmethod
     def screenshot(driver: Any, name: str) -> str:
