@@ -35,10 +35,8 @@ Results go to bench/results/bridge_bench.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
-import resource
 import shutil
 import statistics
 import subprocess
@@ -48,7 +46,7 @@ from typing import List, Optional, Tuple
 
 import psutil
 
-from bench.common import REPO, Child, child_env, ensure_node_ws, save_results, tempdir, twistd_argv
+from bench.common import REPO, Child, child_env, ensure_node_ws, run_node, save_results, tempdir, twistd_argv
 from sysadmd.runtime.crypto import generate_private_key, private_pem, public_pem
 
 SHAPES = [(1, 1), (8, 4), (32, 8)]  # the same shapes as bench/rpc_bench.py
@@ -148,16 +146,8 @@ class Setup:
 
 
 def node(*args: str, timeout: float) -> Tuple[dict, float]:
-    """Run the load generator; returns (its JSON summary, its CPU seconds)."""
-    env = dict(os.environ, NODE_PATH=ensure_node_ws())
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run(["node", os.path.join(REPO, "bench", "loadgen_bridge.js"), *args], env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise RuntimeError(f"load generator failed: {proc.stderr.strip()}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return json.loads(proc.stdout.strip().splitlines()[-1]), cpu
+    """Run bench/loadgen_bridge.js; returns (its JSON summary, its CPU seconds)."""
+    return run_node("loadgen_bridge.js", *args, timeout=timeout)
 
 
 def measure(setup: Setup, mode: str, conns: int, inflight: int, seconds: float) -> dict:

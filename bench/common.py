@@ -83,21 +83,24 @@ def ensure_node_ws() -> str:
     return os.path.join(NODE_DIR, "node_modules")
 
 
-def run_loadgen(url: str, conns: int, inflight: int, seconds: float, key_file: Optional[str] = None) -> Tuple[dict, float]:
-    """Run the Node client; returns (its JSON summary, its CPU seconds)."""
-    node_path = ensure_node_ws()
-    argv = ["node", os.path.join(REPO, "bench", "loadgen.js"), url, str(conns), str(inflight), str(seconds)]
-    if key_file:
-        argv.append(key_file)
-    env = dict(os.environ, NODE_PATH=node_path)
+def run_node(script: str, *args: str, timeout: float) -> Tuple[dict, float]:
+    """Run bench/<script> (a Node load generator) with *args*; returns (the JSON summary it
+    prints last, its CPU seconds)."""
+    env = dict(os.environ, NODE_PATH=ensure_node_ws())
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 120)
+    proc = subprocess.run(["node", os.path.join(REPO, "bench", script), *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
-        raise RuntimeError(f"load generator failed: {proc.stderr.strip()}")
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"load generator {script} {' '.join(args[:1])} failed: {proc.stderr.strip()}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return summary, cpu
+    return json.loads(proc.stdout.strip().splitlines()[-1]), cpu
+
+
+def run_loadgen(url: str, conns: int, inflight: int, seconds: float, key_file: Optional[str] = None) -> Tuple[dict, float]:
+    """Run the Node client (bench/loadgen.js); returns (its JSON summary, its CPU seconds)."""
+    return run_node("loadgen.js", url, str(conns), str(inflight), str(seconds), *([key_file] if key_file else []),
+                    timeout=seconds + 120)
 
 
 def tempdir(prefix: str) -> str:

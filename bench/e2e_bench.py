@@ -34,17 +34,14 @@ Results go to bench/results/e2e_bench.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 from typing import Tuple
 
 from bench.bridge_bench import Setup
-from bench.common import REPO, ensure_node_ws, save_results, tempdir
+from bench.common import ensure_node_ws, run_node, save_results, tempdir
 from sysadmd.bridgelink import key as bridgekey
 from sysadmd.wire.bound import fingerprint
 
@@ -54,16 +51,8 @@ TARGET = 0.8
 
 
 def loadgen(mode: str, setup: Setup, conns: int, inflight: int, seconds: float) -> Tuple[dict, float]:
-    env = dict(os.environ, NODE_PATH=ensure_node_ws())
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run(["node", os.path.join(REPO, "bench", "loadgen_e2e.js"), mode, setup.bridge_url, str(conns),
-                           str(inflight), str(seconds), setup.key_file], env=env, capture_output=True, text=True,
-                          timeout=seconds + 120)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise RuntimeError(f"load generator ({mode}) failed: {proc.stderr.strip()}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return json.loads(proc.stdout.strip().splitlines()[-1]), cpu
+    return run_node("loadgen_e2e.js", mode, setup.bridge_url, str(conns), str(inflight), str(seconds),
+                    setup.key_file, timeout=seconds + 120)
 
 
 def measure(setup: Setup, mode: str, conns: int, inflight: int, seconds: float) -> dict:

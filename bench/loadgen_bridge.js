@@ -35,7 +35,7 @@ const IDENT_ID = "sysadm_bridge_request_ident";
 const mode = process.argv[2];
 const url = process.argv[3];
 
-const now = () => Number(process.hrtime.bigint()) / 1e6;  // ms
+const {now, load} = require("./loadgen_common");
 const sign = (key, text) =>
   crypto.privateEncrypt({key: key, padding: crypto.constants.RSA_PKCS1_PADDING}, Buffer.from(text, "latin1")).toString("base64");
 const json = (o) => JSON.stringify(o);
@@ -133,46 +133,6 @@ function openBridged(key, md5, marks) {
   });
 }
 
-function pct(sorted, p) {
-  return sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))] : null;
-}
-
-async function load(open, N, K, D) {
-  const conns = [];
-  for (let i = 0; i < N; i++) conns.push(await open());
-  let done = 0, errors = 0, measuring = false;
-  const latencies = [];
-  const stopAt = Date.now() + (D + 1) * 1000;
-  conns.forEach((conn, c) => {
-    const sent = new Map();
-    let seq = 0;
-    const fire = () => {
-      const id = `${c}-${seq++}`;
-      sent.set(id, now());
-      conn.send({namespace: "rpc", name: "query", id: id, args: {}});
-    };
-    conn.onReply((reply) => {
-      const t0 = sent.get(reply.id);
-      if (t0 === undefined) return;
-      sent.delete(reply.id);
-      if (reply.name === "error") errors++;
-      if (measuring) { done++; latencies.push(now() - t0); }
-      if (Date.now() < stopAt) fire();
-    });
-    for (let k = 0; k < K; k++) fire();
-  });
-  await new Promise((r) => setTimeout(r, 1000));  // warm-up second, not counted
-  measuring = true;
-  const t0 = Date.now();
-  await new Promise((r) => setTimeout(r, D * 1000));
-  measuring = false;
-  const seconds = (Date.now() - t0) / 1000;
-  latencies.sort((a, b) => a - b);
-  console.log(json({requests: done, seconds, p50_ms: pct(latencies, 0.5), p90_ms: pct(latencies, 0.9),
-                    p99_ms: pct(latencies, 0.99), errors}));
-  await new Promise((r) => setTimeout(r, 300));
-  conns.forEach((conn) => conn.ws.terminate());
-}
 
 async function authtime(tries, key, md5) {
   const out = {total_ms: [], open_ms: [], bridge_auth_ms: [], paired_ms: [], server_identify_ms: [], server_challenge_ms: []};

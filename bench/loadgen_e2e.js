@@ -25,7 +25,7 @@ const IDENT_ID = "sysadm_bridge_request_ident";
 const X25519_SPKI_PREFIX = Buffer.from("302a300506032b656e032100", "hex");
 const [mode, url] = [process.argv[2], process.argv[3]];
 
-const now = () => Number(process.hrtime.bigint()) / 1e6;  // ms
+const {now, load} = require("./loadgen_common");
 const json = (o) => JSON.stringify(o);
 const b64 = (text) => Buffer.from(text, "utf8").toString("base64");
 const unb64 = (text) => Buffer.from(text, "base64").toString("utf8");
@@ -198,46 +198,6 @@ function openBridged(key, md5, e2e) {
   });
 }
 
-function pct(sorted, p) {
-  return sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))] : null;
-}
-
-async function load(open, N, K, D) {
-  const conns = [];
-  for (let i = 0; i < N; i++) conns.push(await open());
-  let done = 0, errors = 0, measuring = false;
-  const latencies = [];
-  const stopAt = Date.now() + (D + 1) * 1000;
-  conns.forEach((conn, c) => {
-    const sent = new Map();
-    let seq = 0;
-    const fire = () => {
-      const id = `${c}-${seq++}`;
-      sent.set(id, now());
-      conn.send({namespace: "rpc", name: "query", id: id, args: {}});
-    };
-    conn.onReply((reply) => {
-      const t0 = sent.get(reply.id);
-      if (t0 === undefined) return;
-      sent.delete(reply.id);
-      if (reply.name === "error") errors++;
-      if (measuring) { done++; latencies.push(now() - t0); }
-      if (Date.now() < stopAt) fire();
-    });
-    for (let k = 0; k < K; k++) fire();
-  });
-  await new Promise((r) => setTimeout(r, 1000));  // warm-up second, not counted
-  measuring = true;
-  const t0 = Date.now();
-  await new Promise((r) => setTimeout(r, D * 1000));
-  measuring = false;
-  const seconds = (Date.now() - t0) / 1000;
-  latencies.sort((a, b) => a - b);
-  console.log(json({requests: done, seconds, p50_ms: pct(latencies, 0.5), p90_ms: pct(latencies, 0.9),
-                    p99_ms: pct(latencies, 0.99), errors, server_id: conns[0].serverId, cipher: CIPHER}));
-  await new Promise((r) => setTimeout(r, 300));
-  conns.forEach((conn) => conn.ws.terminate());
-}
 
 (async () => {
   if (mode !== "base64" && mode !== "e2e") throw new Error("usage: loadgen_e2e.js base64|e2e URL CONNS INFLIGHT SECONDS KEY");
@@ -245,6 +205,7 @@ async function load(open, N, K, D) {
   if (sodium) await sodium.ready;
   const key = crypto.createPrivateKey(fs.readFileSync(process.argv[7]));
   const md5 = md5Of(key);
-  await load(() => openBridged(key, md5, mode === "e2e"), N, K, D);
+  await load(() => openBridged(key, md5, mode === "e2e"), N, K, D,
+             (conns) => ({server_id: conns[0].serverId, cipher: CIPHER}));
   process.exit(0);
 })().catch((e) => { console.error(String(e && e.stack || e)); process.exit(1); });
