@@ -9,15 +9,13 @@ import json
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.trial import unittest
 
-from bridge.api import LIST_KEYS_REQUEST, BridgeApi
-from bridge.keys import KeyStore
-from bridge.relay import CLIENT, SERVER, PeerDirectory
+from bridge.api import LIST_KEYS_REQUEST
+from bridge.relay import CLIENT, SERVER
 from sysadmd.runtime import crypto
-from sysadmd.runtime.blacklist import Blacklist
-from tests.test_bridge_relay import make_peer, private_key, temp_database
+from tests.test_bridge_relay import make_peer, private_key, set_up_api
 from tests.test_bridge_wss import connect_peer, register, start_bridge
 
 
@@ -28,13 +26,7 @@ def scheme_signature(key, challenge, prefix="sysadm-bridge-login/1\n"):
 
 class SchemeApiTests(unittest.TestCase):
     def setUp(self):
-        self.clock = task.Clock()
-        self.clock.advance(1000)
-        db = temp_database(self)
-        self.keys = KeyStore(db)
-        self.blacklist = Blacklist(db, self.clock, limit=2, reset_minutes=60, block_minutes=60, exempt_loopback=True)
-        self.d = PeerDirectory()
-        self.api = BridgeApi(self.d, self.keys, self.blacklist, self.clock, hostname="relayhost", challenge_ttl=30)
+        set_up_api(self)
         self.key = private_key("a")
         self.keys.import_key("browser", crypto.public_pem(self.key), role="client")
 

@@ -178,17 +178,24 @@ class RoutingTests(unittest.TestCase):
         self.assertEqual(self.c.link.announcements()[-1], [])
 
 
+def set_up_api(testcase, **api_options):
+    """A BridgeApi on a Clock (at t=1000) with a real key store and blacklist in a temp
+    SQLite file, as the test case's ``clock``, ``keys``, ``blacklist``, ``d`` and ``api``."""
+    testcase.clock = task.Clock()
+    testcase.clock.advance(1000)
+    db = temp_database(testcase)
+    testcase.keys = KeyStore(db)
+    testcase.blacklist = Blacklist(db, testcase.clock, limit=2, reset_minutes=60, block_minutes=60,
+                                   exempt_loopback=True)
+    testcase.d = PeerDirectory()
+    testcase.api = BridgeApi(testcase.d, testcase.keys, testcase.blacklist, testcase.clock, hostname="relayhost",
+                             challenge_ttl=30, **api_options)
+
+
 class ApiTests(unittest.TestCase):
     def setUp(self):
-        self.clock = task.Clock()
-        self.clock.advance(1000)
-        db = temp_database(self)
-        self.keys = KeyStore(db)
-        self.blacklist = Blacklist(db, self.clock, limit=2, reset_minutes=60, block_minutes=60, exempt_loopback=True)
-        self.d = PeerDirectory()
         self.authed = []
-        self.api = BridgeApi(self.d, self.keys, self.blacklist, self.clock, hostname="relayhost", challenge_ttl=30,
-                             on_authenticated=self.authed.append)
+        set_up_api(self, on_authenticated=self.authed.append)
 
     def peer(self, role=None):
         p = make_peer(self.d)
