@@ -1,4 +1,4 @@
-from setuptools import setup, find_packages
+from setuptools import Extension, setup, find_packages
 
 setup(
     name="sysadmd",
@@ -29,6 +29,10 @@ setup(
     extras_require={"test": ["pytest>=7,<10", "hypothesis>=6,<7", "treq>=22.2,<27", "pyflakes>=3.2,<5", "pytest-xdist>=3.5,<4",
                               # the web console's browser tests drive Debian's chromium + chromium-driver
                               "selenium>=4.15,<5"]},
+    # The bridge's relay step in C (bridge/relayscan.c; bridge/relayscan.py is the reference
+    # and the fallback when this cannot be built).  A top-level module, so that a checkout
+    # on PYTHONPATH (as the tests run it) finds it too.
+    ext_modules=[Extension("_sysadm_relayscan", ["bridge/relayscan.c"], optional=True)],
     entry_points={
         "console_scripts": [
             "sysadm = sysadmd.client.main:main",

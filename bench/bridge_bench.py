@@ -24,7 +24,9 @@ and the server's.
 
 ``--engines`` (default ``stdlib,pyopenssl``): the bridge's TLS engines to measure, one
 after the other in the same run (BRIDGE_TLS_ENGINE; a fresh bridge and server each);
-the server's own TLS is the same in every pass.  A table of both ends the run.
+the server's own TLS is the same in every pass.  ``ENGINE/py`` (``stdlib/py``) runs the
+bridge with the relay step's Python reference instead of its C module
+(SYSADM_BRIDGE_PURE_PYTHON=1, bridge/relayscan.py), to compare the two in one run.  A table of both ends the run.
 
 ``--profile-bridge FILE`` runs the bridge under cProfile (twistd ``--profiler=cprofile
 --savestats``; read FILE with ``pstats``); its CPU figures are then not representative.
@@ -104,7 +106,7 @@ class Setup:
             f.write("# defaults\n")
         self.bridge_config = os.path.join(base, "bridge.conf")
         with open(self.bridge_config, "w") as f:
-            f.write(f"BRIDGE_TLS_ENGINE={engine}\n")
+            f.write(f"BRIDGE_TLS_ENGINE={engine.split('/')[0]}\n")
         self.bridge: Optional[Child] = None
         self.server: Optional[Child] = None
 
@@ -116,7 +118,9 @@ class Setup:
         if self.profile_bridge:
             at = bridge_argv.index("sysadm-bridge")
             bridge_argv[at:at] = [f"--profile={self.profile_bridge}", "--profiler=cprofile", "--savestats"]
-        self.bridge = Child(bridge_argv, "sysadm-bridge")
+        # "ENGINE/py": the relay step's Python reference instead of the C module
+        step_env = {"SYSADM_BRIDGE_PURE_PYTHON": "1"} if self.engine.endswith("/py") else {}
+        self.bridge = Child(bridge_argv, "sysadm-bridge", env=step_env)
         server_key = os.path.join(base, "server.key")
         admin("sysadmd", self.server_state, "bridge_export_key", server_key)
         admin("sysadmd", self.server_state, "bridge_add", "bench", f"wss://127.0.0.1:{self.bridge.port}", "--verify", "pin")
@@ -238,8 +242,9 @@ def main(argv=None) -> int:
 def parse_engines(text: str) -> List[str]:
     engines = [part.strip() for part in text.split(",") if part.strip()]
     for engine in engines:
-        if engine not in ("stdlib", "pyopenssl"):
-            raise argparse.ArgumentTypeError(f"engine {engine!r}: expected stdlib or pyopenssl")
+        if engine not in ("stdlib", "pyopenssl", "stdlib/py", "pyopenssl/py"):
+            raise argparse.ArgumentTypeError(f"engine {engine!r}: expected stdlib or pyopenssl,"
+                                             " each optionally with /py")
     if not engines:
         raise argparse.ArgumentTypeError("no engine given")
     return engines
@@ -254,6 +259,8 @@ def run_engine(engine: str, args: argparse.Namespace, results: dict) -> None:
         setup.start()
         results.setdefault("load", {})[engine] = load_note()
         print(f"machine: {results['load'][engine]}", flush=True)
+        step = [line.strip() for line in setup.bridge.lines if "relay step" in line]
+        print(step[-1] if step else "relay step: (the bridge did not say)", flush=True)
         for conns, inflight in args.shapes:
             direct = measure(setup, "direct", conns, inflight, args.seconds)
             bridged = measure(setup, "bridge", conns, inflight, args.seconds)

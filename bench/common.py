@@ -29,9 +29,9 @@ def child_env() -> dict:
 class Child:
     """A server process whose output is watched for its 'listening … port N' line."""
 
-    def __init__(self, argv: List[str], label: str, timeout: float = 30.0):
+    def __init__(self, argv: List[str], label: str, timeout: float = 30.0, env: Optional[dict] = None):
         self.label = label
-        self.proc = subprocess.Popen(argv, cwd=REPO, env=child_env(), stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen(argv, cwd=REPO, env={**child_env(), **(env or {})}, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
         self.lines: List[str] = []
         self.port: Optional[int] = None

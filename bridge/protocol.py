@@ -62,7 +62,6 @@ frame but the write); every other frame takes the general path above.
 
 from __future__ import annotations
 
-import struct
 from typing import Any, Optional
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -72,14 +71,10 @@ from zope.interface import implementer
 
 from bridge.flow import PeerFlow
 from bridge.relay import Peer, new_peer_id
+from bridge.relayscan import scan_one
 from sysadmd.wire.close import CLOSE_INTERNAL, CLOSE_POLICY
 from sysadmd.wire.envelope import encode, error, utf8
 from sysadmd.wire.wsbase import LeanServerMixin, write_through
-
-
-# Unmasked text frame headers: every one-byte length, and the two-byte form.
-_TEXT_HEADERS = [bytes((0x81, n)) for n in range(126)]
-_text_header_16 = struct.Struct(">BBH").pack
 
 
 class BridgeServerProtocol(LeanServerMixin, WebSocketServerProtocol):
@@ -144,10 +139,10 @@ class BridgeServerProtocol(LeanServerMixin, WebSocketServerProtocol):
         again (``_drain`` in :mod:`sysadmd.wire.wsbase`).
 
         The common case of :meth:`onMessage`, ``PeerDirectory.relay``,
-        ``PeerFlow.relay_from`` and ``send_text_frame`` in one loop, with the frame reader's
-        unmasking: a whole masked text frame under 2 KiB, ASCII, not for the bridge itself
-        (not ``{``), from an authenticated peer to a partner whose connection is open and
-        not congested.  Anything else (a control frame, an API call, fragments, a partial
+        ``PeerFlow.relay_from`` and ``send_text_frame`` in one loop; each frame is unmasked
+        and re-framed by :func:`bridge.relayscan.scan_one` (in C when built): a whole masked
+        text frame under 2 KiB, ASCII, not for the bridge itself (not ``{``), from an
+        authenticated peer to a partner whose connection is open and not congested.  Anything else (a control frame, an API call, fragments, a partial
         frame, an unknown or unpaired destination, a congested receiver, non-ASCII text)
         stops the loop there, and the general path handles it exactly as before.  So does
         a receiver that becomes congested: the sender is held (see :mod:`bridge.flow`) and
@@ -165,35 +160,19 @@ class BridgeServerProtocol(LeanServerMixin, WebSocketServerProtocol):
         peers = self.factory.bridge.directory.peers
         partners = peer.partners
         id_bytes = peer.id_bytes
-        id_len = len(id_bytes)
         limit = self.message_limit()
         cls = type(self)
         open_state = self.STATE_OPEN
-        from_bytes = int.from_bytes
+        scan = scan_one
         pos = start_at
         run_link: Any = None  # consecutive frames for one receiver go out in one write
         run: list = []
-        while n - pos >= 2:
-            if data[pos] != 0x81:
+        while True:
+            taken = scan(data, pos, n, limit, id_bytes)
+            if taken is None:
                 break
-            length = data[pos + 1] ^ 0x80  # masked (the top bit), as a peer must send
-            if length < 126:
-                start = pos + 6
-            elif length == 126 and n - pos >= 4:
-                length = (data[pos + 2] << 8) | data[pos + 3]
-                start = pos + 8
-            else:
-                break  # unmasked (a protocol error), 8-byte length, or not all here
-            end = start + length
-            if end > n or not 0 < length < 2048 or length > limit:
-                break
-            payload = (from_bytes(data[start:end], "little")
-                       ^ from_bytes((data[start - 4:start] * ((length >> 2) + 1))[:length], "little")
-                       ).to_bytes(length, "little")
-            newline = payload.find(b"\n")
-            if newline <= 0 or payload[0] == 0x7B or not payload.isascii():
-                break
-            dest = peers.get(payload[:newline].decode("ascii"))
+            dest_id, frame, end = taken
+            dest = peers.get(dest_id)
             if dest is None or dest.id not in partners:
                 break
             link = dest.link
@@ -210,11 +189,7 @@ class BridgeServerProtocol(LeanServerMixin, WebSocketServerProtocol):
                     if held:
                         break
                 run_link = link
-            size = id_len + length - newline
-            if size >= 65536:
-                break
-            run += (_TEXT_HEADERS[size] if size < 126 else _text_header_16(0x81, 126, size),
-                    id_bytes, memoryview(payload)[newline:])
+            run.append(frame)
             pos = end
         if run:
             self._relay_run(run_link, run, flow)
@@ -226,7 +201,7 @@ class BridgeServerProtocol(LeanServerMixin, WebSocketServerProtocol):
         return True
 
     def _relay_run(self, link: "BridgeServerProtocol", pieces: list, flow: PeerFlow) -> bool:
-        """Write relayed frames (*pieces*: headers, IDs, payloads) to *link*; if that fills
+        """Write relayed frames (*pieces*, whole frames) to *link*; if that fills
         its buffer, hold this sender (bridge.flow).  True when this peer must stop reading."""
         link.transport.write(b"".join(pieces))
         dest_flow = link.flow

@@ -21,7 +21,7 @@ from bridge.config import BridgeConfig
 from bridge.fleet import Fleet, SqliteFleetStore
 from bridge.keys import KeyStore, database_path
 from bridge.protocol import BridgeServerFactory
-from bridge import tlsfast
+from bridge import relayscan, tlsfast
 from bridge.relay import CLIENT, Peer, PeerDirectory
 from sysadmd.runtime import tls
 from sysadmd.runtime.blacklist import Blacklist
@@ -161,6 +161,7 @@ def build(cfg: BridgeConfig, reactor: Any) -> BridgeDaemon:
     bridge = Bridge(cfg, db, reactor)
     cert, key = tls_files(cfg, "bridge")
     factory = BridgeServerFactory(bridge, reactor=reactor)
+    log.info("relay step (bridge/relayscan.py): {impl}", impl=relayscan.IMPLEMENTATION)
     # helper G: the TLS engine (BRIDGE_TLS_ENGINE); see bridge/tlsfast.py
     description = endpoint_text(cfg.port, cfg.listen_interface)
     endpoint, tls_options = None, None

@@ -10,9 +10,10 @@ STAMP=.venv/.sysadmd-installed
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-# What decides "the project changed": setup.py, the plugins and every file of the packages.
+# What decides "the project changed": setup.py, the plugins and every file of the packages
+# (the C source of bridge/relayscan.c included).
 digest=$(find setup.py twisted/plugins sysadmd bridge -type f \( -name '*.py' -o -name '*.json' \
-            -o -name '*.html' -o -name '*.js' -o -name '*.css' \) -not -path '*/__pycache__/*' -print0 \
+            -o -name '*.html' -o -name '*.js' -o -name '*.css' -o -name '*.c' \) -not -path '*/__pycache__/*' -print0 \
          | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
 if [ ! -x .venv/bin/twistd ] || [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$digest" ]; then
     echo "run.sh: installing sysadmd into .venv" >&2

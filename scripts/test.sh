@@ -13,7 +13,7 @@ STAMP=.venv/.sysadmd-test-installed
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-digest=$(sha256sum setup.py | cut -d' ' -f1)
+digest=$(cat setup.py bridge/relayscan.c | sha256sum | cut -d' ' -f1)
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$digest" ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip
     .venv/bin/python -m pip install --quiet ".[test]"

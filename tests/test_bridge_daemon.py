@@ -10,7 +10,7 @@ import sys
 from twisted.internet import defer, protocol, reactor
 from twisted.trial import unittest
 
-from bridge import admin
+from bridge import admin, relayscan
 from bridge import config as configmod
 from bridge.tap import Options, makeService
 from sysadmd.runtime import crypto
@@ -212,6 +212,8 @@ class TwistdSmokeTests(unittest.TestCase):
         self.addCleanup(stop)
         match = yield listening.addTimeout(30, reactor)
         self.assertIn("SHA-256 fingerprint", proto.output)
+        # the operator is told which relay step runs (bridge/relayscan.py), as this process sees it
+        self.assertIn(f"relay step (bridge/relayscan.py): {relayscan.IMPLEMENTATION}", proto.output)
         self.assertTrue(os.path.exists(os.path.join(state, "bridge.crt")))
         self.assertEqual(os.stat(state).st_mode & 0o777, 0o700)
 

@@ -8,6 +8,7 @@ import os
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
+from bridge import protocol as protocol_module, relayscan
 from bridge.protocol import BridgeServerProtocol
 from sysadmd.wire import frames
 from tests.test_bridge_wss import paired_peers, sleep, start_bridge
@@ -156,3 +157,12 @@ class FastPathTests(unittest.TestCase):
 
 class FastPathTestsPyOpenSSL(FastPathTests):
     tls_engine = "pyopenssl"
+
+
+class FastPathTestsPythonStep(FastPathTests):
+    """The same with the relay step's Python reference instead of the C module."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.patch(protocol_module, "scan_one", relayscan.py_scan_one)
+        yield super().setUp()
