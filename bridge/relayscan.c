@@ -72,10 +72,25 @@ scan_one(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (end > n || length <= 0 || length >= MAX_PAYLOAD || length > limit)
         goto none;
     memcpy(mask, data + start - 4, 4);
-    for (Py_ssize_t i = 0; i < length; i++) {
-        unsigned char c = data[start + i] ^ mask[i & 3];
-        payload[i] = c;
-        acc |= c;
+    {
+        /* Eight bytes at a time (the mask repeats every four), then the tail. */
+        uint64_t mask8, word, seen = 0;
+        Py_ssize_t i = 0;
+        memcpy(&mask8, mask, 4);
+        memcpy((unsigned char *)&mask8 + 4, mask, 4);
+        for (; i + 8 <= length; i += 8) {
+            memcpy(&word, data + start + i, 8);
+            word ^= mask8;
+            seen |= word;
+            memcpy(payload + i, &word, 8);
+        }
+        for (; i < length; i++) {
+            unsigned char c = data[start + i] ^ mask[i & 3];
+            payload[i] = c;
+            acc |= c;
+        }
+        if (seen & UINT64_C(0x8080808080808080))
+            acc |= 0x80;
     }
     if (acc & 0x80 || payload[0] == '{')
         goto none;

@@ -37,6 +37,9 @@ def test_which_implementation_runs_is_reported():
     print(f"relay step: {relayscan.IMPLEMENTATION}")
     if os.environ.get("SYSADM_REQUIRE_C_RELAYSCAN") == "1":
         assert _sysadm_relayscan is not None, WHY_NOT_BUILT
+        expected_dir = os.environ.get("SYSADM_RELAYSCAN_FROM")  # the sanitizer build, below
+        if expected_dir:
+            assert os.path.dirname(_sysadm_relayscan.__file__) == expected_dir
         assert relayscan.scan_one is _sysadm_relayscan.scan_one
         assert relayscan.IMPLEMENTATION.startswith("C")
     elif _sysadm_relayscan is None:
@@ -177,3 +180,44 @@ def test_c_and_python_agree_on_anything(frames_list, garbage, limit, cut, prefix
 def test_c_and_python_agree_on_raw_bytes(data, pos, n):
     assume(pos <= 80)
     assert _sysadm_relayscan.scan_one(data, pos, n, 1 << 20, b"p") == py_scan(data, pos, n, 1 << 20, b"p")
+
+
+# --- the C step under AddressSanitizer and UndefinedBehaviorSanitizer -----------------------
+
+def _gcc_runtime(name):
+    import shutil
+    import subprocess
+    if shutil.which("gcc") is None:
+        return None
+    path = subprocess.run(["gcc", f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
+    return path if os.path.isabs(path) and os.path.exists(path) else None
+
+
+@pytest.mark.slow
+def test_the_c_step_under_sanitizers(tmp_path):
+    """Builds bridge/relayscan.c with -fsanitize=address,undefined and runs this file's
+    tests against that build in a child Python: any out-of-bounds read or write, or
+    undefined behaviour, in the C step fails it."""
+    import subprocess
+    import sys
+    import sysconfig
+    asan, ubsan = _gcc_runtime("libasan.so"), _gcc_runtime("libubsan.so")
+    if asan is None or ubsan is None:
+        pytest.skip("gcc with libasan and libubsan is not installed")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    target = tmp_path / ("_sysadm_relayscan" + sysconfig.get_config_var("EXT_SUFFIX"))
+    build = subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-g", "-fno-omit-frame-pointer",
+                            "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+                            "-I", sysconfig.get_paths()["include"], os.path.join(root, "bridge", "relayscan.c"),
+                            "-o", str(target)], capture_output=True, text=True, timeout=120)
+    assert build.returncode == 0, build.stderr
+    env = {**os.environ, "LD_PRELOAD": f"{asan} {ubsan}", "ASAN_OPTIONS": "detect_leaks=0",
+           "PYTHONMALLOC": "malloc",  # so that ASan sees every Python object's bounds
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), root]), "SYSADM_REQUIRE_C_RELAYSCAN": "1",
+           "SYSADM_RELAYSCAN_FROM": str(tmp_path)}
+    # -s: a sanitizer report goes to stderr as the child dies; captured, it would be lost
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-p", "no:xdist",
+                          "-k", "not sanitizers", os.path.abspath(__file__)],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert " passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-1000:]
