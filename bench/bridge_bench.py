@@ -26,7 +26,8 @@ and the server's.
 after the other in the same run (BRIDGE_TLS_ENGINE; a fresh bridge and server each);
 the server's own TLS is the same in every pass.  ``ENGINE/py`` (``stdlib/py``) runs the
 bridge with the relay step's Python reference instead of its C module
-(SYSADM_BRIDGE_PURE_PYTHON=1, bridge/relayscan.py), to compare the two in one run.  A table of both ends the run.
+(SYSADM_BRIDGE_PURE_PYTHON=1, bridge/relayscan.py), to compare the two in one run.
+A table of all of them ends the run.
 
 ``--profile-bridge FILE`` runs the bridge under cProfile (twistd ``--profiler=cprofile
 --savestats``; read FILE with ``pstats``); its CPU figures are then not representative.

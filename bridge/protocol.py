@@ -56,8 +56,9 @@ the ping/close bookkeeping; once open, the bytes are parsed by
 header (:class:`sysadmd.wire.wsbase.LeanServerMixin`) — autobahn's per-frame path cost more
 CPU than the relay itself.  Protocol errors close with 1002, an oversized message with 1009.
 The commonest frames, small relay frames between partners, are relayed straight from the
-reader's buffer by :meth:`BridgeServerProtocol.inline_frames` (one loop, no call per
-frame but the write); every other frame takes the general path above.
+reader's buffer by :meth:`BridgeServerProtocol.inline_frames` (one loop; per frame one
+call of :func:`bridge.relayscan.scan_one`, in C when built, and one write per run of frames
+for a receiver); every other frame takes the general path above.
 """
 
 from __future__ import annotations
@@ -142,9 +143,9 @@ class BridgeServerProtocol(LeanServerMixin, WebSocketServerProtocol):
         ``PeerFlow.relay_from`` and ``send_text_frame`` in one loop; each frame is unmasked
         and re-framed by :func:`bridge.relayscan.scan_one` (in C when built): a whole masked
         text frame under 2 KiB, ASCII, not for the bridge itself (not ``{``), from an
-        authenticated peer to a partner whose connection is open and not congested.  Anything else (a control frame, an API call, fragments, a partial
-        frame, an unknown or unpaired destination, a congested receiver, non-ASCII text)
-        stops the loop there, and the general path handles it exactly as before.  So does
+        authenticated peer to a partner whose connection is open and not congested.
+        Anything else (a control frame, an API call, fragments, a partial frame, an unknown
+        or unpaired destination, a congested receiver, non-ASCII text) stops the loop there, and the general path handles it exactly as before.  So does
         a receiver that becomes congested: the sender is held (see :mod:`bridge.flow`) and
         reads no further.  Consecutive frames for one receiver are written together (at
         most what one read brought)."""
