@@ -17,6 +17,8 @@ import os
 import struct
 from typing import Optional, Tuple
 
+from sysadmd.wire.frames import unmask
+
 __all__ = ["scan_one", "py_scan_one", "IMPLEMENTATION", "MAX_PAYLOAD"]
 
 #: Longest payload taken here; longer frames go the general way (they are rare and their
@@ -54,10 +56,7 @@ def py_scan_one(data: bytes, pos: int, n: int, limit: int,
     end = start + length
     if end > n or not 0 < length < MAX_PAYLOAD or length > limit:
         return None
-    from_bytes = int.from_bytes
-    payload = (from_bytes(data[start:end], "little")
-               ^ from_bytes((bytes(data[start - 4:start]) * ((length >> 2) + 1))[:length], "little")
-               ).to_bytes(length, "little")
+    payload = unmask(data[start:end], bytes(data[start - 4:start]))
     newline = payload.find(b"\n")
     if newline <= 0 or payload[0] == 0x7B or not payload.isascii():
         return None
