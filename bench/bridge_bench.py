@@ -2,7 +2,7 @@
 
     python -m bench.bridge_bench [--seconds 5] [--tries 20] [--relay-count 100] [--no-relay]
                                  [--shapes 1x1,8x4,32x8] [--no-login] [--profile-bridge FILE]
-                                 [--engines stdlib,pyopenssl]
+                                 [--engines stdlib,pyopenssl] [--floors tcp,tls|none]
 
 Real processes on 127.0.0.1: ``twistd -n sysadm-bridge`` and ``twistd -n sysadmd``,
 linked the way an operator does it (``sysadmd bridge_add`` / ``bridge_export_key``,
@@ -28,6 +28,14 @@ the server's own TLS is the same in every pass.  ``ENGINE/py`` (``stdlib/py``) r
 bridge with the relay step's Python reference instead of its C module
 (SYSADM_BRIDGE_PURE_PYTHON=1, bridge/relayscan.py), to compare the two in one run.
 A table of all of them ends the run.
+
+``--floors tcp,tls`` (default: both when ``socat`` is installed; ``none`` to skip) also
+measures each shape through a relay written in C that does the least any relay must, in
+the same run, against the same server: the direct client's connection through ``socat``
+in front of the server.  ``tcp``: socat copies the bytes (TLS stays end to end); ``tls``:
+socat ends the client's TLS and opens its own to the server (as the bridge does, without
+the WebSocket step).  Its CPU per request (socat's processes, children included) against
+the server's is the same ratio as the bridge's: the floor of that ratio on this machine.
 
 ``--profile-bridge FILE`` runs the bridge under cProfile (twistd ``--profiler=cprofile
 --savestats``; read FILE with ``pstats``); its CPU figures are then not representative.
@@ -75,6 +83,67 @@ def parse_shapes(text: str) -> List[Tuple[int, int]]:
             raise argparse.ArgumentTypeError(f"shape {part!r}: expected CONNECTIONSxINFLIGHT, e.g. 8x4")
         shapes.append((int(conns), int(inflight)))
     return shapes
+
+
+def socat_cpu_seconds(pid: int) -> float:
+    """CPU seconds of socat *pid* and its reaped children (one per connection, fields 14-17)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / _CLOCK_TICKS
+
+
+class Floor:
+    """socat on 127.0.0.1 in front of the server: a relay in C that does the least a relay
+    must ("tcp": copy bytes; "tls": end the client's TLS, open its own to the server)."""
+
+    def __init__(self, kind: str, server_port: int, cert: str, key: str, workdir: str):
+        import socket
+
+        self.kind = kind
+        with socket.socket() as probe:  # a free loopback port for socat to listen on
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        listen = f"{self.port},bind=127.0.0.1,reuseaddr,fork,nodelay"
+        if kind == "tcp":
+            argv = ["socat", f"TCP-LISTEN:{listen}", f"TCP:127.0.0.1:{server_port},nodelay"]
+        else:
+            pem = os.path.join(workdir, "floor.pem")
+            with open(pem, "wb") as out:
+                for path in (cert, key):
+                    with open(path, "rb") as f:
+                        out.write(f.read())
+            argv = ["socat", f"OPENSSL-LISTEN:{listen},cert={pem},verify=0",
+                    f"OPENSSL:127.0.0.1:{server_port},verify=0,nodelay"]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while True:  # listening once a connect succeeds
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"socat ({kind}) did not start: {self.proc.stderr.read()[-500:]!r}")
+                time.sleep(0.05)
+        self.idle()
+
+    def idle(self) -> None:
+        """Wait (at most 10 s) until every per-connection child has ended and been reaped."""
+        children = f"/proc/{self.proc.pid}/task/{self.proc.pid}/children"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with open(children) as f:
+                if not f.read().strip():
+                    return
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
 
 
 def admin(kind: str, state: str, *args: str) -> str:
@@ -155,12 +224,20 @@ def node(*args: str, timeout: float) -> Tuple[dict, float]:
     return run_node("loadgen_bridge.js", *args, timeout=timeout)
 
 
-def measure(setup: Setup, mode: str, conns: int, inflight: int, seconds: float) -> dict:
+def measure(setup: Setup, mode: str, conns: int, inflight: int, seconds: float, floor: Optional[Floor] = None) -> dict:
+    """One load run; with *floor*, the direct client's connections go through socat and
+    "floor_cpu_*" is socat's CPU (its children's included)."""
     url = setup.bridge_url if mode == "bridge" else setup.server_url
+    if floor is not None:
+        url = f"wss://127.0.0.1:{floor.port}/"
     server_pid, bridge_pid = setup.server.proc.pid, setup.bridge.proc.pid
     server0, bridge0 = proc_cpu_seconds(server_pid), proc_cpu_seconds(bridge_pid)
+    floor0 = socat_cpu_seconds(floor.proc.pid) if floor is not None else 0.0
     summary, client_cpu = node(mode, url, str(conns), str(inflight), str(seconds), setup.key_file, timeout=seconds + 120)
     server1, bridge1 = proc_cpu_seconds(server_pid), proc_cpu_seconds(bridge_pid)
+    if floor is not None:
+        floor.idle()  # its children's CPU counts once they are reaped
+    floor_cpu = socat_cpu_seconds(floor.proc.pid) - floor0 if floor is not None else 0.0
     server_user, server_sys = server1[0] - server0[0], server1[1] - server0[1]
     bridge_user, bridge_sys = bridge1[0] - bridge0[0], bridge1[1] - bridge0[1]
     server_cpu, bridge_cpu = server_user + server_sys, bridge_user + bridge_sys
@@ -179,6 +256,8 @@ def measure(setup: Setup, mode: str, conns: int, inflight: int, seconds: float) 
         "server_cpu_us_per_req": server_cpu / n * 1e6,
         "bridge_cpu_us_per_req": bridge_cpu / n * 1e6,
         "client_cpu_us_per_req": client_cpu / n * 1e6,
+        "floor_cpu_s": floor_cpu,
+        "floor_cpu_us_per_req": floor_cpu / n * 1e6,
         "server_sys_share": server_sys / server_cpu if server_cpu else 0.0,  # kernel part of the CPU time
         "bridge_sys_share": bridge_sys / bridge_cpu if bridge_cpu else 0.0,
     }
@@ -223,7 +302,16 @@ def main(argv=None) -> int:
     parser.add_argument("--engines", type=parse_engines, default=["stdlib", "pyopenssl"],
                         help="the bridge's TLS engines (BRIDGE_TLS_ENGINE) to measure, comma-separated "
                              "(default stdlib,pyopenssl)")
+    parser.add_argument("--floors", type=parse_floors, default=None,
+                        help="relays in C measured beside the bridge: tcp, tls, both comma-separated, or none "
+                             "(default: tcp,tls when socat is installed)")
     args = parser.parse_args(argv)
+    if args.floors is None:
+        args.floors = ["tcp", "tls"] if shutil.which("socat") else []
+        if not args.floors:
+            print("socat is not installed: no floor measured (apt install socat)", flush=True)
+    elif args.floors and not shutil.which("socat"):
+        parser.error("--floors needs socat (apt install socat)")
     ensure_node_ws()
     results: dict = {"shapes": [], "engines": args.engines}
     for engine in args.engines:
@@ -238,6 +326,16 @@ def main(argv=None) -> int:
         print("bridge profile (load-independent counts per relayed frame): " + ", ".join(
             f"{k} {v:.2f}" for k, v in results["bridge_profile"].items()), flush=True)
     return finish(results, args)
+
+
+def parse_floors(text: str) -> List[str]:
+    kinds = [part.strip() for part in text.split(",") if part.strip()]
+    if kinds == ["none"]:
+        return []
+    for kind in kinds:
+        if kind not in ("tcp", "tls"):
+            raise argparse.ArgumentTypeError(f"floor {kind!r}: expected tcp, tls or none")
+    return kinds
 
 
 def parse_engines(text: str) -> List[str]:
@@ -255,6 +353,7 @@ def run_engine(engine: str, args: argparse.Namespace, results: dict) -> None:
     """Every shape (and the login timing) with the bridge on *engine*."""
     base = tempdir("benchbridge")
     setup = None
+    floors: List[Floor] = []
     try:
         setup = Setup(base, os.path.abspath(args.profile_bridge) if args.profile_bridge else None, engine)
         setup.start()
@@ -262,6 +361,9 @@ def run_engine(engine: str, args: argparse.Namespace, results: dict) -> None:
         print(f"machine: {results['load'][engine]}", flush=True)
         step = [line.strip() for line in setup.bridge.lines if "relay step" in line]
         print(step[-1] if step else "relay step: (the bridge did not say)", flush=True)
+        cert, key = (os.path.join(setup.bridge_state, "bridge." + ext) for ext in ("crt", "key"))
+        for kind in args.floors:
+            floors.append(Floor(kind, setup.server.port, cert, key, base))
         for conns, inflight in args.shapes:
             direct = measure(setup, "direct", conns, inflight, args.seconds)
             bridged = measure(setup, "bridge", conns, inflight, args.seconds)
@@ -269,6 +371,11 @@ def run_engine(engine: str, args: argparse.Namespace, results: dict) -> None:
                    "throughput_ratio": bridged["rps"] / direct["rps"],
                    "added_p50_ms": bridged["p50_ms"] - direct["p50_ms"],
                    "bridge_to_server_cpu": bridged["bridge_cpu_us_per_req"] / max(1e-9, bridged["server_cpu_us_per_req"])}
+            for floor in floors:
+                m = measure(setup, "direct", conns, inflight, args.seconds, floor)
+                row.setdefault("floors", {})[floor.kind] = {
+                    **m, "throughput_ratio": m["rps"] / direct["rps"],
+                    "floor_to_server_cpu": m["floor_cpu_us_per_req"] / max(1e-9, m["server_cpu_us_per_req"])}
             results["shapes"].append(row)
             print(f"{row['shape']:>5}: direct {direct['rps']:7.0f} req/s p50 {direct['p50_ms']:.2f} ms p99 {direct['p99_ms']:.2f} ms"
                   f" | bridged {bridged['rps']:7.0f} req/s p50 {bridged['p50_ms']:.2f} ms p99 {bridged['p99_ms']:.2f} ms"
@@ -283,6 +390,10 @@ def run_engine(engine: str, args: argparse.Namespace, results: dict) -> None:
                   f" bridged: bridge {bridged['bridge_cpu_us_per_req']:.0f} us/req, server {bridged['server_cpu_us_per_req']:.0f}"
                   f" us/req, bridge/server {row['bridge_to_server_cpu']:.2f} (<= {CPU_TARGET}: {cpu_ok});"
                   f" kernel share: bridge {bridged['bridge_sys_share']:.0%}, server {bridged['server_sys_share']:.0%}", flush=True)
+            for kind, m in row.get("floors", {}).items():
+                print(f"       floor socat-{kind}: {m['rps']:7.0f} req/s (x{m['throughput_ratio']:.2f} of direct),"
+                      f" socat {m['floor_cpu_us_per_req']:.0f} us/req, server {m['server_cpu_us_per_req']:.0f} us/req,"
+                      f" socat/server {m['floor_to_server_cpu']:.2f}; errors {m['errors']}", flush=True)
         if not args.no_login:
             login = login_times(setup, args.tries)
             results.setdefault("login", {})[engine] = login
@@ -293,6 +404,8 @@ def run_engine(engine: str, args: argparse.Namespace, results: dict) -> None:
                   " paired {paired_ms[median]:.1f} ms, server identify {server_identify_ms[median]:.1f} ms,"
                   " server challenge {server_challenge_ms[median]:.1f} ms".format(**login), flush=True)
     finally:
+        for floor in floors:
+            floor.stop()
         if setup is not None:
             setup.stop()
         shutil.rmtree(base, True)
@@ -300,11 +413,14 @@ def run_engine(engine: str, args: argparse.Namespace, results: dict) -> None:
 
 def print_engine_table(results: dict) -> None:
     """One line per engine and shape: throughput ratio and the bridge's CPU against the server's."""
-    print("engine     shape  bridged/direct  bridge us/req  server us/req  bridge/server", flush=True)
+    print("relay        shape  bridged/direct  relay us/req  server us/req  relay/server", flush=True)
     for row in results["shapes"]:
         bridged = row["bridge"]
-        print(f"{row['engine']:<10} {row['shape']:>5}  x{row['throughput_ratio']:<13.2f}  {bridged['bridge_cpu_us_per_req']:>13.0f}"
-              f"  {bridged['server_cpu_us_per_req']:>13.0f}  {row['bridge_to_server_cpu']:>13.2f}", flush=True)
+        print(f"{row['engine']:<12} {row['shape']:>5}  x{row['throughput_ratio']:<13.2f}  {bridged['bridge_cpu_us_per_req']:>12.0f}"
+              f"  {bridged['server_cpu_us_per_req']:>13.0f}  {row['bridge_to_server_cpu']:>12.2f}", flush=True)
+        for kind, m in row.get("floors", {}).items():
+            print(f"{'  socat-' + kind:<12} {row['shape']:>5}  x{m['throughput_ratio']:<13.2f}  {m['floor_cpu_us_per_req']:>12.0f}"
+                  f"  {m['server_cpu_us_per_req']:>13.0f}  {m['floor_to_server_cpu']:>12.2f}", flush=True)
 
 
 def profile_summary(path: str, frames: int) -> dict:
