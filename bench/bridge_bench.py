@@ -57,7 +57,8 @@ from typing import List, Optional, Tuple
 
 import psutil
 
-from bench.common import REPO, Child, child_env, ensure_node_ws, run_node, save_results, tempdir, twistd_argv
+from bench.common import (REPO, Child, child_env, ensure_node_ws, run_node, save_results, stop_process, tempdir,
+                          twistd_argv)
 from sysadmd.runtime.crypto import generate_private_key, private_pem, public_pem
 
 SHAPES = [(1, 1), (8, 4), (32, 8)]  # the same shapes as bench/rpc_bench.py
@@ -138,12 +139,7 @@ class Floor:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        stop_process(self.proc)
 
 
 def admin(kind: str, state: str, *args: str) -> str:
