@@ -49,6 +49,7 @@ import argparse
 import os
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -68,12 +69,18 @@ CPU_TARGET = 0.5  # bridge CPU per relayed request / server CPU per request, at 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def proc_cpu_seconds(pid: int) -> Tuple[float, float]:
-    """``(utime, stime)`` of *pid* from /proc/<pid>/stat (fields 14 and 15), in seconds."""
+def _stat_seconds(pid: int) -> List[float]:
+    """utime, stime, cutime, cstime of *pid* (/proc/<pid>/stat fields 14-17), in seconds."""
     with open(f"/proc/{pid}/stat", "rb") as f:
         stat = f.read()
     fields = stat[stat.rindex(b")") + 2:].split()  # the command name may hold spaces and ')'
-    return int(fields[11]) / _CLOCK_TICKS, int(fields[12]) / _CLOCK_TICKS
+    return [int(field) / _CLOCK_TICKS for field in fields[11:15]]
+
+
+def proc_cpu_seconds(pid: int) -> Tuple[float, float]:
+    """``(utime, stime)`` of *pid*, in seconds."""
+    utime, stime, _, _ = _stat_seconds(pid)
+    return utime, stime
 
 
 def parse_shapes(text: str) -> List[Tuple[int, int]]:
@@ -87,11 +94,8 @@ def parse_shapes(text: str) -> List[Tuple[int, int]]:
 
 
 def socat_cpu_seconds(pid: int) -> float:
-    """CPU seconds of socat *pid* and its reaped children (one per connection, fields 14-17)."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(b")") + 2:].split()
-    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / _CLOCK_TICKS
+    """CPU seconds of socat *pid* and of its reaped children (one per connection)."""
+    return sum(_stat_seconds(pid))
 
 
 class Floor:
@@ -99,8 +103,6 @@ class Floor:
     must ("tcp": copy bytes; "tls": end the client's TLS, open its own to the server)."""
 
     def __init__(self, kind: str, server_port: int, cert: str, key: str, workdir: str):
-        import socket
-
         self.kind = kind
         with socket.socket() as probe:  # a free loopback port for socat to listen on
             probe.bind(("127.0.0.1", 0))
@@ -116,7 +118,10 @@ class Floor:
                         out.write(f.read())
             argv = ["socat", f"OPENSSL-LISTEN:{listen},cert={pem},verify=0",
                     f"OPENSSL:127.0.0.1:{server_port},verify=0,nodelay"]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # socat's messages go to a file (a pipe nobody reads could fill and stall it)
+        self.log = os.path.join(workdir, f"socat-{kind}.log")
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + 10
         while True:  # listening once a connect succeeds
             try:
@@ -124,18 +129,26 @@ class Floor:
                 break
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"socat ({kind}) did not start: {self.proc.stderr.read()[-500:]!r}")
+                    raise RuntimeError(f"socat ({kind}) did not start: {self.messages()}")
                 time.sleep(0.05)
         self.idle()
 
+    def messages(self) -> str:
+        with open(self.log, "rb") as f:
+            return f.read()[-500:].decode("utf-8", "replace")
+
     def idle(self) -> None:
-        """Wait (at most 10 s) until every per-connection child has ended and been reaped."""
+        """Wait until every per-connection child has ended and been reaped (their CPU is
+        counted then); after 10 s that is an error, not a figure that leaves them out."""
         children = f"/proc/{self.proc.pid}/task/{self.proc.pid}/children"
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        while True:
             with open(children) as f:
                 if not f.read().strip():
                     return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"socat ({self.kind}) still has connections 10 s after the load ended: "
+                                   f"{self.messages()}")
             time.sleep(0.05)
 
     def stop(self) -> None:
