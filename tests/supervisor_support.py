@@ -86,14 +86,6 @@ def definition(command: Any, **fields: Any) -> Dict[str, Any]:
     return out
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-
-
 def py(code: str) -> List[str]:
     return [PY, "-c", code]
 

@@ -19,6 +19,28 @@ from sysadmd.assembly import build
 from sysadmd.client.wsclient import connect, connect_unix
 
 
+# PF_EXITING in the task flags (field 9 of /proc/PID/stat): the process is inside exit(),
+# after a SIGKILL for instance, and can never run its own code again.  Between freeing its
+# memory and becoming a zombie it still shows as running; counting it alive made kill tests
+# flaky on a loaded machine.
+PF_EXITING = 0x4
+
+
+def alive(pid: Optional[int]) -> bool:
+    """Whether *pid* is a living process: not gone, not a zombie, not already exiting."""
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    try:
+        return fields[0] not in ("Z", "X", "x") and not int(fields[6]) & PF_EXITING
+    except (IndexError, ValueError):
+        return False
+
+
 def short_tempdir(testcase, prefix: str = "sd") -> str:
     """A temp dir short enough for Unix socket paths, removed after the test."""
     path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")

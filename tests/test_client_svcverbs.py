@@ -12,7 +12,8 @@ from twisted.trial import unittest
 
 from sysadmd.client import svcverbs
 from tests.support import make_config, short_tempdir, start_daemon
-from tests.supervisor_support import PY, alive
+from tests.supervisor_support import PY
+from tests.support import alive
 from tests.test_client_cli import run_cli
 
 pytestmark = pytest.mark.slow

@@ -16,9 +16,9 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from sysadmd.sysclasses import services as services_mod
-from tests.support import make_config, short_tempdir, start_daemon
+from tests.support import alive, make_config, short_tempdir, start_daemon
 from tests.test_client_cli import run_cli
-from tests.test_sysclass_services import SCRIPT, alive, install, kill_quietly, pid_of
+from tests.test_sysclass_services import SCRIPT, install, kill_quietly, pid_of
 
 pytestmark = pytest.mark.slow
 

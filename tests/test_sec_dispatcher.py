@@ -21,7 +21,7 @@ from sysadmd.dispatcher.job import Job
 from sysadmd.dispatcher.service import Dispatcher
 from sysadmd.dispatcher.store import BATCH, JobStore
 from sysadmd.wire.envelope import ApiError
-from tests.support import make_config, short_tempdir
+from tests.support import alive, make_config, short_tempdir
 from tests.test_dispatcher_durability import eventually
 from tests.test_dispatcher_service import FakeProcessReactor
 from tests.test_dispatcher_wss import sleep
@@ -51,16 +51,6 @@ if os.fork() == 0:
 os.wait()
 print('leader done', flush=True)
 """
-
-
-def alive(pid: int) -> bool:
-    """A living process (a zombie waiting for init to reap it counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 def kill_quietly(pid: int) -> None:

@@ -18,10 +18,10 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from sysadmd.dispatcher import procscan
-from tests.support import short_tempdir
+from tests.support import alive, short_tempdir
 from tests.test_dispatcher_durability import TwistdChild, eventually
 from tests.test_dispatcher_wss import EventLog
-from tests.test_sec_dispatcher import alive, kill_quietly
+from tests.test_sec_dispatcher import kill_quietly
 
 # Starts real daemons or child processes: skipped by ./scripts/test.sh -m "not slow".
 pytestmark = pytest.mark.slow

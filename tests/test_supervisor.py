@@ -11,7 +11,8 @@ import pytest
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from tests.supervisor_support import alive, definition, handled, make_supervisor, py
+from tests.supervisor_support import definition, handled, make_supervisor, py
+from tests.support import alive
 
 pytestmark = pytest.mark.slow
 

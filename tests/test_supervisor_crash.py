@@ -13,9 +13,9 @@ import pytest
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from tests.support import short_tempdir
+from tests.support import alive, short_tempdir
 from tests.test_dispatcher_durability import TwistdChild, eventually
-from tests.test_sec_dispatcher import alive, kill_quietly
+from tests.test_sec_dispatcher import kill_quietly
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,8 @@ from twisted.trial import unittest
 
 from sysadmd.supervisor import core
 from tests.support import FakePasswords, logged_in_client, make_config, short_tempdir, start_daemon
-from tests.supervisor_support import alive, definition, handled, make_supervisor, py
+from tests.supervisor_support import definition, handled, make_supervisor, py
+from tests.support import alive
 
 pytestmark = pytest.mark.slow
 

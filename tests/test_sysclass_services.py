@@ -20,7 +20,7 @@ from sysadmd.wire import envelope
 from sysadmd.session import Identity
 from sysadmd.sysclasses import services as services_mod
 from sysadmd.sysclasses.sysv import read_header
-from tests.support import FakePasswords, RecordingChannel, make_config, open_client, short_tempdir, start_daemon
+from tests.support import alive, FakePasswords, RecordingChannel, make_config, open_client, short_tempdir, start_daemon
 
 SERVICE_KEYS = {"name", "tag", "path", "description", "is_enabled", "is_running"}
 
@@ -71,16 +71,6 @@ def pid_of(piddir, name):
             return int(f.read().strip())
     except (OSError, ValueError):
         return None
-
-
-def alive(pid):
-    if pid is None:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def kill_quietly(piddir, name):
