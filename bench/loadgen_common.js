@@ -1,6 +1,6 @@
-// The measuring loop shared by the bridged load generators (loadgen_bridge.js,
-// loadgen_e2e.js): N connections, each keeping K rpc/query requests in flight for D
-// seconds after one warm-up second that is not counted.
+// The measuring loop shared by the Node load generators (loadgen.js, loadgen_bridge.js,
+// loadgen_e2e.js): N connections, each keeping K requests (rpc/query unless *shape* says
+// otherwise) in flight for D seconds after one warm-up second that is not counted.
 //
 // A connection is {ws, send(obj), onReply(fn)}: send writes one request, onReply registers
 // the handler for every decoded reply.  load() prints one JSON line,
@@ -14,7 +14,9 @@ function pct(sorted, p) {
   return sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))] : null;
 }
 
-async function load(open, N, K, D, extra = () => ({})) {
+const RPC_QUERY = {namespace: "rpc", name: "query", args: {}};
+
+async function load(open, N, K, D, extra = () => ({}), shape = RPC_QUERY) {
   const conns = [];
   for (let i = 0; i < N; i++) conns.push(await open());
   let done = 0, errors = 0, measuring = false;
@@ -26,7 +28,7 @@ async function load(open, N, K, D, extra = () => ({})) {
     const fire = () => {
       const id = `${c}-${seq++}`;
       sent.set(id, now());
-      conn.send({namespace: "rpc", name: "query", id: id, args: {}});
+      conn.send(Object.assign({}, shape, {id: id}));
     };
     conn.onReply((reply) => {
       const t0 = sent.get(reply.id);
